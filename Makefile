@@ -1,0 +1,54 @@
+# wispd — two commands:
+#   make run    installs missing build prerequisites, builds release, starts wispd on the embedded default
+#   make test   installs missing build and test prerequisites, then runs the whole test suite
+# Prerequisites are installed only when missing (Debian/Ubuntu, as root or with sudo).
+
+SHELL := /bin/bash
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CARGO ?= cargo
+VENV := .venv
+PY := $(VENV)/bin/python
+
+BUILD_PKGS := build-essential pkg-config clang libclang-dev
+TEST_PKGS := nftables iproute2 curl openssl
+
+.PHONY: run test build release deps-build deps-test check unit integration bench clean
+
+run: deps-build release
+	./target/release/wispd serve
+
+test: deps-build deps-test
+	$(CARGO) build --locked --bins
+	$(CARGO) test --locked --workspace
+	WISPD_BIN=$(CURDIR)/target/debug/wispd $(PY) -m pytest -q tests
+
+release:
+	$(CARGO) build --locked --release --bins
+
+check:
+	$(CARGO) check --workspace --all-targets
+
+# Installs the Debian packages in $(1) that are not installed yet.
+define apt_install
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps-build:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
+	$(call apt_install,$(BUILD_PKGS))
+
+deps-test:
+	$(call apt_install,$(TEST_PKGS))
+	@command -v python3 >/dev/null || $(SUDO) apt-get install -y -qq python3 python3-venv
+	@[ -x $(PY) ] || python3 -m venv $(VENV) || { $(SUDO) apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
+	@$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

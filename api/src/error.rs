@@ -1,0 +1,148 @@
+//! The error envelope: every failure the API returns, in one place.
+//!
+//! `{"success": false, "code": "VALIDATION_ERROR", "error": "…", "message": "…", "status": 400}`.
+//! Library errors are mapped here with exhaustive matches, so a new variant cannot slip through
+//! as an unnoticed 500.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use wispd_store::StoreError;
+
+/// A failed API request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("Request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Rate limit exceeded; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    /// The detail goes to the log only; the client sees a generic message.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        code_for(self.status())
+    }
+
+    /// The envelope for an error status produced outside our handlers (the router's own 404/405,
+    /// an extractor's rejection), keeping its text as the message when it has one.
+    pub fn from_status(status: StatusCode, text: &str) -> ApiError {
+        let text = text.trim();
+        let msg = |default: &str| {
+            if text.is_empty() {
+                default.to_string()
+            } else {
+                text.chars().take(300).collect()
+            }
+        };
+        match status {
+            StatusCode::BAD_REQUEST
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::Validation(msg("Bad request")),
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(msg("Unauthorized")),
+            StatusCode::FORBIDDEN => ApiError::Forbidden(msg("Forbidden")),
+            StatusCode::NOT_FOUND => ApiError::NotFound(msg("Not found")),
+            StatusCode::CONFLICT => ApiError::Conflict(msg("Conflict")),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                limit: crate::BODY_LIMIT,
+            },
+            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(msg("Service unavailable")),
+            _ => ApiError::Internal(msg("unexpected error status")),
+        }
+    }
+}
+
+/// The envelope's `code` for an HTTP status.
+pub fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "VALIDATION_ERROR",
+        StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+        StatusCode::FORBIDDEN => "FORBIDDEN",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::CONFLICT => "CONFLICT",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::TOO_MANY_REQUESTS => "RATE_LIMITED",
+        StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+        _ => "INTERNAL_ERROR",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error answered with 500");
+        }
+        let message = self.to_string();
+        let body = json!({
+            "success": false,
+            "code": code_for(status),
+            "error": message,
+            "message": message,
+            "status": status.as_u16(),
+        });
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooNew { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Open { .. }
+            | StoreError::NoMigration { .. }
+            | StoreError::Migration { .. }
+            | StoreError::Decode { .. }
+            | StoreError::Db(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::Internal(format!("store task failed: {e}"))
+    }
+}

@@ -1,0 +1,116 @@
+//! Request extractors whose rejections are envelopes: JSON bodies (bounded, field-named errors)
+//! and the authenticated caller.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use crate::BODY_LIMIT;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// A JSON request body of at most [`BODY_LIMIT`] bytes. An empty body reads as `{}` so that a
+/// missing field is reported by name ("Domain is required") rather than as malformed JSON.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+        }
+        let bytes = read_limited(req.into_body()).await?;
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        match first {
+            None => parse_json(b"{}").map(JsonBody),
+            // serde would map an array onto a struct's fields by position; requests are objects.
+            Some(b'[') => Err(ApiError::Validation(
+                "Invalid JSON body: expected a JSON object".into(),
+            )),
+            Some(_) => parse_json(&bytes).map(JsonBody),
+        }
+    }
+}
+
+async fn read_limited(body: Body) -> Result<Vec<u8>, ApiError> {
+    let limited = http_body_util::Limited::new(body, BODY_LIMIT);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT })
+        }
+        Err(e) => Err(ApiError::Validation(format!(
+            "Could not read request body: {e}"
+        ))),
+    }
+}
+
+/// Parses JSON, naming the offending field on a type error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            use serde_json::error::Category;
+            match inner.classify() {
+                Category::Syntax | Category::Eof | Category::Io => Err(ApiError::Validation(
+                    format!("Malformed JSON body: {inner}"),
+                )),
+                Category::Data if path.is_empty() || path == "." => {
+                    Err(ApiError::Validation(format!("Invalid JSON body: {inner}")))
+                }
+                Category::Data => Err(ApiError::Validation(format!(
+                    "Invalid value for field `{path}`: {inner}"
+                ))),
+            }
+        }
+    }
+}
+
+/// The authenticated caller, whatever its role.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| ApiError::Unauthorized("Missing or invalid API token".into()))
+    }
+}
+
+/// The authenticated caller, which must hold an admin token.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Caller(p) = Caller::from_request_parts(parts, state).await?;
+        if p.is_admin() {
+            Ok(Admin(p))
+        } else {
+            Err(ApiError::Forbidden(
+                "This endpoint requires an admin token".into(),
+            ))
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! wispd's `/api/v1` REST surface on hyper: routing, authentication, rate limiting and the error
+//! envelope, over the engines handed in by the binary.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod guard;
+pub mod ratelimit;
+mod routes;
+pub mod server;
+mod validate;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::http::Uri;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{delete, get};
+use wispd_store::Store;
+
+use crate::error::ApiError;
+use crate::ratelimit::RateLimit;
+
+/// Largest request body accepted (1 MiB); larger bodies get 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The one path that needs no token.
+pub const HEALTH_PATH: &str = "/api/v1/health";
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub limiter: Arc<RateLimit>,
+}
+
+/// The whole `/api/v1` router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(HEALTH_PATH, get(routes::health::get))
+        .route(
+            "/api/v1/tokens",
+            get(routes::tokens::list).post(routes::tokens::create),
+        )
+        .route("/api/v1/tokens/{id}", delete(routes::tokens::delete))
+        .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn(guard::envelope))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("No such endpoint: {}", uri.path()))
+}
+
+/// Now, in unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// RFC 3339 with an explicit offset, e.g. `2026-05-11T10:15:03+00:00`.
+pub fn rfc3339(unix: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+00:00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_has_explicit_offset() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(super::rfc3339(1_778_519_703), "2026-05-11T17:15:03+00:00");
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per resource group.
+
+pub mod health;
+pub mod tokens;

@@ -1,0 +1,1 @@
+//! The mail engine (SMTP, IMAP, queue) over the wispd store.

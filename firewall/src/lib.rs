@@ -1,0 +1,1 @@
+//! The host firewall: nftables programmed directly over netlink.

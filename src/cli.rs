@@ -1,0 +1,32 @@
+//! Command line: `wispd serve`, `wispd check-config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// wispd: a complete mail server and a host firewall in one binary, driven by a REST API.
+#[derive(Debug, Parser)]
+#[command(name = "wispd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (API, mail and firewall) until SIGTERM/SIGINT.
+    Serve {
+        /// TOML config file; without it wispd runs the embedded default profile (loopback, high ports).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory (store, TLS material, admin.token); overrides `data_dir` from the config.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a config file and report every problem in it; exits 1 if there is any.
+    CheckConfig {
+        /// The TOML config file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}

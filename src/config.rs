@@ -1,0 +1,567 @@
+//! The config file: TOML -> [`RawConfig`] (serde, unknown keys refused, defaults = the embedded
+//! profile) -> [`Config`] (validated types). Every problem is collected and reported at once,
+//! naming its key, before any port is bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    pub api: RawApi,
+    pub smtp: RawSmtp,
+    pub imap: RawImap,
+    pub dns: RawDns,
+    pub firewall: RawFirewall,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApi {
+    pub listen: String,
+    pub tls: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub rate_limit_per_minute: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSmtp {
+    pub listen: Vec<String>,
+    pub submission: Vec<String>,
+    pub submissions: Vec<String>,
+    pub max_message_size: i64,
+    pub relay: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawImap {
+    pub listen: Vec<String>,
+    pub imaps: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFirewall {
+    pub enabled: bool,
+    pub table: String,
+}
+
+/// The embedded default profile: everything on loopback, high ports, data in `./wispd-data`.
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            data_dir: PathBuf::from("./wispd-data"),
+            hostname: String::new(),
+            api: RawApi::default(),
+            smtp: RawSmtp::default(),
+            imap: RawImap::default(),
+            dns: RawDns::default(),
+            firewall: RawFirewall::default(),
+        }
+    }
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            listen: "127.0.0.1:2083".into(),
+            tls: true,
+            tls_cert: None,
+            tls_key: None,
+            rate_limit_per_minute: 60,
+        }
+    }
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        RawSmtp {
+            listen: vec!["127.0.0.1:2525".into()],
+            submission: vec!["127.0.0.1:5587".into()],
+            submissions: vec!["127.0.0.1:5465".into()],
+            max_message_size: 52_428_800,
+            relay: String::new(),
+        }
+    }
+}
+
+impl Default for RawImap {
+    fn default() -> Self {
+        RawImap {
+            listen: vec!["127.0.0.1:5143".into()],
+            imaps: vec!["127.0.0.1:5993".into()],
+        }
+    }
+}
+
+impl Default for RawFirewall {
+    fn default() -> Self {
+        RawFirewall {
+            enabled: true,
+            table: "wispd".into(),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Empty in the file means the machine's hostname.
+    pub hostname: String,
+    pub api: ApiConfig,
+    pub smtp: SmtpConfig,
+    pub imap: ImapConfig,
+    pub dns: DnsConfig,
+    pub firewall: FirewallConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub tls: bool,
+    /// Configured certificate and key; `None` means self-signed material under `DATA_DIR/tls/`.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub rate_limit_per_minute: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+#[expect(dead_code, reason = "validated now; read when its engine lands")]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub submission: Vec<SocketAddr>,
+    pub submissions: Vec<SocketAddr>,
+    pub max_message_size: u64,
+    /// Smarthost `(host, port)` for all outbound mail.
+    pub relay: Option<(String, u16)>,
+}
+
+#[derive(Debug, Clone)]
+#[expect(dead_code, reason = "validated now; read when its engine lands")]
+pub struct ImapConfig {
+    pub listen: Vec<SocketAddr>,
+    pub imaps: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+#[expect(dead_code, reason = "validated now; read when its engine lands")]
+pub struct DnsConfig {
+    /// Empty: the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+#[expect(dead_code, reason = "validated now; read when its engine lands")]
+pub struct FirewallConfig {
+    pub enabled: bool,
+    pub table: String,
+}
+
+const MIN_MESSAGE_SIZE: i64 = 1024;
+const MAX_MESSAGE_SIZE: i64 = 1 << 30;
+
+impl Config {
+    /// The embedded default profile.
+    pub fn embedded() -> Config {
+        match RawConfig::default().validate() {
+            Ok(c) => c,
+            // The defaults are constants checked by a unit test; this cannot be reached.
+            Err(errors) => unreachable!("embedded profile is invalid: {errors:?}"),
+        }
+    }
+
+    /// Reads and validates a config file; on failure, every problem found, each naming its key.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            vec![format!("invalid TOML: {}", e.to_string().trim())]
+        })?;
+        match toml::Value::Table(table.clone()).try_into::<RawConfig>() {
+            Ok(raw) => raw.validate(),
+            Err(_) => {
+                // Report the keys serde refuses, then validate what remains so that the
+                // semantic problems show up in the same run.
+                let (mut errors, rest) = diagnose(table);
+                if let Ok(raw) = toml::Value::Table(rest).try_into::<RawConfig>()
+                    && let Err(more) = raw.validate()
+                {
+                    errors.extend(more);
+                }
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Finds every key that fails to deserialize by trying each one alone against the schema, so the
+/// serde types stay the single description of what the file may contain.
+fn diagnose(table: toml::Table) -> (Vec<String>, toml::Table) {
+    let mut errors = Vec::new();
+    let mut rest = toml::Table::new();
+    for (key, value) in table {
+        let alone = |v: toml::Value| {
+            let mut t = toml::Table::new();
+            t.insert(key.clone(), v);
+            toml::Value::Table(t).try_into::<RawConfig>()
+        };
+        let Err(whole) = alone(value.clone()) else {
+            rest.insert(key, value);
+            continue;
+        };
+        let mut found = false;
+        if let toml::Value::Table(section) = &value {
+            let mut good = toml::Table::new();
+            for (sub, sub_value) in section {
+                let mut inner = toml::Table::new();
+                inner.insert(sub.clone(), sub_value.clone());
+                if let Err(e) = alone(toml::Value::Table(inner)) {
+                    errors.push(format!("`{key}.{sub}`: {}", clean(&e)));
+                    found = true;
+                } else {
+                    good.insert(sub.clone(), sub_value.clone());
+                }
+            }
+            if found {
+                rest.insert(key.clone(), toml::Value::Table(good));
+            }
+        }
+        if !found {
+            errors.push(format!("`{key}`: {}", clean(&whole)));
+        }
+    }
+    if errors.is_empty() {
+        errors.push("config does not match the expected schema".into());
+    }
+    (errors, rest)
+}
+
+fn clean(e: &toml::de::Error) -> String {
+    e.message().trim().replace('\n', " ")
+}
+
+fn addr(key: &str, s: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    // ":25" means every IPv4 address, as in the contract's table of production ports.
+    let s = s.trim();
+    let parsed = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}").parse(),
+        None => s.parse(),
+    };
+    match parsed {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(format!(
+                "`{key}`: {s:?} is not an address:port such as \"0.0.0.0:25\""
+            ));
+            None
+        }
+    }
+}
+
+fn addrs(key: &str, list: &[String], errors: &mut Vec<String>) -> Vec<SocketAddr> {
+    list.iter().filter_map(|s| addr(key, s, errors)).collect()
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            errors.push("`data_dir`: must not be empty".into());
+        }
+        let hostname = self
+            .hostname
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !hostname.is_empty() && !valid_hostname(&hostname) {
+            errors.push(format!(
+                "`hostname`: {:?} is not a valid host name",
+                self.hostname
+            ));
+        }
+
+        let api_listen = addr("api.listen", &self.api.listen, &mut errors);
+        if let Some(a) = api_listen
+            && !self.api.tls
+            && !a.ip().is_loopback()
+        {
+            errors.push(format!(
+                "`api.tls`: false is only allowed with a loopback `api.listen` (behind a local reverse proxy), not {a}"
+            ));
+        }
+        let tls_files = match (self.api.tls_cert, self.api.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push("`api.tls_key`: required when `api.tls_cert` is set".into());
+                None
+            }
+            (None, Some(_)) => {
+                errors.push("`api.tls_cert`: required when `api.tls_key` is set".into());
+                None
+            }
+        };
+        let rate = u32::try_from(self.api.rate_limit_per_minute)
+            .ok()
+            .and_then(NonZeroU32::new);
+        if rate.is_none() {
+            errors.push(format!(
+                "`api.rate_limit_per_minute`: must be between 1 and {}, not {}",
+                u32::MAX,
+                self.api.rate_limit_per_minute
+            ));
+        }
+
+        let smtp_listen = addrs("smtp.listen", &self.smtp.listen, &mut errors);
+        let submission = addrs("smtp.submission", &self.smtp.submission, &mut errors);
+        let submissions = addrs("smtp.submissions", &self.smtp.submissions, &mut errors);
+        if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&self.smtp.max_message_size) {
+            errors.push(format!(
+                "`smtp.max_message_size`: must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes, not {}",
+                self.smtp.max_message_size
+            ));
+        }
+        let relay = match self.smtp.relay.trim() {
+            "" => None,
+            r => match r
+                .rsplit_once(':')
+                .map(|(h, p)| (h.trim_matches(['[', ']']), p.parse::<u16>()))
+            {
+                Some((h, Ok(p)))
+                    if !h.is_empty()
+                        && p != 0
+                        && (valid_hostname(h) || h.parse::<IpAddr>().is_ok()) =>
+                {
+                    Some((h.to_string(), p))
+                }
+                _ => {
+                    errors.push(format!("`smtp.relay`: {r:?} is not host:port"));
+                    None
+                }
+            },
+        };
+
+        let imap_listen = addrs("imap.listen", &self.imap.listen, &mut errors);
+        let imaps = addrs("imap.imaps", &self.imap.imaps, &mut errors);
+
+        let nameservers = self
+            .dns
+            .nameservers
+            .iter()
+            .filter_map(|s| match s.parse::<IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, 53)),
+                Err(_) => addr("dns.nameservers", s, &mut errors),
+            })
+            .collect();
+
+        let table = self.firewall.table.trim().to_string();
+        if table.is_empty()
+            || table.len() > 32
+            || !table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            errors.push(format!(
+                "`firewall.table`: {:?} must be 1-32 letters, digits, '_' or '-'",
+                self.firewall.table
+            ));
+        }
+
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        let listeners = api_listen
+            .iter()
+            .map(|a| (*a, "api.listen"))
+            .chain(smtp_listen.iter().map(|a| (*a, "smtp.listen")))
+            .chain(submission.iter().map(|a| (*a, "smtp.submission")))
+            .chain(submissions.iter().map(|a| (*a, "smtp.submissions")))
+            .chain(imap_listen.iter().map(|a| (*a, "imap.listen")))
+            .chain(imaps.iter().map(|a| (*a, "imap.imaps")));
+        for (a, key) in listeners {
+            if a.port() == 0 {
+                continue;
+            }
+            if let Some((_, other)) = seen.iter().find(|(b, _)| *b == a) {
+                errors.push(format!("`{key}`: {a} is already used by `{other}`"));
+            } else {
+                seen.push((a, key));
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(api_listen), Some(rate)) = (api_listen, rate) else {
+            return Err(vec!["config is invalid".into()]);
+        };
+        Ok(Config {
+            data_dir: self.data_dir,
+            hostname,
+            api: ApiConfig {
+                listen: api_listen,
+                tls: self.api.tls,
+                tls_files,
+                rate_limit_per_minute: rate,
+            },
+            smtp: SmtpConfig {
+                listen: smtp_listen,
+                submission,
+                submissions,
+                max_message_size: self.smtp.max_message_size.unsigned_abs(),
+                relay,
+            },
+            imap: ImapConfig {
+                listen: imap_listen,
+                imaps,
+            },
+            dns: DnsConfig { nameservers },
+            firewall: FirewallConfig {
+                enabled: self.firewall.enabled,
+                table,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_profile_is_valid_and_on_loopback() {
+        let c = Config::embedded();
+        assert_eq!(c.api.listen, "127.0.0.1:2083".parse().expect("addr"));
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().expect("addr")]);
+        assert_eq!(c.imap.imaps, vec!["127.0.0.1:5993".parse().expect("addr")]);
+        assert_eq!(c.api.rate_limit_per_minute.get(), 60);
+        assert_eq!(c.data_dir, PathBuf::from("./wispd-data"));
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let text = r#"
+data_dir = "/var/lib/wispd"
+hostname = "mail.example.com"
+[api]
+listen = "0.0.0.0:2083"
+tls = true
+tls_cert = "/etc/wispd/cert.pem"
+tls_key  = "/etc/wispd/key.pem"
+rate_limit_per_minute = 60
+[smtp]
+listen = ["0.0.0.0:25"]
+submission = ["0.0.0.0:587"]
+submissions = ["0.0.0.0:465"]
+max_message_size = 52428800
+relay = ""
+[imap]
+listen = ["0.0.0.0:143"]
+imaps = ["0.0.0.0:993"]
+[dns]
+nameservers = []
+[firewall]
+enabled = true
+table = "wispd"
+"#;
+        let c = Config::parse(text).expect("valid");
+        assert_eq!(c.hostname, "mail.example.com");
+        assert_eq!(c.smtp.listen, vec!["0.0.0.0:25".parse().expect("addr")]);
+        assert!(c.api.tls_files.is_some());
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let text = r#"
+bogus = 1
+[api]
+listen = "nope"
+rate_limit_per_minute = "fast"
+colour = "blue"
+[smtp]
+max_message_size = 5
+relay = "no-port"
+[firewall]
+table = "bad table!"
+"#;
+        let errors = Config::parse(text).expect_err("invalid");
+        let all = errors.join("\n");
+        for key in [
+            "`bogus`",
+            "`api.rate_limit_per_minute`",
+            "`api.colour`",
+            "`api.listen`",
+            "`smtp.max_message_size`",
+            "`smtp.relay`",
+            "`firewall.table`",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+        let text = r#"
+[api]
+listen = "nope"
+tls = false
+[smtp]
+max_message_size = 5
+relay = "no-port"
+listen = ["127.0.0.1:5143"]
+[firewall]
+table = "bad table!"
+"#;
+        let errors = Config::parse(text).expect_err("invalid");
+        let all = errors.join("\n");
+        for key in [
+            "`api.listen`",
+            "`smtp.max_message_size`",
+            "`smtp.relay`",
+            "`firewall.table`",
+            "`imap.listen`",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn plaintext_api_only_on_loopback() {
+        assert!(Config::parse("[api]\nlisten = \"127.0.0.1:8080\"\ntls = false\n").is_ok());
+        let errs =
+            Config::parse("[api]\nlisten = \"0.0.0.0:8080\"\ntls = false\n").expect_err("refused");
+        assert!(errs[0].contains("`api.tls`"), "{errs:?}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported_with_location() {
+        let errs = Config::parse("[api\nlisten=1").expect_err("syntax");
+        assert!(errs[0].contains("invalid TOML"), "{errs:?}");
+        assert!(errs[0].contains("line"), "{errs:?}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Builds every part from the config, binds the listeners, and runs until a signal, then drains.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wispd_api::ratelimit::RateLimit;
+use wispd_api::{AppState, auth};
+use wispd_store::Store;
+use wispd_store::schema::{TOKENS, TokenRole};
+
+use crate::config::Config;
+use crate::tls;
+
+/// How long in-flight work may take to finish after a stop signal; the process exits well
+/// inside the contract's 10 s.
+const DRAIN: Duration = Duration::from_secs(7);
+
+pub async fn run(mut cfg: Config) -> Result<()> {
+    if cfg.hostname.is_empty() {
+        cfg.hostname = system_hostname();
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let store = Store::open(&cfg.data_dir)?;
+    bootstrap_admin_token(&store, &cfg.data_dir)?;
+
+    let api_tls = if cfg.api.tls {
+        let files = cfg
+            .api
+            .tls_files
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        Some(tls::server_config(files, &cfg.data_dir, &cfg.hostname)?)
+    } else {
+        None
+    };
+
+    let api_listener = TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.listen)", cfg.api.listen))?;
+    let api_addr = api_listener.local_addr()?;
+
+    let limiter = Arc::new(RateLimit::per_minute(cfg.api.rate_limit_per_minute));
+    let state = AppState {
+        store: store.clone(),
+        limiter: limiter.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(wispd_api::server::serve(
+        api_listener,
+        api_tls.clone(),
+        wispd_api::router(state),
+        shutdown.clone(),
+        DRAIN,
+    ));
+    tasks.spawn(sweep_limiter(limiter, shutdown.clone()));
+
+    tracing::debug!(smtp = ?cfg.smtp, imap = ?cfg.imap, dns = ?cfg.dns, firewall = ?cfg.firewall, "engine settings");
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        hostname = %cfg.hostname,
+        "wispd ready api={scheme}://{api_addr}"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("stopping: draining connections");
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN + Duration::from_secs(1), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not finish in time");
+    }
+    drop(store);
+    tracing::info!("wispd stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+async fn sweep_limiter(limiter: Arc<RateLimit>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => limiter.shrink(),
+        }
+    }
+}
+
+/// On the first start (no token in the store), mints an admin token and writes it to
+/// `DATA_DIR/admin.token` (0600). The file is written before the token is stored, so a crash in
+/// between leaves an empty token table and the next start simply mints again.
+fn bootstrap_admin_token(store: &Store, data_dir: &Path) -> Result<()> {
+    if store.read(|r| r.len(&TOKENS))? > 0 {
+        return Ok(());
+    }
+    let minted = auth::mint("admin", TokenRole::Admin, Vec::new(), wispd_api::unix_now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = data_dir.join("admin.token");
+    tls::write_file(&path, format!("{}\n", minted.token).as_bytes(), 0o600)?;
+    store.write(|w| w.put(&TOKENS, minted.record.id.as_str(), &minted.record))?;
+    tracing::info!(path = %path.display(), "first start: admin API token written");
+    Ok(())
+}
+
+fn system_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

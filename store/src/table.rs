@@ -1,0 +1,171 @@
+//! The typed table layer: tables of JSON records keyed by redb keys, opened through the
+//! [`Read`] and [`Write`] views of a transaction.
+
+use std::borrow::Borrow;
+use std::marker::PhantomData;
+
+use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::StoreError;
+
+/// A table whose values are records of type `V`, stored as JSON.
+pub struct Table<K: Key + 'static, V> {
+    name: &'static str,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Key + 'static, V> std::fmt::Debug for Table<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Table").field(&self.name).finish()
+    }
+}
+
+impl<K: Key + 'static, V> Table<K, V> {
+    pub const fn new(name: &'static str) -> Self {
+        Table {
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn def(&self) -> TableDefinition<'static, K, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
+fn decode<V: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { table, source })
+}
+
+/// Reads inside a read transaction.
+pub struct Read<'t> {
+    txn: &'t ReadTransaction,
+}
+
+impl<'t> Read<'t> {
+    pub(crate) fn new(txn: &'t ReadTransaction) -> Self {
+        Read { txn }
+    }
+
+    /// The record under `key`, if any. A table that was never written reads as empty.
+    pub fn get<'k, K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<V>, StoreError> {
+        let t = match self.txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get(key)? {
+            Some(v) => decode(table.name, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of the table in key order.
+    pub fn all<K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+    ) -> Result<Vec<V>, StoreError> {
+        let t = match self.txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode(table.name, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Number of records in the table.
+    pub fn len<K: Key + 'static, V>(&self, table: &Table<K, V>) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        match self.txn.open_table(table.def()) {
+            Ok(t) => Ok(t.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads and writes inside a write transaction; reads see the transaction's own writes.
+pub struct Write<'t> {
+    txn: &'t WriteTransaction,
+}
+
+impl<'t> Write<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
+        Write { txn }
+    }
+
+    /// The record under `key`, if any.
+    pub fn get<'k, K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<V>, StoreError> {
+        let t = self.txn.open_table(table.def())?;
+        match t.get(key)? {
+            Some(v) => decode(table.name, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of the table in key order.
+    pub fn all<K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+    ) -> Result<Vec<V>, StoreError> {
+        let t = self.txn.open_table(table.def())?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode(table.name, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn put<'k, K: Key + 'static, V: Serialize>(
+        &self,
+        table: &Table<K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Decode {
+            table: table.name,
+            source,
+        })?;
+        let mut t = self.txn.open_table(table.def())?;
+        t.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes the record under `key`; true when there was one.
+    pub fn remove<'k, K: Key + 'static, V>(
+        &self,
+        table: &Table<K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<bool, StoreError> {
+        let mut t = self.txn.open_table(table.def())?;
+        let existed = t.remove(key)?.is_some();
+        Ok(existed)
+    }
+
+    /// Number of records in the table.
+    pub fn len<K: Key + 'static, V>(&self, table: &Table<K, V>) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        Ok(self.txn.open_table(table.def())?.len()?)
+    }
+}
