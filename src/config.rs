@@ -151,7 +151,6 @@ pub struct SmtpConfig {
 }
 
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "validated now; read when its engine lands")]
 pub struct ImapConfig {
     pub listen: Vec<SocketAddr>,
     pub imaps: Vec<SocketAddr>,
@@ -165,7 +164,6 @@ pub struct DnsConfig {
 }
 
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "validated now; read when its engine lands")]
 pub struct FirewallConfig {
     pub enabled: bool,
     pub table: String,

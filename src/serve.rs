@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wispd_api::ratelimit::RateLimit;
 use wispd_api::{AppState, auth};
+use wispd_firewall::{Firewall, FirewallConfig};
 use wispd_store::Store;
 use wispd_store::schema::{TOKENS, TokenRole};
 
@@ -50,10 +51,12 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {} (api.listen)", cfg.api.listen))?;
     let api_addr = api_listener.local_addr()?;
 
+    let firewall = Arc::new(start_firewall(&cfg, &store, api_addr.port()).await?);
     let limiter = Arc::new(RateLimit::per_minute(cfg.api.rate_limit_per_minute));
     let state = AppState {
         store: store.clone(),
         limiter: limiter.clone(),
+        firewall: firewall.clone(),
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -65,8 +68,9 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         DRAIN,
     ));
     tasks.spawn(sweep_limiter(limiter, shutdown.clone()));
+    tasks.spawn(firewall_upkeep(firewall, shutdown.clone()));
 
-    tracing::debug!(smtp = ?cfg.smtp, imap = ?cfg.imap, dns = ?cfg.dns, firewall = ?cfg.firewall, "engine settings");
+    tracing::debug!(smtp = ?cfg.smtp, imap = ?cfg.imap, dns = ?cfg.dns, "engine settings");
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
@@ -98,6 +102,52 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Starts the firewall engine: a fresh install keeps ssh, the API and wispd's own listeners open.
+async fn start_firewall(cfg: &Config, store: &Store, api_port: u16) -> Result<Firewall> {
+    let mut protected = vec![api_port];
+    for a in cfg
+        .smtp
+        .listen
+        .iter()
+        .chain(&cfg.smtp.submission)
+        .chain(&cfg.smtp.submissions)
+        .chain(&cfg.imap.listen)
+        .chain(&cfg.imap.imaps)
+    {
+        if a.port() != 0 {
+            protected.push(a.port());
+        }
+    }
+    let fw_cfg = FirewallConfig {
+        table: cfg.firewall.table.clone(),
+        kernel: cfg.firewall.enabled,
+        protected_tcp_ports: protected,
+    };
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || Firewall::start(store, fw_cfg))
+        .await?
+        .context("starting the firewall")
+}
+
+/// Every 2 s: TESTING lift, tamper check and restore, expired-entry cleanup.
+async fn firewall_upkeep(firewall: Arc<Firewall>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let fw = firewall.clone();
+                match tokio::task::spawn_blocking(move || fw.tick()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "firewall upkeep failed"),
+                    Err(e) => tracing::warn!(error = %e, "firewall upkeep task failed"),
+                }
+            }
+        }
+    }
 }
 
 async fn sweep_limiter(limiter: Arc<RateLimit>, shutdown: CancellationToken) {

@@ -141,6 +141,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<wispd_firewall::FwError> for ApiError {
+    fn from(e: wispd_firewall::FwError) -> Self {
+        use wispd_firewall::FwError;
+        match e {
+            FwError::Invalid(m) => ApiError::Validation(m),
+            FwError::Settings(_) => ApiError::Validation(e.to_string()),
+            FwError::NotFound(m) => ApiError::NotFound(m),
+            FwError::Kernel(k) => {
+                ApiError::Unavailable(format!("The firewall change was not applied: {k}"))
+            }
+            FwError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("store task failed: {e}"))

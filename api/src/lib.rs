@@ -16,7 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::http::Uri;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
+use routes::{csf, firewall};
 use wispd_store::Store;
 
 use crate::error::ApiError;
@@ -33,6 +34,7 @@ pub const HEALTH_PATH: &str = "/api/v1/health";
 pub struct AppState {
     pub store: Store,
     pub limiter: Arc<RateLimit>,
+    pub firewall: Arc<wispd_firewall::Firewall>,
 }
 
 /// The whole `/api/v1` router.
@@ -44,6 +46,34 @@ pub fn router(state: AppState) -> Router {
             get(routes::tokens::list).post(routes::tokens::create),
         )
         .route("/api/v1/tokens/{id}", delete(routes::tokens::delete))
+        .route("/api/v1/csf/status", get(csf::status))
+        .route(
+            "/api/v1/csf/blacklist",
+            get(csf::blacklist).post(csf::blacklist_add),
+        )
+        .route("/api/v1/csf/blacklist/{*ip}", delete(csf::blacklist_remove))
+        .route(
+            "/api/v1/csf/whitelist",
+            get(csf::whitelist).post(csf::whitelist_add),
+        )
+        .route("/api/v1/csf/whitelist/{*ip}", delete(csf::whitelist_remove))
+        .route("/api/v1/csf/check-ip", get(csf::check_ip))
+        .route("/api/v1/csf/ports", get(csf::ports).post(csf::port_add))
+        .route("/api/v1/csf/ports/", get(csf::ports).post(csf::port_add))
+        .route("/api/v1/csf/ports/{port}", delete(csf::port_remove))
+        .route(
+            "/api/v1/csf/config",
+            get(csf::config).put(csf::config_update),
+        )
+        .route("/api/v1/csf/reload", post(csf::reload))
+        .route("/api/v1/csf/apply", post(csf::reload))
+        .route(
+            "/api/v1/firewall/rules",
+            get(firewall::rules).post(firewall::rule_add),
+        )
+        .route("/api/v1/firewall/rules/{id}", delete(firewall::rule_delete))
+        .route("/api/v1/firewall/status", get(firewall::status))
+        .route("/api/v1/firewall/toggle", post(firewall::toggle))
         .fallback(not_found)
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(from_fn(guard::envelope))

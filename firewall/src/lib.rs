@@ -1,1 +1,18 @@
 //! The host firewall: nftables programmed directly over netlink.
+//!
+//! wispd owns one table, `inet <table>`, and never touches another. The desired ruleset is built
+//! from the store (settings, lists, rules) by [`plan`] and sent by [`netlink`] as one atomic
+//! transaction. Address lists are kernel interval sets whose elements carry their own timeouts,
+//! so bans expire in the kernel with no userspace timer and no rule per address.
+
+mod engine;
+pub mod model;
+mod msg;
+mod netlink;
+pub mod plan;
+
+pub use engine::{
+    Backend, CheckResult, EntryRequest, Firewall, FirewallConfig, FwError, ListKind, PortRequest,
+    RuleRequest, Status,
+};
+pub use netlink::NetlinkError;

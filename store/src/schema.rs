@@ -34,3 +34,59 @@ pub struct TokenRecord {
     /// Unix seconds.
     pub created_at: i64,
 }
+
+/// Firewall blacklist entries by canonical CIDR (`203.0.113.7/32`, `2001:db8::/48`).
+pub const FW_BLACKLIST: Table<&str, FwEntry> = Table::new("fw_blacklist");
+
+/// Firewall whitelist entries by canonical CIDR.
+pub const FW_WHITELIST: Table<&str, FwEntry> = Table::new("fw_whitelist");
+
+/// Basic firewall rules by id.
+pub const FW_RULES: Table<u64, FwRule> = Table::new("fw_rules");
+
+/// The firewall's settings and switches, under the key `"state"`.
+pub const FW_STATE: Table<&str, FwState> = Table::new("fw_state");
+
+/// A blacklist or whitelist entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwEntry {
+    /// Canonical CIDR.
+    pub net: String,
+    #[serde(default)]
+    pub comment: String,
+    /// Seconds; 0 = permanent.
+    pub ttl: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` = permanent.
+    pub expires_at: Option<i64>,
+}
+
+/// A basic firewall rule as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwRule {
+    pub id: u64,
+    /// `INPUT` or `OUTPUT`.
+    pub chain: String,
+    /// `tcp`, `udp`, `icmp` or `all`.
+    pub protocol: String,
+    /// A port or `lo:hi` range; only with tcp/udp.
+    pub port: Option<String>,
+    /// A source address or CIDR.
+    pub source: Option<String>,
+    /// `ACCEPT`, `DROP` or `REJECT`.
+    pub action: String,
+    pub created_at: i64,
+}
+
+/// The firewall's persistent switches and csf.conf-style settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwState {
+    /// `POST /firewall/toggle`: false = no filtering at all.
+    pub enabled: bool,
+    /// csf.conf keys wispd implements, as strings (`TCP_IN = "22,25"`).
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// When TESTING started counting (unix seconds): the policy is lifted TESTING_INTERVAL later.
+    pub testing_since: Option<i64>,
+    pub next_rule_id: u64,
+}

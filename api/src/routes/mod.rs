@@ -1,4 +1,6 @@
 //! One module per resource group.
 
+pub mod csf;
+pub mod firewall;
 pub mod health;
 pub mod tokens;

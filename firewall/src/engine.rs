@@ -1,0 +1,945 @@
+//! The firewall engine: keeps the store and the kernel table in agreement. Every change is
+//! planned against the store's state, committed to the kernel in one transaction, and only then
+//! persisted; a rejected transaction leaves both as they were.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+use wispd_store::schema::{
+    FW_BLACKLIST, FW_RULES, FW_STATE, FW_WHITELIST, FwEntry, FwRule, FwState,
+};
+use wispd_store::{Store, StoreError, Table};
+
+use crate::model::{self, Interval, PortRange, SettingError, Settings, intervals, parse_net};
+use crate::msg::Batch;
+use crate::netlink::{Netlink, NetlinkError};
+use crate::plan::{self, Action, Desired, Direction, ListSet, Proto, Rule};
+
+/// Longest TTL accepted: ten years.
+pub const MAX_TTL: i64 = 10 * 365 * 24 * 3600;
+const MAX_COMMENT: usize = 255;
+const STATE_KEY: &str = "state";
+
+/// What the engine needs from the binary.
+#[derive(Debug, Clone)]
+pub struct FirewallConfig {
+    /// `inet <table>`.
+    pub table: String,
+    /// `[firewall] enabled`: false = never touch the kernel.
+    pub kernel: bool,
+    /// Ports a fresh install keeps open in TCP_IN besides ssh (the API and wispd's listeners).
+    pub protected_tcp_ports: Vec<u16>,
+}
+
+/// Why a firewall request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FwError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Settings(Vec<SettingError>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Kernel(#[from] NetlinkError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Whether the kernel side works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Available,
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Black,
+    White,
+}
+
+impl ListKind {
+    fn table(self) -> &'static Table<&'static str, FwEntry> {
+        match self {
+            ListKind::Black => &FW_BLACKLIST,
+            ListKind::White => &FW_WHITELIST,
+        }
+    }
+
+    fn sets(self) -> (ListSet, ListSet) {
+        match self {
+            ListKind::Black => (ListSet::Black4, ListSet::Black6),
+            ListKind::White => (ListSet::White4, ListSet::White6),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ListKind::Black => "blacklist",
+            ListKind::White => "whitelist",
+        }
+    }
+}
+
+/// A request to add a list entry.
+#[derive(Debug, Clone)]
+pub struct EntryRequest {
+    pub ip: String,
+    pub comment: String,
+    pub ttl: i64,
+    pub force: bool,
+    /// The API caller's address, protected unless `force`.
+    pub caller: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortRequest {
+    pub port: String,
+    pub protocol: String,
+    pub direction: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleRequest {
+    pub chain: String,
+    pub protocol: String,
+    pub port: Option<String>,
+    pub source: Option<String>,
+    pub action: String,
+}
+
+/// Where an address matches.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub list: &'static str,
+    pub entry: FwEntry,
+}
+
+/// A snapshot for the status endpoints.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub backend: Backend,
+    pub enabled: bool,
+    pub table: String,
+    pub testing: bool,
+    /// Unix seconds at which TESTING lifts the restrictive policy (while it hasn't yet).
+    pub testing_lifts_at: Option<i64>,
+    pub policy_drop: bool,
+    pub blacklist_count: usize,
+    pub whitelist_count: usize,
+    pub rule_count: usize,
+    pub kernel_rules: usize,
+}
+
+struct Inner {
+    nl: Option<Netlink>,
+    backend: Backend,
+    /// Intervals currently in each kernel list set.
+    applied: BTreeMap<ListSet, Vec<Interval>>,
+    /// Rules the kernel table holds after our last full apply (0 = table absent).
+    kernel_rules: usize,
+    policy_drop: bool,
+    applied_at: i64,
+}
+
+/// The firewall engine. All methods block (netlink and store I/O): call them off the async runtime.
+pub struct Firewall {
+    cfg: FirewallConfig,
+    store: Store,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Firewall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Firewall")
+            .field("table", &self.cfg.table)
+            .finish()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `1.2.3.4` for a host entry, `10.0.0.0/8` for a network.
+pub fn display_net(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+impl Firewall {
+    /// Loads (or creates) the firewall state and applies the full ruleset to the kernel. Without
+    /// CAP_NET_ADMIN the engine still starts, keeping everything in the store.
+    pub fn start(store: Store, cfg: FirewallConfig) -> Result<Firewall, FwError> {
+        let fw = Firewall {
+            inner: Mutex::new(Inner {
+                nl: None,
+                backend: Backend::Unavailable("not started".into()),
+                applied: BTreeMap::new(),
+                kernel_rules: 0,
+                policy_drop: false,
+                applied_at: now(),
+            }),
+            cfg,
+            store,
+        };
+        let state = fw.state()?;
+        Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        let mut inner = fw.lock();
+        if !fw.cfg.kernel {
+            inner.backend =
+                Backend::Unavailable("disabled in the config ([firewall] enabled = false)".into());
+        } else {
+            match Netlink::open() {
+                Ok(nl) => {
+                    inner.nl = Some(nl);
+                    inner.backend = Backend::Available;
+                    if let Err(e) = fw.apply_full(&mut inner) {
+                        if e_is_permission(&e) {
+                            inner.nl = None;
+                            inner.backend = Backend::Unavailable(format!(
+                                "no permission to program nftables (CAP_NET_ADMIN is required): {e}"
+                            ));
+                        } else {
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    inner.backend =
+                        Backend::Unavailable(format!("cannot open a netlink socket: {e}"))
+                }
+            }
+        }
+        if let Backend::Unavailable(why) = &inner.backend {
+            tracing::warn!(reason = %why, "firewall kernel backend unavailable; settings and lists are kept in the store");
+        }
+        drop(inner);
+        Ok(fw)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The stored state, created with defaults on first use.
+    fn state(&self) -> Result<FwState, FwError> {
+        let protected = self.cfg.protected_tcp_ports.clone();
+        Ok(self.store.write(|w| {
+            if let Some(s) = w.get(&FW_STATE, STATE_KEY)? {
+                return Ok::<_, StoreError>(s);
+            }
+            let s = FwState {
+                enabled: true,
+                settings: model::default_settings(&protected),
+                testing_since: None,
+                next_rule_id: 1,
+            };
+            w.put(&FW_STATE, STATE_KEY, &s)?;
+            Ok(s)
+        })?)
+    }
+
+    fn entries(&self, kind: ListKind) -> Result<Vec<FwEntry>, FwError> {
+        Ok(self.store.read(|r| r.all(kind.table()))?)
+    }
+
+    fn rules(&self) -> Result<Vec<FwRule>, FwError> {
+        Ok(self.store.read(|r| r.all(&FW_RULES))?)
+    }
+
+    fn list_intervals(entries: &[FwEntry], v6: bool, t: i64) -> Vec<Interval> {
+        let nets: Vec<(IpNet, Option<i64>)> = entries
+            .iter()
+            .filter_map(|e| parse_net(&e.net).map(|n| (n, e.expires_at)))
+            .collect();
+        intervals(nets.iter().map(|(n, e)| (n, *e)), v6, t)
+    }
+
+    fn policy_for(&self, settings: &Settings, applied_at: i64, t: i64) -> bool {
+        !(settings.testing && t >= applied_at + i64::from(settings.testing_interval) * 60)
+    }
+
+    /// Rebuilds the whole table from the store in one transaction (or removes it when the
+    /// firewall is toggled off).
+    fn apply_full(&self, inner: &mut Inner) -> Result<(), FwError> {
+        let Some(nl) = inner.nl.as_mut() else {
+            return Ok(());
+        };
+        let state = self.state()?;
+        let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        let t = now();
+        let mut batch = Batch::new(nl.next_seq());
+        if !state.enabled {
+            plan::remove(&mut batch, &self.cfg.table);
+            nl.commit(batch)?;
+            inner.applied.clear();
+            inner.kernel_rules = 0;
+            return Ok(());
+        }
+        let black = self.entries(ListKind::Black)?;
+        let white = self.entries(ListKind::White)?;
+        let lists = [
+            Self::list_intervals(&white, false, t),
+            Self::list_intervals(&white, true, t),
+            Self::list_intervals(&black, false, t),
+            Self::list_intervals(&black, true, t),
+        ];
+        let rules: Vec<Rule> = self
+            .rules()?
+            .iter()
+            .filter_map(|r| typed_rule(r).ok())
+            .collect();
+        let applied_at = t;
+        let policy_drop = self.policy_for(&settings, applied_at, t);
+        let d = Desired {
+            table: &self.cfg.table,
+            policy_drop,
+            settings: &settings,
+            lists: [&lists[0], &lists[1], &lists[2], &lists[3]],
+            rules: &rules,
+        };
+        let count = plan::full(&mut batch, &d, t);
+        nl.commit(batch)?;
+        inner.applied = ListSet::ALL.into_iter().zip(lists).collect();
+        inner.kernel_rules = count;
+        inner.policy_drop = policy_drop;
+        inner.applied_at = applied_at;
+        Ok(())
+    }
+
+    /// `POST /csf/reload` and `/csf/apply`: the whole ruleset again from the store.
+    pub fn reload(&self) -> Result<Status, FwError> {
+        let mut inner = self.lock();
+        self.apply_full(&mut inner)?;
+        drop(inner);
+        self.status()
+    }
+
+    /// Adds (or updates) a list entry; effective in the kernel when this returns.
+    pub fn add(&self, kind: ListKind, req: EntryRequest) -> Result<FwEntry, FwError> {
+        let ip = req.ip.trim();
+        if ip.is_empty() {
+            return Err(FwError::Invalid("IP address is required".into()));
+        }
+        let net = parse_net(ip)
+            .ok_or_else(|| FwError::Invalid(format!("Invalid IP address or CIDR: {ip:?}")))?;
+        if !(0..=MAX_TTL).contains(&req.ttl) {
+            return Err(FwError::Invalid(format!(
+                "TTL must be between 0 (permanent) and {MAX_TTL} seconds"
+            )));
+        }
+        if req.comment.chars().count() > MAX_COMMENT || req.comment.chars().any(char::is_control) {
+            return Err(FwError::Invalid(format!(
+                "Comment must be at most {MAX_COMMENT} printable characters"
+            )));
+        }
+        if kind == ListKind::Black {
+            self.refuse_unsafe_ban(&net, req.force, req.caller)?;
+        }
+        let t = now();
+        let ttl = u64::try_from(req.ttl).unwrap_or(0);
+        let entry = FwEntry {
+            net: net.to_string(),
+            comment: req.comment.trim().to_string(),
+            ttl,
+            created_at: t,
+            expires_at: (ttl > 0).then(|| t + req.ttl),
+        };
+        let mut inner = self.lock();
+        let state = self.state()?;
+        let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        let mut entries: Vec<FwEntry> = self
+            .entries(kind)?
+            .into_iter()
+            .filter(|e| e.expires_at.is_none_or(|x| x > t))
+            .collect();
+        entries.retain(|e| e.net != entry.net);
+        // DENY_IP_LIMIT / DENY_TEMP_IP_LIMIT: the oldest entries of the same kind rotate out.
+        let mut rotated = Vec::new();
+        if kind == ListKind::Black {
+            let limit = if ttl == 0 {
+                settings.deny_ip_limit
+            } else {
+                settings.deny_temp_ip_limit
+            };
+            if limit > 0 {
+                let mut same: Vec<&FwEntry> = entries
+                    .iter()
+                    .filter(|e| (e.ttl == 0) == (ttl == 0))
+                    .collect();
+                same.sort_by_key(|e| (e.created_at, e.net.clone()));
+                let excess = (same.len() + 1).saturating_sub(limit);
+                rotated = same.iter().take(excess).map(|e| e.net.clone()).collect();
+            }
+        }
+        entries.retain(|e| !rotated.contains(&e.net));
+        entries.push(entry.clone());
+        self.sync_list(&mut inner, kind, &entries, t)?;
+        let all_stored = self.entries(kind)?;
+        self.store.write(|w| {
+            for e in &all_stored {
+                if e.expires_at.is_some_and(|x| x <= t) || rotated.contains(&e.net) {
+                    w.remove(kind.table(), e.net.as_str())?;
+                }
+            }
+            w.put(kind.table(), entry.net.as_str(), &entry)
+        })?;
+        Ok(entry)
+    }
+
+    /// Removes a list entry; 404 when it isn't there.
+    pub fn remove(&self, kind: ListKind, ip: &str) -> Result<FwEntry, FwError> {
+        let net = parse_net(ip)
+            .ok_or_else(|| FwError::Invalid(format!("Invalid IP address or CIDR: {ip:?}")))?;
+        let key = net.to_string();
+        let t = now();
+        let mut inner = self.lock();
+        let entries = self.entries(kind)?;
+        let Some(found) = entries
+            .iter()
+            .find(|e| e.net == key && e.expires_at.is_none_or(|x| x > t))
+            .cloned()
+        else {
+            return Err(FwError::NotFound(format!(
+                "{} is not in the {}",
+                display_net(&net),
+                kind.name()
+            )));
+        };
+        let rest: Vec<FwEntry> = entries.into_iter().filter(|e| e.net != key).collect();
+        self.sync_list(&mut inner, kind, &rest, t)?;
+        self.store.write(|w| w.remove(kind.table(), key.as_str()))?;
+        Ok(found)
+    }
+
+    /// Brings the kernel sets of one list to `entries`: only the changed intervals are sent;
+    /// if the kernel disagrees with what we think it holds, the sets are rewritten whole.
+    fn sync_list(
+        &self,
+        inner: &mut Inner,
+        kind: ListKind,
+        entries: &[FwEntry],
+        t: i64,
+    ) -> Result<(), FwError> {
+        if inner.nl.is_none() || inner.kernel_rules == 0 {
+            return Ok(());
+        }
+        let (s4, s6) = kind.sets();
+        let new4 = Self::list_intervals(entries, false, t);
+        let new6 = Self::list_intervals(entries, true, t);
+        let table = self.cfg.table.clone();
+        let diff = |old: &[Interval], new: &[Interval]| {
+            // Elements that expire within 2 s may be gone by the time the kernel sees the batch.
+            let removed: Vec<Interval> = old
+                .iter()
+                .filter(|iv| !new.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
+                .copied()
+                .collect();
+            let added: Vec<Interval> = new.iter().filter(|iv| !old.contains(iv)).copied().collect();
+            (removed, added)
+        };
+        let old4 = inner.applied.get(&s4).cloned().unwrap_or_default();
+        let old6 = inner.applied.get(&s6).cloned().unwrap_or_default();
+        let (r4, a4) = diff(&old4, &new4);
+        let (r6, a6) = diff(&old6, &new6);
+        let Some(nl) = inner.nl.as_mut() else {
+            return Ok(());
+        };
+        let mut batch = Batch::new(nl.next_seq());
+        plan::list_elements(&mut batch, &table, s4, &r4, false, t);
+        plan::list_elements(&mut batch, &table, s6, &r6, false, t);
+        plan::list_elements(&mut batch, &table, s4, &a4, true, t);
+        plan::list_elements(&mut batch, &table, s6, &a6, true, t);
+        let result = nl.commit(batch);
+        if let Err(e) = result {
+            // ENOENT/EEXIST: the kernel's set differs from our picture (an element expired, or
+            // someone edited it). Rewrite both sets whole, still in one transaction.
+            if !matches!(e.errno(), Some(2) | Some(17)) {
+                return Err(e.into());
+            }
+            tracing::debug!(error = %e, "incremental list update refused; rewriting the sets");
+            let mut batch = Batch::new(nl.next_seq());
+            plan::flush_set(&mut batch, &table, s4);
+            plan::flush_set(&mut batch, &table, s6);
+            plan::list_elements(&mut batch, &table, s4, &new4, true, t);
+            plan::list_elements(&mut batch, &table, s6, &new6, true, t);
+            nl.commit(batch)?;
+        }
+        inner.applied.insert(s4, new4);
+        inner.applied.insert(s6, new6);
+        Ok(())
+    }
+
+    fn refuse_unsafe_ban(
+        &self,
+        net: &IpNet,
+        force: bool,
+        caller: Option<IpAddr>,
+    ) -> Result<(), FwError> {
+        let loopback: [IpNet; 2] = [
+            loopback4(),
+            IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+        ];
+        if loopback.iter().any(|l| overlaps(l, net)) {
+            return Err(FwError::Invalid(format!(
+                "Refusing to blacklist {}: it covers loopback",
+                display_net(net)
+            )));
+        }
+        for addr in local_addresses() {
+            if net.contains(&addr) {
+                return Err(FwError::Invalid(format!(
+                    "Refusing to blacklist {}: it covers this server's own address {addr}",
+                    display_net(net)
+                )));
+            }
+        }
+        let t = now();
+        for w in self.entries(ListKind::White)? {
+            if w.expires_at.is_some_and(|x| x <= t) {
+                continue;
+            }
+            if let Some(wn) = parse_net(&w.net)
+                && overlaps(&wn, net)
+            {
+                return Err(FwError::Invalid(format!(
+                    "Refusing to blacklist {}: it overlaps whitelisted {}; remove that from the whitelist first",
+                    display_net(net),
+                    display_net(&wn)
+                )));
+            }
+        }
+        if let Some(c) = caller
+            && net.contains(&c)
+            && !force
+        {
+            return Err(FwError::Invalid(format!(
+                "Refusing to blacklist {}: it covers your own address {c}; send \"force\": true to ban it anyway",
+                display_net(net)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Live entries of a list, oldest first.
+    pub fn list(&self, kind: ListKind) -> Result<Vec<FwEntry>, FwError> {
+        let t = now();
+        let mut v: Vec<FwEntry> = self
+            .entries(kind)?
+            .into_iter()
+            .filter(|e| e.expires_at.is_none_or(|x| x > t))
+            .collect();
+        v.sort_by_key(|e| (e.created_at, e.net.clone()));
+        Ok(v)
+    }
+
+    /// Every list entry that matches `ip`.
+    pub fn check(&self, ip: &str) -> Result<Vec<CheckResult>, FwError> {
+        let ip = ip.trim();
+        if ip.is_empty() {
+            return Err(FwError::Invalid("IP address is required".into()));
+        }
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| FwError::Invalid(format!("Invalid IP address: {ip:?}")))?;
+        let mut out = Vec::new();
+        for kind in [ListKind::White, ListKind::Black] {
+            for e in self.list(kind)? {
+                if parse_net(&e.net).is_some_and(|n| n.contains(&addr)) {
+                    out.push(CheckResult {
+                        list: kind.name(),
+                        entry: e,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The csf.conf-style settings.
+    pub fn settings(&self) -> Result<BTreeMap<String, String>, FwError> {
+        Ok(self.state()?.settings)
+    }
+
+    /// Merges `changes` into the settings, validates the result (every bad key reported) and
+    /// applies it in one transaction; nothing changes if either step fails.
+    pub fn update_settings(
+        &self,
+        changes: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, FwError> {
+        let mut inner = self.lock();
+        let mut state = self.state()?;
+        let before = state.clone();
+        let unknown: Vec<SettingError> = changes
+            .keys()
+            .filter(|k| !model::KEYS.contains(&k.as_str()))
+            .map(|k| SettingError {
+                key: k.clone(),
+                message: "is not a setting wispd implements".into(),
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(FwError::Settings(unknown));
+        }
+        state.settings.extend(changes);
+        let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        for key in model::PORT_KEYS {
+            state
+                .settings
+                .insert(key.to_string(), model::format_ports(settings.ports(key)));
+        }
+        self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &state))?;
+        if let Err(e) = self.apply_full(&mut inner) {
+            self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before))?;
+            return Err(e);
+        }
+        Ok(state.settings)
+    }
+
+    /// The open ports: `(port, protocol, direction)` from TCP_IN/UDP_IN/TCP_OUT/UDP_OUT.
+    pub fn ports(&self) -> Result<Vec<(String, &'static str, &'static str)>, FwError> {
+        let state = self.state()?;
+        let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        let mut out = Vec::new();
+        for (key, proto, dir) in [
+            ("TCP_IN", "tcp", "in"),
+            ("UDP_IN", "udp", "in"),
+            ("TCP_OUT", "tcp", "out"),
+            ("UDP_OUT", "udp", "out"),
+        ] {
+            for p in settings.ports(key) {
+                out.push((p.to_string(), proto, dir));
+            }
+        }
+        Ok(out)
+    }
+
+    fn port_keys(protocol: &str, direction: &str) -> Result<[&'static str; 2], FwError> {
+        Ok(match (protocol, direction) {
+            ("tcp", "in") => ["TCP_IN", "TCP6_IN"],
+            ("udp", "in") => ["UDP_IN", "UDP6_IN"],
+            ("tcp", "out") => ["TCP_OUT", "TCP6_OUT"],
+            ("udp", "out") => ["UDP_OUT", "UDP6_OUT"],
+            _ => {
+                return Err(FwError::Invalid(
+                    "Protocol must be tcp or udp and direction in or out".into(),
+                ));
+            }
+        })
+    }
+
+    /// Opens a port (IPv4 and IPv6).
+    pub fn add_port(&self, req: PortRequest) -> Result<(), FwError> {
+        let port = req.port.trim();
+        if port.is_empty() {
+            return Err(FwError::Invalid("Port is required".into()));
+        }
+        let range = PortRange::parse(port).ok_or_else(|| {
+            FwError::Invalid(format!(
+                "Invalid port {port:?}: use 1-65535 or a range like 30000:35000"
+            ))
+        })?;
+        let keys = Self::port_keys(&req.protocol, &req.direction)?;
+        let current = self.settings()?;
+        let mut changes = BTreeMap::new();
+        for key in keys {
+            let list = current.get(key).cloned().unwrap_or_default();
+            changes.insert(
+                key.to_string(),
+                if list.is_empty() {
+                    range.to_string()
+                } else {
+                    format!("{list},{range}")
+                },
+            );
+        }
+        self.update_settings(changes).map(|_| ())
+    }
+
+    /// Closes a port everywhere it is open, or only for `protocol`/`direction`.
+    pub fn remove_port(
+        &self,
+        port: &str,
+        protocol: Option<&str>,
+        direction: Option<&str>,
+    ) -> Result<usize, FwError> {
+        let range = PortRange::parse(port)
+            .ok_or_else(|| FwError::Invalid(format!("Invalid port {port:?}")))?;
+        let current = self.settings()?;
+        let mut changes = BTreeMap::new();
+        let mut removed = 0;
+        for proto in ["tcp", "udp"] {
+            for dir in ["in", "out"] {
+                if protocol.is_some_and(|p| p != proto) || direction.is_some_and(|d| d != dir) {
+                    continue;
+                }
+                for key in Self::port_keys(proto, dir)? {
+                    let list =
+                        model::parse_ports(key, current.get(key).map(String::as_str).unwrap_or(""))
+                            .map_err(|e| FwError::Settings(vec![e]))?;
+                    let kept: Vec<PortRange> =
+                        list.iter().filter(|p| **p != range).copied().collect();
+                    if kept.len() != list.len() {
+                        removed += 1;
+                        changes.insert(key.to_string(), model::format_ports(&kept));
+                    }
+                }
+            }
+        }
+        if removed == 0 {
+            return Err(FwError::NotFound(format!("Port {range} is not open")));
+        }
+        self.update_settings(changes)?;
+        Ok(removed)
+    }
+
+    /// Basic rules in id order.
+    pub fn list_rules(&self) -> Result<Vec<FwRule>, FwError> {
+        self.rules()
+    }
+
+    /// Adds a basic rule and applies it.
+    pub fn add_rule(&self, req: RuleRequest) -> Result<FwRule, FwError> {
+        let mut rule = FwRule {
+            id: 0,
+            chain: req.chain.trim().to_ascii_uppercase(),
+            protocol: req.protocol.trim().to_ascii_lowercase(),
+            port: req
+                .port
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty()),
+            source: req
+                .source
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            action: req.action.trim().to_ascii_uppercase(),
+            created_at: now(),
+        };
+        let typed = typed_rule(&rule)?;
+        if let Some(p) = typed.port {
+            rule.port = Some(p.to_string());
+        }
+        if let Some(n) = typed.peer {
+            rule.source = Some(display_net(&n));
+        }
+        let mut inner = self.lock();
+        let stored = self.store.write(|w| {
+            let mut state = w.get(&FW_STATE, STATE_KEY)?.unwrap_or_default();
+            rule.id = state.next_rule_id.max(1);
+            state.next_rule_id = rule.id + 1;
+            w.put(&FW_STATE, STATE_KEY, &state)?;
+            w.put(&FW_RULES, rule.id, &rule)?;
+            Ok::<_, StoreError>(rule.clone())
+        })?;
+        if let Err(e) = self.apply_full(&mut inner) {
+            self.store.write(|w| w.remove(&FW_RULES, stored.id))?;
+            return Err(e);
+        }
+        Ok(stored)
+    }
+
+    pub fn delete_rule(&self, id: u64) -> Result<FwRule, FwError> {
+        let mut inner = self.lock();
+        let Some(rule) = self.store.read(|r| r.get(&FW_RULES, id))? else {
+            return Err(FwError::NotFound(format!("No firewall rule with id {id}")));
+        };
+        self.store.write(|w| w.remove(&FW_RULES, id))?;
+        if let Err(e) = self.apply_full(&mut inner) {
+            self.store.write(|w| w.put(&FW_RULES, id, &rule))?;
+            return Err(e);
+        }
+        Ok(rule)
+    }
+
+    /// Turns filtering on or off (off removes the table; everything stays in the store).
+    pub fn toggle(&self, enabled: bool) -> Result<Status, FwError> {
+        let mut inner = self.lock();
+        let before = self.state()?;
+        let mut state = before.clone();
+        state.enabled = enabled;
+        self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &state))?;
+        if let Err(e) = self.apply_full(&mut inner) {
+            self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before))?;
+            return Err(e);
+        }
+        drop(inner);
+        self.status()
+    }
+
+    pub fn status(&self) -> Result<Status, FwError> {
+        let state = self.state()?;
+        let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        let inner = self.lock();
+        let lifts = settings
+            .testing
+            .then(|| inner.applied_at + i64::from(settings.testing_interval) * 60);
+        Ok(Status {
+            backend: inner.backend.clone(),
+            enabled: state.enabled,
+            table: self.cfg.table.clone(),
+            testing: settings.testing,
+            testing_lifts_at: lifts.filter(|_| inner.policy_drop),
+            policy_drop: inner.policy_drop && state.enabled,
+            blacklist_count: self.list(ListKind::Black)?.len(),
+            whitelist_count: self.list(ListKind::White)?.len(),
+            rule_count: self.rules()?.len(),
+            kernel_rules: inner.kernel_rules,
+        })
+    }
+
+    /// Periodic upkeep: lifts the TESTING policy when its time is up, restores the table if
+    /// someone deleted or flushed it, and drops expired entries from the store.
+    pub fn tick(&self) -> Result<(), FwError> {
+        let t = now();
+        let mut inner = self.lock();
+        let state = self.state()?;
+        if inner.nl.is_some() && state.enabled {
+            let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+            let expected = inner.kernel_rules;
+            let table = self.cfg.table.clone();
+            let found = inner
+                .nl
+                .as_mut()
+                .map(|nl| nl.rule_count(&table))
+                .transpose()?
+                .flatten();
+            if found != Some(expected) {
+                tracing::warn!(?found, expected, table = %table, "firewall table was changed from outside; restoring it");
+                self.apply_full(&mut inner)?;
+            } else if inner.policy_drop && !self.policy_for(&settings, inner.applied_at, t) {
+                tracing::warn!(
+                    "TESTING: lifting the restrictive policy (set TESTING to 0 to keep it)"
+                );
+                if let Some(nl) = inner.nl.as_mut() {
+                    let mut batch = Batch::new(nl.next_seq());
+                    plan::policy(&mut batch, &table, false);
+                    nl.commit(batch)?;
+                }
+                inner.policy_drop = false;
+            }
+        }
+        drop(inner);
+        for kind in [ListKind::Black, ListKind::White] {
+            let expired: Vec<String> = self
+                .entries(kind)?
+                .into_iter()
+                .filter(|e| e.expires_at.is_some_and(|x| x <= t))
+                .map(|e| e.net)
+                .collect();
+            if !expired.is_empty() {
+                self.store.write(|w| {
+                    for k in &expired {
+                        w.remove(kind.table(), k.as_str())?;
+                    }
+                    Ok::<_, StoreError>(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn e_is_permission(e: &FwError) -> bool {
+    matches!(e, FwError::Kernel(n) if n.is_permission())
+}
+
+fn loopback4() -> IpNet {
+    IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default())
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn local_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|v| v.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// Validates a stored or requested rule into its typed form.
+pub fn typed_rule(r: &FwRule) -> Result<Rule, FwError> {
+    let direction = match r.chain.as_str() {
+        "INPUT" => Direction::In,
+        "OUTPUT" => Direction::Out,
+        "" => {
+            return Err(FwError::Invalid(
+                "Chain is required (INPUT or OUTPUT)".into(),
+            ));
+        }
+        other => {
+            return Err(FwError::Invalid(format!(
+                "Chain must be INPUT or OUTPUT, not {other:?}"
+            )));
+        }
+    };
+    let proto = match r.protocol.as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        "icmp" => Proto::Icmp,
+        "all" | "" => Proto::All,
+        other => {
+            return Err(FwError::Invalid(format!(
+                "Protocol must be tcp, udp, icmp or all, not {other:?}"
+            )));
+        }
+    };
+    let action = match r.action.as_str() {
+        "ACCEPT" => Action::Accept,
+        "DROP" => Action::Drop,
+        "REJECT" => Action::Reject,
+        "" => {
+            return Err(FwError::Invalid(
+                "Action is required (ACCEPT, DROP or REJECT)".into(),
+            ));
+        }
+        other => {
+            return Err(FwError::Invalid(format!(
+                "Action must be ACCEPT, DROP or REJECT, not {other:?}"
+            )));
+        }
+    };
+    let port = match &r.port {
+        None => None,
+        Some(p) => {
+            if !matches!(proto, Proto::Tcp | Proto::Udp) {
+                return Err(FwError::Invalid("A port needs protocol tcp or udp".into()));
+            }
+            Some(
+                PortRange::parse(p)
+                    .ok_or_else(|| FwError::Invalid(format!("Invalid port {p:?}")))?,
+            )
+        }
+    };
+    let peer = match &r.source {
+        None => None,
+        Some(s) => Some(
+            parse_net(s)
+                .ok_or_else(|| FwError::Invalid(format!("Invalid source address {s:?}")))?,
+        ),
+    };
+    if port.is_none() && peer.is_none() && proto == Proto::All {
+        return Err(FwError::Invalid(
+            "A rule needs a protocol, a port or a source".into(),
+        ));
+    }
+    Ok(Rule {
+        direction,
+        proto,
+        port,
+        peer,
+        action,
+    })
+}

@@ -1,0 +1,485 @@
+//! The desired ruleset: settings parsed from csf.conf-style keys, list entries, port sets and
+//! basic rules, and the disjoint intervals the kernel's interval sets hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// A CSF setting that failed validation.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SettingError {
+    pub key: String,
+    pub message: String,
+}
+
+fn bad(key: &str, message: impl Into<String>) -> SettingError {
+    SettingError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn parse(s: &str) -> Option<PortRange> {
+        let s = s.trim();
+        let (lo, hi) = match s.split_once(':').or_else(|| s.split_once('-')) {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let p = s.parse().ok()?;
+                (p, p)
+            }
+        };
+        (lo > 0 && lo <= hi).then_some(PortRange { lo, hi })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}:{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// A comma-separated CSF port list (`"22,25,30000:35000"`).
+pub fn parse_ports(key: &str, s: &str) -> Result<Vec<PortRange>, SettingError> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let r = PortRange::parse(part).ok_or_else(|| {
+            bad(
+                key,
+                format!("{part:?} is not a port (1-65535) or range lo:hi"),
+            )
+        })?;
+        out.insert(r);
+    }
+    Ok(out.into_iter().collect())
+}
+
+pub fn format_ports(ports: &[PortRange]) -> String {
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The port-list keys and which set each one feeds.
+pub const PORT_KEYS: [&str; 8] = [
+    "TCP_IN", "TCP_OUT", "UDP_IN", "UDP_OUT", "TCP6_IN", "TCP6_OUT", "UDP6_IN", "UDP6_OUT",
+];
+
+/// Every csf.conf key wispd implements.
+pub const KEYS: [&str; 15] = [
+    "TCP_IN",
+    "TCP_OUT",
+    "UDP_IN",
+    "UDP_OUT",
+    "TCP6_IN",
+    "TCP6_OUT",
+    "UDP6_IN",
+    "UDP6_OUT",
+    "ICMP_IN",
+    "ICMP_IN_RATE",
+    "ICMP_OUT",
+    "DENY_IP_LIMIT",
+    "DENY_TEMP_IP_LIMIT",
+    "TESTING",
+    "TESTING_INTERVAL",
+];
+
+/// Parsed settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Port sets by key (`TCP_IN`, …).
+    pub ports: BTreeMap<&'static str, Vec<PortRange>>,
+    pub icmp_in: bool,
+    /// Packets per second; 0 = unlimited.
+    pub icmp_in_rate: u32,
+    pub icmp_out: bool,
+    pub deny_ip_limit: usize,
+    pub deny_temp_ip_limit: usize,
+    pub testing: bool,
+    /// Minutes.
+    pub testing_interval: u32,
+}
+
+/// The defaults for a fresh install: `tcp_in` are the ports that must stay reachable (ssh, the API,
+/// wispd's own listeners).
+pub fn default_settings(tcp_in: &[u16]) -> BTreeMap<String, String> {
+    let mut tcp_in: Vec<u16> = tcp_in.to_vec();
+    tcp_in.push(22);
+    tcp_in.sort_unstable();
+    tcp_in.dedup();
+    let tcp_in = tcp_in
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = "20,21,22,25,53,80,110,113,443,465,587,993,995";
+    [
+        ("TCP_IN", tcp_in.as_str()),
+        ("TCP_OUT", out),
+        ("UDP_IN", ""),
+        ("UDP_OUT", "20,21,53,113,123"),
+        ("TCP6_IN", tcp_in.as_str()),
+        ("TCP6_OUT", out),
+        ("UDP6_IN", ""),
+        ("UDP6_OUT", "20,21,53,113,123"),
+        ("ICMP_IN", "1"),
+        ("ICMP_IN_RATE", "1/s"),
+        ("ICMP_OUT", "1"),
+        ("DENY_IP_LIMIT", "200"),
+        ("DENY_TEMP_IP_LIMIT", "100"),
+        ("TESTING", "1"),
+        ("TESTING_INTERVAL", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn flag(key: &str, v: &str) -> Result<bool, SettingError> {
+    match v.trim() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        other => Err(bad(key, format!("{other:?} must be 0 or 1"))),
+    }
+}
+
+fn number(key: &str, v: &str, max: u64) -> Result<u64, SettingError> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| {
+            bad(
+                key,
+                format!("{:?} must be a whole number from 0 to {max}", v.trim()),
+            )
+        })
+}
+
+impl Settings {
+    /// Validates a full settings map; every problem is returned.
+    pub fn parse(map: &BTreeMap<String, String>) -> Result<Settings, Vec<SettingError>> {
+        let mut errors = Vec::new();
+        for k in map.keys() {
+            if !KEYS.contains(&k.as_str()) {
+                errors.push(bad(k, "is not a setting wispd implements"));
+            }
+        }
+        let get = |k: &str| map.get(k).map(String::as_str).unwrap_or("");
+        let mut ports = BTreeMap::new();
+        for key in PORT_KEYS {
+            match parse_ports(key, get(key)) {
+                Ok(p) => {
+                    ports.insert(key, p);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut take = |r: Result<u64, SettingError>| r.map_err(|e| errors.push(e)).unwrap_or(0);
+        let deny_ip_limit = take(number("DENY_IP_LIMIT", get("DENY_IP_LIMIT"), 1_000_000));
+        let deny_temp_ip_limit = take(number(
+            "DENY_TEMP_IP_LIMIT",
+            get("DENY_TEMP_IP_LIMIT"),
+            1_000_000,
+        ));
+        let testing_interval = take(number("TESTING_INTERVAL", get("TESTING_INTERVAL"), 10_080));
+        let icmp_in_rate = match get("ICMP_IN_RATE").trim() {
+            "" | "0" => 0,
+            r => match r
+                .strip_suffix("/s")
+                .and_then(|n| n.trim().parse::<u32>().ok())
+            {
+                Some(n) if (1..=100_000).contains(&n) => n,
+                _ => {
+                    errors.push(bad(
+                        "ICMP_IN_RATE",
+                        format!("{r:?} must be N/s (1-100000) or 0"),
+                    ));
+                    0
+                }
+            },
+        };
+        let mut flag_of = |k: &str| flag(k, get(k)).map_err(|e| errors.push(e)).unwrap_or(false);
+        let icmp_in = flag_of("ICMP_IN");
+        let icmp_out = flag_of("ICMP_OUT");
+        let testing = flag_of("TESTING");
+        if testing && testing_interval == 0 {
+            errors.push(bad(
+                "TESTING_INTERVAL",
+                "must be at least 1 minute while TESTING is 1",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Settings {
+            ports,
+            icmp_in,
+            icmp_in_rate,
+            icmp_out,
+            deny_ip_limit: usize::try_from(deny_ip_limit).unwrap_or(usize::MAX),
+            deny_temp_ip_limit: usize::try_from(deny_temp_ip_limit).unwrap_or(usize::MAX),
+            testing,
+            testing_interval: u32::try_from(testing_interval).unwrap_or(u32::MAX),
+        })
+    }
+
+    pub fn ports(&self, key: &str) -> &[PortRange] {
+        self.ports.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// Parses an address or CIDR into its canonical network (`10.1.2.3/8` -> `10.0.0.0/8`).
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    s.parse::<IpNet>().ok().map(|n| n.trunc())
+}
+
+/// A closed interval of addresses, as u128 (IPv4 in the low 32 bits), with an expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Interval {
+    pub start: u128,
+    pub end: u128,
+    /// Unix seconds; `None` = permanent.
+    pub expires: Option<i64>,
+}
+
+pub fn bounds(net: &IpNet) -> (u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// Breakpoint: an address, or one past the top of the address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Point {
+    At(u128),
+    Top,
+}
+
+fn after(x: u128, top: u128) -> Point {
+    if x >= top {
+        Point::Top
+    } else {
+        Point::At(x + 1)
+    }
+}
+
+/// Disjoint, sorted intervals covering the union of `nets`; where entries overlap, the interval
+/// lives as long as the longest-lived entry covering it. Expired entries are dropped.
+pub fn intervals<'a>(
+    nets: impl Iterator<Item = (&'a IpNet, Option<i64>)>,
+    v6: bool,
+    now: i64,
+) -> Vec<Interval> {
+    let top = if v6 { u128::MAX } else { u128::from(u32::MAX) };
+    // expiry as a sortable key: permanent = i64::MAX
+    let mut events: Vec<(Point, bool, i64)> = Vec::new();
+    for (net, expires) in nets {
+        if net.addr().is_ipv6() != v6 || expires.is_some_and(|e| e <= now) {
+            continue;
+        }
+        let (s, e) = bounds(net);
+        let exp = expires.unwrap_or(i64::MAX);
+        events.push((Point::At(s), true, exp));
+        events.push((after(e, top), false, exp));
+    }
+    events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut active: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut out: Vec<Interval> = Vec::new();
+    let mut i = 0;
+    let mut cursor: Option<(u128, i64)> = None; // open segment: start, expiry
+    while i < events.len() {
+        let at = events[i].0;
+        while i < events.len() && events[i].0 == at {
+            let (_, open, exp) = events[i];
+            if open {
+                *active.entry(exp).or_default() += 1;
+            } else if let Some(c) = active.get_mut(&exp) {
+                *c -= 1;
+                if *c == 0 {
+                    active.remove(&exp);
+                }
+            }
+            i += 1;
+        }
+        let now_max = active.keys().next_back().copied();
+        let Point::At(pos) = at else {
+            if let Some((s, exp)) = cursor.take() {
+                push(&mut out, s, top, exp);
+            }
+            break;
+        };
+        match (cursor, now_max) {
+            (Some((s, exp)), Some(m)) if m != exp => {
+                push(&mut out, s, pos - 1, exp);
+                cursor = Some((pos, m));
+            }
+            (Some((s, exp)), None) => {
+                push(&mut out, s, pos - 1, exp);
+                cursor = None;
+            }
+            (None, Some(m)) => cursor = Some((pos, m)),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn push(out: &mut Vec<Interval>, start: u128, end: u128, exp: i64) {
+    let expires = (exp != i64::MAX).then_some(exp);
+    if let Some(last) = out.last_mut()
+        && last.expires == expires
+        && last.end.checked_add(1) == Some(start)
+    {
+        last.end = end;
+        return;
+    }
+    out.push(Interval {
+        start,
+        end,
+        expires,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        parse_net(s).expect("net")
+    }
+
+    fn v4(s: &str) -> u128 {
+        u128::from(u32::from(s.parse::<std::net::Ipv4Addr>().expect("ip")))
+    }
+
+    #[test]
+    fn canonical_nets() {
+        assert_eq!(
+            parse_net("10.1.2.3/8").map(|n| n.to_string()),
+            Some("10.0.0.0/8".into())
+        );
+        assert_eq!(
+            parse_net(" 1.2.3.4 ").map(|n| n.to_string()),
+            Some("1.2.3.4/32".into())
+        );
+        assert_eq!(
+            parse_net("2001:db8::1/32").map(|n| n.to_string()),
+            Some("2001:db8::/32".into())
+        );
+        assert!(parse_net("1.2.3.4/33").is_none());
+        assert!(parse_net("nope").is_none());
+    }
+
+    #[test]
+    fn overlapping_entries_merge_with_longest_expiry_winning() {
+        let a = net("10.0.0.0/8");
+        let b = net("10.1.0.0/16");
+        let c = net("11.0.0.0/8");
+        let d = net("192.168.0.1");
+        let list = [(&a, Some(100)), (&b, None), (&c, Some(100)), (&d, Some(50))];
+        let got = intervals(list.iter().map(|(n, e)| (*n, *e)), false, 10);
+        assert_eq!(
+            got,
+            vec![
+                Interval {
+                    start: v4("10.0.0.0"),
+                    end: v4("10.0.255.255"),
+                    expires: Some(100)
+                },
+                Interval {
+                    start: v4("10.1.0.0"),
+                    end: v4("10.1.255.255"),
+                    expires: None
+                },
+                Interval {
+                    start: v4("10.2.0.0"),
+                    end: v4("11.255.255.255"),
+                    expires: Some(100)
+                },
+                Interval {
+                    start: v4("192.168.0.1"),
+                    end: v4("192.168.0.1"),
+                    expires: Some(50)
+                },
+            ]
+        );
+        // expired entries vanish
+        let later = intervals(list.iter().map(|(n, e)| (*n, *e)), false, 60);
+        assert_eq!(later.len(), 3);
+    }
+
+    #[test]
+    fn whole_space_and_families_are_separate() {
+        let all4 = net("0.0.0.0/0");
+        let all6 = net("::/0");
+        let list = [(&all4, None), (&all6, None)];
+        assert_eq!(
+            intervals(list.iter().map(|(n, e)| (*n, *e)), false, 0),
+            vec![Interval {
+                start: 0,
+                end: u128::from(u32::MAX),
+                expires: None
+            }]
+        );
+        assert_eq!(
+            intervals(list.iter().map(|(n, e)| (*n, *e)), true, 0),
+            vec![Interval {
+                start: 0,
+                end: u128::MAX,
+                expires: None
+            }]
+        );
+    }
+
+    #[test]
+    fn ports_parse_ranges_and_refuse_junk() {
+        assert_eq!(
+            format_ports(&parse_ports("TCP_IN", "25, 22,30000:35000,22").expect("ok")),
+            "22,25,30000:35000"
+        );
+        assert!(parse_ports("TCP_IN", "0").is_err());
+        assert!(parse_ports("TCP_IN", "70000").is_err());
+        assert!(parse_ports("TCP_IN", "5:3").is_err());
+    }
+
+    #[test]
+    fn settings_report_every_bad_key() {
+        let mut m = default_settings(&[2083]);
+        m.insert("TCP_IN".into(), "x".into());
+        m.insert("TESTING".into(), "maybe".into());
+        m.insert("NOPE".into(), "1".into());
+        let errs = Settings::parse(&m).expect_err("invalid");
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains(&"TCP_IN") && keys.contains(&"TESTING") && keys.contains(&"NOPE"),
+            "{keys:?}"
+        );
+        let ok = Settings::parse(&default_settings(&[2083, 2525])).expect("defaults valid");
+        assert_eq!(format_ports(ok.ports("TCP_IN")), "22,2083,2525");
+        assert!(ok.testing);
+    }
+}

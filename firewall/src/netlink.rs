@@ -1,0 +1,226 @@
+//! The only kernel I/O of the firewall: one NETLINK_NETFILTER socket that sends a [`Batch`] in a
+//! single `sendmsg` (so the kernel applies it atomically) and collects every acknowledgement.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use rustix::net::netlink::SocketAddrNetlink;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
+
+use crate::msg::{
+    self, Batch, MsgType, NFPROTO_INET, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+};
+
+/// A failed netlink exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the kernel rejected the change ({}): {what}", errno_name(*.errno))]
+    Rejected { errno: i32, what: String },
+    #[error("no answer from the kernel within {0:?}")]
+    Timeout(Duration),
+}
+
+impl NetlinkError {
+    /// True when the process lacks CAP_NET_ADMIN (or nf_tables is unavailable).
+    pub fn is_permission(&self) -> bool {
+        match self {
+            NetlinkError::Rejected { errno, .. } => *errno == 1 || *errno == 13,
+            NetlinkError::Io(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+            NetlinkError::Timeout(_) => false,
+        }
+    }
+
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Rejected { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        1 => "EPERM",
+        2 => "ENOENT",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        22 => "EINVAL",
+        28 => "ENOSPC",
+        39 => "ENOTEMPTY",
+        90 => "EMSGSIZE",
+        93 => "EPROTONOSUPPORT",
+        95 => "EOPNOTSUPP",
+        105 => "ENOBUFS",
+        _ => return format!("errno {e}"),
+    };
+    format!("{name}, errno {e}")
+}
+
+const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+const RECV_BUF: usize = 1 << 20;
+
+/// A netlink socket to nf_tables.
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+    sndbuf: usize,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netlink").field("seq", &self.seq).finish()
+    }
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink, NetlinkError> {
+        let fd = rustix::net::socket(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            Some(rustix::net::netlink::NETFILTER),
+        )
+        .map_err(std::io::Error::from)?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0)).map_err(std::io::Error::from)?;
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(RECV_TIMEOUT),
+        )
+        .map_err(std::io::Error::from)?;
+        // Acknowledgements of a large batch arrive together; FORCE needs CAP_NET_ADMIN.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, 8 << 20)
+            .or_else(|_| rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 8 << 20));
+        let seq = u32::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(1)
+                & 0xffff_ffff,
+        )
+        .unwrap_or(1);
+        Ok(Netlink {
+            fd,
+            seq,
+            sndbuf: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// The next sequence number to start a batch with.
+    pub fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Sends `batch` as one transaction and waits until the kernel has answered every message.
+    /// Any error means the kernel applied none of it.
+    pub fn commit(&mut self, batch: Batch) -> Result<(), NetlinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (bytes, acked, next) = batch.finish();
+        self.seq = next;
+        let first = acked.first().copied().unwrap_or(0).wrapping_sub(1);
+        let last = acked.last().copied().unwrap_or(0);
+        // The whole batch must fit one skb: size the send buffer to it.
+        let need = bytes.len() + (64 << 10);
+        if need > self.sndbuf {
+            rustix::net::sockopt::set_socket_send_buffer_size_force(&self.fd, need)
+                .or_else(|_| rustix::net::sockopt::set_socket_send_buffer_size(&self.fd, need))
+                .map_err(std::io::Error::from)?;
+            self.sndbuf = need;
+        }
+        rustix::net::send(&self.fd, &bytes, SendFlags::empty()).map_err(std::io::Error::from)?;
+        let mut first_error: Option<(i32, u32)> = None;
+        loop {
+            let n = self.recv()?;
+            let mut done = false;
+            for reply in msg::replies(&self.buf[..n]) {
+                if reply.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let code = msg::error_code(reply.payload).unwrap_or(0);
+                if code != 0 && first_error.is_none() {
+                    first_error = Some((-code, reply.seq));
+                }
+                // An error on BATCH_BEGIN (e.g. EPERM) is the only answer the batch gets.
+                if reply.seq == last || (code != 0 && reply.seq == first) {
+                    done = true;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some((errno, seq)) => {
+                let what = match acked.iter().position(|s| *s == seq) {
+                    Some(i) => format!("message {} of {}", i + 1, acked.len()),
+                    None => "batch".to_string(),
+                };
+                Err(NetlinkError::Rejected { errno, what })
+            }
+        }
+    }
+
+    fn recv(&mut self) -> Result<usize, NetlinkError> {
+        match rustix::net::recv(&self.fd, &mut self.buf, RecvFlags::empty()) {
+            Ok((n, _)) => Ok(n),
+            Err(e) if e == rustix::io::Errno::AGAIN => Err(NetlinkError::Timeout(RECV_TIMEOUT)),
+            Err(e) => Err(NetlinkError::Io(e.into())),
+        }
+    }
+
+    /// How many rules the table has, or `None` when it does not exist.
+    pub fn rule_count(&mut self, table: &str) -> Result<Option<usize>, NetlinkError> {
+        let seq = self.bump();
+        let mut w = msg::Writer::with_capacity(64);
+        w.begin(
+            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetRule as u16,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        w.str(1, table); // NFTA_RULE_TABLE
+        w.end();
+        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
+            .map_err(std::io::Error::from)?;
+        let mut count = 0usize;
+        loop {
+            let n = self.recv()?;
+            for reply in msg::replies(&self.buf[..n]) {
+                if reply.seq != seq {
+                    continue;
+                }
+                match reply.ty {
+                    NLMSG_DONE => return Ok(Some(count)),
+                    NLMSG_ERROR => {
+                        let code = msg::error_code(reply.payload).unwrap_or(0);
+                        if code == -2 {
+                            return Ok(None);
+                        }
+                        if code != 0 {
+                            return Err(NetlinkError::Rejected {
+                                errno: -code,
+                                what: "rule dump".into(),
+                            });
+                        }
+                    }
+                    _ => count += 1,
+                }
+            }
+        }
+    }
+
+    fn bump(&mut self) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        s
+    }
+}

@@ -1,0 +1,762 @@
+//! Pure planning: the desired ruleset -> the nf_tables batch that makes the kernel hold it.
+//! Nothing here does I/O; `netlink.rs` sends what this builds.
+
+use ipnet::IpNet;
+
+use crate::model::{Interval, PortRange, Settings, bounds};
+use crate::msg::{Batch, MsgType, NFPROTO_INET, NLM_F_CREATE, Writer};
+
+// attribute numbers from linux/netfilter/nf_tables.h
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_TIMEOUT: u32 = 0x10;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+const NFT_JUMP: i32 = -3;
+
+const NF_INET_LOCAL_IN: u32 = 1;
+const NF_INET_LOCAL_OUT: u32 = 3;
+
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_META_IIFTYPE: u32 = 8;
+const NFT_META_OIFTYPE: u32 = 9;
+const ARPHRD_LOOPBACK: u16 = 772;
+
+const NFT_PAYLOAD_NETWORK: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT: u32 = 2;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_GTE: u32 = 5;
+const NFT_CMP_LTE: u32 = 3;
+const NFT_CMP_NEQ: u32 = 1;
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+const CT_ESTABLISHED: u32 = 1 << 1;
+const CT_RELATED: u32 = 1 << 2;
+
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+const TYPE_INET_SERVICE: u32 = 13;
+
+/// Room left in one message for set elements (an attribute holds at most 64 KiB).
+const ELEMENTS_PER_MSG_BYTES: usize = 60_000;
+
+/// The four address lists and their kernel sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListSet {
+    White4,
+    White6,
+    Black4,
+    Black6,
+}
+
+impl ListSet {
+    pub const ALL: [ListSet; 4] = [
+        ListSet::White4,
+        ListSet::White6,
+        ListSet::Black4,
+        ListSet::Black6,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ListSet::White4 => "whitelist4",
+            ListSet::White6 => "whitelist6",
+            ListSet::Black4 => "blacklist4",
+            ListSet::Black6 => "blacklist6",
+        }
+    }
+
+    pub fn v6(self) -> bool {
+        matches!(self, ListSet::White6 | ListSet::Black6)
+    }
+
+    fn id(self) -> u32 {
+        self as u32 + 1
+    }
+}
+
+/// A port set: (csf key, set name, set id).
+const PORT_SETS: [(&str, &str, u32); 8] = [
+    ("TCP_IN", "tcp_in", 11),
+    ("UDP_IN", "udp_in", 12),
+    ("TCP6_IN", "tcp6_in", 13),
+    ("UDP6_IN", "udp6_in", 14),
+    ("TCP_OUT", "tcp_out", 15),
+    ("UDP_OUT", "udp_out", 16),
+    ("TCP6_OUT", "tcp6_out", 17),
+    ("UDP6_OUT", "udp6_out", 18),
+];
+
+/// Which chain a basic rule lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    Drop,
+    Reject,
+}
+
+/// A basic firewall rule in typed form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub direction: Direction,
+    pub proto: Proto,
+    pub port: Option<PortRange>,
+    /// INPUT: the source address; OUTPUT: the remote (destination) address.
+    pub peer: Option<IpNet>,
+    pub action: Action,
+}
+
+/// Everything the kernel table should hold.
+#[derive(Debug)]
+pub struct Desired<'a> {
+    pub table: &'a str,
+    /// Chain policy: drop (restrictive) or accept (TESTING lifted it).
+    pub policy_drop: bool,
+    pub settings: &'a Settings,
+    pub lists: [&'a [Interval]; 4],
+    pub rules: &'a [Rule],
+}
+
+/// Builds the whole table in one batch: create-if-missing, delete, create, then every set,
+/// chain, element and rule. The kernel swaps the old table for the new one atomically.
+/// Returns the batch and the number of rules the table will hold.
+pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
+    table_msg(batch, MsgType::NewTable, d.table);
+    table_msg(batch, MsgType::DelTable, d.table);
+    table_msg(batch, MsgType::NewTable, d.table);
+    for set in ListSet::ALL {
+        let (ty, len) = if set.v6() {
+            (TYPE_IP6ADDR, 16)
+        } else {
+            (TYPE_IPADDR, 4)
+        };
+        new_set(
+            batch,
+            d.table,
+            set.name(),
+            set.id(),
+            NFT_SET_INTERVAL | NFT_SET_TIMEOUT,
+            ty,
+            len,
+        );
+    }
+    for (_, name, id) in PORT_SETS {
+        new_set(
+            batch,
+            d.table,
+            name,
+            id,
+            NFT_SET_INTERVAL,
+            TYPE_INET_SERVICE,
+            2,
+        );
+    }
+    let policy = if d.policy_drop { NF_DROP } else { NF_ACCEPT };
+    base_chain(batch, d.table, "input", NF_INET_LOCAL_IN, policy);
+    base_chain(batch, d.table, "output", NF_INET_LOCAL_OUT, policy);
+    plain_chain(batch, d.table, "rules_in");
+    plain_chain(batch, d.table, "rules_out");
+    for (set, ivs) in ListSet::ALL.into_iter().zip(d.lists) {
+        set_elements(
+            batch,
+            MsgType::NewSetElem,
+            d.table,
+            set.name(),
+            set.v6(),
+            ivs,
+            now,
+        );
+    }
+    for (key, name, _) in PORT_SETS {
+        let ivs: Vec<Interval> = d
+            .settings
+            .ports(key)
+            .iter()
+            .map(|p| Interval {
+                start: u128::from(p.lo),
+                end: u128::from(p.hi),
+                expires: None,
+            })
+            .collect();
+        port_elements(batch, d.table, name, &ivs);
+    }
+    let mut count = 0;
+    for r in d.rules {
+        count += basic_rule(batch, d.table, r);
+    }
+    count += skeleton(batch, d);
+    count
+}
+
+/// Deletes the table (if it exists) in one batch.
+pub fn remove(batch: &mut Batch, table: &str) {
+    table_msg(batch, MsgType::NewTable, table);
+    table_msg(batch, MsgType::DelTable, table);
+}
+
+/// Adds or deletes list elements.
+pub fn list_elements(
+    batch: &mut Batch,
+    table: &str,
+    set: ListSet,
+    ivs: &[Interval],
+    add: bool,
+    now: i64,
+) {
+    let ty = if add {
+        MsgType::NewSetElem
+    } else {
+        MsgType::DelSetElem
+    };
+    set_elements(batch, ty, table, set.name(), set.v6(), ivs, now);
+}
+
+/// Empties a set (DELSETELEM without elements).
+pub fn flush_set(batch: &mut Batch, table: &str, set: ListSet) {
+    batch.msg(MsgType::DelSetElem, 0, NFPROTO_INET);
+    batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+    batch.w.str(NFTA_SET_ELEM_LIST_SET, set.name());
+    batch.end_msg();
+}
+
+/// Sets both base chains' policy.
+pub fn policy(batch: &mut Batch, table: &str, drop: bool) {
+    let policy = if drop { NF_DROP } else { NF_ACCEPT };
+    for (name, hook) in [("input", NF_INET_LOCAL_IN), ("output", NF_INET_LOCAL_OUT)] {
+        base_chain(batch, table, name, hook, policy);
+    }
+}
+
+fn table_msg(batch: &mut Batch, ty: MsgType, table: &str) {
+    batch.msg(
+        ty,
+        if matches!(ty, MsgType::NewTable) {
+            NLM_F_CREATE
+        } else {
+            0
+        },
+        NFPROTO_INET,
+    );
+    batch.w.str(NFTA_TABLE_NAME, table);
+    batch.end_msg();
+}
+
+fn new_set(
+    batch: &mut Batch,
+    table: &str,
+    name: &str,
+    id: u32,
+    flags: u32,
+    key_type: u32,
+    key_len: u32,
+) {
+    batch.msg(MsgType::NewSet, NLM_F_CREATE, NFPROTO_INET);
+    batch.w.str(NFTA_SET_TABLE, table);
+    batch.w.str(NFTA_SET_NAME, name);
+    batch.w.u32(NFTA_SET_FLAGS, flags);
+    batch.w.u32(NFTA_SET_KEY_TYPE, key_type);
+    batch.w.u32(NFTA_SET_KEY_LEN, key_len);
+    batch.w.u32(NFTA_SET_ID, id);
+    batch.end_msg();
+}
+
+fn base_chain(batch: &mut Batch, table: &str, name: &str, hook: u32, policy: u32) {
+    batch.msg(MsgType::NewChain, NLM_F_CREATE, NFPROTO_INET);
+    batch.w.str(NFTA_CHAIN_TABLE, table);
+    batch.w.str(NFTA_CHAIN_NAME, name);
+    batch.w.nest(NFTA_CHAIN_HOOK);
+    batch.w.u32(NFTA_HOOK_HOOKNUM, hook);
+    batch.w.u32(NFTA_HOOK_PRIORITY, 0);
+    batch.w.unnest();
+    batch.w.u32(NFTA_CHAIN_POLICY, policy);
+    batch.w.str(NFTA_CHAIN_TYPE, "filter");
+    batch.end_msg();
+}
+
+fn plain_chain(batch: &mut Batch, table: &str, name: &str) {
+    batch.msg(MsgType::NewChain, NLM_F_CREATE, NFPROTO_INET);
+    batch.w.str(NFTA_CHAIN_TABLE, table);
+    batch.w.str(NFTA_CHAIN_NAME, name);
+    batch.end_msg();
+}
+
+fn key_bytes(v: u128, len: usize) -> Vec<u8> {
+    v.to_be_bytes()[16 - len..].to_vec()
+}
+
+fn set_elements(
+    batch: &mut Batch,
+    ty: MsgType,
+    table: &str,
+    set: &str,
+    v6: bool,
+    ivs: &[Interval],
+    now: i64,
+) {
+    let (len, top) = if v6 {
+        (16, u128::MAX)
+    } else {
+        (4, u128::from(u32::MAX))
+    };
+    elements(batch, ty, table, set, ivs, len, top, now);
+}
+
+fn port_elements(batch: &mut Batch, table: &str, set: &str, ivs: &[Interval]) {
+    elements(
+        batch,
+        MsgType::NewSetElem,
+        table,
+        set,
+        ivs,
+        2,
+        u128::from(u16::MAX),
+        0,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn elements(
+    batch: &mut Batch,
+    ty: MsgType,
+    table: &str,
+    set: &str,
+    ivs: &[Interval],
+    len: usize,
+    top: u128,
+    now: i64,
+) {
+    let add = matches!(ty, MsgType::NewSetElem);
+    let mut open = false;
+    let mut mark = 0;
+    for iv in ivs {
+        let timeout_ms = match iv.expires {
+            Some(e) if add => {
+                let left = e.saturating_sub(now);
+                if left <= 0 {
+                    continue;
+                }
+                Some(u64::try_from(left).unwrap_or(0).saturating_mul(1000))
+            }
+            _ => None,
+        };
+        if open && batch.w.since(mark) > ELEMENTS_PER_MSG_BYTES {
+            batch.w.unnest();
+            batch.end_msg();
+            open = false;
+        }
+        if !open {
+            batch.msg(ty, if add { NLM_F_CREATE } else { 0 }, NFPROTO_INET);
+            batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+            batch.w.str(NFTA_SET_ELEM_LIST_SET, set);
+            batch.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            mark = batch.w.len();
+            open = true;
+        }
+        element(&mut batch.w, &key_bytes(iv.start, len), false, timeout_ms);
+        if iv.end < top {
+            element(&mut batch.w, &key_bytes(iv.end + 1, len), true, None);
+        }
+    }
+    if open {
+        batch.w.unnest();
+        batch.end_msg();
+    }
+}
+
+fn element(w: &mut Writer, key: &[u8], end: bool, timeout_ms: Option<u64>) {
+    w.nest(NFTA_LIST_ELEM);
+    w.nest(NFTA_SET_ELEM_KEY);
+    w.attr(NFTA_DATA_VALUE, key);
+    w.unnest();
+    if end {
+        w.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+    }
+    if let Some(ms) = timeout_ms {
+        w.u64(NFTA_SET_ELEM_TIMEOUT, ms);
+    }
+    w.unnest();
+}
+
+/// Expressions of one rule, appended to a message being built.
+struct Exprs<'w> {
+    w: &'w mut Writer,
+}
+
+impl Exprs<'_> {
+    fn expr(&mut self, name: &str, body: impl FnOnce(&mut Writer)) -> &mut Self {
+        self.w.nest(NFTA_LIST_ELEM);
+        self.w.str(NFTA_EXPR_NAME, name);
+        self.w.nest(NFTA_EXPR_DATA);
+        body(self.w);
+        self.w.unnest();
+        self.w.unnest();
+        self
+    }
+
+    fn meta(&mut self, key: u32) -> &mut Self {
+        self.expr("meta", |w| {
+            w.u32(2, key); // NFTA_META_KEY
+            w.u32(1, 1); // NFTA_META_DREG = reg 1
+        })
+    }
+
+    fn cmp(&mut self, op: u32, data: &[u8]) -> &mut Self {
+        self.expr("cmp", |w| {
+            w.u32(1, 1); // NFTA_CMP_SREG
+            w.u32(2, op); // NFTA_CMP_OP
+            w.nest(3); // NFTA_CMP_DATA
+            w.attr(NFTA_DATA_VALUE, data);
+            w.unnest();
+        })
+    }
+
+    fn payload(&mut self, base: u32, offset: u32, len: u32) -> &mut Self {
+        self.expr("payload", |w| {
+            w.u32(1, 1); // NFTA_PAYLOAD_DREG
+            w.u32(2, base);
+            w.u32(3, offset);
+            w.u32(4, len);
+        })
+    }
+
+    fn bitwise(&mut self, mask: &[u8]) -> &mut Self {
+        let zero = vec![0u8; mask.len()];
+        self.expr("bitwise", |w| {
+            w.u32(1, 1); // SREG
+            w.u32(2, 1); // DREG
+            w.u32(3, u32::try_from(mask.len()).unwrap_or(0)); // LEN
+            w.nest(4); // MASK
+            w.attr(NFTA_DATA_VALUE, mask);
+            w.unnest();
+            w.nest(5); // XOR
+            w.attr(NFTA_DATA_VALUE, &zero);
+            w.unnest();
+        })
+    }
+
+    fn lookup(&mut self, set: &str) -> &mut Self {
+        self.expr("lookup", |w| {
+            w.str(1, set); // NFTA_LOOKUP_SET
+            w.u32(2, 1); // NFTA_LOOKUP_SREG
+        })
+    }
+
+    fn counter(&mut self) -> &mut Self {
+        self.expr("counter", |w| {
+            w.u64(1, 0);
+            w.u64(2, 0);
+        })
+    }
+
+    fn limit_per_second(&mut self, rate: u32) -> &mut Self {
+        self.expr("limit", |w| {
+            w.u64(1, u64::from(rate)); // RATE
+            w.u64(2, 1); // UNIT: seconds
+            w.u32(3, rate.max(5)); // BURST
+            w.u32(4, 0); // TYPE: packets
+            w.u32(5, 0); // FLAGS
+        })
+    }
+
+    fn ct_established(&mut self) -> &mut Self {
+        self.expr("ct", |w| {
+            w.u32(1, 1); // DREG
+            w.u32(2, 0); // NFT_CT_STATE
+        })
+        .bitwise(&(CT_ESTABLISHED | CT_RELATED).to_ne_bytes())
+        .cmp(NFT_CMP_NEQ, &0u32.to_ne_bytes())
+    }
+
+    fn nfproto(&mut self, v6: bool) -> &mut Self {
+        self.meta(NFT_META_NFPROTO)
+            .cmp(NFT_CMP_EQ, &[if v6 { 10 } else { 2 }])
+    }
+
+    fn l4proto(&mut self, p: u8) -> &mut Self {
+        self.meta(NFT_META_L4PROTO).cmp(NFT_CMP_EQ, &[p])
+    }
+
+    /// Loads the source (`src`) or destination address of the IP header.
+    fn addr(&mut self, v6: bool, src: bool) -> &mut Self {
+        let (off, len) = match (v6, src) {
+            (false, true) => (12, 4),
+            (false, false) => (16, 4),
+            (true, true) => (8, 16),
+            (true, false) => (24, 16),
+        };
+        self.payload(NFT_PAYLOAD_NETWORK, off, len)
+    }
+
+    fn dport(&mut self) -> &mut Self {
+        self.payload(NFT_PAYLOAD_TRANSPORT, 2, 2)
+    }
+
+    fn verdict(&mut self, code: u32) -> &mut Self {
+        self.expr("immediate", |w| {
+            w.u32(1, 0); // DREG: verdict register
+            w.nest(2); // NFTA_IMMEDIATE_DATA
+            w.nest(NFTA_DATA_VERDICT);
+            w.u32(NFTA_VERDICT_CODE, code);
+            w.unnest();
+            w.unnest();
+        })
+    }
+
+    fn jump(&mut self, chain: &str) -> &mut Self {
+        self.expr("immediate", |w| {
+            w.u32(1, 0);
+            w.nest(2);
+            w.nest(NFTA_DATA_VERDICT);
+            w.attr(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+            w.str(NFTA_VERDICT_CHAIN, chain);
+            w.unnest();
+            w.unnest();
+        })
+    }
+
+    fn reject(&mut self, tcp: bool) -> &mut Self {
+        self.expr("reject", |w| {
+            if tcp {
+                w.u32(1, 1); // NFT_REJECT_TCP_RST
+            } else {
+                w.u32(1, 2); // NFT_REJECT_ICMPX_UNREACH
+                w.attr(2, &[3]); // admin prohibited
+            }
+        })
+    }
+}
+
+fn rule(batch: &mut Batch, table: &str, chain: &str, body: impl FnOnce(&mut Exprs<'_>)) -> usize {
+    batch.msg(
+        MsgType::NewRule,
+        NLM_F_CREATE | 0x800, /* NLM_F_APPEND */
+        NFPROTO_INET,
+    );
+    batch.w.str(NFTA_RULE_TABLE, table);
+    batch.w.str(NFTA_RULE_CHAIN, chain);
+    batch.w.nest(NFTA_RULE_EXPRESSIONS);
+    body(&mut Exprs { w: &mut batch.w });
+    batch.w.unnest();
+    batch.end_msg();
+    1
+}
+
+/// The fixed rules of both base chains, in the documented order.
+fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
+    let t = d.table;
+    let mut n = 0;
+    for (chain, dir) in [("input", Direction::In), ("output", Direction::Out)] {
+        let inbound = dir == Direction::In;
+        let lo = if inbound {
+            NFT_META_IIFTYPE
+        } else {
+            NFT_META_OIFTYPE
+        };
+        n += rule(batch, t, chain, |e| {
+            e.meta(lo)
+                .cmp(NFT_CMP_EQ, &ARPHRD_LOOPBACK.to_ne_bytes())
+                .verdict(NF_ACCEPT);
+        });
+        n += rule(batch, t, chain, |e| {
+            e.ct_established().verdict(NF_ACCEPT);
+        });
+        for (set, verdict) in [
+            (ListSet::White4, NF_ACCEPT),
+            (ListSet::White6, NF_ACCEPT),
+            (ListSet::Black4, NF_DROP),
+            (ListSet::Black6, NF_DROP),
+        ] {
+            n += rule(batch, t, chain, |e| {
+                e.nfproto(set.v6())
+                    .addr(set.v6(), inbound)
+                    .lookup(set.name())
+                    .counter()
+                    .verdict(verdict);
+            });
+        }
+        n += rule(batch, t, chain, |e| {
+            e.jump(if inbound { "rules_in" } else { "rules_out" });
+        });
+        let sets: [(&str, bool, u8); 4] = if inbound {
+            [
+                ("tcp_in", false, IPPROTO_TCP),
+                ("udp_in", false, IPPROTO_UDP),
+                ("tcp6_in", true, IPPROTO_TCP),
+                ("udp6_in", true, IPPROTO_UDP),
+            ]
+        } else {
+            [
+                ("tcp_out", false, IPPROTO_TCP),
+                ("udp_out", false, IPPROTO_UDP),
+                ("tcp6_out", true, IPPROTO_TCP),
+                ("udp6_out", true, IPPROTO_UDP),
+            ]
+        };
+        for (set, v6, proto) in sets {
+            n += rule(batch, t, chain, |e| {
+                e.nfproto(v6)
+                    .l4proto(proto)
+                    .dport()
+                    .lookup(set)
+                    .verdict(NF_ACCEPT);
+            });
+        }
+        let icmp_on = if inbound {
+            d.settings.icmp_in
+        } else {
+            d.settings.icmp_out
+        };
+        if icmp_on {
+            let rate = if inbound { d.settings.icmp_in_rate } else { 0 };
+            n += rule(batch, t, chain, |e| {
+                e.nfproto(false).l4proto(IPPROTO_ICMP);
+                if rate > 0 {
+                    e.limit_per_second(rate);
+                }
+                e.verdict(NF_ACCEPT);
+            });
+        }
+        // ICMPv6 carries neighbour discovery: IPv6 stops working without it.
+        n += rule(batch, t, chain, |e| {
+            e.nfproto(true).l4proto(IPPROTO_ICMPV6).verdict(NF_ACCEPT);
+        });
+    }
+    n
+}
+
+/// One basic rule; `icmp` and `all` without an address may need one kernel rule per family.
+fn basic_rule(batch: &mut Batch, table: &str, r: &Rule) -> usize {
+    let chain = if r.direction == Direction::In {
+        "rules_in"
+    } else {
+        "rules_out"
+    };
+    let families: Vec<bool> = match (r.peer, r.proto) {
+        (Some(net), _) => vec![net.addr().is_ipv6()],
+        (None, Proto::Icmp) => vec![false, true],
+        (None, _) => vec![],
+    };
+    let emit = |batch: &mut Batch, family: Option<bool>| {
+        rule(batch, table, chain, |e| {
+            if let Some(v6) = family {
+                e.nfproto(v6);
+            }
+            if let (Some(net), Some(v6)) = (r.peer, family) {
+                let (start, _) = bounds(&net);
+                let len = if v6 { 16 } else { 4 };
+                e.addr(v6, r.direction == Direction::In);
+                if net.prefix_len() < net.max_prefix_len() {
+                    e.bitwise(&key_bytes(mask(net.prefix_len(), v6), len));
+                }
+                e.cmp(NFT_CMP_EQ, &key_bytes(start, len));
+            }
+            match r.proto {
+                Proto::Tcp => {
+                    e.l4proto(IPPROTO_TCP);
+                }
+                Proto::Udp => {
+                    e.l4proto(IPPROTO_UDP);
+                }
+                Proto::Icmp => {
+                    e.l4proto(if family == Some(true) {
+                        IPPROTO_ICMPV6
+                    } else {
+                        IPPROTO_ICMP
+                    });
+                }
+                Proto::All => {}
+            }
+            if let Some(p) = r.port {
+                e.dport();
+                if p.lo == p.hi {
+                    e.cmp(NFT_CMP_EQ, &p.lo.to_be_bytes());
+                } else {
+                    e.cmp(NFT_CMP_GTE, &p.lo.to_be_bytes())
+                        .cmp(NFT_CMP_LTE, &p.hi.to_be_bytes());
+                }
+            }
+            e.counter();
+            match r.action {
+                Action::Accept => e.verdict(NF_ACCEPT),
+                Action::Drop => e.verdict(NF_DROP),
+                Action::Reject => e.reject(r.proto == Proto::Tcp),
+            };
+        })
+    };
+    if families.is_empty() {
+        emit(batch, None)
+    } else {
+        families.into_iter().map(|f| emit(batch, Some(f))).sum()
+    }
+}
+
+fn mask(prefix: u8, v6: bool) -> u128 {
+    if prefix == 0 {
+        return 0;
+    }
+    let ones = u128::MAX << (128 - u32::from(prefix));
+    if v6 { ones } else { ones >> 96 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask(24, false), 0xffff_ff00);
+        assert_eq!(mask(8, false), 0xff00_0000);
+        assert_eq!(mask(64, true), u128::MAX << 64);
+    }
+}
