@@ -31,6 +31,8 @@ submissions = ["127.0.0.1:0"]
 [imap]
 listen = ["127.0.0.1:0"]
 imaps = ["127.0.0.1:0"]
+[firewall]
+enabled = {firewall}
 """
 
 
@@ -142,10 +144,14 @@ def make_wispd(tmp_path):
     """Factory: make_wispd(rate=1000, config=None) -> started Wispd; all are stopped at teardown."""
     started = []
 
-    def make(rate=1000, config=None, start=True, name="w"):
+    def make(rate=1000, config=None, start=True, name="w", firewall=False):
         workdir = tmp_path / f"{name}{len(started)}"
         workdir.mkdir()
-        w = Wispd(workdir, config if config is not None else BASE_CONFIG.format(rate=rate))
+        # Outside a test network namespace the firewall must never touch the host's nftables.
+        if config is not None and not firewall and "[firewall]" not in config:
+            config += "\n[firewall]\nenabled = false\n"
+        text = config if config is not None else BASE_CONFIG.format(rate=rate, firewall=str(firewall).lower())
+        w = Wispd(workdir, text)
         started.append(w)
         return w.start() if start else w
 

@@ -306,7 +306,7 @@ pub fn intervals<'a>(
         events.push((Point::At(s), true, exp));
         events.push((after(e, top), false, exp));
     }
-    events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    events.sort_unstable_by_key(|e| e.0);
     let mut active: BTreeMap<i64, usize> = BTreeMap::new();
     let mut out: Vec<Interval> = Vec::new();
     let mut i = 0;

@@ -1,0 +1,295 @@
+"""The firewall against the real kernel, inside network namespaces the tests create: real TCP
+connections from a client namespace to a server namespace where wispd programs nftables."""
+
+import itertools
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import assert_envelope
+from netns import Pair, nft, sh, wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+_counter = itertools.count(1)
+
+FW_CONFIG = """
+hostname = "mail.test.example"
+[api]
+listen = "127.0.0.1:0"
+rate_limit_per_minute = 100000
+[smtp]
+listen = []
+submission = []
+submissions = []
+[imap]
+listen = []
+imaps = []
+[firewall]
+enabled = true
+table = "wispd"
+"""
+
+APP_PORT = 8088
+
+
+class Listener:
+    """A dual-stack TCP server in the server namespace that accepts and closes."""
+
+    def __init__(self, port):
+        self.sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        self.sock.settimeout(0.2)
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def net():
+    pair = Pair(next(_counter) + (os.getpid() % 200)).create()
+    pair.enter()
+    listener = Listener(APP_PORT)
+    try:
+        yield pair
+    finally:
+        listener.close()
+        pair.leave()
+        pair.destroy()
+
+
+@pytest.fixture
+def fw(net, make_wispd):
+    """wispd in the server namespace with TESTING off (restrictive policy in force) and the app port open."""
+    w = make_wispd(config=FW_CONFIG, firewall=True)
+    r = w.request("PUT", "/api/v1/csf/config", body={"TESTING": "0"})
+    assert r.status == 200, r
+    r = w.request("POST", "/api/v1/csf/ports/", body={"port": APP_PORT, "protocol": "tcp", "direction": "in"})
+    assert r.status == 201, r
+    assert net.can_connect(APP_PORT) and net.can_connect(APP_PORT, v6=True)
+    return w
+
+
+def ruleset():
+    return json.loads(nft("-j", "list", "ruleset").stdout or "{}")
+
+
+def set_elements(name):
+    out = nft("-j", "list", "set", "inet", "wispd", name).stdout
+    for item in json.loads(out)["nftables"]:
+        if "set" in item:
+            return item["set"].get("elem", [])
+    return []
+
+
+def test_ban_blocks_a_real_connection_and_delete_unblocks(net, fw):
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4, "comment": "bruteforce"})
+    assert r.status == 201, r
+    assert r.json["data"] == {"ip": net.cli4, "comment": "bruteforce", "ttl": 0,
+                              "created_at": r.json["data"]["created_at"], "expires_at": None}
+    assert not net.can_connect(APP_PORT), "banned client must not connect"
+    assert net.can_connect(APP_PORT, v6=True), "the v6 address is not banned"
+    listing = fw.request("GET", "/api/v1/csf/blacklist")
+    assert [e["ip"] for e in listing.json["data"]] == [net.cli4]
+    assert fw.request("DELETE", f"/api/v1/csf/blacklist/{net.cli4}").status == 200
+    assert net.can_connect(APP_PORT)
+    assert_envelope(fw.request("DELETE", f"/api/v1/csf/blacklist/{net.cli4}"), 404, "NOT_FOUND")
+
+
+def test_ttl_ban_expires_by_itself_in_the_kernel(net, fw):
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4, "ttl": 2})
+    assert r.status == 201 and r.json["data"]["ttl"] == 2 and r.json["data"]["expires_at"]
+    assert not net.can_connect(APP_PORT, timeout=0.5)
+    elems = set_elements("blacklist4")
+    assert elems and "timeout" in json.dumps(elems)
+    time.sleep(2.5)
+    assert net.can_connect(APP_PORT), "the kernel must expire the element"
+    assert fw.request("GET", "/api/v1/csf/blacklist").json["data"] == []
+
+
+def test_cidr_and_ipv6_bans(net, fw):
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": f"10.231.{net.n}.2/31"}).status == 201
+    assert not net.can_connect(APP_PORT)
+    assert net.can_connect(APP_PORT, v6=True)
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": f"{net.cli6}/127"}).status == 201
+    assert not net.can_connect(APP_PORT, v6=True)
+    check = fw.request("GET", f"/api/v1/csf/check-ip?ip={net.cli6}").json["data"]
+    assert check["blacklisted"] and check["blocked"] and check["matches"][0]["entry"] == f"{net.cli6}/127"
+    assert fw.request("DELETE", f"/api/v1/csf/blacklist/{net.cli6}/127").status == 200
+    assert net.can_connect(APP_PORT, v6=True)
+
+
+def test_unsafe_bans_are_refused(net, fw):
+    for ip, part in [("127.0.0.1", "loopback"), ("::1", "loopback"), (net.srv4, "own address"),
+                     (f"10.231.{net.n}.0/24", "own address"), ("0.0.0.0/0", "loopback")]:
+        r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": ip})
+        assert_envelope(r, 400, "VALIDATION_ERROR")
+        assert part in r.json["message"], r.json
+    for body, msg in [({}, "IP address is required"), ({"ip": "1.2.3.999"}, 'Invalid IP address or CIDR: "1.2.3.999"'),
+                      ({"ip": "1.2.3.4", "ttl": -5}, "TTL must be between 0 (permanent) and 315360000 seconds"),
+                      ({"ip": "1.2.3.4", "ttl": 10**12}, "TTL must be between 0 (permanent) and 315360000 seconds"),
+                      ({"ip": "1.2.3.4", "comment": "x" * 300}, "Comment must be at most 255 printable characters")]:
+        assert_envelope(fw.request("POST", "/api/v1/csf/blacklist", body=body), 400, "VALIDATION_ERROR", msg)
+
+
+def test_whitelist_beats_blacklist(net, fw):
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": f"10.231.{net.n}.2/31"}).status == 201
+    assert not net.can_connect(APP_PORT)
+    assert fw.request("POST", "/api/v1/csf/whitelist", body={"ip": net.cli4, "comment": "office"}).status == 201
+    assert net.can_connect(APP_PORT), "whitelist accept comes before blacklist drop"
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4})
+    assert_envelope(r, 400, "VALIDATION_ERROR")
+    assert "whitelisted" in r.json["message"]
+    check = fw.request("GET", f"/api/v1/csf/check-ip?ip={net.cli4}").json["data"]
+    assert check["whitelisted"] and check["blacklisted"] and not check["blocked"]
+    assert {m["list"] for m in check["matches"]} == {"whitelist", "blacklist"}
+
+
+def test_ports_open_and_close(net, fw):
+    other = 8099
+    extra = Listener(other)
+    try:
+        assert not net.can_connect(other), "a port outside TCP_IN is dropped by the policy"
+        assert fw.request("POST", "/api/v1/csf/ports/", body={"port": "8090:8100", "protocol": "tcp", "direction": "in"}).status == 201
+        assert net.can_connect(other) and net.can_connect(other, v6=True)
+        ports = fw.request("GET", "/api/v1/csf/ports/").json["data"]
+        assert {"port": "8090:8100", "protocol": "tcp", "direction": "in"} in ports
+        assert fw.request("DELETE", "/api/v1/csf/ports/8090:8100?protocol=tcp&direction=in").status == 200
+        assert not net.can_connect(other)
+        assert "8090" not in fw.request("GET", "/api/v1/csf/config").json["data"]["TCP_IN"]
+    finally:
+        extra.close()
+
+
+def test_config_put_validates_every_key_and_changes_nothing_on_error(net, fw):
+    before = fw.request("GET", "/api/v1/csf/config").json["data"]
+    r = fw.request("PUT", "/api/v1/csf/config", body={"TCP_IN": "22,abc", "TESTING": "maybe", "NOPE": 1})
+    assert_envelope(r, 400, "VALIDATION_ERROR")
+    assert "NOPE" in r.json["message"]
+    r = fw.request("PUT", "/api/v1/csf/config", body={"TCP_IN": "22,abc", "TESTING": "maybe"})
+    assert "TCP_IN" in r.json["message"] and "TESTING" in r.json["message"]
+    assert fw.request("GET", "/api/v1/csf/config").json["data"] == before
+    assert net.can_connect(APP_PORT)
+
+
+def test_drop_rule_drops_and_reject_rejects(net, fw):
+    r = fw.request("POST", "/api/v1/firewall/rules", body={"chain": "INPUT", "protocol": "tcp", "port": APP_PORT, "action": "DROP"})
+    assert r.status == 201, r
+    rule = r.json["data"]
+    assert rule["id"] >= 1 and rule["port"] == APP_PORT and rule["action"] == "DROP"
+    assert not net.can_connect(APP_PORT)
+    assert fw.request("DELETE", f"/api/v1/firewall/rules/{rule['id']}").status == 200
+    assert net.can_connect(APP_PORT)
+    r = fw.request("POST", "/api/v1/firewall/rules", body={"chain": "INPUT", "protocol": "tcp", "port": APP_PORT, "source": net.cli4, "action": "REJECT"})
+    assert r.status == 201
+    t0 = time.monotonic()
+    assert not net.can_connect(APP_PORT, timeout=3)
+    assert time.monotonic() - t0 < 2, "REJECT answers with a reset at once"
+    assert net.can_connect(APP_PORT, v6=True)
+    assert_envelope(fw.request("POST", "/api/v1/firewall/rules", body={"chain": "FORWARD", "action": "DROP", "protocol": "tcp"}), 400, "VALIDATION_ERROR")
+    assert_envelope(fw.request("DELETE", "/api/v1/firewall/rules/999"), 404, "NOT_FOUND")
+
+
+def test_toggle_off_passes_everything_and_keeps_state(net, fw):
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4}).status == 201
+    r = fw.request("POST", "/api/v1/firewall/toggle", body={"enabled": False})
+    assert r.status == 200 and r.json["data"]["enabled"] is False
+    assert net.can_connect(APP_PORT)
+    assert "wispd" not in nft("list", "tables").stdout
+    assert fw.request("GET", "/api/v1/csf/blacklist").json["data"][0]["ip"] == net.cli4
+    assert fw.request("POST", "/api/v1/firewall/toggle", body={"enabled": True}).status == 200
+    assert not net.can_connect(APP_PORT)
+
+
+def test_permanent_ban_survives_restart_and_table_stays_while_stopped(net, fw):
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4}).status == 201
+    assert fw.stop()[0] == 0
+    assert not net.can_connect(APP_PORT), "protection continues while wispd is stopped"
+    fw.start()
+    assert not net.can_connect(APP_PORT)
+    assert [e["ip"] for e in fw.request("GET", "/api/v1/csf/blacklist").json["data"]] == [net.cli4]
+
+
+def test_other_tables_are_untouched_and_a_deleted_table_is_restored(net, fw):
+    sh("bash", "-c", "nft 'add table inet other'; nft 'add chain inet other keep { type filter hook input priority 10; policy accept; }'; nft 'add rule inet other keep tcp dport 9999 counter accept'")
+    before = nft("list", "table", "inet", "other").stdout
+    assert "dport 9999" in before
+    assert fw.request("POST", "/api/v1/csf/reload").status == 200
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4}).status == 201
+    assert nft("list", "table", "inet", "other").stdout == before
+    nft("delete", "table", "inet", "wispd")
+    assert wait_until(lambda: "table inet wispd" in nft("list", "tables").stdout, timeout=10)
+    assert wait_until(lambda: not net.can_connect(APP_PORT, timeout=0.5), timeout=5), "ban restored with the table"
+    nft("flush", "table", "inet", "wispd")
+    assert wait_until(lambda: "blacklist4" in nft("list", "chain", "inet", "wispd", "input").stdout, timeout=10)
+    assert nft("list", "table", "inet", "other").stdout == before
+
+
+def test_status_reports_the_engine(net, fw):
+    st = fw.request("GET", "/api/v1/firewall/status").json["data"]
+    assert st["available"] is True and st["enabled"] is True and st["policy"] == "drop"
+    assert st["table"] == "inet wispd" and st["testing"] is False
+    csf = fw.request("GET", "/api/v1/csf/status").json
+    assert csf["success"] is True
+    assert set(csf["data"]) >= {"alerts", "alerts_24h", "blacklist_count", "blocklist"}
+    assert csf["data"]["blacklist_count"] == 0 and csf["data"]["blocklist"] == {"blocklists": []}
+
+
+def test_fresh_install_keeps_ssh_api_and_mail_ports_with_testing_on(net, make_wispd):
+    w = make_wispd(config=FW_CONFIG.replace('listen = []\nsubmission', 'listen = ["127.0.0.1:2525"]\nsubmission'), firewall=True)
+    cfg = w.request("GET", "/api/v1/csf/config").json["data"]
+    ports = cfg["TCP_IN"].split(",")
+    assert "22" in ports and str(w.port) in ports and "2525" in ports
+    assert cfg["TESTING"] == "1"
+    st = w.request("GET", "/api/v1/firewall/status").json["data"]
+    assert st["testing"] is True and st["testing_lifts_at"] is not None
+
+
+def test_without_cap_net_admin_everything_is_kept_and_status_says_why(net):
+    import subprocess, tempfile, pathlib, shutil
+    from conftest import WISPD_BIN, Wispd
+    assert sh("which", "setpriv", check=False).returncode == 0, "setpriv (util-linux) is required"
+    base = pathlib.Path(tempfile.mkdtemp(prefix="wispd-nocap-"))
+    os.chmod(base, 0o777)
+    w = Wispd(base, FW_CONFIG)
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+           WISPD_BIN, "serve", "--config", str(w.config_path), "--data-dir", str(w.data_dir)]
+    import conftest
+    w.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 20
+    for line in w.proc.stderr:
+        lines.append(line)
+        m = conftest.READY.search(line)
+        if m:
+            w.scheme, w.host, w.port = m.group(1), m.group(2), int(m.group(3))
+            break
+        assert time.monotonic() < deadline
+    assert w.proc.poll() is None, "".join(lines)
+    try:
+        st = w.request("GET", "/api/v1/firewall/status").json["data"]
+        assert st["available"] is False and "CAP_NET_ADMIN" in st["reason"], st
+        assert w.request("POST", "/api/v1/csf/blacklist", body={"ip": "198.51.100.7"}).status == 201
+        assert w.request("GET", "/api/v1/csf/blacklist").json["data"][0]["ip"] == "198.51.100.7"
+        assert w.request("GET", "/api/v1/tokens").status == 200
+        assert w.proc.poll() is None
+    finally:
+        w.proc.kill()
+        w.proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
