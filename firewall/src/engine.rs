@@ -2,7 +2,7 @@
 //! planned against the store's state, committed to the kernel in one transaction, and only then
 //! persisted; a rejected transaction leaves both as they were.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -441,13 +441,15 @@ impl Firewall {
         let new6 = Self::list_intervals(entries, true, t);
         let table = self.cfg.table.clone();
         let diff = |old: &[Interval], new: &[Interval]| {
+            let old_set: HashSet<&Interval> = old.iter().collect();
+            let new_set: HashSet<&Interval> = new.iter().collect();
             // Elements that expire within 2 s may be gone by the time the kernel sees the batch.
             let removed: Vec<Interval> = old
                 .iter()
-                .filter(|iv| !new.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
+                .filter(|iv| !new_set.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
                 .copied()
                 .collect();
-            let added: Vec<Interval> = new.iter().filter(|iv| !old.contains(iv)).copied().collect();
+            let added: Vec<Interval> = new.iter().filter(|iv| !old_set.contains(iv)).copied().collect();
             (removed, added)
         };
         let old4 = inner.applied.get(&s4).cloned().unwrap_or_default();
