@@ -52,3 +52,6 @@ deps-test:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+bench: deps-build deps-test
+	$(CARGO) bench --locked --bench firewall

@@ -139,6 +139,8 @@ struct Inner {
     backend: Backend,
     /// Intervals currently in each kernel list set.
     applied: BTreeMap<ListSet, Vec<Interval>>,
+    /// The live entries of each list (black, white), mirrored from the store.
+    cache: [Option<Vec<FwEntry>>; 2],
     /// Rules the kernel table holds after our last full apply (0 = table absent).
     kernel_rules: usize,
     policy_drop: bool,
@@ -185,6 +187,7 @@ impl Firewall {
                 nl: None,
                 backend: Backend::Unavailable("not started".into()),
                 applied: BTreeMap::new(),
+                cache: [None, None],
                 kernel_rules: 0,
                 policy_drop: false,
                 applied_at: now(),
@@ -235,6 +238,9 @@ impl Firewall {
 
     /// The stored state, created with defaults on first use.
     fn state(&self) -> Result<FwState, FwError> {
+        if let Some(s) = self.store.read(|r| r.get(&FW_STATE, STATE_KEY))? {
+            return Ok(s);
+        }
         let protected = self.cfg.protected_tcp_ports.clone();
         Ok(self.store.write(|w| {
             if let Some(s) = w.get(&FW_STATE, STATE_KEY)? {
@@ -253,6 +259,19 @@ impl Firewall {
 
     fn entries(&self, kind: ListKind) -> Result<Vec<FwEntry>, FwError> {
         Ok(self.store.read(|r| r.all(kind.table()))?)
+    }
+
+    /// The entries of a list from the in-memory mirror (loaded from the store on first use).
+    fn cached<'a>(
+        &self,
+        inner: &'a mut Inner,
+        kind: ListKind,
+    ) -> Result<&'a mut Vec<FwEntry>, FwError> {
+        let slot = &mut inner.cache[kind as usize];
+        if slot.is_none() {
+            *slot = Some(self.entries(kind)?);
+        }
+        Ok(slot.get_or_insert_with(Vec::new))
     }
 
     fn rules(&self) -> Result<Vec<FwRule>, FwError> {
@@ -290,6 +309,7 @@ impl Firewall {
         }
         let black = self.entries(ListKind::Black)?;
         let white = self.entries(ListKind::White)?;
+        inner.cache = [Some(black.clone()), Some(white.clone())];
         let lists = [
             Self::list_intervals(&white, false, t),
             Self::list_intervals(&white, true, t),
@@ -345,9 +365,6 @@ impl Firewall {
                 "Comment must be at most {MAX_COMMENT} printable characters"
             )));
         }
-        if kind == ListKind::Black {
-            self.refuse_unsafe_ban(&net, req.force, req.caller)?;
-        }
         let t = now();
         let ttl = u64::try_from(req.ttl).unwrap_or(0);
         let entry = FwEntry {
@@ -358,14 +375,21 @@ impl Firewall {
             expires_at: (ttl > 0).then(|| t + req.ttl),
         };
         let mut inner = self.lock();
+        if kind == ListKind::Black {
+            let white = self.cached(&mut inner, ListKind::White)?.clone();
+            refuse_unsafe_ban(&white, &net, req.force, req.caller, t)?;
+        }
         let state = self.state()?;
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
         let mut entries: Vec<FwEntry> = self
-            .entries(kind)?
-            .into_iter()
+            .cached(&mut inner, kind)?
+            .iter()
             .filter(|e| e.expires_at.is_none_or(|x| x > t))
+            .cloned()
             .collect();
+        let existed = entries.len();
         entries.retain(|e| e.net != entry.net);
+        let replacing = entries.len() != existed;
         // DENY_IP_LIMIT / DENY_TEMP_IP_LIMIT: the oldest entries of the same kind rotate out.
         let mut rotated = Vec::new();
         if kind == ListKind::Black {
@@ -379,24 +403,72 @@ impl Firewall {
                     .iter()
                     .filter(|e| (e.ttl == 0) == (ttl == 0))
                     .collect();
-                same.sort_by_key(|e| (e.created_at, e.net.clone()));
-                let excess = (same.len() + 1).saturating_sub(limit);
-                rotated = same.iter().take(excess).map(|e| e.net.clone()).collect();
+                if same.len() + 1 > limit {
+                    same.sort_by_key(|e| (e.created_at, e.net.clone()));
+                    let excess = (same.len() + 1).saturating_sub(limit);
+                    rotated = same.iter().take(excess).map(|e| e.net.clone()).collect();
+                }
             }
         }
         entries.retain(|e| !rotated.contains(&e.net));
         entries.push(entry.clone());
-        self.sync_list(&mut inner, kind, &entries, t)?;
-        let all_stored = self.entries(kind)?;
+        let fast = !replacing
+            && rotated.is_empty()
+            && self.add_disjoint(&mut inner, kind, &net, entry.expires_at, t)?;
+        if !fast {
+            self.sync_list(&mut inner, kind, &entries, t)?;
+        }
+        let stale: Vec<String> = self
+            .cached(&mut inner, kind)?
+            .iter()
+            .filter(|e| e.expires_at.is_some_and(|x| x <= t) || rotated.contains(&e.net))
+            .map(|e| e.net.clone())
+            .collect();
         self.store.write(|w| {
-            for e in &all_stored {
-                if e.expires_at.is_some_and(|x| x <= t) || rotated.contains(&e.net) {
-                    w.remove(kind.table(), e.net.as_str())?;
-                }
+            for k in &stale {
+                w.remove(kind.table(), k.as_str())?;
             }
             w.put(kind.table(), entry.net.as_str(), &entry)
         })?;
+        inner.cache[kind as usize] = Some(entries);
         Ok(entry)
+    }
+
+    /// The common case of a ban: the new network neither overlaps nor touches anything in its
+    /// set, so one element is added and nothing is recomputed. False when that doesn't hold.
+    fn add_disjoint(
+        &self,
+        inner: &mut Inner,
+        kind: ListKind,
+        net: &IpNet,
+        expires: Option<i64>,
+        t: i64,
+    ) -> Result<bool, FwError> {
+        if inner.nl.is_none() || inner.kernel_rules == 0 {
+            return Ok(false);
+        }
+        let (s4, s6) = kind.sets();
+        let set = if net.addr().is_ipv6() { s6 } else { s4 };
+        let (start, end) = model::bounds(net);
+        let ivs = inner.applied.entry(set).or_default();
+        let idx = ivs.partition_point(|iv| iv.start <= end.saturating_add(1));
+        if idx > 0 && ivs[idx - 1].end.saturating_add(1) >= start.saturating_sub(1) {
+            return Ok(false);
+        }
+        let iv = Interval {
+            start,
+            end,
+            expires,
+        };
+        let table = self.cfg.table.clone();
+        let Some(nl) = inner.nl.as_mut() else {
+            return Ok(false);
+        };
+        let mut batch = Batch::new(nl.next_seq());
+        plan::list_elements(&mut batch, &table, set, std::slice::from_ref(&iv), true, t);
+        nl.commit(batch)?;
+        inner.applied.entry(set).or_default().insert(idx, iv);
+        Ok(true)
     }
 
     /// Removes a list entry; 404 when it isn't there.
@@ -406,7 +478,7 @@ impl Firewall {
         let key = net.to_string();
         let t = now();
         let mut inner = self.lock();
-        let entries = self.entries(kind)?;
+        let entries = self.cached(&mut inner, kind)?.clone();
         let Some(found) = entries
             .iter()
             .find(|e| e.net == key && e.expires_at.is_none_or(|x| x > t))
@@ -421,6 +493,7 @@ impl Firewall {
         let rest: Vec<FwEntry> = entries.into_iter().filter(|e| e.net != key).collect();
         self.sync_list(&mut inner, kind, &rest, t)?;
         self.store.write(|w| w.remove(kind.table(), key.as_str()))?;
+        inner.cache[kind as usize] = Some(rest);
         Ok(found)
     }
 
@@ -449,7 +522,11 @@ impl Firewall {
                 .filter(|iv| !new_set.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
                 .copied()
                 .collect();
-            let added: Vec<Interval> = new.iter().filter(|iv| !old_set.contains(iv)).copied().collect();
+            let added: Vec<Interval> = new
+                .iter()
+                .filter(|iv| !old_set.contains(iv))
+                .copied()
+                .collect();
             (removed, added)
         };
         let old4 = inner.applied.get(&s4).cloned().unwrap_or_default();
@@ -481,57 +558,6 @@ impl Firewall {
         }
         inner.applied.insert(s4, new4);
         inner.applied.insert(s6, new6);
-        Ok(())
-    }
-
-    fn refuse_unsafe_ban(
-        &self,
-        net: &IpNet,
-        force: bool,
-        caller: Option<IpAddr>,
-    ) -> Result<(), FwError> {
-        let loopback: [IpNet; 2] = [
-            loopback4(),
-            IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
-        ];
-        if loopback.iter().any(|l| overlaps(l, net)) {
-            return Err(FwError::Invalid(format!(
-                "Refusing to blacklist {}: it covers loopback",
-                display_net(net)
-            )));
-        }
-        for addr in local_addresses() {
-            if net.contains(&addr) {
-                return Err(FwError::Invalid(format!(
-                    "Refusing to blacklist {}: it covers this server's own address {addr}",
-                    display_net(net)
-                )));
-            }
-        }
-        let t = now();
-        for w in self.entries(ListKind::White)? {
-            if w.expires_at.is_some_and(|x| x <= t) {
-                continue;
-            }
-            if let Some(wn) = parse_net(&w.net)
-                && overlaps(&wn, net)
-            {
-                return Err(FwError::Invalid(format!(
-                    "Refusing to blacklist {}: it overlaps whitelisted {}; remove that from the whitelist first",
-                    display_net(net),
-                    display_net(&wn)
-                )));
-            }
-        }
-        if let Some(c) = caller
-            && net.contains(&c)
-            && !force
-        {
-            return Err(FwError::Invalid(format!(
-                "Refusing to blacklist {}: it covers your own address {c}; send \"force\": true to ban it anyway",
-                display_net(net)
-            )));
-        }
         Ok(())
     }
 
@@ -841,6 +867,7 @@ impl Firewall {
                 .map(|e| e.net)
                 .collect();
             if !expired.is_empty() {
+                self.lock().cache[kind as usize] = None;
                 self.store.write(|w| {
                     for k in &expired {
                         w.remove(kind.table(), k.as_str())?;
@@ -851,6 +878,57 @@ impl Firewall {
         }
         Ok(())
     }
+}
+
+fn refuse_unsafe_ban(
+    white: &[FwEntry],
+    net: &IpNet,
+    force: bool,
+    caller: Option<IpAddr>,
+    t: i64,
+) -> Result<(), FwError> {
+    let loopback: [IpNet; 2] = [
+        loopback4(),
+        IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    ];
+    if loopback.iter().any(|l| overlaps(l, net)) {
+        return Err(FwError::Invalid(format!(
+            "Refusing to blacklist {}: it covers loopback",
+            display_net(net)
+        )));
+    }
+    for addr in local_addresses() {
+        if net.contains(&addr) {
+            return Err(FwError::Invalid(format!(
+                "Refusing to blacklist {}: it covers this server's own address {addr}",
+                display_net(net)
+            )));
+        }
+    }
+    for w in white {
+        if w.expires_at.is_some_and(|x| x <= t) {
+            continue;
+        }
+        if let Some(wn) = parse_net(&w.net)
+            && overlaps(&wn, net)
+        {
+            return Err(FwError::Invalid(format!(
+                "Refusing to blacklist {}: it overlaps whitelisted {}; remove that from the whitelist first",
+                display_net(net),
+                display_net(&wn)
+            )));
+        }
+    }
+    if let Some(c) = caller
+        && net.contains(&c)
+        && !force
+    {
+        return Err(FwError::Invalid(format!(
+            "Refusing to blacklist {}: it covers your own address {c}; send \"force\": true to ban it anyway",
+            display_net(net)
+        )));
+    }
+    Ok(())
 }
 
 fn e_is_permission(e: &FwError) -> bool {

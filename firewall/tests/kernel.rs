@@ -14,8 +14,15 @@ fn private_netns() {
 }
 
 fn nft_elements(set: &str) -> usize {
-    let out = Command::new("nft").args(["-j", "list", "set", "inet", "wispd", set]).output().expect("nft");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("nft")
+        .args(["-j", "list", "set", "inet", "wispd", set])
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     v["nftables"]
         .as_array()
@@ -33,7 +40,11 @@ fn temp_store(name: &str) -> Store {
 }
 
 fn config() -> FirewallConfig {
-    FirewallConfig { table: "wispd".into(), kernel: true, protected_tcp_ports: vec![2083] }
+    FirewallConfig {
+        table: "wispd".into(),
+        kernel: true,
+        protected_tcp_ports: vec![2083],
+    }
 }
 
 #[test]
@@ -46,7 +57,13 @@ fn hundred_thousand_element_list_loads_in_one_transaction() {
             for i in 0..n {
                 // every other address, so no two entries merge into one interval
                 let ip = std::net::Ipv4Addr::from(0x0a00_0000u32 + 2 * i);
-                let e = FwEntry { net: format!("{ip}/32"), comment: String::new(), ttl: 0, created_at: 1, expires_at: None };
+                let e = FwEntry {
+                    net: format!("{ip}/32"),
+                    comment: String::new(),
+                    ttl: 0,
+                    created_at: 1,
+                    expires_at: None,
+                };
                 w.put(&FW_BLACKLIST, e.net.as_str(), &e)?;
             }
             Ok::<_, wispd_store::StoreError>(())
@@ -61,7 +78,13 @@ fn hundred_thousand_element_list_loads_in_one_transaction() {
     // an incremental ban on top of the big set still lands
     fw.add(
         ListKind::Black,
-        EntryRequest { ip: "192.0.2.1".into(), comment: String::new(), ttl: 60, force: false, caller: None },
+        EntryRequest {
+            ip: "192.0.2.1".into(),
+            comment: String::new(),
+            ttl: 60,
+            force: false,
+            caller: None,
+        },
     )
     .expect("ban");
     assert_eq!(nft_elements("blacklist4"), n as usize + 1);
@@ -72,11 +95,33 @@ fn invalid_settings_change_leaves_the_ruleset_as_it_was() {
     private_netns();
     let store = temp_store("reject");
     let fw = Firewall::start(store, config()).expect("start");
-    fw.add(ListKind::Black, EntryRequest { ip: "198.51.100.1".into(), comment: String::new(), ttl: 0, force: false, caller: None })
-        .expect("ban");
-    let before = Command::new("nft").args(["list", "table", "inet", "wispd"]).output().expect("nft").stdout;
-    let err = fw.update_settings([("TCP_IN".to_string(), "22,99999".to_string())].into()).expect_err("invalid");
+    fw.add(
+        ListKind::Black,
+        EntryRequest {
+            ip: "198.51.100.1".into(),
+            comment: String::new(),
+            ttl: 0,
+            force: false,
+            caller: None,
+        },
+    )
+    .expect("ban");
+    let before = Command::new("nft")
+        .args(["list", "table", "inet", "wispd"])
+        .output()
+        .expect("nft")
+        .stdout;
+    let err = fw
+        .update_settings([("TCP_IN".to_string(), "22,99999".to_string())].into())
+        .expect_err("invalid");
     assert!(err.to_string().contains("TCP_IN"), "{err}");
-    let after = Command::new("nft").args(["list", "table", "inet", "wispd"]).output().expect("nft").stdout;
-    assert_eq!(String::from_utf8_lossy(&before), String::from_utf8_lossy(&after));
+    let after = Command::new("nft")
+        .args(["list", "table", "inet", "wispd"])
+        .output()
+        .expect("nft")
+        .stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&before),
+        String::from_utf8_lossy(&after)
+    );
 }
