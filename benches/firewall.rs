@@ -89,6 +89,28 @@ fn main() {
     let bulk = t0.elapsed();
     let wispd_rate = f64::from(BULK) / bulk.as_secs_f64();
 
+    // what one durable store commit costs on this disk (part of every wispd ban)
+    std::fs::create_dir_all(dir.join("probe")).expect("dir");
+    let probe = Store::open(&dir.join("probe")).expect("probe store");
+    let mut commit: Vec<Duration> = Vec::new();
+    {
+        for i in 0..300u32 {
+            let e = wispd_store::schema::FwEntry {
+                net: format!("198.18.{}.{}/32", i / 256, i % 256),
+                comment: "bench".into(),
+                ttl: 0,
+                created_at: 0,
+                expires_at: None,
+            };
+            let t = Instant::now();
+            probe
+                .write(|w| w.put(&wispd_store::schema::FW_BLACKLIST, e.net.as_str(), &e))
+                .expect("put");
+            commit.push(t.elapsed());
+        }
+    }
+    commit.sort();
+
     // nft: one process per ban (CSF / fail2ban)
     let nbase = u32::from(Ipv4Addr::new(100, 96, 0, 0));
     let mut nft_lat = Vec::new();
@@ -154,6 +176,12 @@ fn main() {
     println!(
         "{:<44} {:>12} {:>12} {:>14.0}",
         "wispd engine: 10k bans back to back", "", "", wispd_rate
+    );
+    println!(
+        "{:<44} {:>12?} {:>12?}",
+        "  of which one durable redb commit",
+        pct(&commit, 0.5),
+        pct(&commit, 0.99)
     );
     println!(
         "{:<44} {:>12?} {:>12} {:>14.0}",

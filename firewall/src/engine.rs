@@ -69,11 +69,10 @@ impl ListKind {
         }
     }
 
-    fn sets(self) -> (ListSet, ListSet) {
-        match self {
-            ListKind::Black => (ListSet::Black4, ListSet::Black6),
-            ListKind::White => (ListSet::White4, ListSet::White6),
-        }
+    /// The kernel sets of this list.
+    fn sets(self) -> impl Iterator<Item = ListSet> {
+        let black = self == ListKind::Black;
+        ListSet::ALL.into_iter().filter(move |s| s.black == black)
     }
 
     pub fn name(self) -> &'static str {
@@ -140,7 +139,7 @@ struct Inner {
     /// Intervals currently in each kernel list set.
     applied: BTreeMap<ListSet, Vec<Interval>>,
     /// The live entries of each list (black, white), mirrored from the store.
-    cache: [Option<Vec<FwEntry>>; 2],
+    cache: [Option<BTreeMap<String, FwEntry>>; 2],
     /// Rules the kernel table holds after our last full apply (0 = table absent).
     kernel_rules: usize,
     policy_drop: bool,
@@ -266,24 +265,64 @@ impl Firewall {
         &self,
         inner: &'a mut Inner,
         kind: ListKind,
-    ) -> Result<&'a mut Vec<FwEntry>, FwError> {
+    ) -> Result<&'a mut BTreeMap<String, FwEntry>, FwError> {
         let slot = &mut inner.cache[kind as usize];
         if slot.is_none() {
-            *slot = Some(self.entries(kind)?);
+            *slot = Some(
+                self.entries(kind)?
+                    .into_iter()
+                    .map(|e| (e.net.clone(), e))
+                    .collect(),
+            );
         }
-        Ok(slot.get_or_insert_with(Vec::new))
+        Ok(slot.get_or_insert_with(BTreeMap::new))
     }
 
     fn rules(&self) -> Result<Vec<FwRule>, FwError> {
         Ok(self.store.read(|r| r.all(&FW_RULES))?)
     }
 
-    fn list_intervals(entries: &[FwEntry], v6: bool, t: i64) -> Vec<Interval> {
+    /// What the kernel set `set` must hold for these entries: networks merged into disjoint
+    /// intervals, hosts as one-address elements.
+    fn set_contents(entries: &[FwEntry], set: ListSet, t: i64) -> Vec<Interval> {
         let nets: Vec<(IpNet, Option<i64>)> = entries
             .iter()
             .filter_map(|e| parse_net(&e.net).map(|n| (n, e.expires_at)))
+            .filter(|(n, _)| ListSet::of(set.black, n) == set)
             .collect();
-        intervals(nets.iter().map(|(n, e)| (n, *e)), v6, t)
+        if set.cidr {
+            return intervals(nets.iter().map(|(n, e)| (n, *e)), set.v6, t);
+        }
+        let mut hosts: Vec<Interval> = nets
+            .iter()
+            .filter(|(_, e)| e.is_none_or(|x| x > t))
+            .map(|(n, e)| {
+                let (a, _) = model::bounds(n);
+                Interval {
+                    start: a,
+                    end: a,
+                    expires: *e,
+                }
+            })
+            .collect();
+        hosts.sort_unstable();
+        hosts
+    }
+
+    fn all_contents(
+        black: &[FwEntry],
+        white: &[FwEntry],
+        t: i64,
+    ) -> BTreeMap<ListSet, Vec<Interval>> {
+        ListSet::ALL
+            .into_iter()
+            .map(|set| {
+                (
+                    set,
+                    Self::set_contents(if set.black { black } else { white }, set, t),
+                )
+            })
+            .collect()
     }
 
     fn policy_for(&self, settings: &Settings, applied_at: i64, t: i64) -> bool {
@@ -309,13 +348,9 @@ impl Firewall {
         }
         let black = self.entries(ListKind::Black)?;
         let white = self.entries(ListKind::White)?;
-        inner.cache = [Some(black.clone()), Some(white.clone())];
-        let lists = [
-            Self::list_intervals(&white, false, t),
-            Self::list_intervals(&white, true, t),
-            Self::list_intervals(&black, false, t),
-            Self::list_intervals(&black, true, t),
-        ];
+        let index = |v: &[FwEntry]| v.iter().map(|e| (e.net.clone(), e.clone())).collect();
+        inner.cache = [Some(index(&black)), Some(index(&white))];
+        let lists = Self::all_contents(&black, &white, t);
         let rules: Vec<Rule> = self
             .rules()?
             .iter()
@@ -327,12 +362,12 @@ impl Firewall {
             table: &self.cfg.table,
             policy_drop,
             settings: &settings,
-            lists: [&lists[0], &lists[1], &lists[2], &lists[3]],
+            lists: &lists,
             rules: &rules,
         };
         let count = plan::full(&mut batch, &d, t);
         nl.commit(batch)?;
-        inner.applied = ListSet::ALL.into_iter().zip(lists).collect();
+        inner.applied = lists;
         inner.kernel_rules = count;
         inner.policy_drop = policy_drop;
         inner.applied_at = applied_at;
@@ -376,61 +411,56 @@ impl Firewall {
         };
         let mut inner = self.lock();
         if kind == ListKind::Black {
-            let white = self.cached(&mut inner, ListKind::White)?.clone();
-            refuse_unsafe_ban(&white, &net, req.force, req.caller, t)?;
+            let white = self.cached(&mut inner, ListKind::White)?;
+            refuse_unsafe_ban(white, &net, req.force, req.caller, t)?;
         }
         let state = self.state()?;
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
-        let mut entries: Vec<FwEntry> = self
-            .cached(&mut inner, kind)?
-            .iter()
-            .filter(|e| e.expires_at.is_none_or(|x| x > t))
-            .cloned()
-            .collect();
-        let existed = entries.len();
-        entries.retain(|e| e.net != entry.net);
-        let replacing = entries.len() != existed;
+        let live = |e: &FwEntry| e.expires_at.is_none_or(|x| x > t);
+        let map = self.cached(&mut inner, kind)?;
+        let replacing = map.get(&entry.net).is_some_and(live);
         // DENY_IP_LIMIT / DENY_TEMP_IP_LIMIT: the oldest entries of the same kind rotate out.
-        let mut rotated = Vec::new();
-        if kind == ListKind::Black {
-            let limit = if ttl == 0 {
-                settings.deny_ip_limit
-            } else {
-                settings.deny_temp_ip_limit
-            };
-            if limit > 0 {
-                let mut same: Vec<&FwEntry> = entries
-                    .iter()
-                    .filter(|e| (e.ttl == 0) == (ttl == 0))
-                    .collect();
-                if same.len() + 1 > limit {
-                    same.sort_by_key(|e| (e.created_at, e.net.clone()));
-                    let excess = (same.len() + 1).saturating_sub(limit);
-                    rotated = same.iter().take(excess).map(|e| e.net.clone()).collect();
-                }
+        let mut rotated: Vec<String> = Vec::new();
+        let limit = match (kind, ttl) {
+            (ListKind::Black, 0) => settings.deny_ip_limit,
+            (ListKind::Black, _) => settings.deny_temp_ip_limit,
+            (ListKind::White, _) => 0,
+        };
+        if limit > 0 {
+            let mut same: Vec<&FwEntry> = map
+                .values()
+                .filter(|e| live(e) && e.net != entry.net && (e.ttl == 0) == (ttl == 0))
+                .collect();
+            if same.len() + 1 > limit {
+                same.sort_by_key(|e| (e.created_at, e.net.clone()));
+                let excess = (same.len() + 1).saturating_sub(limit);
+                rotated = same.iter().take(excess).map(|e| e.net.clone()).collect();
             }
         }
-        entries.retain(|e| !rotated.contains(&e.net));
-        entries.push(entry.clone());
         let fast = !replacing
             && rotated.is_empty()
             && self.add_disjoint(&mut inner, kind, &net, entry.expires_at, t)?;
         if !fast {
+            let mut entries: Vec<FwEntry> = self
+                .cached(&mut inner, kind)?
+                .values()
+                .filter(|e| live(e) && e.net != entry.net && !rotated.contains(&e.net))
+                .cloned()
+                .collect();
+            entries.push(entry.clone());
             self.sync_list(&mut inner, kind, &entries, t)?;
         }
-        let stale: Vec<String> = self
-            .cached(&mut inner, kind)?
-            .iter()
-            .filter(|e| e.expires_at.is_some_and(|x| x <= t) || rotated.contains(&e.net))
-            .map(|e| e.net.clone())
-            .collect();
         self.store.write(|w| {
-            for k in &stale {
+            for k in &rotated {
                 w.remove(kind.table(), k.as_str())?;
             }
             w.put(kind.table(), entry.net.as_str(), &entry)
         })?;
-        inner.cache[kind as usize] = Some(entries);
+        let map = self.cached(&mut inner, kind)?;
+        for k in &rotated {
+            map.remove(k);
+        }
+        map.insert(entry.net.clone(), entry.clone());
         Ok(entry)
     }
 
@@ -447,12 +477,18 @@ impl Firewall {
         if inner.nl.is_none() || inner.kernel_rules == 0 {
             return Ok(false);
         }
-        let (s4, s6) = kind.sets();
-        let set = if net.addr().is_ipv6() { s6 } else { s4 };
+        let set = ListSet::of(kind == ListKind::Black, net);
         let (start, end) = model::bounds(net);
         let ivs = inner.applied.entry(set).or_default();
         let idx = ivs.partition_point(|iv| iv.start <= end.saturating_add(1));
-        if idx > 0 && ivs[idx - 1].end.saturating_add(1) >= start.saturating_sub(1) {
+        // An interval set must stay disjoint and unmerged-adjacent; a hash set only needs the
+        // key to be new.
+        let clash = if set.cidr {
+            idx > 0 && ivs[idx - 1].end.saturating_add(1) >= start.saturating_sub(1)
+        } else {
+            idx > 0 && ivs[idx - 1].start == start
+        };
+        if clash {
             return Ok(false);
         }
         let iv = Interval {
@@ -478,10 +514,10 @@ impl Firewall {
         let key = net.to_string();
         let t = now();
         let mut inner = self.lock();
-        let entries = self.cached(&mut inner, kind)?.clone();
-        let Some(found) = entries
-            .iter()
-            .find(|e| e.net == key && e.expires_at.is_none_or(|x| x > t))
+        let map = self.cached(&mut inner, kind)?;
+        let Some(found) = map
+            .get(&key)
+            .filter(|e| e.expires_at.is_none_or(|x| x > t))
             .cloned()
         else {
             return Err(FwError::NotFound(format!(
@@ -490,10 +526,14 @@ impl Firewall {
                 kind.name()
             )));
         };
-        let rest: Vec<FwEntry> = entries.into_iter().filter(|e| e.net != key).collect();
+        let rest: Vec<FwEntry> = map
+            .values()
+            .filter(|e| e.net != key && e.expires_at.is_none_or(|x| x > t))
+            .cloned()
+            .collect();
         self.sync_list(&mut inner, kind, &rest, t)?;
         self.store.write(|w| w.remove(kind.table(), key.as_str()))?;
-        inner.cache[kind as usize] = Some(rest);
+        self.cached(&mut inner, kind)?.remove(&key);
         Ok(found)
     }
 
@@ -509,55 +549,65 @@ impl Firewall {
         if inner.nl.is_none() || inner.kernel_rules == 0 {
             return Ok(());
         }
-        let (s4, s6) = kind.sets();
-        let new4 = Self::list_intervals(entries, false, t);
-        let new6 = Self::list_intervals(entries, true, t);
+        let sets: Vec<ListSet> = kind.sets().collect();
+        let new: Vec<Vec<Interval>> = sets
+            .iter()
+            .map(|set| Self::set_contents(entries, *set, t))
+            .collect();
         let table = self.cfg.table.clone();
-        let diff = |old: &[Interval], new: &[Interval]| {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for (set, new) in sets.iter().zip(&new) {
+            let old = inner
+                .applied
+                .get(set)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let old_set: HashSet<&Interval> = old.iter().collect();
             let new_set: HashSet<&Interval> = new.iter().collect();
             // Elements that expire within 2 s may be gone by the time the kernel sees the batch.
-            let removed: Vec<Interval> = old
-                .iter()
-                .filter(|iv| !new_set.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
-                .copied()
-                .collect();
-            let added: Vec<Interval> = new
-                .iter()
-                .filter(|iv| !old_set.contains(iv))
-                .copied()
-                .collect();
-            (removed, added)
-        };
-        let old4 = inner.applied.get(&s4).cloned().unwrap_or_default();
-        let old6 = inner.applied.get(&s6).cloned().unwrap_or_default();
-        let (r4, a4) = diff(&old4, &new4);
-        let (r6, a6) = diff(&old6, &new6);
+            removed.push(
+                old.iter()
+                    .filter(|iv| !new_set.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            added.push(
+                new.iter()
+                    .filter(|iv| !old_set.contains(iv))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+        }
         let Some(nl) = inner.nl.as_mut() else {
             return Ok(());
         };
         let mut batch = Batch::new(nl.next_seq());
-        plan::list_elements(&mut batch, &table, s4, &r4, false, t);
-        plan::list_elements(&mut batch, &table, s6, &r6, false, t);
-        plan::list_elements(&mut batch, &table, s4, &a4, true, t);
-        plan::list_elements(&mut batch, &table, s6, &a6, true, t);
-        let result = nl.commit(batch);
-        if let Err(e) = result {
-            // ENOENT/EEXIST: the kernel's set differs from our picture (an element expired, or
-            // someone edited it). Rewrite both sets whole, still in one transaction.
+        for (set, ivs) in sets.iter().zip(&removed) {
+            plan::list_elements(&mut batch, &table, *set, ivs, false, t);
+        }
+        for (set, ivs) in sets.iter().zip(&added) {
+            plan::list_elements(&mut batch, &table, *set, ivs, true, t);
+        }
+        if let Err(e) = nl.commit(batch) {
+            // ENOENT/EEXIST: the kernel's sets differ from our picture (an element expired, or
+            // someone edited them). Rewrite the list's sets whole, still in one transaction.
             if !matches!(e.errno(), Some(2) | Some(17)) {
                 return Err(e.into());
             }
             tracing::debug!(error = %e, "incremental list update refused; rewriting the sets");
             let mut batch = Batch::new(nl.next_seq());
-            plan::flush_set(&mut batch, &table, s4);
-            plan::flush_set(&mut batch, &table, s6);
-            plan::list_elements(&mut batch, &table, s4, &new4, true, t);
-            plan::list_elements(&mut batch, &table, s6, &new6, true, t);
+            for set in &sets {
+                plan::flush_set(&mut batch, &table, *set);
+            }
+            for (set, ivs) in sets.iter().zip(&new) {
+                plan::list_elements(&mut batch, &table, *set, ivs, true, t);
+            }
             nl.commit(batch)?;
         }
-        inner.applied.insert(s4, new4);
-        inner.applied.insert(s6, new6);
+        for (set, ivs) in sets.into_iter().zip(new) {
+            inner.applied.insert(set, ivs);
+        }
         Ok(())
     }
 
@@ -881,7 +931,7 @@ impl Firewall {
 }
 
 fn refuse_unsafe_ban(
-    white: &[FwEntry],
+    white: &BTreeMap<String, FwEntry>,
     net: &IpNet,
     force: bool,
     caller: Option<IpAddr>,
@@ -905,7 +955,7 @@ fn refuse_unsafe_ban(
             )));
         }
     }
-    for w in white {
+    for w in white.values() {
         if w.expires_at.is_some_and(|x| x <= t) {
             continue;
         }

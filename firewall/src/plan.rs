@@ -77,38 +77,84 @@ const TYPE_INET_SERVICE: u32 = 13;
 /// Room left in one message for set elements (an attribute holds at most 64 KiB).
 const ELEMENTS_PER_MSG_BYTES: usize = 60_000;
 
-/// The four address lists and their kernel sets.
+/// A kernel set of one address list: black or white, IPv4 or IPv6, single hosts (a hash set:
+/// O(1) per change at any size) or networks (an interval set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ListSet {
-    White4,
-    White6,
-    Black4,
-    Black6,
+pub struct ListSet {
+    pub black: bool,
+    pub v6: bool,
+    pub cidr: bool,
 }
 
 impl ListSet {
-    pub const ALL: [ListSet; 4] = [
-        ListSet::White4,
-        ListSet::White6,
-        ListSet::Black4,
-        ListSet::Black6,
+    /// Whitelist sets first: the rules are emitted in this order.
+    pub const ALL: [ListSet; 8] = [
+        ListSet {
+            black: false,
+            v6: false,
+            cidr: false,
+        },
+        ListSet {
+            black: false,
+            v6: false,
+            cidr: true,
+        },
+        ListSet {
+            black: false,
+            v6: true,
+            cidr: false,
+        },
+        ListSet {
+            black: false,
+            v6: true,
+            cidr: true,
+        },
+        ListSet {
+            black: true,
+            v6: false,
+            cidr: false,
+        },
+        ListSet {
+            black: true,
+            v6: false,
+            cidr: true,
+        },
+        ListSet {
+            black: true,
+            v6: true,
+            cidr: false,
+        },
+        ListSet {
+            black: true,
+            v6: true,
+            cidr: true,
+        },
     ];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            ListSet::White4 => "whitelist4",
-            ListSet::White6 => "whitelist6",
-            ListSet::Black4 => "blacklist4",
-            ListSet::Black6 => "blacklist6",
+    /// The set that holds `net` in the black (`true`) or white list.
+    pub fn of(black: bool, net: &IpNet) -> ListSet {
+        ListSet {
+            black,
+            v6: net.addr().is_ipv6(),
+            cidr: net.prefix_len() < net.max_prefix_len(),
         }
     }
 
-    pub fn v6(self) -> bool {
-        matches!(self, ListSet::White6 | ListSet::Black6)
+    pub fn name(self) -> &'static str {
+        match (self.black, self.v6, self.cidr) {
+            (false, false, false) => "whitelist4",
+            (false, false, true) => "whitelist4_net",
+            (false, true, false) => "whitelist6",
+            (false, true, true) => "whitelist6_net",
+            (true, false, false) => "blacklist4",
+            (true, false, true) => "blacklist4_net",
+            (true, true, false) => "blacklist6",
+            (true, true, true) => "blacklist6_net",
+        }
     }
 
     fn id(self) -> u32 {
-        self as u32 + 1
+        1 + u32::from(self.black) * 4 + u32::from(self.v6) * 2 + u32::from(self.cidr)
     }
 }
 
@@ -164,7 +210,8 @@ pub struct Desired<'a> {
     /// Chain policy: drop (restrictive) or accept (TESTING lifted it).
     pub policy_drop: bool,
     pub settings: &'a Settings,
-    pub lists: [&'a [Interval]; 4],
+    /// Elements of every list set (hosts as one-address intervals).
+    pub lists: &'a std::collections::BTreeMap<ListSet, Vec<Interval>>,
     pub rules: &'a [Rule],
 }
 
@@ -176,20 +223,17 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     table_msg(batch, MsgType::DelTable, d.table);
     table_msg(batch, MsgType::NewTable, d.table);
     for set in ListSet::ALL {
-        let (ty, len) = if set.v6() {
+        let (ty, len) = if set.v6 {
             (TYPE_IP6ADDR, 16)
         } else {
             (TYPE_IPADDR, 4)
         };
-        new_set(
-            batch,
-            d.table,
-            set.name(),
-            set.id(),
-            NFT_SET_INTERVAL | NFT_SET_TIMEOUT,
-            ty,
-            len,
-        );
+        let flags = if set.cidr {
+            NFT_SET_INTERVAL | NFT_SET_TIMEOUT
+        } else {
+            NFT_SET_TIMEOUT
+        };
+        new_set(batch, d.table, set.name(), set.id(), flags, ty, len);
     }
     for (_, name, id) in PORT_SETS {
         new_set(
@@ -207,16 +251,8 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     base_chain(batch, d.table, "output", NF_INET_LOCAL_OUT, policy);
     plain_chain(batch, d.table, "rules_in");
     plain_chain(batch, d.table, "rules_out");
-    for (set, ivs) in ListSet::ALL.into_iter().zip(d.lists) {
-        set_elements(
-            batch,
-            MsgType::NewSetElem,
-            d.table,
-            set.name(),
-            set.v6(),
-            ivs,
-            now,
-        );
+    for (set, ivs) in d.lists {
+        list_elements(batch, d.table, *set, ivs, true, now);
     }
     for (key, name, _) in PORT_SETS {
         let ivs: Vec<Interval> = d
@@ -259,7 +295,14 @@ pub fn list_elements(
     } else {
         MsgType::DelSetElem
     };
-    set_elements(batch, ty, table, set.name(), set.v6(), ivs, now);
+    let (len, top) = if set.v6 {
+        (16, u128::MAX)
+    } else {
+        (4, u128::from(u32::MAX))
+    };
+    // A hash set holds single keys: no interval-end elements (top = 0 turns them off).
+    let top = if set.cidr { top } else { 0 };
+    elements(batch, ty, table, set.name(), ivs, len, top, now);
 }
 
 /// Empties a set (DELSETELEM without elements).
@@ -335,23 +378,6 @@ fn key_bytes(v: u128, len: usize) -> Vec<u8> {
     v.to_be_bytes()[16 - len..].to_vec()
 }
 
-fn set_elements(
-    batch: &mut Batch,
-    ty: MsgType,
-    table: &str,
-    set: &str,
-    v6: bool,
-    ivs: &[Interval],
-    now: i64,
-) {
-    let (len, top) = if v6 {
-        (16, u128::MAX)
-    } else {
-        (4, u128::from(u32::MAX))
-    };
-    elements(batch, ty, table, set, ivs, len, top, now);
-}
-
 fn port_elements(batch: &mut Batch, table: &str, set: &str, ivs: &[Interval]) {
     elements(
         batch,
@@ -404,7 +430,7 @@ fn elements(
             open = true;
         }
         element(&mut batch.w, &key_bytes(iv.start, len), false, timeout_ms);
-        if iv.end < top {
+        if top > 0 && iv.end < top {
             element(&mut batch.w, &key_bytes(iv.end + 1, len), true, None);
         }
     }
@@ -611,15 +637,11 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         n += rule(batch, t, chain, |e| {
             e.ct_established().verdict(NF_ACCEPT);
         });
-        for (set, verdict) in [
-            (ListSet::White4, NF_ACCEPT),
-            (ListSet::White6, NF_ACCEPT),
-            (ListSet::Black4, NF_DROP),
-            (ListSet::Black6, NF_DROP),
-        ] {
+        for set in ListSet::ALL {
+            let verdict = if set.black { NF_DROP } else { NF_ACCEPT };
             n += rule(batch, t, chain, |e| {
-                e.nfproto(set.v6())
-                    .addr(set.v6(), inbound)
+                e.nfproto(set.v6)
+                    .addr(set.v6, inbound)
                     .lookup(set.name())
                     .counter()
                     .verdict(verdict);
