@@ -41,7 +41,21 @@ pub async fn run(mut cfg: Config) -> Result<()> {
             .tls_files
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        Some(tls::server_config(files, &cfg.data_dir, &cfg.hostname)?)
+        {
+            // a specific listen address goes into a generated certificate too
+            let ip = cfg.api.listen.ip();
+            let extra: Vec<String> = if ip.is_unspecified() || ip.is_loopback() {
+                vec![]
+            } else {
+                vec![ip.to_string()]
+            };
+            Some(tls::server_config(
+                files,
+                &cfg.data_dir,
+                &cfg.hostname,
+                &extra,
+            )?)
+        }
     } else {
         None
     };

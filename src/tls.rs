@@ -17,6 +17,7 @@ pub fn server_config(
     files: Option<(&Path, &Path)>,
     data_dir: &Path,
     hostname: &str,
+    extra_names: &[String],
 ) -> Result<Arc<rustls::ServerConfig>> {
     let (cert_path, key_path) = match files {
         Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
@@ -24,7 +25,7 @@ pub fn server_config(
             let dir = data_dir.join("tls");
             let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
             if !(c.exists() && k.exists()) {
-                generate(&dir, &c, &k, hostname)?;
+                generate(&dir, &c, &k, hostname, extra_names)?;
                 tracing::info!(cert = %c.display(), "generated a self-signed TLS certificate");
             }
             (c, k)
@@ -58,11 +59,22 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-fn generate(dir: &Path, cert: &Path, key: &Path, hostname: &str) -> Result<()> {
+fn generate(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    hostname: &str,
+    extra_names: &[String],
+) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if !hostname.is_empty() && hostname != "localhost" {
         names.insert(0, hostname.to_string());
+    }
+    for n in extra_names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
     }
     let certified = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed certificate")?;

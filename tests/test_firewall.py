@@ -293,3 +293,64 @@ def test_without_cap_net_admin_everything_is_kept_and_status_says_why(net):
         w.proc.kill()
         w.proc.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_deny_ip_limit_rotates_the_oldest_ban_out(net, fw):
+    assert fw.request("PUT", "/api/v1/csf/config", body={"DENY_IP_LIMIT": 2, "DENY_TEMP_IP_LIMIT": 1}).status == 200
+    for ip in ["192.0.2.1", "192.0.2.3", net.cli4]:
+        assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": ip}).status == 201
+        time.sleep(1.05)  # distinct created_at seconds: "oldest" is well defined
+    ips = [e["ip"] for e in fw.request("GET", "/api/v1/csf/blacklist").json["data"]]
+    assert ips == ["192.0.2.3", net.cli4]
+    assert not net.can_connect(APP_PORT)
+    elems = json.dumps(set_elements("blacklist4"))
+    assert "192.0.2.1" not in elems and "192.0.2.3" in elems
+    # temporary bans have their own limit and leave permanent ones alone
+    for ip in ["198.51.100.1", "198.51.100.3"]:
+        assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": ip, "ttl": 600}).status == 201
+    ips = [e["ip"] for e in fw.request("GET", "/api/v1/csf/blacklist").json["data"]]
+    assert ips == ["192.0.2.3", net.cli4, "198.51.100.3"]
+
+
+def test_readding_an_address_updates_its_ttl_and_comment(net, fw):
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4, "ttl": 2, "comment": "first"}).status == 201
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4, "comment": "now permanent"})
+    assert r.status == 201 and r.json["data"]["ttl"] == 0
+    time.sleep(2.5)
+    assert not net.can_connect(APP_PORT), "the permanent ban replaced the 2 s one"
+    data = fw.request("GET", "/api/v1/csf/blacklist").json["data"]
+    assert [(e["ip"], e["comment"]) for e in data] == [(net.cli4, "now permanent")]
+
+
+def test_caller_cannot_ban_itself_without_force(net, make_wispd):
+    w = make_wispd(config=FW_CONFIG.replace('listen = "127.0.0.1:0"', f'listen = "{net.srv4}:0"'), firewall=True)
+    assert w.request("PUT", "/api/v1/csf/config", body={"TESTING": "0"}).status == 200
+    token = w.admin_token
+    url = f"https://{net.srv4}:{w.port}/api/v1/csf/blacklist"
+
+    def from_client(body):
+        r = sh("curl", "-sk", "-m", "3", "-H", f"Authorization: Bearer {token}", "-d", json.dumps(body), url, ns=net.cli, check=False)
+        return json.loads(r.stdout) if r.stdout else None
+
+    r = from_client({"ip": net.cli4})
+    assert r["status"] == 400 and "your own address" in r["message"] and '"force": true' in r["message"], r
+    r = from_client({"ip": net.cli4, "force": True})
+    assert r["success"] is True, r
+    assert from_client({"ip": "192.0.2.9"}) is None, "the caller banned itself: the API is out of reach now"
+
+
+def test_testing_mode_lifts_the_restrictive_policy_after_the_interval(net, make_wispd):
+    w = make_wispd(config=FW_CONFIG, firewall=True)
+    r = w.request("PUT", "/api/v1/csf/config", body={"TESTING": "1", "TESTING_INTERVAL": "1"})
+    assert r.status == 200
+    st = w.request("GET", "/api/v1/firewall/status").json["data"]
+    assert st["policy"] == "drop" and st["testing_lifts_at"]
+    assert not net.can_connect(APP_PORT), "port not in TCP_IN: dropped while TESTING counts down"
+    assert w.request("POST", "/api/v1/csf/blacklist", body={"ip": f"fd00:231:{net.n}::2"}).status == 201
+    assert wait_until(lambda: net.can_connect(APP_PORT, timeout=0.5), timeout=75, step=2), "policy lifted after 1 minute"
+    st = w.request("GET", "/api/v1/firewall/status").json["data"]
+    assert st["policy"] == "accept" and st["testing"] is True
+    assert not net.can_connect(APP_PORT, v6=True), "the lists still drop while TESTING has lifted the policy"
+    # turning TESTING off makes the restrictive policy permanent
+    assert w.request("PUT", "/api/v1/csf/config", body={"TESTING": "0"}).status == 200
+    assert not net.can_connect(APP_PORT)
