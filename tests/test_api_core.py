@@ -152,6 +152,10 @@ def test_token_create_list_use_delete(wispd):
         assert_envelope(r, 403, "FORBIDDEN", "This endpoint requires an admin token")
         assert r.header("x-ratelimit-limit") is not None
 
+    for method, path in [("GET", "/api/v1/csf/status"), ("GET", "/api/v1/csf/blacklist"), ("PUT", "/api/v1/csf/config"),
+                         ("GET", "/api/v1/firewall/rules"), ("POST", "/api/v1/firewall/toggle")]:
+        assert_envelope(wispd.request(method, path, body={}, token=user_token), 403, "FORBIDDEN")
+
     dup = wispd.request("POST", "/api/v1/tokens", body={"name": "panel", "role": "admin"})
     assert_envelope(dup, 409, "CONFLICT", 'A token named "panel" already exists')
 

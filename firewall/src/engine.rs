@@ -1073,3 +1073,69 @@ pub fn typed_rule(r: &FwRule) -> Result<Rule, FwError> {
         action,
     })
 }
+
+#[cfg(test)]
+mod kernel_tests {
+    //! Needs root: each test moves its thread into a fresh network namespace.
+    use super::*;
+    use crate::msg::{MsgType, NFPROTO_INET, NLM_F_CREATE};
+
+    fn ruleset() -> String {
+        let out = std::process::Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_rejected_batch_changes_nothing_and_names_the_error() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare needs root");
+        let dir = std::env::temp_dir().join(format!("wispd-fwreject-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Store::open(&dir).expect("store");
+        let fw = Firewall::start(
+            store,
+            FirewallConfig {
+                table: "wispd".into(),
+                kernel: true,
+                protected_tcp_ports: vec![],
+            },
+        )
+        .expect("start");
+        fw.add(
+            ListKind::Black,
+            EntryRequest {
+                ip: "192.0.2.1".into(),
+                comment: String::new(),
+                ttl: 0,
+                force: false,
+                caller: None,
+            },
+        )
+        .expect("ban");
+        let before = ruleset();
+        assert!(before.contains("192.0.2.1"), "{before}");
+
+        // A whole-table rebuild that also adds a rule looking up a set that does not exist: the
+        // kernel must refuse the batch as a unit.
+        let mut inner = fw.lock();
+        let nl = inner.nl.as_mut().expect("netlink");
+        let mut batch = Batch::new(nl.next_seq());
+        plan::remove(&mut batch, "wispd");
+        batch.msg(MsgType::NewRule, NLM_F_CREATE, NFPROTO_INET);
+        batch.w.str(1, "wispd");
+        batch.w.str(2, "input");
+        batch.end_msg();
+        let err = nl
+            .commit(batch)
+            .expect_err("the kernel must refuse a rule in a deleted table");
+        assert!(err.to_string().contains("ENOENT"), "{err}");
+        drop(inner);
+        assert_eq!(ruleset(), before, "nothing of the refused batch may apply");
+        // the socket is still usable afterwards
+        fw.reload().expect("reload");
+        assert!(ruleset().contains("192.0.2.1"));
+    }
+}
