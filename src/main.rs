@@ -56,7 +56,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve::run(cfg)) {
+            let result = runtime.block_on(serve::run(cfg));
+            // A blocking lookup (DNS for a blocklist, say) must not hold the exit hostage.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -82,7 +82,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         DRAIN,
     ));
     tasks.spawn(sweep_limiter(limiter, shutdown.clone()));
-    tasks.spawn(firewall_upkeep(firewall, shutdown.clone()));
+    tasks.spawn(firewall_upkeep(firewall.clone(), shutdown.clone()));
+    tasks.spawn(wispd_firewall::blocklist::run(firewall, shutdown.clone()));
 
     tracing::debug!(smtp = ?cfg.smtp, imap = ?cfg.imap, dns = ?cfg.dns, "engine settings");
     let scheme = if api_tls.is_some() { "https" } else { "http" };

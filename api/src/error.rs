@@ -148,6 +148,7 @@ impl From<wispd_firewall::FwError> for ApiError {
             FwError::Invalid(m) => ApiError::Validation(m),
             FwError::Settings(_) => ApiError::Validation(e.to_string()),
             FwError::NotFound(m) => ApiError::NotFound(m),
+            FwError::Conflict(m) => ApiError::Conflict(m),
             FwError::Kernel(k) => {
                 ApiError::Unavailable(format!("The firewall change was not applied: {k}"))
             }

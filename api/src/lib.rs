@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::http::Uri;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use routes::{csf, firewall};
 use wispd_store::Store;
 
@@ -58,6 +58,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/csf/whitelist/{*ip}", delete(csf::whitelist_remove))
         .route("/api/v1/csf/check-ip", get(csf::check_ip))
+        .route(
+            "/api/v1/csf/blocklists",
+            get(csf::blocklists).post(csf::blocklist_add),
+        )
+        .route(
+            "/api/v1/csf/blocklists/",
+            get(csf::blocklists).post(csf::blocklist_add),
+        )
+        .route(
+            "/api/v1/csf/blocklists/{name}",
+            put(csf::blocklist_update).delete(csf::blocklist_delete),
+        )
+        .route(
+            "/api/v1/csf/blocklists/{name}/refresh",
+            post(csf::blocklist_refresh),
+        )
         .route("/api/v1/csf/ports", get(csf::ports).post(csf::port_add))
         .route("/api/v1/csf/ports/", get(csf::ports).post(csf::port_add))
         .route("/api/v1/csf/ports/{port}", delete(csf::port_remove))

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use crate::blocklist::parse::Ranges;
 use ipnet::IpNet;
 use wispd_store::schema::{
-    FW_BLACKLIST, FW_RULES, FW_STATE, FW_WHITELIST, FwEntry, FwRule, FwState,
+    FW_BLACKLIST, FW_BLOCKLIST_DATA, FW_BLOCKLISTS, FW_RULES, FW_STATE, FW_WHITELIST, FwEntry,
+    FwRule, FwState,
 };
 use wispd_store::{Store, StoreError, Table};
 
@@ -42,6 +44,8 @@ pub enum FwError {
     Settings(Vec<SettingError>),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Kernel(#[from] NetlinkError),
     #[error("{0}")]
@@ -113,8 +117,14 @@ pub struct RuleRequest {
 /// Where an address matches.
 #[derive(Debug, Clone)]
 pub struct CheckResult {
+    /// `whitelist`, `blacklist` or `blocklist`.
     pub list: &'static str,
-    pub entry: FwEntry,
+    /// The blocklist's name.
+    pub name: Option<String>,
+    /// The matching entry (`1.2.3.4`, a CIDR, or a `first-last` range of a merged blocklist).
+    pub entry: String,
+    pub comment: String,
+    pub expires_at: Option<i64>,
 }
 
 /// A snapshot for the status endpoints.
@@ -134,6 +144,8 @@ pub struct Status {
 }
 
 struct Inner {
+    /// The last good ranges of every blocklist, by name.
+    blocklists: BTreeMap<String, std::sync::Arc<Ranges>>,
     nl: Option<Netlink>,
     backend: Backend,
     /// Intervals currently in each kernel list set.
@@ -161,7 +173,7 @@ impl std::fmt::Debug for Firewall {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -188,6 +200,7 @@ impl Firewall {
                 applied: BTreeMap::new(),
                 cache: [None, None],
                 kernel_rules: 0,
+                blocklists: BTreeMap::new(),
                 policy_drop: false,
                 applied_at: now(),
             }),
@@ -196,6 +209,7 @@ impl Firewall {
         };
         let state = fw.state()?;
         Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        fw.load_blocklists(state)?;
         let mut inner = fw.lock();
         if !fw.cfg.kernel {
             inner.backend =
@@ -229,6 +243,71 @@ impl Firewall {
         Ok(fw)
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Seeds the preconfigured blocklists once, and loads every list's last good copy.
+    fn load_blocklists(&self, state: FwState) -> Result<(), FwError> {
+        if !state.blocklists_seeded {
+            self.store.write(|w| {
+                for def in crate::blocklist::preconfigured() {
+                    if w.get(&FW_BLOCKLISTS, def.name.as_str())?.is_none() {
+                        w.put(&FW_BLOCKLISTS, def.name.as_str(), &def)?;
+                    }
+                }
+                let mut st = w.get(&FW_STATE, STATE_KEY)?.unwrap_or(state);
+                st.blocklists_seeded = true;
+                w.put(&FW_STATE, STATE_KEY, &st)
+            })?;
+        }
+        let mut loaded = BTreeMap::new();
+        for def in self.blocklists()? {
+            let bytes = self
+                .store
+                .read(|r| r.get_raw(&FW_BLOCKLIST_DATA, def.name.as_str()))?;
+            let ranges = bytes
+                .as_deref()
+                .and_then(Ranges::from_bytes)
+                .unwrap_or_default();
+            loaded.insert(def.name, std::sync::Arc::new(ranges));
+        }
+        self.lock().blocklists = loaded;
+        Ok(())
+    }
+
+    pub(crate) fn keep_ranges(&self, name: &str, ranges: std::sync::Arc<Ranges>) {
+        self.lock().blocklists.insert(name.to_string(), ranges);
+    }
+
+    pub(crate) fn forget_ranges(&self, name: &str) {
+        self.lock().blocklists.remove(name);
+    }
+
+    /// Rebuilds the table from the store.
+    pub(crate) fn reapply(&self) -> Result<(), FwError> {
+        let mut inner = self.lock();
+        self.apply_full(&mut inner)
+    }
+
+    /// Runs `f` against the kernel when the table is in place (and `wanted`); otherwise the
+    /// change lives only in the store until the next full apply.
+    pub(crate) fn with_kernel(
+        &self,
+        f: impl FnOnce(&mut Netlink, &str) -> Result<(), NetlinkError>,
+        wanted: bool,
+    ) -> Result<(), FwError> {
+        let mut inner = self.lock();
+        if !wanted || inner.kernel_rules == 0 {
+            return Ok(());
+        }
+        let table = self.cfg.table.clone();
+        match inner.nl.as_mut() {
+            Some(nl) => Ok(f(nl, &table)?),
+            None => Ok(()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -250,6 +329,7 @@ impl Firewall {
                 settings: model::default_settings(&protected),
                 testing_since: None,
                 next_rule_id: 1,
+                blocklists_seeded: false,
             };
             w.put(&FW_STATE, STATE_KEY, &s)?;
             Ok(s)
@@ -351,6 +431,28 @@ impl Firewall {
         let index = |v: &[FwEntry]| v.iter().map(|e| (e.net.clone(), e.clone())).collect();
         inner.cache = [Some(index(&black)), Some(index(&white))];
         let lists = Self::all_contents(&black, &white, t);
+        let defs: Vec<String> = self
+            .blocklists()?
+            .into_iter()
+            .filter(|d| d.enabled)
+            .map(|d| d.name)
+            .collect();
+        let empty = Ranges::default();
+        let held: Vec<(String, std::sync::Arc<Ranges>)> = defs
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    inner
+                        .blocklists
+                        .get(n)
+                        .cloned()
+                        .unwrap_or_else(|| std::sync::Arc::new(empty.clone())),
+                )
+            })
+            .collect();
+        let blocklists: Vec<(&str, &Ranges)> =
+            held.iter().map(|(n, r)| (n.as_str(), r.as_ref())).collect();
         let rules: Vec<Rule> = self
             .rules()?
             .iter()
@@ -364,6 +466,7 @@ impl Firewall {
             settings: &settings,
             lists: &lists,
             rules: &rules,
+            blocklists: &blocklists,
         };
         let count = plan::full(&mut batch, &d, t);
         nl.commit(batch)?;
@@ -638,9 +741,30 @@ impl Firewall {
                 if parse_net(&e.net).is_some_and(|n| n.contains(&addr)) {
                     out.push(CheckResult {
                         list: kind.name(),
-                        entry: e,
+                        name: None,
+                        entry: parse_net(&e.net).map(|n| display_net(&n)).unwrap_or(e.net),
+                        comment: e.comment,
+                        expires_at: e.expires_at,
                     });
                 }
+            }
+        }
+        let enabled: Vec<String> = self
+            .blocklists()?
+            .into_iter()
+            .filter(|d| d.enabled)
+            .map(|d| d.name)
+            .collect();
+        let inner = self.lock();
+        for name in enabled {
+            if let Some((a, b)) = inner.blocklists.get(&name).and_then(|r| r.find(addr)) {
+                out.push(CheckResult {
+                    list: "blocklist",
+                    name: Some(name.clone()),
+                    entry: crate::blocklist::range_text(a, b),
+                    comment: String::new(),
+                    expires_at: None,
+                });
             }
         }
         Ok(out)

@@ -5,6 +5,7 @@
 //! transaction. Address lists are kernel interval sets whose elements carry their own timeouts,
 //! so bans expire in the kernel with no userspace timer and no rule per address.
 
+pub mod blocklist;
 mod engine;
 pub mod model;
 mod msg;

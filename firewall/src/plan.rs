@@ -3,6 +3,7 @@
 
 use ipnet::IpNet;
 
+use crate::blocklist::parse::Ranges;
 use crate::model::{Interval, PortRange, Settings, bounds};
 use crate::msg::{Batch, MsgType, NFPROTO_INET, NLM_F_CREATE, Writer};
 
@@ -212,6 +213,8 @@ pub struct Desired<'a> {
     pub settings: &'a Settings,
     /// Elements of every list set (hosts as one-address intervals).
     pub lists: &'a std::collections::BTreeMap<ListSet, Vec<Interval>>,
+    /// Enabled blocklists and their ranges, in rule order.
+    pub blocklists: &'a [(&'a str, &'a Ranges)],
     pub rules: &'a [Rule],
 }
 
@@ -246,6 +249,46 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
             2,
         );
     }
+    for (i, (name, ranges)) in (0u32..).zip(d.blocklists) {
+        let (n4, n6) = blocklist_sets(name);
+        new_set(
+            batch,
+            d.table,
+            &n4,
+            100 + 2 * i,
+            NFT_SET_INTERVAL,
+            TYPE_IPADDR,
+            4,
+        );
+        new_set(
+            batch,
+            d.table,
+            &n6,
+            101 + 2 * i,
+            NFT_SET_INTERVAL,
+            TYPE_IP6ADDR,
+            16,
+        );
+        range_elements(
+            batch,
+            d.table,
+            &n4,
+            ranges
+                .v4
+                .iter()
+                .map(|(a, b)| (u128::from(*a), u128::from(*b))),
+            4,
+            u128::from(u32::MAX),
+        );
+        range_elements(
+            batch,
+            d.table,
+            &n6,
+            ranges.v6.iter().copied(),
+            16,
+            u128::MAX,
+        );
+    }
     let policy = if d.policy_drop { NF_DROP } else { NF_ACCEPT };
     base_chain(batch, d.table, "input", NF_INET_LOCAL_IN, policy);
     base_chain(batch, d.table, "output", NF_INET_LOCAL_OUT, policy);
@@ -273,6 +316,71 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     }
     count += skeleton(batch, d);
     count
+}
+
+/// The kernel set names of a blocklist.
+pub fn blocklist_sets(name: &str) -> (String, String) {
+    (format!("bl_{name}4"), format!("bl_{name}6"))
+}
+
+/// Replaces a blocklist's contents in one transaction: both sets flushed and refilled, so no
+/// packet ever sees the list empty or half-loaded.
+pub fn swap_blocklist(batch: &mut Batch, table: &str, name: &str, ranges: &Ranges) {
+    let (n4, n6) = blocklist_sets(name);
+    for set in [&n4, &n6] {
+        batch.msg(MsgType::DelSetElem, 0, NFPROTO_INET);
+        batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+        batch.w.str(NFTA_SET_ELEM_LIST_SET, set);
+        batch.end_msg();
+    }
+    range_elements(
+        batch,
+        table,
+        &n4,
+        ranges
+            .v4
+            .iter()
+            .map(|(a, b)| (u128::from(*a), u128::from(*b))),
+        4,
+        u128::from(u32::MAX),
+    );
+    range_elements(batch, table, &n6, ranges.v6.iter().copied(), 16, u128::MAX);
+}
+
+/// Interval elements for closed ranges, split across messages of bounded size.
+fn range_elements(
+    batch: &mut Batch,
+    table: &str,
+    set: &str,
+    ranges: impl Iterator<Item = (u128, u128)>,
+    len: usize,
+    top: u128,
+) {
+    let mut open = false;
+    let mut mark = 0;
+    for (start, end) in ranges {
+        if open && batch.w.since(mark) > ELEMENTS_PER_MSG_BYTES {
+            batch.w.unnest();
+            batch.end_msg();
+            open = false;
+        }
+        if !open {
+            batch.msg(MsgType::NewSetElem, NLM_F_CREATE, NFPROTO_INET);
+            batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+            batch.w.str(NFTA_SET_ELEM_LIST_SET, set);
+            batch.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            mark = batch.w.len();
+            open = true;
+        }
+        element(&mut batch.w, &key_bytes(start, len), false, None);
+        if end < top {
+            element(&mut batch.w, &key_bytes(end + 1, len), true, None);
+        }
+    }
+    if open {
+        batch.w.unnest();
+        batch.end_msg();
+    }
 }
 
 /// Deletes the table (if it exists) in one batch.
@@ -646,6 +754,18 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
                     .counter()
                     .verdict(verdict);
             });
+        }
+        for (name, _) in d.blocklists {
+            let (n4, n6) = blocklist_sets(name);
+            for (set, v6) in [(&n4, false), (&n6, true)] {
+                n += rule(batch, t, chain, |e| {
+                    e.nfproto(v6)
+                        .addr(v6, inbound)
+                        .lookup(set)
+                        .counter()
+                        .verdict(NF_DROP);
+                });
+            }
         }
         n += rule(batch, t, chain, |e| {
             e.jump(if inbound { "rules_in" } else { "rules_out" });

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 pub use migrate::SCHEMA_VERSION;
-pub use table::{Read, Table, Write};
+pub use table::{RawTable, Read, Table, Write};
 
 /// The store file's name inside the data directory.
 pub const FILE_NAME: &str = "wispd.redb";

@@ -89,4 +89,41 @@ pub struct FwState {
     /// When TESTING started counting (unix seconds): the policy is lifted TESTING_INTERVAL later.
     pub testing_since: Option<i64>,
     pub next_rule_id: u64,
+    /// The preconfigured blocklists were created once (deleting them must not bring them back).
+    #[serde(default)]
+    pub blocklists_seeded: bool,
+}
+
+/// Blocklist definitions and their refresh status, by name.
+pub const FW_BLOCKLISTS: Table<&str, FwBlocklist> = Table::new("fw_blocklists");
+
+/// The last good copy of each blocklist's ranges (compact binary), by name.
+pub const FW_BLOCKLIST_DATA: crate::RawTable = crate::RawTable::new("fw_blocklist_data");
+
+/// A blocklist (CSF's `NAME|INTERVAL|MAX|URL`) and its refresh status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwBlocklist {
+    pub name: String,
+    pub url: String,
+    /// Seconds between refreshes.
+    pub interval: u64,
+    /// Keep at most this many entries; 0 = all.
+    pub max: u64,
+    pub enabled: bool,
+    #[serde(default)]
+    pub entry_count: u64,
+    #[serde(default)]
+    pub invalid_lines: u64,
+    #[serde(default)]
+    pub last_error: String,
+    /// Unix seconds of the last successful refresh.
+    #[serde(default)]
+    pub last_updated: Option<i64>,
+    /// Unix seconds of the last attempt, successful or not.
+    #[serde(default)]
+    pub last_attempt: Option<i64>,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub last_modified: Option<String>,
 }

@@ -169,3 +169,45 @@ impl<'t> Write<'t> {
         Ok(self.txn.open_table(table.def())?.len()?)
     }
 }
+
+/// A table of raw byte values (large binary blobs that JSON would bloat).
+#[derive(Debug)]
+pub struct RawTable {
+    name: &'static str,
+}
+
+impl RawTable {
+    pub const fn new(name: &'static str) -> Self {
+        RawTable { name }
+    }
+
+    fn def(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
+impl Read<'_> {
+    /// The bytes under `key` in a raw table.
+    pub fn get_raw(&self, table: &RawTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = match self.txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+}
+
+impl Write<'_> {
+    pub fn put_raw(&self, table: &RawTable, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(table.def())?;
+        t.insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn remove_raw(&self, table: &RawTable, key: &str) -> Result<bool, StoreError> {
+        let mut t = self.txn.open_table(table.def())?;
+        let existed = t.remove(key)?.is_some();
+        Ok(existed)
+    }
+}

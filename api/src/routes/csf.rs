@@ -10,8 +10,9 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use wispd_firewall::blocklist::BlocklistRequest;
 use wispd_firewall::{EntryRequest, Firewall, FwError, ListKind, PortRequest, Status};
-use wispd_store::schema::FwEntry;
+use wispd_store::schema::{FwBlocklist, FwEntry};
 
 use crate::error::ApiError;
 use crate::extract::{Admin, JsonBody};
@@ -65,7 +66,7 @@ pub(crate) fn status_view(s: &Status) -> Value {
 }
 
 pub async fn status(State(state): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
-    let s = on_fw(&state, |fw| fw.status()).await?;
+    let (s, lists) = on_fw(&state, |fw| Ok((fw.status()?, fw.blocklists()?))).await?;
     Ok(Json(json!({
         "success": true,
         "data": {
@@ -76,7 +77,7 @@ pub async fn status(State(state): State<AppState>, _a: Admin) -> Result<Json<Val
             },
             "alerts_24h": 0,
             "blacklist_count": s.blacklist_count,
-            "blocklist": { "blocklists": [] },
+            "blocklist": { "blocklists": lists.iter().map(blocklist_status).collect::<Vec<_>>() },
             "firewall": status_view(&s),
         }
     })))
@@ -182,15 +183,17 @@ pub async fn check_ip(
         .map(|m| {
             json!({
                 "list": m.list,
-                "entry": display(&m.entry.net),
-                "comment": m.entry.comment,
-                "ttl_remaining": m.entry.expires_at.map(|e| (e - t).max(0)),
-                "expires_at": m.entry.expires_at.map(rfc3339),
+                "name": m.name,
+                "entry": m.entry,
+                "comment": m.comment,
+                "ttl_remaining": m.expires_at.map(|e| (e - t).max(0)),
+                "expires_at": m.expires_at.map(rfc3339),
             })
         })
         .collect();
     let whitelisted = found.iter().any(|m| m.list == "whitelist");
     let blacklisted = found.iter().any(|m| m.list == "blacklist");
+    let blocklisted = found.iter().any(|m| m.list == "blocklist");
     Ok(Json(json!({
         "success": true,
         "data": {
@@ -198,7 +201,8 @@ pub async fn check_ip(
             "whitelisted": whitelisted,
             "blacklisted": blacklisted,
             // the whitelist wins: a whitelisted address is never dropped by a list
-            "blocked": blacklisted && !whitelisted,
+            "blocklisted": blocklisted,
+            "blocked": (blacklisted || blocklisted) && !whitelisted,
             "matches": matches,
         }
     })))
@@ -327,4 +331,101 @@ pub async fn config_update(
 pub async fn reload(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
     let st = on_fw(&s, |fw| fw.reload()).await?;
     Ok(Json(json!({ "success": true, "data": status_view(&st) })))
+}
+
+fn blocklist_status(d: &FwBlocklist) -> Value {
+    json!({
+        "name": d.name,
+        "enabled": d.enabled,
+        "entry_count": d.entry_count,
+        "last_error": d.last_error,
+        "last_updated": d.last_updated.map(rfc3339),
+    })
+}
+
+fn blocklist_view(d: &FwBlocklist) -> Value {
+    let mut v = blocklist_status(d);
+    v["url"] = json!(d.url);
+    v["interval"] = json!(d.interval);
+    v["max"] = json!(d.max);
+    v["invalid_lines"] = json!(d.invalid_lines);
+    v["last_attempt"] = json!(d.last_attempt.map(rfc3339));
+    v
+}
+
+pub async fn blocklists(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
+    let lists = on_fw(&s, |fw| fw.blocklists()).await?;
+    Ok(Json(
+        json!({ "success": true, "data": lists.iter().map(blocklist_view).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BlocklistBody {
+    name: Option<String>,
+    url: Option<String>,
+    interval: Option<i64>,
+    max: Option<i64>,
+    enabled: Option<bool>,
+}
+
+impl From<BlocklistBody> for BlocklistRequest {
+    fn from(b: BlocklistBody) -> Self {
+        BlocklistRequest {
+            name: b.name,
+            url: b.url,
+            interval: b.interval,
+            max: b.max,
+            enabled: b.enabled,
+        }
+    }
+}
+
+pub async fn blocklist_add(
+    State(s): State<AppState>,
+    _a: Admin,
+    JsonBody(b): JsonBody<BlocklistBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = BlocklistRequest::from(b);
+    let d = on_fw(&s, move |fw| fw.create_blocklist(req)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "success": true, "data": blocklist_view(&d) })),
+    ))
+}
+
+pub async fn blocklist_update(
+    State(s): State<AppState>,
+    _a: Admin,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<BlocklistBody>,
+) -> Result<Json<Value>, ApiError> {
+    if b.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::Validation(
+            "A blocklist cannot be renamed; delete it and create another".into(),
+        ));
+    }
+    let req = BlocklistRequest::from(b);
+    let d = on_fw(&s, move |fw| fw.update_blocklist(&name, req)).await?;
+    Ok(Json(json!({ "success": true, "data": blocklist_view(&d) })))
+}
+
+pub async fn blocklist_delete(
+    State(s): State<AppState>,
+    _a: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = on_fw(&s, move |fw| fw.delete_blocklist(&name)).await?;
+    Ok(Json(json!({ "success": true, "data": blocklist_view(&d) })))
+}
+
+pub async fn blocklist_refresh(
+    State(s): State<AppState>,
+    _a: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    on_fw(&s, move |fw| fw.blocklist(&n)).await?;
+    let d = wispd_firewall::blocklist::refresh(s.firewall.clone(), name).await?;
+    Ok(Json(json!({ "success": true, "data": blocklist_view(&d) })))
 }
