@@ -111,10 +111,10 @@ class Wispd:
         ctx = ssl.create_default_context(cafile=str(self.data_dir / "tls" / "cert.pem"))
         return ctx
 
-    def connection(self):
+    def connection(self, timeout=10):
         if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context(), timeout=10)
-        return http.client.HTTPConnection(self.host, self.port, timeout=10)
+            return http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context(), timeout=timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(self, method, path, body=None, token="admin", headers=None, raw=None, conn=None):
         """Sends one request. `token="admin"` uses the bootstrap token, None sends none."""
