@@ -53,5 +53,7 @@ clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
 
-bench: deps-build deps-test
+bench: deps-build deps-test release
+	$(call apt_install,iperf3 ipset iptables)
 	$(CARGO) bench --locked --bench firewall
+	$(PY) benches/blocklist.py --bin $(CURDIR)/target/release/wispd

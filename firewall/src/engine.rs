@@ -160,6 +160,9 @@ struct Inner {
 
 /// The firewall engine. All methods block (netlink and store I/O): call them off the async runtime.
 pub struct Firewall {
+    /// One blocklist refresh at a time: a refresh asked for while another runs waits for it
+    /// (and then usually finds the source unchanged).
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
     cfg: FirewallConfig,
     store: Store,
     inner: Mutex<Inner>,
@@ -206,6 +209,7 @@ impl Firewall {
             }),
             cfg,
             store,
+            refreshing: tokio::sync::Mutex::new(()),
         };
         let state = fw.state()?;
         Settings::parse(&state.settings).map_err(FwError::Settings)?;

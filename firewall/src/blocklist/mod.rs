@@ -274,6 +274,7 @@ impl Firewall {
         let mut def = self.blocklist(name)?;
         let t = now();
         let ranges = Arc::new(ranges);
+        let started = std::time::Instant::now();
         self.with_kernel(
             |nl, table| {
                 let mut batch = Batch::new(nl.next_seq());
@@ -289,11 +290,13 @@ impl Firewall {
         def.last_attempt = Some(t);
         def.etag = validators.etag;
         def.last_modified = validators.last_modified;
+        let kernel = started.elapsed();
         let bytes = ranges.to_bytes();
         self.store().write(|w| {
             w.put_raw(&FW_BLOCKLIST_DATA, name, &bytes)?;
             w.put(&FW_BLOCKLISTS, name, &def)
         })?;
+        tracing::info!(list = %name, ranges = ranges.len(), ?kernel, store = ?(started.elapsed() - kernel), "blocklist installed");
         self.keep_ranges(name, ranges);
         Ok(def)
     }
@@ -332,6 +335,8 @@ impl Firewall {
 
 /// Fetches `name`'s source now and installs the result (or records the failure).
 pub async fn refresh(fw: Arc<Firewall>, name: String) -> Result<FwBlocklist, FwError> {
+    let guard_owner = fw.clone();
+    let _one_at_a_time = guard_owner.refreshing.lock().await;
     let f = fw.clone();
     let n = name.clone();
     let def = tokio::task::spawn_blocking(move || f.blocklist(&n))
@@ -342,7 +347,9 @@ pub async fn refresh(fw: Arc<Firewall>, name: String) -> Result<FwBlocklist, FwE
         last_modified: def.last_modified.clone(),
     };
     let max = usize::try_from(def.max).unwrap_or(usize::MAX);
+    let started = std::time::Instant::now();
     let outcome = fetch::fetch(&def.url, &validators, max).await;
+    tracing::debug!(list = %name, took = ?started.elapsed(), "blocklist fetched and parsed");
     tokio::task::spawn_blocking(move || match outcome {
         Ok(Fetched::NotModified) => fw.blocklist_unchanged(&name),
         Ok(Fetched::Parsed { ranges, entries, invalid, validators }) => {

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Blocklist benchmark, side by side in one run (root; private network namespaces only).
+
+1. Load: N CIDRs fetched over loopback HTTP, parsed and loaded into the kernel by wispd
+   (POST /csf/blocklists/:name/refresh), vs `nft -f` and `ipset restore` of the same set.
+2. Packet path: TCP throughput (iperf3) between two namespaces with 0, 100k and 1M non-matching
+   entries loaded in wispd's blocklist, vs 10k linear iptables rules (how CSF bans without ipset).
+
+Usage: benches/blocklist.py [--bin target/release/wispd] [--sizes 100000,1000000]
+"""
+
+import argparse
+import http.server
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from conftest import Wispd  # noqa: E402
+from netns import Pair, sh  # noqa: E402
+
+CONFIG = """
+hostname = "bench.example"
+[api]
+listen = "127.0.0.1:0"
+rate_limit_per_minute = 100000
+[smtp]
+listen = []
+submission = []
+submissions = []
+[imap]
+listen = []
+imaps = []
+[firewall]
+enabled = true
+"""
+
+
+def cidrs(n):
+    # /28 networks 32 addresses apart: nothing merges, like a real DROP/netset list
+    for i in range(n):
+        a = 0x0B000000 + 32 * i
+        yield f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}/28"
+
+
+def timed(cmd, **kw):
+    t = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd}: {r.stderr[:500]}")
+    return time.monotonic() - t
+
+
+def iperf(pair, seconds=5):
+    out = sh("iperf3", "-c", pair.srv4, "-t", str(seconds), "-J", ns=pair.cli, check=False, timeout=seconds + 20).stdout
+    try:
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (ValueError, KeyError):
+        return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(HERE.parent / "target" / "release" / "wispd"))
+    ap.add_argument("--sizes", default="100000,1000000")
+    args = ap.parse_args()
+    os.environ["WISPD_BIN"] = args.bin
+    import conftest
+    conftest.WISPD_BIN = args.bin
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="wispd-bench-"))
+    www = work / "www"
+    www.mkdir()
+    for n in sizes:
+        (www / f"list_{n}.txt").write_text("\n".join(cidrs(n)) + "\n")
+
+    pair = Pair(250).create()
+    pair.enter()
+    results = {"load": [], "path": []}
+    try:
+        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
+        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        port = httpd.server_address[1]
+        iperf_srv = subprocess.Popen(["iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+        (work / "w").mkdir()
+        w = Wispd(work / "w", CONFIG)
+        w.start()
+        assert w.request("PUT", "/api/v1/csf/config", body={"TESTING": "0", "TCP_IN": "22,5201"}).status == 200
+        for name in ("spamhaus_drop", "spamhaus_dropv6"):
+            w.request("DELETE", f"/api/v1/csf/blocklists/{name}")
+
+        results["path"].append(("no filtering (wispd off)", None, toggle_and_iperf(w, pair, False)))
+        results["path"].append(("wispd, 0 blocklist entries", 0, iperf(pair)))
+        for n in sizes:
+            name = f"b{n}"
+            r = w.request("POST", "/api/v1/csf/blocklists/", body={"name": name, "url": f"http://127.0.0.1:{port}/list_{n}.txt", "interval": 86400})
+            assert r.status == 201, r
+            t = time.monotonic()
+            r = w.request("POST", f"/api/v1/csf/blocklists/{name}/refresh", conn=w.connection(timeout=600))
+            took = time.monotonic() - t
+            assert r.status == 200 and r.json["data"]["entry_count"] == n, r
+            results["load"].append(("wispd (HTTP fetch + parse + kernel + store)", n, took))
+            results["path"].append((f"wispd, {n:,} blocklist entries", n, iperf(pair)))
+            w.request("DELETE", f"/api/v1/csf/blocklists/{name}")
+        w.stop()
+
+        for n in sizes:
+            nft_file = work / f"nft_{n}.nft"
+            with open(nft_file, "w") as f:
+                f.write("add table inet bench\nadd set inet bench s { type ipv4_addr; flags interval; }\n")
+                f.write("add element inet bench s { " + ", ".join(cidrs(n)) + " }\n")
+            results["load"].append(("nft -f (same set, interval)", n, timed(["nft", "-f", str(nft_file)])))
+            sh("nft", "delete", "table", "inet", "bench", check=False)
+            ips_file = work / f"ipset_{n}.txt"
+            with open(ips_file, "w") as f:
+                f.write(f"create bench hash:net maxelem {max(n * 2, 65536)}\n")
+                for c in cidrs(n):
+                    f.write(f"add bench {c}\n")
+            with open(ips_file) as f:
+                results["load"].append(("ipset restore (hash:net)", n, timed(["ipset", "restore"], stdin=f)))
+            sh("ipset", "destroy", "bench", check=False)
+
+        ipt = "iptables-legacy" if sh("iptables-legacy", "-L", check=False).returncode == 0 else "iptables"
+        rules = work / "ipt.txt"
+        with open(rules, "w") as f:
+            f.write("*filter\n:INPUT ACCEPT [0:0]\n")
+            for i in range(10_000):
+                a = 0x0B000000 + 32 * i
+                f.write(f"-A INPUT -s {a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}/32 -j DROP\n")
+            f.write("COMMIT\n")
+        with open(rules) as f:
+            subprocess.run([f"{ipt}-restore"], stdin=f, check=True)
+        results["path"].append((f"{ipt}: 10,000 linear DROP rules", 10000, iperf(pair)))
+        iperf_srv.kill()
+        httpd.shutdown()
+    finally:
+        pair.leave()
+        pair.destroy()
+
+    print("\nblocklist load (one run; kernel", open("/proc/sys/kernel/osrelease").read().strip() + ")")
+    print(f"{'':48} {'entries':>10} {'seconds':>9} {'entries/s':>12}")
+    for who, n, s in results["load"]:
+        print(f"{who:48} {n:>10,} {s:>9.2f} {n / s:>12,.0f}")
+    for n in sizes:
+        row = {who: s for who, m, s in results["load"] if m == n}
+        wispd = next(s for who, s in row.items() if who.startswith("wispd"))
+        print(f"  {n:,}: nft -f / wispd = {row['nft -f (same set, interval)'] / wispd:.1f}x, "
+              f"ipset restore / wispd = {row['ipset restore (hash:net)'] / wispd:.2f}x")
+    print("\npacket path: iperf3 TCP, client namespace -> server namespace, source not listed")
+    base = results["path"][0][2]
+    for who, n, gbps in results["path"]:
+        print(f"{who:48} {gbps:>8.2f} Gbit/s  ({gbps / base:.2f} of unfiltered)")
+
+
+def toggle_and_iperf(w, pair, enabled):
+    assert w.request("POST", "/api/v1/firewall/toggle", body={"enabled": enabled}).status == 200
+    g = iperf(pair)
+    assert w.request("POST", "/api/v1/firewall/toggle", body={"enabled": not enabled}).status == 200
+    return g
+
+
+if __name__ == "__main__":
+    main()
