@@ -197,3 +197,64 @@ def _status(pid, key):
         if line.startswith(key):
             return int(line.split()[1])
     return 0
+
+
+def test_country_deny_allow_and_allow_filter(net, fw, source):
+    n = net.n
+    (source.root / "v4").mkdir()
+    (source.root / "v6").mkdir()
+    source.write("v4/zz-aggregated.zone", f"10.231.{n}.2/31\n")
+    source.write("v6/zz-aggregated.zone", f"fd00:231:{n}::2/127\n")
+    source.write("v4/yy-aggregated.zone", "192.0.2.0/24\n")
+    source.write("v6/yy-aggregated.zone", "2001:db8::/32\n")
+    base = f"http://127.0.0.1:{source.port}"
+    r = fw.request("PUT", "/api/v1/csf/config", body={"CC_SOURCE": base + "/v4/{cc}-aggregated.zone",
+                                                       "CC6_SOURCE": base + "/v6/{cc}-aggregated.zone",
+                                                       "CC_DENY": "ZZ"})
+    assert r.status == 200, r
+    assert wait_until(lambda: not net.can_connect(APP_PORT, timeout=0.5), timeout=30), "CC_DENY drops the country"
+    assert wait_until(lambda: not net.can_connect(APP_PORT, v6=True, timeout=0.5), timeout=15)
+    geo = fw.request("GET", "/api/v1/csf/geoip/status").json["data"]
+    assert geo["enabled"] and geo["deny"] == ["ZZ"]
+    assert geo["countries"][0]["country"] == "ZZ" and geo["countries"][0]["roles"] == ["deny"]
+    assert geo["countries"][0]["entry_count"] == 2 and geo["countries"][0]["last_error"] == ""
+    check = fw.request("GET", f"/api/v1/csf/check-ip?ip={net.cli4}").json["data"]
+    assert check["blocked"] and check["matches"][0]["name"] == "cc_zz"
+    names = [b["name"] for b in fw.request("GET", "/api/v1/csf/blocklists/").json["data"]]
+    assert not any(x.startswith("cc_") for x in names), "country lists are managed by CC_* only"
+    assert_envelope(fw.request("POST", "/api/v1/csf/blocklists/", body={"name": "cc_x", "url": base + "/x"}), 400, "VALIDATION_ERROR")
+
+    # only YY may connect now: the client is elsewhere
+    assert fw.request("PUT", "/api/v1/csf/config", body={"CC_DENY": "", "CC_ALLOW_FILTER": "yy"}).status == 200
+    assert wait_until(lambda: fw.request("GET", "/api/v1/csf/geoip/status").json["data"]["allow_filter_active"], timeout=30)
+    assert not net.can_connect(APP_PORT) and not net.can_connect(APP_PORT, v6=True)
+    assert fw.request("GET", "/api/v1/health", token=None).status == 200, "loopback is never filtered"
+
+    # add the client's country to the filter
+    assert fw.request("PUT", "/api/v1/csf/config", body={"CC_ALLOW_FILTER": "YY,ZZ"}).status == 200
+    assert wait_until(lambda: net.can_connect(APP_PORT, timeout=0.5), timeout=30)
+
+    # CC_ALLOW accepts the country like the whitelist, ahead of the blacklist
+    assert fw.request("PUT", "/api/v1/csf/config", body={"CC_ALLOW_FILTER": ""}).status == 200
+    assert fw.request("POST", "/api/v1/csf/blacklist", body={"ip": net.cli4}).status == 201
+    assert not net.can_connect(APP_PORT)
+    assert fw.request("PUT", "/api/v1/csf/config", body={"CC_ALLOW": "zz"}).status == 200
+    assert wait_until(lambda: net.can_connect(APP_PORT, timeout=0.5), timeout=30)
+    assert_envelope(fw.request("PUT", "/api/v1/csf/config", body={"CC_DENY": "ZZZ"}), 400, "VALIDATION_ERROR")
+
+
+def test_bogon_filter_on_the_configured_interface_only(net, fw):
+    r = fw.request("PUT", "/api/v1/csf/config", body={"LF_BOGON": "1"})
+    assert_envelope(r, 400, "VALIDATION_ERROR")
+    assert "BOGON_INTERFACE" in r.json["message"]
+    st = fw.request("GET", "/api/v1/csf/bogon/status").json["data"]
+    assert st["enabled"] is False and st["active"] is False and st["entry_count"] > 10
+    assert fw.request("PUT", "/api/v1/csf/config", body={"LF_BOGON": "1", "BOGON_INTERFACE": "veth0"}).status == 200
+    # the test network itself is private address space: a bogon source on veth0
+    assert not net.can_connect(APP_PORT) and not net.can_connect(APP_PORT, v6=True)
+    st = fw.request("GET", "/api/v1/csf/bogon/status").json["data"]
+    assert st["enabled"] and st["active"] and st["interface"] == "veth0"
+    assert fw.request("PUT", "/api/v1/csf/config", body={"BOGON_INTERFACE": "eth9"}).status == 200
+    assert net.can_connect(APP_PORT), "another interface is not filtered"
+    assert fw.request("PUT", "/api/v1/csf/config", body={"LF_BOGON": "0"}).status == 200
+    assert net.can_connect(APP_PORT) and net.can_connect(APP_PORT, v6=True)

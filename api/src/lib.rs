@@ -58,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/csf/whitelist/{*ip}", delete(csf::whitelist_remove))
         .route("/api/v1/csf/check-ip", get(csf::check_ip))
+        .route("/api/v1/csf/geoip/status", get(csf::geoip_status))
+        .route("/api/v1/csf/bogon/status", get(csf::bogon_status))
         .route(
             "/api/v1/csf/blocklists",
             get(csf::blocklists).post(csf::blocklist_add),

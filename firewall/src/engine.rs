@@ -114,6 +114,66 @@ pub struct RuleRequest {
     pub action: String,
 }
 
+/// How the loaded lists map onto the table for a given set of settings.
+pub struct ListPlan {
+    /// Every list that gets a set pair, with its ranges.
+    pub sets: Vec<(String, std::sync::Arc<Ranges>)>,
+    pub drop: Vec<String>,
+    pub accept: Vec<String>,
+    /// CC_ALLOW_FILTER's merged ranges, once every listed country has data.
+    pub filter: Option<Ranges>,
+}
+
+impl ListPlan {
+    pub fn new(
+        settings: &Settings,
+        defs: &[wispd_store::schema::FwBlocklist],
+        loaded: &BTreeMap<String, std::sync::Arc<Ranges>>,
+    ) -> ListPlan {
+        let ranges = |n: &str| loaded.get(n).cloned().unwrap_or_default();
+        let mut plan = ListPlan {
+            sets: Vec::new(),
+            drop: Vec::new(),
+            accept: Vec::new(),
+            filter: None,
+        };
+        for d in defs
+            .iter()
+            .filter(|d| d.enabled && !crate::blocklist::is_country(&d.name))
+        {
+            plan.sets.push((d.name.clone(), ranges(&d.name)));
+            plan.drop.push(d.name.clone());
+        }
+        for cc in settings.countries() {
+            for name in crate::blocklist::country_lists(&cc) {
+                plan.sets.push((name.clone(), ranges(&name)));
+                if settings.cc_deny.contains(&cc) {
+                    plan.drop.push(name.clone());
+                }
+                if settings.cc_allow.contains(&cc) {
+                    plan.accept.push(name);
+                }
+            }
+        }
+        if !settings.cc_allow_filter.is_empty() {
+            let parts: Vec<std::sync::Arc<Ranges>> = settings
+                .cc_allow_filter
+                .iter()
+                .map(|cc| {
+                    let [v4, v6] = crate::blocklist::country_lists(cc);
+                    let (a, b) = (ranges(&v4), ranges(&v6));
+                    std::sync::Arc::new(Ranges::union([a.as_ref(), b.as_ref()]))
+                })
+                .collect();
+            // Until every listed country has data, filtering would lock everyone out.
+            if parts.iter().all(|r| !r.is_empty()) {
+                plan.filter = Some(Ranges::union(parts.iter().map(AsRef::as_ref)));
+            }
+        }
+        plan
+    }
+}
+
 /// Where an address matches.
 #[derive(Debug, Clone)]
 pub struct CheckResult {
@@ -213,7 +273,11 @@ impl Firewall {
         };
         let state = fw.state()?;
         Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
         fw.load_blocklists(state)?;
+        for gone in fw.sync_countries(&settings)? {
+            fw.forget_ranges(&gone);
+        }
         let mut inner = fw.lock();
         if !fw.cfg.kernel {
             inner.backend =
@@ -282,6 +346,18 @@ impl Firewall {
 
     pub(crate) fn keep_ranges(&self, name: &str, ranges: std::sync::Arc<Ranges>) {
         self.lock().blocklists.insert(name.to_string(), ranges);
+    }
+
+    pub(crate) fn with_loaded<R>(
+        &self,
+        f: impl FnOnce(&BTreeMap<String, std::sync::Arc<Ranges>>) -> R,
+    ) -> R {
+        f(&self.lock().blocklists)
+    }
+
+    /// The settings, parsed.
+    pub fn parsed_settings(&self) -> Result<Settings, FwError> {
+        Settings::parse(&self.settings()?).map_err(FwError::Settings)
     }
 
     pub(crate) fn forget_ranges(&self, name: &str) {
@@ -435,28 +511,14 @@ impl Firewall {
         let index = |v: &[FwEntry]| v.iter().map(|e| (e.net.clone(), e.clone())).collect();
         inner.cache = [Some(index(&black)), Some(index(&white))];
         let lists = Self::all_contents(&black, &white, t);
-        let defs: Vec<String> = self
-            .blocklists()?
-            .into_iter()
-            .filter(|d| d.enabled)
-            .map(|d| d.name)
-            .collect();
-        let empty = Ranges::default();
-        let held: Vec<(String, std::sync::Arc<Ranges>)> = defs
+        let plan_lists = ListPlan::new(&settings, &self.blocklists()?, &inner.blocklists);
+        let blocklists: Vec<(&str, &Ranges)> = plan_lists
+            .sets
             .iter()
-            .map(|n| {
-                (
-                    n.clone(),
-                    inner
-                        .blocklists
-                        .get(n)
-                        .cloned()
-                        .unwrap_or_else(|| std::sync::Arc::new(empty.clone())),
-                )
-            })
+            .map(|(n, r)| (n.as_str(), r.as_ref()))
             .collect();
-        let blocklists: Vec<(&str, &Ranges)> =
-            held.iter().map(|(n, r)| (n.as_str(), r.as_ref())).collect();
+        let drop_lists: Vec<&str> = plan_lists.drop.iter().map(String::as_str).collect();
+        let accept_lists: Vec<&str> = plan_lists.accept.iter().map(String::as_str).collect();
         let rules: Vec<Rule> = self
             .rules()?
             .iter()
@@ -471,6 +533,10 @@ impl Firewall {
             lists: &lists,
             rules: &rules,
             blocklists: &blocklists,
+            drop_lists: &drop_lists,
+            accept_lists: &accept_lists,
+            allow_filter: plan_lists.filter.as_ref(),
+            bogon_interface: settings.bogon.then_some(settings.bogon_interface.as_str()),
         };
         let count = plan::full(&mut batch, &d, t);
         nl.commit(batch)?;
@@ -807,6 +873,9 @@ impl Firewall {
                 .insert(key.to_string(), model::format_ports(settings.ports(key)));
         }
         self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &state))?;
+        for gone in self.sync_countries(&settings)? {
+            inner.blocklists.remove(&gone);
+        }
         if let Err(e) = self.apply_full(&mut inner) {
             self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before))?;
             return Err(e);

@@ -81,7 +81,7 @@ pub const PORT_KEYS: [&str; 8] = [
 ];
 
 /// Every csf.conf key wispd implements.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 23] = [
     "TCP_IN",
     "TCP_OUT",
     "UDP_IN",
@@ -97,6 +97,33 @@ pub const KEYS: [&str; 15] = [
     "DENY_TEMP_IP_LIMIT",
     "TESTING",
     "TESTING_INTERVAL",
+    "CC_DENY",
+    "CC_ALLOW",
+    "CC_ALLOW_FILTER",
+    "CC_SOURCE",
+    "CC6_SOURCE",
+    "CC_INTERVAL",
+    "LF_BOGON",
+    "BOGON_INTERFACE",
+];
+
+/// Defaults of the keys that don't depend on the machine; a stored settings map that predates a
+/// key reads it from here.
+const STATIC_DEFAULTS: [(&str, &str); 8] = [
+    ("CC_DENY", ""),
+    ("CC_ALLOW", ""),
+    ("CC_ALLOW_FILTER", ""),
+    (
+        "CC_SOURCE",
+        "https://www.ipdeny.com/ipblocks/data/aggregated/{cc}-aggregated.zone",
+    ),
+    (
+        "CC6_SOURCE",
+        "https://www.ipdeny.com/ipv6/ipaddresses/aggregated/{cc}-aggregated.zone",
+    ),
+    ("CC_INTERVAL", "7"),
+    ("LF_BOGON", "0"),
+    ("BOGON_INTERFACE", ""),
 ];
 
 /// Parsed settings.
@@ -113,6 +140,67 @@ pub struct Settings {
     pub testing: bool,
     /// Minutes.
     pub testing_interval: u32,
+    /// Country codes (lowercase) whose addresses are dropped.
+    pub cc_deny: Vec<String>,
+    /// Country codes whose addresses are accepted like the whitelist.
+    pub cc_allow: Vec<String>,
+    /// When not empty, incoming traffic from anywhere else is dropped.
+    pub cc_allow_filter: Vec<String>,
+    /// Zone-file source templates with `{cc}`.
+    pub cc_source: String,
+    pub cc6_source: String,
+    /// Days between country list refreshes.
+    pub cc_interval: u32,
+    pub bogon: bool,
+    pub bogon_interface: String,
+}
+
+impl Settings {
+    /// Every country code used by any CC_* key.
+    pub fn countries(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .cc_deny
+            .iter()
+            .chain(&self.cc_allow)
+            .chain(&self.cc_allow_filter)
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+fn countries(key: &str, v: &str) -> Result<Vec<String>, SettingError> {
+    let mut out = Vec::new();
+    for cc in v
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+    {
+        if cc.len() != 2 || !cc.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(bad(key, format!("{cc:?} is not a two-letter country code")));
+        }
+        if !out.contains(&cc) {
+            out.push(cc);
+        }
+    }
+    Ok(out)
+}
+
+fn source_template(key: &str, v: &str) -> Result<String, SettingError> {
+    let v = v.trim();
+    let scheme_ok = v.starts_with("http://")
+        || v.starts_with("https://")
+        || v.starts_with("file:///")
+        || v.starts_with('/');
+    if !scheme_ok || !v.contains("{cc}") || v.chars().any(char::is_whitespace) {
+        return Err(bad(
+            key,
+            format!("{v:?} must be an http(s)://, file:// URL or absolute path containing {{cc}}"),
+        ));
+    }
+    Ok(v.to_string())
 }
 
 /// The defaults for a fresh install: `tcp_in` are the ports that must stay reachable (ssh, the API,
@@ -146,6 +234,7 @@ pub fn default_settings(tcp_in: &[u16]) -> BTreeMap<String, String> {
         ("TESTING_INTERVAL", "5"),
     ]
     .into_iter()
+    .chain(STATIC_DEFAULTS)
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
@@ -180,7 +269,17 @@ impl Settings {
                 errors.push(bad(k, "is not a setting wispd implements"));
             }
         }
-        let get = |k: &str| map.get(k).map(String::as_str).unwrap_or("");
+        let get = |k: &str| {
+            map.get(k)
+                .map(String::as_str)
+                .or_else(|| {
+                    STATIC_DEFAULTS
+                        .iter()
+                        .find(|(d, _)| *d == k)
+                        .map(|(_, v)| *v)
+                })
+                .unwrap_or("")
+        };
         let mut ports = BTreeMap::new();
         for key in PORT_KEYS {
             match parse_ports(key, get(key)) {
@@ -198,6 +297,36 @@ impl Settings {
             1_000_000,
         ));
         let testing_interval = take(number("TESTING_INTERVAL", get("TESTING_INTERVAL"), 10_080));
+        let cc_interval = take(number("CC_INTERVAL", get("CC_INTERVAL"), 365));
+        if cc_interval == 0 {
+            errors.push(bad("CC_INTERVAL", "must be 1 to 365 days"));
+        }
+        let mut list_of = |k: &str| {
+            countries(k, get(k))
+                .map_err(|e| errors.push(e))
+                .unwrap_or_default()
+        };
+        let cc_deny = list_of("CC_DENY");
+        let cc_allow = list_of("CC_ALLOW");
+        let cc_allow_filter = list_of("CC_ALLOW_FILTER");
+        let mut template = |k: &str| {
+            source_template(k, get(k))
+                .map_err(|e| errors.push(e))
+                .unwrap_or_default()
+        };
+        let cc_source = template("CC_SOURCE");
+        let cc6_source = template("CC6_SOURCE");
+        let bogon_interface = get("BOGON_INTERFACE").trim().to_string();
+        if bogon_interface.len() > 15
+            || !bogon_interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+        {
+            errors.push(bad(
+                "BOGON_INTERFACE",
+                format!("{bogon_interface:?} is not an interface name"),
+            ));
+        }
         let icmp_in_rate = match get("ICMP_IN_RATE").trim() {
             "" | "0" => 0,
             r => match r
@@ -218,6 +347,13 @@ impl Settings {
         let icmp_in = flag_of("ICMP_IN");
         let icmp_out = flag_of("ICMP_OUT");
         let testing = flag_of("TESTING");
+        let bogon = flag_of("LF_BOGON");
+        if bogon && bogon_interface.is_empty() {
+            errors.push(bad(
+                "BOGON_INTERFACE",
+                "is required while LF_BOGON is 1 (bogons are filtered on one interface only)",
+            ));
+        }
         if testing && testing_interval == 0 {
             errors.push(bad(
                 "TESTING_INTERVAL",
@@ -236,6 +372,14 @@ impl Settings {
             deny_temp_ip_limit: usize::try_from(deny_temp_ip_limit).unwrap_or(usize::MAX),
             testing,
             testing_interval: u32::try_from(testing_interval).unwrap_or(u32::MAX),
+            cc_deny,
+            cc_allow,
+            cc_allow_filter,
+            cc_source,
+            cc6_source,
+            cc_interval: u32::try_from(cc_interval).unwrap_or(7),
+            bogon,
+            bogon_interface,
         })
     }
 
@@ -363,6 +507,34 @@ fn push(out: &mut Vec<Interval>, start: u128, end: u128, exp: i64) {
         expires,
     });
 }
+
+/// Addresses that never appear as a source on the public internet (IANA special-purpose
+/// registries). IPv6 link-local and the unspecified address are left out: neighbour discovery
+/// uses them.
+pub const BOGONS_V4: [&str; 14] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+pub const BOGONS_V6: [&str; 6] = [
+    "::ffff:0:0/96",
+    "100::/64",
+    "2001:db8::/32",
+    "3ffe::/16",
+    "fc00::/7",
+    "fec0::/10",
+];
 
 #[cfg(test)]
 mod tests {

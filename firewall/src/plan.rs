@@ -54,6 +54,7 @@ const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_META_IIFTYPE: u32 = 8;
 const NFT_META_OIFTYPE: u32 = 9;
+const NFT_META_IIFNAME: u32 = 6;
 const ARPHRD_LOOPBACK: u16 = 772;
 
 const NFT_PAYLOAD_NETWORK: u32 = 1;
@@ -213,8 +214,16 @@ pub struct Desired<'a> {
     pub settings: &'a Settings,
     /// Elements of every list set (hosts as one-address intervals).
     pub lists: &'a std::collections::BTreeMap<ListSet, Vec<Interval>>,
-    /// Enabled blocklists and their ranges, in rule order.
+    /// Every loaded list (blocklists and country lists) and its ranges: one set pair each.
     pub blocklists: &'a [(&'a str, &'a Ranges)],
+    /// Lists whose addresses are dropped (blocklists, CC_DENY countries).
+    pub drop_lists: &'a [&'a str],
+    /// Lists whose addresses are accepted like the whitelist (CC_ALLOW countries).
+    pub accept_lists: &'a [&'a str],
+    /// CC_ALLOW_FILTER: incoming traffic from outside these ranges is dropped.
+    pub allow_filter: Option<&'a Ranges>,
+    /// LF_BOGON: the interface on which bogon sources are dropped.
+    pub bogon_interface: Option<&'a str>,
     pub rules: &'a [Rule],
 }
 
@@ -289,6 +298,85 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
             u128::MAX,
         );
     }
+    if let Some(ranges) = d.allow_filter {
+        new_set(
+            batch,
+            d.table,
+            "ccfilter4",
+            90,
+            NFT_SET_INTERVAL,
+            TYPE_IPADDR,
+            4,
+        );
+        new_set(
+            batch,
+            d.table,
+            "ccfilter6",
+            91,
+            NFT_SET_INTERVAL,
+            TYPE_IP6ADDR,
+            16,
+        );
+        range_elements(
+            batch,
+            d.table,
+            "ccfilter4",
+            ranges
+                .v4
+                .iter()
+                .map(|(a, b)| (u128::from(*a), u128::from(*b))),
+            4,
+            u128::from(u32::MAX),
+        );
+        range_elements(
+            batch,
+            d.table,
+            "ccfilter6",
+            ranges.v6.iter().copied(),
+            16,
+            u128::MAX,
+        );
+    }
+    if d.bogon_interface.is_some() {
+        let bogons = bogon_ranges();
+        new_set(
+            batch,
+            d.table,
+            "bogon4",
+            92,
+            NFT_SET_INTERVAL,
+            TYPE_IPADDR,
+            4,
+        );
+        new_set(
+            batch,
+            d.table,
+            "bogon6",
+            93,
+            NFT_SET_INTERVAL,
+            TYPE_IP6ADDR,
+            16,
+        );
+        range_elements(
+            batch,
+            d.table,
+            "bogon4",
+            bogons
+                .v4
+                .iter()
+                .map(|(a, b)| (u128::from(*a), u128::from(*b))),
+            4,
+            u128::from(u32::MAX),
+        );
+        range_elements(
+            batch,
+            d.table,
+            "bogon6",
+            bogons.v6.iter().copied(),
+            16,
+            u128::MAX,
+        );
+    }
     let policy = if d.policy_drop { NF_DROP } else { NF_ACCEPT };
     base_chain(batch, d.table, "input", NF_INET_LOCAL_IN, policy);
     base_chain(batch, d.table, "output", NF_INET_LOCAL_OUT, policy);
@@ -316,6 +404,19 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     }
     count += skeleton(batch, d);
     count
+}
+
+/// The built-in bogon ranges, merged.
+pub fn bogon_ranges() -> Ranges {
+    let mut p = crate::blocklist::parse::Parser::new(0);
+    for net in crate::model::BOGONS_V4
+        .iter()
+        .chain(crate::model::BOGONS_V6.iter())
+    {
+        p.feed(net.as_bytes());
+        p.feed(b"\n");
+    }
+    p.finish().0
 }
 
 /// The kernel set names of a blocklist.
@@ -626,6 +727,15 @@ impl Exprs<'_> {
         })
     }
 
+    /// Matches when the key is *not* in the set.
+    fn lookup_inverted(&mut self, set: &str) -> &mut Self {
+        self.expr("lookup", |w| {
+            w.str(1, set);
+            w.u32(2, 1);
+            w.u32(5, 1); // NFTA_LOOKUP_FLAGS = NFT_LOOKUP_F_INV
+        })
+    }
+
     fn counter(&mut self) -> &mut Self {
         self.expr("counter", |w| {
             w.u64(1, 0);
@@ -745,17 +855,69 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         n += rule(batch, t, chain, |e| {
             e.ct_established().verdict(NF_ACCEPT);
         });
-        for set in ListSet::ALL {
-            let verdict = if set.black { NF_DROP } else { NF_ACCEPT };
+        for set in ListSet::ALL.into_iter().filter(|s| !s.black) {
             n += rule(batch, t, chain, |e| {
                 e.nfproto(set.v6)
                     .addr(set.v6, inbound)
                     .lookup(set.name())
                     .counter()
-                    .verdict(verdict);
+                    .verdict(NF_ACCEPT);
             });
         }
-        for (name, _) in d.blocklists {
+        for name in d.accept_lists {
+            let (n4, n6) = blocklist_sets(name);
+            for (set, v6) in [(&n4, false), (&n6, true)] {
+                n += rule(batch, t, chain, |e| {
+                    e.nfproto(v6)
+                        .addr(v6, inbound)
+                        .lookup(set)
+                        .counter()
+                        .verdict(NF_ACCEPT);
+                });
+            }
+        }
+        if let (true, Some(iface)) = (inbound, d.bogon_interface) {
+            let mut name = [0u8; 16];
+            for (dst, src) in name.iter_mut().zip(iface.bytes().take(15)) {
+                *dst = src;
+            }
+            for (set, v6) in [("bogon4", false), ("bogon6", true)] {
+                n += rule(batch, t, chain, |e| {
+                    e.meta(NFT_META_IIFNAME)
+                        .cmp(NFT_CMP_EQ, &name)
+                        .nfproto(v6)
+                        .addr(v6, true)
+                        .lookup(set)
+                        .counter()
+                        .verdict(NF_DROP);
+                });
+            }
+        }
+        for set in ListSet::ALL.into_iter().filter(|s| s.black) {
+            n += rule(batch, t, chain, |e| {
+                e.nfproto(set.v6)
+                    .addr(set.v6, inbound)
+                    .lookup(set.name())
+                    .counter()
+                    .verdict(NF_DROP);
+            });
+        }
+        if let (true, Some(_)) = (inbound, d.allow_filter) {
+            for (set, v6) in [("ccfilter4", false), ("ccfilter6", true)] {
+                n += rule(batch, t, chain, |e| {
+                    e.nfproto(v6);
+                    if v6 {
+                        // neighbour discovery comes from link-local sources no country list has
+                        e.meta(NFT_META_L4PROTO).cmp(NFT_CMP_NEQ, &[IPPROTO_ICMPV6]);
+                    }
+                    e.addr(v6, true)
+                        .lookup_inverted(set)
+                        .counter()
+                        .verdict(NF_DROP);
+                });
+            }
+        }
+        for name in d.drop_lists {
             let (n4, n6) = blocklist_sets(name);
             for (set, v6) in [(&n4, false), (&n6, true)] {
                 n += rule(batch, t, chain, |e| {

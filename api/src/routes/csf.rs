@@ -66,7 +66,7 @@ pub(crate) fn status_view(s: &Status) -> Value {
 }
 
 pub async fn status(State(state): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
-    let (s, lists) = on_fw(&state, |fw| Ok((fw.status()?, fw.blocklists()?))).await?;
+    let (s, lists) = on_fw(&state, |fw| Ok((fw.status()?, fw.user_blocklists()?))).await?;
     Ok(Json(json!({
         "success": true,
         "data": {
@@ -354,7 +354,7 @@ fn blocklist_view(d: &FwBlocklist) -> Value {
 }
 
 pub async fn blocklists(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
-    let lists = on_fw(&s, |fw| fw.blocklists()).await?;
+    let lists = on_fw(&s, |fw| fw.user_blocklists()).await?;
     Ok(Json(
         json!({ "success": true, "data": lists.iter().map(blocklist_view).collect::<Vec<_>>() }),
     ))
@@ -425,7 +425,76 @@ pub async fn blocklist_refresh(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let n = name.clone();
-    on_fw(&s, move |fw| fw.blocklist(&n)).await?;
+    on_fw(&s, move |fw| fw.user_blocklist(&n)).await?;
     let d = wispd_firewall::blocklist::refresh(s.firewall.clone(), name).await?;
     Ok(Json(json!({ "success": true, "data": blocklist_view(&d) })))
+}
+
+pub async fn geoip_status(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
+    let (settings, lists, filter_active) = on_fw(&s, |fw| fw.geoip()).await?;
+    let countries: Vec<Value> = settings
+        .countries()
+        .iter()
+        .map(|cc| {
+            let mine: Vec<&FwBlocklist> = lists
+                .iter()
+                .filter(|d| d.name == format!("cc_{cc}") || d.name == format!("cc_{cc}_v6"))
+                .collect();
+            let mut roles = Vec::new();
+            if settings.cc_deny.contains(cc) {
+                roles.push("deny");
+            }
+            if settings.cc_allow.contains(cc) {
+                roles.push("allow");
+            }
+            if settings.cc_allow_filter.contains(cc) {
+                roles.push("allow_filter");
+            }
+            let errors: Vec<&str> = mine
+                .iter()
+                .map(|d| d.last_error.as_str())
+                .filter(|e| !e.is_empty())
+                .collect();
+            json!({
+                "country": cc.to_ascii_uppercase(),
+                "roles": roles,
+                "entry_count": mine.iter().map(|d| d.entry_count).sum::<u64>(),
+                "last_error": errors.join("; "),
+                "last_updated": mine.iter().filter_map(|d| d.last_updated).min().map(rfc3339),
+            })
+        })
+        .collect();
+    let upper = |v: &[String]| v.iter().map(|c| c.to_ascii_uppercase()).collect::<Vec<_>>();
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "enabled": !countries.is_empty(),
+            "source": settings.cc_source,
+            "source6": settings.cc6_source,
+            "interval_days": settings.cc_interval,
+            "deny": upper(&settings.cc_deny),
+            "allow": upper(&settings.cc_allow),
+            "allow_filter": upper(&settings.cc_allow_filter),
+            "allow_filter_active": filter_active,
+            "countries": countries,
+        }
+    })))
+}
+
+pub async fn bogon_status(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>, ApiError> {
+    let (settings, st) = on_fw(&s, |fw| Ok((fw.parsed_settings()?, fw.status()?))).await?;
+    let ranges = wispd_firewall::plan::bogon_ranges();
+    let available = matches!(st.backend, wispd_firewall::Backend::Available);
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "enabled": settings.bogon,
+            "interface": settings.bogon_interface,
+            "active": settings.bogon && available && st.enabled,
+            "source": "built-in (IANA special-purpose registries)",
+            "entry_count": ranges.len(),
+            "ipv4": wispd_firewall::model::BOGONS_V4,
+            "ipv6": wispd_firewall::model::BOGONS_V6,
+        }
+    })))
 }

@@ -66,9 +66,25 @@ pub struct BlocklistRequest {
     pub enabled: Option<bool>,
 }
 
+/// Country lists are blocklists named `cc_<code>` and `cc_<code>_v6`, managed by the CC_*
+/// settings rather than the blocklist API.
+pub fn is_country(name: &str) -> bool {
+    name.starts_with("cc_")
+}
+
+/// The two lists (IPv4 and IPv6 zone files) of a country.
+pub fn country_lists(cc: &str) -> [String; 2] {
+    [format!("cc_{cc}"), format!("cc_{cc}_v6")]
+}
+
 pub fn validate_name(name: &str) -> Result<(), FwError> {
     if name.is_empty() {
         return Err(FwError::Invalid("Name is required".into()));
+    }
+    if is_country(name) {
+        return Err(FwError::Invalid(
+            "Names starting with cc_ are reserved for country lists (CC_DENY, CC_ALLOW, CC_ALLOW_FILTER)".into(),
+        ));
     }
     if name.len() > 32
         || !name
@@ -181,6 +197,88 @@ impl Firewall {
         Ok(self.store().read(|r| r.all(&FW_BLOCKLISTS))?)
     }
 
+    /// The blocklists the API manages (country lists left out).
+    pub fn user_blocklists(&self) -> Result<Vec<FwBlocklist>, FwError> {
+        Ok(self
+            .blocklists()?
+            .into_iter()
+            .filter(|d| !is_country(&d.name))
+            .collect())
+    }
+
+    /// Brings the country lists in line with the CC_* settings: creates the missing ones (due at
+    /// once), follows source and interval changes, removes the ones no longer named.
+    /// Returns the names of the lists removed.
+    pub(crate) fn sync_countries(
+        &self,
+        settings: &crate::model::Settings,
+    ) -> Result<Vec<String>, FwError> {
+        let wanted = settings.countries();
+        let interval = u64::from(settings.cc_interval) * 86_400;
+        let existing = self.blocklists()?;
+        let mut gone = Vec::new();
+        self.store().write(|w| {
+            for d in existing.iter().filter(|d| is_country(&d.name)) {
+                let cc = d.name.trim_start_matches("cc_").trim_end_matches("_v6");
+                if !wanted.iter().any(|c| c == cc) {
+                    w.remove(&FW_BLOCKLISTS, d.name.as_str())?;
+                    w.remove_raw(&FW_BLOCKLIST_DATA, d.name.as_str())?;
+                    gone.push(d.name.clone());
+                }
+            }
+            for cc in &wanted {
+                let [v4, v6] = country_lists(cc);
+                for (name, template) in [(v4, &settings.cc_source), (v6, &settings.cc6_source)] {
+                    let url = template.replace("{cc}", cc);
+                    let known = existing.iter().find(|d| d.name == name).cloned();
+                    let mut def = known.clone().unwrap_or_else(|| {
+                        let mut d = preconfigured().remove(0);
+                        d.name = name.clone();
+                        d
+                    });
+                    if def.url != url {
+                        def.url = url;
+                        def.etag = None;
+                        def.last_modified = None;
+                        def.last_attempt = None;
+                    }
+                    def.interval = interval;
+                    def.enabled = true;
+                    if known.as_ref() != Some(&def) {
+                        w.put(&FW_BLOCKLISTS, name.as_str(), &def)?;
+                    }
+                }
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(gone)
+    }
+
+    /// Country blocking as configured: the parsed settings, each country's lists, and whether
+    /// CC_ALLOW_FILTER is in force (it waits until every listed country has data).
+    pub fn geoip(&self) -> Result<(crate::model::Settings, Vec<FwBlocklist>, bool), FwError> {
+        let state = self.settings()?;
+        let settings = crate::model::Settings::parse(&state).map_err(FwError::Settings)?;
+        let defs = self.blocklists()?;
+        let active = self.with_loaded(|loaded| {
+            crate::engine::ListPlan::new(&settings, &defs, loaded)
+                .filter
+                .is_some()
+        });
+        let countries = defs.into_iter().filter(|d| is_country(&d.name)).collect();
+        Ok((settings, countries, active))
+    }
+
+    /// A blocklist the API may touch (not a country list).
+    pub fn user_blocklist(&self, name: &str) -> Result<FwBlocklist, FwError> {
+        if is_country(name) {
+            return Err(FwError::NotFound(format!(
+                "{name:?} is a country list: it follows CC_DENY, CC_ALLOW and CC_ALLOW_FILTER in /csf/config"
+            )));
+        }
+        self.blocklist(name)
+    }
+
     pub fn blocklist(&self, name: &str) -> Result<FwBlocklist, FwError> {
         self.store()
             .read(|r| r.get(&FW_BLOCKLISTS, name))?
@@ -232,7 +330,7 @@ impl Firewall {
         name: &str,
         req: BlocklistRequest,
     ) -> Result<FwBlocklist, FwError> {
-        let before = self.blocklist(name)?;
+        let before = self.user_blocklist(name)?;
         let mut def = before.clone();
         apply_request(&mut def, &req)?;
         self.store().write(|w| w.put(&FW_BLOCKLISTS, name, &def))?;
@@ -248,7 +346,7 @@ impl Firewall {
 
     /// Removes a blocklist, its sets and rules, and its stored copy.
     pub fn delete_blocklist(&self, name: &str) -> Result<FwBlocklist, FwError> {
-        let def = self.blocklist(name)?;
+        let def = self.user_blocklist(name)?;
         self.store().write(|w| {
             w.remove(&FW_BLOCKLISTS, name)?;
             w.remove_raw(&FW_BLOCKLIST_DATA, name)?;
@@ -275,13 +373,16 @@ impl Firewall {
         let t = now();
         let ranges = Arc::new(ranges);
         let started = std::time::Instant::now();
+        // A country list feeds rules of several kinds (and CC_ALLOW_FILTER's merged set): it is
+        // applied with the whole table below; other lists swap their own sets.
+        let country = is_country(name);
         self.with_kernel(
             |nl, table| {
                 let mut batch = Batch::new(nl.next_seq());
                 plan::swap_blocklist(&mut batch, table, name, &ranges);
                 nl.commit(batch)
             },
-            def.enabled,
+            def.enabled && !country,
         )?;
         def.entry_count = entries;
         def.invalid_lines = invalid;
@@ -298,6 +399,9 @@ impl Firewall {
         })?;
         tracing::info!(list = %name, ranges = ranges.len(), ?kernel, store = ?(started.elapsed() - kernel), "blocklist installed");
         self.keep_ranges(name, ranges);
+        if country {
+            self.reapply()?;
+        }
         Ok(def)
     }
 

@@ -27,6 +27,20 @@ impl Ranges {
         self.len() == 0
     }
 
+    /// Everything in any of `parts`, merged.
+    pub fn union<'a>(parts: impl IntoIterator<Item = &'a Ranges>) -> Ranges {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for p in parts {
+            v4.extend_from_slice(&p.v4);
+            v6.extend_from_slice(&p.v6);
+        }
+        Ranges {
+            v4: merge(v4, u32::MAX),
+            v6: merge(v6, u128::MAX),
+        }
+    }
+
     /// The range containing `ip`, if any (binary search).
     pub fn find(&self, ip: IpAddr) -> Option<(IpAddr, IpAddr)> {
         match ip {
