@@ -260,122 +260,13 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     }
     for (i, (name, ranges)) in (0u32..).zip(d.blocklists) {
         let (n4, n6) = blocklist_sets(name);
-        new_set(
-            batch,
-            d.table,
-            &n4,
-            100 + 2 * i,
-            NFT_SET_INTERVAL,
-            TYPE_IPADDR,
-            4,
-        );
-        new_set(
-            batch,
-            d.table,
-            &n6,
-            101 + 2 * i,
-            NFT_SET_INTERVAL,
-            TYPE_IP6ADDR,
-            16,
-        );
-        range_elements(
-            batch,
-            d.table,
-            &n4,
-            ranges
-                .v4
-                .iter()
-                .map(|(a, b)| (u128::from(*a), u128::from(*b))),
-            4,
-            u128::from(u32::MAX),
-        );
-        range_elements(
-            batch,
-            d.table,
-            &n6,
-            ranges.v6.iter().copied(),
-            16,
-            u128::MAX,
-        );
+        range_set_pair(batch, d.table, (&n4, &n6), 100 + 2 * i, ranges);
     }
     if let Some(ranges) = d.allow_filter {
-        new_set(
-            batch,
-            d.table,
-            "ccfilter4",
-            90,
-            NFT_SET_INTERVAL,
-            TYPE_IPADDR,
-            4,
-        );
-        new_set(
-            batch,
-            d.table,
-            "ccfilter6",
-            91,
-            NFT_SET_INTERVAL,
-            TYPE_IP6ADDR,
-            16,
-        );
-        range_elements(
-            batch,
-            d.table,
-            "ccfilter4",
-            ranges
-                .v4
-                .iter()
-                .map(|(a, b)| (u128::from(*a), u128::from(*b))),
-            4,
-            u128::from(u32::MAX),
-        );
-        range_elements(
-            batch,
-            d.table,
-            "ccfilter6",
-            ranges.v6.iter().copied(),
-            16,
-            u128::MAX,
-        );
+        range_set_pair(batch, d.table, ("ccfilter4", "ccfilter6"), 90, ranges);
     }
     if d.bogon_interface.is_some() {
-        let bogons = bogon_ranges();
-        new_set(
-            batch,
-            d.table,
-            "bogon4",
-            92,
-            NFT_SET_INTERVAL,
-            TYPE_IPADDR,
-            4,
-        );
-        new_set(
-            batch,
-            d.table,
-            "bogon6",
-            93,
-            NFT_SET_INTERVAL,
-            TYPE_IP6ADDR,
-            16,
-        );
-        range_elements(
-            batch,
-            d.table,
-            "bogon4",
-            bogons
-                .v4
-                .iter()
-                .map(|(a, b)| (u128::from(*a), u128::from(*b))),
-            4,
-            u128::from(u32::MAX),
-        );
-        range_elements(
-            batch,
-            d.table,
-            "bogon6",
-            bogons.v6.iter().copied(),
-            16,
-            u128::MAX,
-        );
+        range_set_pair(batch, d.table, ("bogon4", "bogon6"), 92, &bogon_ranges());
     }
     let policy = if d.policy_drop { NF_DROP } else { NF_ACCEPT };
     base_chain(batch, d.table, "input", NF_INET_LOCAL_IN, policy);
@@ -434,54 +325,48 @@ pub fn swap_blocklist(batch: &mut Batch, table: &str, name: &str, ranges: &Range
         batch.w.str(NFTA_SET_ELEM_LIST_SET, set);
         batch.end_msg();
     }
-    range_elements(
+    fill_ranges(batch, table, (&n4, &n6), ranges);
+}
+
+/// Creates an IPv4 and an IPv6 interval set and fills them with `ranges`.
+fn range_set_pair(batch: &mut Batch, table: &str, names: (&str, &str), id: u32, ranges: &Ranges) {
+    new_set(batch, table, names.0, id, NFT_SET_INTERVAL, TYPE_IPADDR, 4);
+    new_set(
         batch,
         table,
-        &n4,
-        ranges
-            .v4
-            .iter()
-            .map(|(a, b)| (u128::from(*a), u128::from(*b))),
+        names.1,
+        id + 1,
+        NFT_SET_INTERVAL,
+        TYPE_IP6ADDR,
+        16,
+    );
+    fill_ranges(batch, table, names, ranges);
+}
+
+fn fill_ranges(batch: &mut Batch, table: &str, names: (&str, &str), ranges: &Ranges) {
+    let v4 = ranges
+        .v4
+        .iter()
+        .map(|(a, b)| (u128::from(*a), u128::from(*b), None));
+    elements(
+        batch,
+        MsgType::NewSetElem,
+        table,
+        names.0,
+        v4,
         4,
         u128::from(u32::MAX),
     );
-    range_elements(batch, table, &n6, ranges.v6.iter().copied(), 16, u128::MAX);
-}
-
-/// Interval elements for closed ranges, split across messages of bounded size.
-fn range_elements(
-    batch: &mut Batch,
-    table: &str,
-    set: &str,
-    ranges: impl Iterator<Item = (u128, u128)>,
-    len: usize,
-    top: u128,
-) {
-    let mut open = false;
-    let mut mark = 0;
-    for (start, end) in ranges {
-        if open && batch.w.since(mark) > ELEMENTS_PER_MSG_BYTES {
-            batch.w.unnest();
-            batch.end_msg();
-            open = false;
-        }
-        if !open {
-            batch.msg(MsgType::NewSetElem, NLM_F_CREATE, NFPROTO_INET);
-            batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
-            batch.w.str(NFTA_SET_ELEM_LIST_SET, set);
-            batch.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-            mark = batch.w.len();
-            open = true;
-        }
-        element(&mut batch.w, &key_bytes(start, len), false, None);
-        if end < top {
-            element(&mut batch.w, &key_bytes(end + 1, len), true, None);
-        }
-    }
-    if open {
-        batch.w.unnest();
-        batch.end_msg();
-    }
+    let v6 = ranges.v6.iter().map(|(a, b)| (*a, *b, None));
+    elements(
+        batch,
+        MsgType::NewSetElem,
+        table,
+        names.1,
+        v6,
+        16,
+        u128::MAX,
+    );
 }
 
 /// Deletes the table (if it exists) in one batch.
@@ -511,7 +396,17 @@ pub fn list_elements(
     };
     // A hash set holds single keys: no interval-end elements (top = 0 turns them off).
     let top = if set.cidr { top } else { 0 };
-    elements(batch, ty, table, set.name(), ivs, len, top, now);
+    let items = ivs.iter().filter_map(|iv| match iv.expires {
+        // the kernel counts the timeout from now; an element already expired is left out
+        Some(e) if add => {
+            let left = u64::try_from(e.saturating_sub(now))
+                .ok()
+                .filter(|l| *l > 0)?;
+            Some((iv.start, iv.end, Some(left.saturating_mul(1000))))
+        }
+        _ => Some((iv.start, iv.end, None)),
+    });
+    elements(batch, ty, table, set.name(), items, len, top);
 }
 
 /// Empties a set (DELSETELEM without elements).
@@ -588,43 +483,34 @@ fn key_bytes(v: u128, len: usize) -> Vec<u8> {
 }
 
 fn port_elements(batch: &mut Batch, table: &str, set: &str, ivs: &[Interval]) {
+    let items = ivs.iter().map(|iv| (iv.start, iv.end, None));
     elements(
         batch,
         MsgType::NewSetElem,
         table,
         set,
-        ivs,
+        items,
         2,
         u128::from(u16::MAX),
-        0,
     );
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Set elements `(start, end, timeout ms)`, split across messages of bounded size. For an
+/// interval set each range also gets its interval-end element at `end + 1` (none past `top`);
+/// `top = 0` means a hash set of single keys.
 fn elements(
     batch: &mut Batch,
     ty: MsgType,
     table: &str,
     set: &str,
-    ivs: &[Interval],
+    items: impl Iterator<Item = (u128, u128, Option<u64>)>,
     len: usize,
     top: u128,
-    now: i64,
 ) {
     let add = matches!(ty, MsgType::NewSetElem);
     let mut open = false;
     let mut mark = 0;
-    for iv in ivs {
-        let timeout_ms = match iv.expires {
-            Some(e) if add => {
-                let left = e.saturating_sub(now);
-                if left <= 0 {
-                    continue;
-                }
-                Some(u64::try_from(left).unwrap_or(0).saturating_mul(1000))
-            }
-            _ => None,
-        };
+    for (start, end, timeout_ms) in items {
         if open && batch.w.since(mark) > ELEMENTS_PER_MSG_BYTES {
             batch.w.unnest();
             batch.end_msg();
@@ -638,9 +524,9 @@ fn elements(
             mark = batch.w.len();
             open = true;
         }
-        element(&mut batch.w, &key_bytes(iv.start, len), false, timeout_ms);
-        if top > 0 && iv.end < top {
-            element(&mut batch.w, &key_bytes(iv.end + 1, len), true, None);
+        element(&mut batch.w, &key_bytes(start, len), false, timeout_ms);
+        if top > 0 && end < top {
+            element(&mut batch.w, &key_bytes(end + 1, len), true, None);
         }
     }
     if open {
