@@ -62,6 +62,7 @@ class Wispd:
         self.config_path = workdir / "wispd.toml"
         self.config_path.write_text(config_text)
         self.extra_args = list(extra_args)
+        self.env = {}
         self.proc = None
         self.lines = []
 
@@ -73,7 +74,7 @@ class Wispd:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"), **self.env},
         )
         ready = threading.Event()
 

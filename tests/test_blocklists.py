@@ -258,3 +258,48 @@ def test_bogon_filter_on_the_configured_interface_only(net, fw):
     assert net.can_connect(APP_PORT), "another interface is not filtered"
     assert fw.request("PUT", "/api/v1/csf/config", body={"LF_BOGON": "0"}).status == 200
     assert net.can_connect(APP_PORT) and net.can_connect(APP_PORT, v6=True)
+
+
+def test_https_source_verified_against_trusted_roots(net, make_wispd, tmp_path):
+    """An https:// list is fetched over rustls and its certificate verified: a CA the client
+    doesn't trust is refused, a trusted one (SSL_CERT_FILE) works."""
+    import ssl
+    import subprocess
+    ca, ca_key = tmp_path / "ca.pem", tmp_path / "ca.key"
+    cert, key, csr = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "c.csr"
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=test CA")
+    run("openssl", "req", "-new", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=lists.test")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "drop.txt").write_text(f"10.231.{net.n}.2/31 ; SBL1\n")
+    src = Source(www)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    src.httpd.socket = ctx.wrap_socket(src.httpd.socket, server_side=True)
+    url = f"https://127.0.0.1:{src.port}/drop.txt"
+    try:
+        untrusting = make_wispd(config=FW_CONFIG, firewall=True, start=False)
+        untrusting.env = {"SSL_CERT_FILE": str(tmp_path / "nothing.pem")}
+        (tmp_path / "nothing.pem").write_text("")
+        untrusting.start()
+        create(untrusting, "tls", url)
+        d = refresh(untrusting, "tls")
+        assert d["entry_count"] == 0 and d["last_error"], d
+        untrusting.stop()
+
+        trusting = make_wispd(config=FW_CONFIG, firewall=True, start=False)
+        trusting.env = {"SSL_CERT_FILE": str(ca)}
+        trusting.start()
+        assert trusting.request("PUT", "/api/v1/csf/config", body={"TESTING": "0", "TCP_IN": f"22,{APP_PORT}"}).status == 200
+        create(trusting, "tls", url)
+        d = refresh(trusting, "tls")
+        assert d["entry_count"] == 1 and d["last_error"] == "", d
+        assert not net.can_connect(APP_PORT)
+    finally:
+        src.close()
