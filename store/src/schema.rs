@@ -127,3 +127,72 @@ pub struct FwBlocklist {
     #[serde(default)]
     pub last_modified: Option<String>,
 }
+
+/// Mail accounts by id.
+pub const MAIL_ACCOUNTS: Table<u64, MailAccount> = Table::new("mail_accounts");
+
+/// Every address wispd delivers for (`user@domain`, lowercase) -> account id.
+pub const MAIL_ADDRESSES: Table<&str, u64> = Table::new("mail_addresses");
+
+/// Mailboxes by (account id, mailbox name).
+pub const MAIL_MAILBOXES: Table<(u64, &str), Mailbox> = Table::new("mail_mailboxes");
+
+/// Forwarders by id.
+pub const MAIL_FORWARDERS: Table<u64, MailForwarder> = Table::new("mail_forwarders");
+
+/// Catch-all settings by domain.
+pub const MAIL_CATCHALL: Table<&str, MailCatchall> = Table::new("mail_catchall");
+
+/// Mail counters (`next_account_id`, `next_forwarder_id`, …).
+pub const MAIL_META: Table<&str, u64> = Table::new("mail_meta");
+
+/// A mail account as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailAccount {
+    pub id: u64,
+    pub domain: String,
+    /// The local part, lowercase.
+    pub username: String,
+    /// Argon2id, PHC string format.
+    pub password_hash: String,
+    /// 0 = unlimited.
+    pub quota_mb: u64,
+    pub used_bytes: u64,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+impl MailAccount {
+    pub fn email(&self) -> String {
+        format!("{}@{}", self.username, self.domain)
+    }
+}
+
+/// A mailbox (IMAP folder) of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    pub name: String,
+    /// RFC 6154 attribute (`\Sent`, `\Drafts`, `\Trash`, `\Junk`), if any.
+    pub special_use: Option<String>,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highest_modseq: u64,
+    pub subscribed: bool,
+}
+
+/// A forwarder: mail for `source` also goes to `destination`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailForwarder {
+    pub id: u64,
+    pub source: String,
+    pub destination: String,
+    pub created_at: i64,
+}
+
+/// A domain's catch-all: mail for unknown local parts goes to `destination` when enabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailCatchall {
+    pub domain: String,
+    pub enabled: bool,
+    pub destination: String,
+}

@@ -88,6 +88,25 @@ impl<'t> Read<'t> {
         Ok(out)
     }
 
+    /// Records whose keys fall in `range`, in key order.
+    pub fn values_in<'k, K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+        range: impl std::ops::RangeBounds<K::SelfType<'k>> + 'k,
+    ) -> Result<Vec<V>, StoreError> {
+        let t = match self.txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.range(range)? {
+            let (_, v) = row?;
+            out.push(decode(table.name, v.value())?);
+        }
+        Ok(out)
+    }
+
     /// Number of records in the table.
     pub fn len<K: Key + 'static, V>(&self, table: &Table<K, V>) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
@@ -150,6 +169,21 @@ impl<'t> Write<'t> {
         let mut t = self.txn.open_table(table.def())?;
         t.insert(key, bytes.as_slice())?;
         Ok(())
+    }
+
+    /// Records whose keys fall in `range`, in key order.
+    pub fn values_in<'k, K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+        range: impl std::ops::RangeBounds<K::SelfType<'k>> + 'k,
+    ) -> Result<Vec<V>, StoreError> {
+        let t = self.txn.open_table(table.def())?;
+        let mut out = Vec::new();
+        for row in t.range(range)? {
+            let (_, v) = row?;
+            out.push(decode(table.name, v.value())?);
+        }
+        Ok(out)
     }
 
     /// Removes the record under `key`; true when there was one.

@@ -1,0 +1,491 @@
+//! The mail directory: accounts (with their mailboxes and quota), forwarders and catch-alls, in
+//! the store. Passwords are kept only as Argon2id hashes.
+
+use std::collections::BTreeSet;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use wispd_store::schema::{
+    MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_FORWARDERS, MAIL_MAILBOXES, MAIL_META,
+    MailAccount, MailCatchall, MailForwarder, Mailbox,
+};
+use wispd_store::{Store, StoreError, Write};
+
+use crate::address;
+
+pub const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 256;
+/// 1 PiB in MiB: quotas above are surely a mistake.
+const MAX_QUOTA_MB: i64 = 1 << 30;
+
+/// The mailboxes every account starts with, and their special-use attributes.
+pub const STANDARD_MAILBOXES: [(&str, Option<&str>); 5] = [
+    ("INBOX", None),
+    ("Sent", Some("\\Sent")),
+    ("Drafts", Some("\\Drafts")),
+    ("Trash", Some("\\Trash")),
+    ("Junk", Some("\\Junk")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("password hashing: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A request to create an account.
+#[derive(Debug, Clone, Default)]
+pub struct NewAccount {
+    pub domain: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub quota_mb: Option<i64>,
+}
+
+/// The directory over the store.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    store: Store,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn hash(password: &str) -> Result<String, DirError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| DirError::Hash(format!("OS randomness: {e}")))?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| DirError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| DirError::Hash(e.to_string()))
+}
+
+fn check_password(password: &str) -> Result<(), DirError> {
+    let n = password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
+        return Err(DirError::Invalid(format!(
+            "Password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_quota(q: i64) -> Result<u64, DirError> {
+    if !(0..=MAX_QUOTA_MB).contains(&q) {
+        return Err(DirError::Invalid(format!(
+            "quota_mb must be 0 (unlimited) to {MAX_QUOTA_MB}"
+        )));
+    }
+    Ok(u64::try_from(q).unwrap_or(0))
+}
+
+fn next_id(w: &Write<'_>, key: &str) -> Result<u64, StoreError> {
+    let id = w.get(&MAIL_META, key)?.unwrap_or(1).max(1);
+    w.put(&MAIL_META, key, &(id + 1))?;
+    Ok(id)
+}
+
+impl Directory {
+    pub fn new(store: Store) -> Directory {
+        Directory { store }
+    }
+
+    /// Creates an account with its standard mailboxes, all in one transaction.
+    pub fn create_account(&self, req: NewAccount) -> Result<MailAccount, DirError> {
+        let domain_in = req.domain.as_deref().map(str::trim).unwrap_or_default();
+        if domain_in.is_empty() {
+            return Err(DirError::Invalid("Domain is required".into()));
+        }
+        let user_in = req.username.as_deref().map(str::trim).unwrap_or_default();
+        if user_in.is_empty() {
+            return Err(DirError::Invalid("Username is required".into()));
+        }
+        let password = req.password.unwrap_or_default();
+        if password.is_empty() {
+            return Err(DirError::Invalid("Password is required".into()));
+        }
+        let domain = address::domain(domain_in)
+            .ok_or_else(|| DirError::Invalid(format!("Invalid domain: {domain_in:?}")))?;
+        let username = address::local_part(user_in)
+            .ok_or_else(|| DirError::Invalid(format!("Invalid username: {user_in:?} (letters, digits and .!#$%&'*+/=?^_`{{|}}~- ; no leading, trailing or double dots)")))?;
+        check_password(&password)?;
+        let quota_mb = check_quota(req.quota_mb.unwrap_or(0))?;
+        let password_hash = hash(&password)?;
+        let email = format!("{username}@{domain}");
+        self.store.write(|w| {
+            if w.get(&MAIL_ADDRESSES, email.as_str())?.is_some() {
+                return Err(DirError::Conflict(format!(
+                    "The account {email} already exists"
+                )));
+            }
+            let id = next_id(w, "next_account_id")?;
+            let t = now();
+            let account = MailAccount {
+                id,
+                domain,
+                username,
+                password_hash,
+                quota_mb,
+                used_bytes: 0,
+                enabled: true,
+                created_at: t,
+            };
+            w.put(&MAIL_ACCOUNTS, id, &account)?;
+            w.put(&MAIL_ADDRESSES, email.as_str(), &id)?;
+            // UIDVALIDITY: seconds since the epoch, as Dovecot does, made unique per mailbox.
+            let base = u32::try_from(t & 0x7fff_ffff).unwrap_or(1);
+            for (i, (name, special)) in (0u32..).zip(STANDARD_MAILBOXES) {
+                let mb = Mailbox {
+                    name: name.to_string(),
+                    special_use: special.map(str::to_string),
+                    uidvalidity: base.wrapping_add(i).max(1),
+                    uidnext: 1,
+                    highest_modseq: 1,
+                    subscribed: true,
+                };
+                w.put(&MAIL_MAILBOXES, (id, name), &mb)?;
+            }
+            Ok(account)
+        })
+    }
+
+    /// Accounts, in id order; `domains` limits them to those domains.
+    pub fn accounts(&self, domains: Option<&[String]>) -> Result<Vec<MailAccount>, DirError> {
+        let all = self.store.read(|r| r.all(&MAIL_ACCOUNTS))?;
+        Ok(all
+            .into_iter()
+            .filter(|a| domains.is_none_or(|d| d.contains(&a.domain)))
+            .collect())
+    }
+
+    pub fn account(&self, id: u64) -> Result<MailAccount, DirError> {
+        self.store
+            .read(|r| r.get(&MAIL_ACCOUNTS, id))?
+            .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))
+    }
+
+    /// The account's mailboxes, by name.
+    pub fn mailboxes(&self, id: u64) -> Result<Vec<Mailbox>, DirError> {
+        Ok(self
+            .store
+            .read(|r| r.values_in(&MAIL_MAILBOXES, (id, "")..(id + 1, "")))?)
+    }
+
+    /// Changes the password and/or the quota.
+    pub fn update_account(
+        &self,
+        id: u64,
+        password: Option<String>,
+        quota_mb: Option<i64>,
+    ) -> Result<MailAccount, DirError> {
+        if password.is_none() && quota_mb.is_none() {
+            return Err(DirError::Invalid(
+                "Nothing to change: send password and/or quota_mb".into(),
+            ));
+        }
+        let password_hash = match password {
+            Some(p) => {
+                check_password(&p)?;
+                Some(hash(&p)?)
+            }
+            None => None,
+        };
+        let quota = quota_mb.map(check_quota).transpose()?;
+        self.store.write(|w| {
+            let mut a = w
+                .get(&MAIL_ACCOUNTS, id)?
+                .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))?;
+            if let Some(h) = password_hash {
+                a.password_hash = h;
+            }
+            if let Some(q) = quota {
+                a.quota_mb = q;
+            }
+            w.put(&MAIL_ACCOUNTS, id, &a)?;
+            Ok(a)
+        })
+    }
+
+    /// Enables a disabled account or disables an enabled one.
+    pub fn toggle_account(&self, id: u64) -> Result<MailAccount, DirError> {
+        self.store.write(|w| {
+            let mut a = w
+                .get(&MAIL_ACCOUNTS, id)?
+                .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))?;
+            a.enabled = !a.enabled;
+            w.put(&MAIL_ACCOUNTS, id, &a)?;
+            Ok(a)
+        })
+    }
+
+    /// Deletes an account, its address and its mailboxes.
+    pub fn delete_account(&self, id: u64) -> Result<MailAccount, DirError> {
+        self.store.write(|w| {
+            let a = w
+                .get(&MAIL_ACCOUNTS, id)?
+                .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))?;
+            w.remove(&MAIL_ACCOUNTS, id)?;
+            w.remove(&MAIL_ADDRESSES, a.email().as_str())?;
+            for mb in w.values_in(&MAIL_MAILBOXES, (id, "")..(id + 1, ""))? {
+                w.remove(&MAIL_MAILBOXES, (id, mb.name.as_str()))?;
+            }
+            Ok(a)
+        })
+    }
+
+    /// Checks a login (full address and password); `None` for a wrong password, an unknown
+    /// address or a disabled account.
+    pub fn verify_login(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<MailAccount>, DirError> {
+        let Some((l, d)) = address::address(email) else {
+            return Ok(None);
+        };
+        let key = format!("{l}@{d}");
+        let account = self.store.read(|r| {
+            let Some(id) = r.get(&MAIL_ADDRESSES, key.as_str())? else {
+                return Ok::<_, StoreError>(None);
+            };
+            r.get(&MAIL_ACCOUNTS, id)
+        })?;
+        let Some(account) = account.filter(|a| a.enabled) else {
+            return Ok(None);
+        };
+        let parsed =
+            PasswordHash::new(&account.password_hash).map_err(|e| DirError::Hash(e.to_string()))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+            .then_some(account))
+    }
+
+    /// Adds a forwarder. The destination must be a local account for now (external
+    /// destinations need the outbound queue); chains that would loop are refused.
+    pub fn create_forwarder(
+        &self,
+        source: &str,
+        destination: &str,
+    ) -> Result<MailForwarder, DirError> {
+        if source.trim().is_empty() {
+            return Err(DirError::Invalid("Source is required".into()));
+        }
+        if destination.trim().is_empty() {
+            return Err(DirError::Invalid("Destination is required".into()));
+        }
+        let (sl, sd) = address::address(source)
+            .ok_or_else(|| DirError::Invalid(format!("Invalid source address: {source:?}")))?;
+        let (dl, dd) = address::address(destination).ok_or_else(|| {
+            DirError::Invalid(format!("Invalid destination address: {destination:?}"))
+        })?;
+        let (src, dst) = (format!("{sl}@{sd}"), format!("{dl}@{dd}"));
+        if src == dst {
+            return Err(DirError::Invalid(
+                "A forwarder cannot point at its own source".into(),
+            ));
+        }
+        self.store.write(|w| {
+            let local = w.get(&MAIL_ADDRESSES, dst.as_str())?.is_some();
+            let forwards_on = w.all(&MAIL_FORWARDERS)?.iter().any(|f| f.source == dst);
+            if !local && !forwards_on {
+                return Err(DirError::Invalid(format!(
+                    "{dst} is not a local account: external destinations need the outbound queue, which this wispd does not have yet"
+                )));
+            }
+            let all = w.all(&MAIL_FORWARDERS)?;
+            if all.iter().any(|f| f.source == src && f.destination == dst) {
+                return Err(DirError::Conflict(format!("{src} already forwards to {dst}")));
+            }
+            // Would `dst` reach `src` again through existing forwarders?
+            let mut seen = BTreeSet::new();
+            let mut todo = vec![dst.clone()];
+            while let Some(a) = todo.pop() {
+                if a == src {
+                    return Err(DirError::Invalid(format!("Refusing a forwarding loop: {dst} already forwards back to {src}")));
+                }
+                if seen.insert(a.clone()) {
+                    todo.extend(all.iter().filter(|f| f.source == a).map(|f| f.destination.clone()));
+                }
+            }
+            let id = next_id(w, "next_forwarder_id")?;
+            let f = MailForwarder { id, source: src, destination: dst, created_at: now() };
+            w.put(&MAIL_FORWARDERS, id, &f)?;
+            Ok(f)
+        })
+    }
+
+    pub fn forwarders(&self, domains: Option<&[String]>) -> Result<Vec<MailForwarder>, DirError> {
+        let all = self.store.read(|r| r.all(&MAIL_FORWARDERS))?;
+        Ok(all
+            .into_iter()
+            .filter(|f| {
+                domains.is_none_or(|d| {
+                    f.source
+                        .rsplit_once('@')
+                        .is_some_and(|(_, dom)| d.iter().any(|x| x == dom))
+                })
+            })
+            .collect())
+    }
+
+    pub fn delete_forwarder(&self, id: u64) -> Result<MailForwarder, DirError> {
+        self.store.write(|w| {
+            let f = w
+                .get(&MAIL_FORWARDERS, id)?
+                .ok_or_else(|| DirError::NotFound(format!("No forwarder with id {id}")))?;
+            w.remove(&MAIL_FORWARDERS, id)?;
+            Ok(f)
+        })
+    }
+
+    /// A domain's catch-all (disabled and empty when never set).
+    pub fn catchall(&self, domain: &str) -> Result<MailCatchall, DirError> {
+        let d = address::domain(domain)
+            .ok_or_else(|| DirError::Invalid(format!("Invalid domain: {domain:?}")))?;
+        Ok(self
+            .store
+            .read(|r| r.get(&MAIL_CATCHALL, d.as_str()))?
+            .unwrap_or(MailCatchall {
+                domain: d,
+                enabled: false,
+                destination: String::new(),
+            }))
+    }
+
+    /// Sets a domain's catch-all; an enabled one needs a local destination.
+    pub fn set_catchall(
+        &self,
+        domain: &str,
+        enabled: bool,
+        destination: Option<&str>,
+    ) -> Result<MailCatchall, DirError> {
+        let d = address::domain(domain)
+            .ok_or_else(|| DirError::Invalid(format!("Invalid domain: {domain:?}")))?;
+        let dest = match destination.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(s) => {
+                let (l, dd) = address::address(s).ok_or_else(|| {
+                    DirError::Invalid(format!("Invalid destination address: {s:?}"))
+                })?;
+                format!("{l}@{dd}")
+            }
+            None => String::new(),
+        };
+        self.store.write(|w| {
+            if enabled && dest.is_empty() {
+                return Err(DirError::Invalid("Destination is required to enable a catch-all".into()));
+            }
+            if !dest.is_empty() && w.get(&MAIL_ADDRESSES, dest.as_str())?.is_none() {
+                return Err(DirError::Invalid(format!(
+                    "{dest} is not a local account: external destinations need the outbound queue, which this wispd does not have yet"
+                )));
+            }
+            let c = MailCatchall { domain: d.clone(), enabled, destination: dest.clone() };
+            w.put(&MAIL_CATCHALL, d.as_str(), &c)?;
+            Ok(c)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> Directory {
+        let d = std::env::temp_dir().join(format!("wispd-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        Directory::new(Store::open(&d).expect("store"))
+    }
+
+    fn req(domain: &str, user: &str, pw: &str) -> NewAccount {
+        NewAccount {
+            domain: Some(domain.into()),
+            username: Some(user.into()),
+            password: Some(pw.into()),
+            quota_mb: Some(10),
+        }
+    }
+
+    #[test]
+    fn accounts_get_mailboxes_unique_addresses_and_verified_logins() {
+        let d = dir("acct");
+        let a = d
+            .create_account(req("Example.com", "Info", "correct horse"))
+            .expect("create");
+        assert_eq!(a.email(), "info@example.com");
+        let names: Vec<String> = d
+            .mailboxes(a.id)
+            .expect("mailboxes")
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["Drafts", "INBOX", "Junk", "Sent", "Trash"]);
+        assert!(matches!(
+            d.create_account(req("example.com", "INFO", "another pw")),
+            Err(DirError::Conflict(_))
+        ));
+        assert!(
+            d.verify_login("Info@Example.com", "correct horse")
+                .expect("verify")
+                .is_some()
+        );
+        assert!(
+            d.verify_login("info@example.com", "wrong horse")
+                .expect("verify")
+                .is_none()
+        );
+        d.toggle_account(a.id).expect("toggle");
+        assert!(
+            d.verify_login("info@example.com", "correct horse")
+                .expect("verify")
+                .is_none(),
+            "disabled"
+        );
+        d.delete_account(a.id).expect("delete");
+        assert!(d.mailboxes(a.id).expect("mailboxes").is_empty());
+        assert!(
+            d.create_account(req("example.com", "info", "correct horse"))
+                .is_ok(),
+            "address free again"
+        );
+    }
+
+    #[test]
+    fn forwarders_need_local_destinations_and_refuse_loops() {
+        let d = dir("fwd");
+        d.create_account(req("example.com", "a", "password1"))
+            .expect("a");
+        d.create_account(req("example.com", "b", "password1"))
+            .expect("b");
+        d.create_forwarder("sales@example.com", "a@example.com")
+            .expect("fwd");
+        d.create_forwarder("sales@example.com", "b@example.com")
+            .expect("several destinations");
+        d.create_forwarder("a@example.com", "b@example.com")
+            .expect("chain");
+        assert!(
+            matches!(d.create_forwarder("b@example.com", "a@example.com"), Err(DirError::Invalid(m)) if m.contains("loop"))
+        );
+        assert!(
+            matches!(d.create_forwarder("x@example.com", "someone@elsewhere.org"), Err(DirError::Invalid(m)) if m.contains("outbound queue"))
+        );
+        assert!(matches!(
+            d.create_forwarder("sales@example.com", "a@example.com"),
+            Err(DirError::Conflict(_))
+        ));
+    }
+}
