@@ -71,6 +71,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         store: store.clone(),
         limiter: limiter.clone(),
         firewall: firewall.clone(),
+        directory: wispd_engine::directory::Directory::new(store.clone()),
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

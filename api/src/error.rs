@@ -157,6 +157,19 @@ impl From<wispd_firewall::FwError> for ApiError {
     }
 }
 
+impl From<wispd_engine::directory::DirError> for ApiError {
+    fn from(e: wispd_engine::directory::DirError) -> Self {
+        use wispd_engine::directory::DirError;
+        match e {
+            DirError::Invalid(m) => ApiError::Validation(m),
+            DirError::NotFound(m) => ApiError::NotFound(m),
+            DirError::Conflict(m) => ApiError::Conflict(m),
+            DirError::Hash(_) => ApiError::Internal(e.to_string()),
+            DirError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("store task failed: {e}"))

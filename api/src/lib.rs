@@ -17,7 +17,7 @@ use axum::Router;
 use axum::http::Uri;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};
-use routes::{csf, firewall};
+use routes::{csf, email, firewall};
 use wispd_store::Store;
 
 use crate::error::ApiError;
@@ -35,6 +35,7 @@ pub struct AppState {
     pub store: Store,
     pub limiter: Arc<RateLimit>,
     pub firewall: Arc<wispd_firewall::Firewall>,
+    pub directory: wispd_engine::directory::Directory,
 }
 
 /// The whole `/api/v1` router.
@@ -46,6 +47,32 @@ pub fn router(state: AppState) -> Router {
             get(routes::tokens::list).post(routes::tokens::create),
         )
         .route("/api/v1/tokens/{id}", delete(routes::tokens::delete))
+        .route(
+            "/api/v1/email/accounts",
+            get(email::accounts).post(email::account_create),
+        )
+        .route(
+            "/api/v1/email/accounts/{id}",
+            get(email::account_get)
+                .put(email::account_update)
+                .delete(email::account_delete),
+        )
+        .route(
+            "/api/v1/email/accounts/{id}/toggle",
+            post(email::account_toggle),
+        )
+        .route(
+            "/api/v1/email/forwarders",
+            get(email::forwarders).post(email::forwarder_create),
+        )
+        .route(
+            "/api/v1/email/forwarders/{id}",
+            delete(email::forwarder_delete),
+        )
+        .route(
+            "/api/v1/email/catchall/{domain}",
+            get(email::catchall).put(email::catchall_set),
+        )
         .route("/api/v1/csf/status", get(csf::status))
         .route(
             "/api/v1/csf/blacklist",

@@ -2,37 +2,10 @@
 
 use crate::error::ApiError;
 
-/// A DNS domain name as mail uses it: lowercased, 1–253 characters, labels of letters, digits and
-/// inner hyphens, at least two labels, a non-numeric top-level label.
+/// A DNS domain name as mail uses it (see [`wispd_engine::address::domain`]).
 pub fn domain(input: &str) -> Result<String, ApiError> {
-    let d = input.trim().trim_end_matches('.').to_ascii_lowercase();
-    let invalid = || ApiError::Validation(format!("Invalid domain: {input:?}"));
-    if d.is_empty() || d.len() > 253 {
-        return Err(invalid());
-    }
-    let labels: Vec<&str> = d.split('.').collect();
-    if labels.len() < 2 {
-        return Err(invalid());
-    }
-    for label in &labels {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(invalid());
-        }
-    }
-    if labels
-        .last()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(invalid());
-    }
-    Ok(d)
+    wispd_engine::address::domain(input)
+        .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {input:?}")))
 }
 
 #[cfg(test)]

@@ -1,0 +1,274 @@
+//! `/api/v1/email/*`: accounts, forwarders and catch-alls over the mail directory. A `user`
+//! token reaches only the domains bound to it; anything else reads as absent (404) or, for a
+//! domain it names itself, forbidden (403).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wispd_engine::address;
+use wispd_engine::directory::{DirError, Directory, NewAccount};
+use wispd_store::schema::{MailAccount, MailCatchall, MailForwarder};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{Caller, JsonBody};
+use crate::{AppState, rfc3339};
+
+async fn on_dir<R: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Directory) -> Result<R, DirError> + Send + 'static,
+) -> Result<R, ApiError> {
+    let dir = state.directory.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&dir)).await??)
+}
+
+fn account_view(a: &MailAccount) -> Value {
+    json!({
+        "id": a.id,
+        "domain": a.domain,
+        "username": a.username,
+        "email": a.email(),
+        "quota_mb": a.quota_mb,
+        "used_bytes": a.used_bytes,
+        "enabled": a.enabled,
+        "created_at": rfc3339(a.created_at),
+    })
+}
+
+fn forwarder_view(f: &MailForwarder) -> Value {
+    json!({ "id": f.id, "source": f.source, "destination": f.destination, "created_at": rfc3339(f.created_at) })
+}
+
+fn catchall_view(c: &MailCatchall) -> Value {
+    json!({ "domain": c.domain, "enabled": c.enabled, "destination": c.destination })
+}
+
+/// The domains a caller is limited to (`None` for admin).
+fn scope(p: &Principal) -> Option<Vec<String>> {
+    (!p.is_admin()).then(|| p.domains.clone())
+}
+
+fn require_domain(p: &Principal, domain: &str) -> Result<(), ApiError> {
+    if p.owns_domain(domain) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "This token does not manage {domain}"
+        )))
+    }
+}
+
+/// The account `id`, as long as the caller may see it.
+fn owned_account(dir: &Directory, p: &Principal, id: u64) -> Result<MailAccount, DirError> {
+    let a = dir.account(id)?;
+    if p.owns_domain(&a.domain) {
+        Ok(a)
+    } else {
+        Err(DirError::NotFound(format!("No account with id {id}")))
+    }
+}
+
+fn parse_id(id: &str, what: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("No {what} with id {id:?}")))
+}
+
+pub async fn accounts(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let domains = scope(&p);
+    let list = on_dir(&s, move |d| d.accounts(domains.as_deref())).await?;
+    let accounts = if list.is_empty() {
+        Value::Null
+    } else {
+        list.iter().map(account_view).collect()
+    };
+    Ok(Json(json!({ "accounts": accounts, "total": list.len() })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccountBody {
+    domain: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    quota_mb: Option<i64>,
+}
+
+pub async fn account_create(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<AccountBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if let Some(d) = b.domain.as_deref().and_then(address::domain) {
+        require_domain(&p, &d)?;
+    }
+    let req = NewAccount {
+        domain: b.domain,
+        username: b.username,
+        password: b.password,
+        quota_mb: b.quota_mb,
+    };
+    let a = on_dir(&s, move |d| d.create_account(req)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "success": true, "data": account_view(&a) })),
+    ))
+}
+
+pub async fn account_get(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "account")?;
+    let a = on_dir(&s, move |d| owned_account(d, &p, id)).await?;
+    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccountUpdate {
+    password: Option<String>,
+    quota_mb: Option<i64>,
+}
+
+pub async fn account_update(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<AccountUpdate>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "account")?;
+    let a = on_dir(&s, move |d| {
+        owned_account(d, &p, id)?;
+        d.update_account(id, b.password.filter(|p| !p.is_empty()), b.quota_mb)
+    })
+    .await?;
+    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+}
+
+pub async fn account_toggle(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "account")?;
+    let a = on_dir(&s, move |d| {
+        owned_account(d, &p, id)?;
+        d.toggle_account(id)
+    })
+    .await?;
+    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+}
+
+pub async fn account_delete(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "account")?;
+    let a = on_dir(&s, move |d| {
+        owned_account(d, &p, id)?;
+        d.delete_account(id)
+    })
+    .await?;
+    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+}
+
+pub async fn forwarders(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let domains = scope(&p);
+    let list = on_dir(&s, move |d| d.forwarders(domains.as_deref())).await?;
+    Ok(Json(
+        json!({ "success": true, "data": list.iter().map(forwarder_view).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ForwarderBody {
+    source: Option<String>,
+    destination: Option<String>,
+}
+
+pub async fn forwarder_create(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<ForwarderBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let source = b.source.unwrap_or_default();
+    let destination = b.destination.unwrap_or_default();
+    for addr in [&source, &destination] {
+        if let Some((_, d)) = address::address(addr) {
+            require_domain(&p, &d)?;
+        }
+    }
+    let f = on_dir(&s, move |d| d.create_forwarder(&source, &destination)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "success": true, "data": forwarder_view(&f) })),
+    ))
+}
+
+pub async fn forwarder_delete(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "forwarder")?;
+    let f = on_dir(&s, move |d| {
+        let visible = d
+            .forwarders(scope(&p).as_deref())?
+            .into_iter()
+            .any(|f| f.id == id);
+        if !visible {
+            return Err(DirError::NotFound(format!("No forwarder with id {id}")));
+        }
+        d.delete_forwarder(id)
+    })
+    .await?;
+    Ok(Json(json!({ "success": true, "data": forwarder_view(&f) })))
+}
+
+pub async fn catchall(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = address::domain(&domain)
+        .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
+    require_domain(&p, &d)?;
+    let c = on_dir(&s, move |dir| dir.catchall(&d)).await?;
+    Ok(Json(json!({ "success": true, "data": catchall_view(&c) })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CatchallBody {
+    enabled: Option<bool>,
+    destination: Option<String>,
+}
+
+pub async fn catchall_set(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(domain): Path<String>,
+    JsonBody(b): JsonBody<CatchallBody>,
+) -> Result<Json<Value>, ApiError> {
+    let d = address::domain(&domain)
+        .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
+    require_domain(&p, &d)?;
+    if let Some(dest) = b.destination.as_deref().and_then(address::address) {
+        require_domain(&p, &dest.1)?;
+    }
+    let enabled = b
+        .enabled
+        .ok_or_else(|| ApiError::Validation("enabled is required (true or false)".into()))?;
+    let c = on_dir(&s, move |dir| {
+        dir.set_catchall(&d, enabled, b.destination.as_deref())
+    })
+    .await?;
+    Ok(Json(json!({ "success": true, "data": catchall_view(&c) })))
+}
