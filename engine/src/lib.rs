@@ -1,5 +1,7 @@
 //! The mail engine over the wispd store. So far: the directory (accounts with their mailboxes,
-//! forwarders, catch-alls) and address syntax; SMTP, IMAP and the queue build on it.
+//! forwarders, catch-alls), address syntax, and durable group-committed local delivery; SMTP,
+//! IMAP and the queue build on them.
 
 pub mod address;
+pub mod delivery;
 pub mod directory;

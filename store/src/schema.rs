@@ -196,3 +196,31 @@ pub struct MailCatchall {
     pub enabled: bool,
     pub destination: String,
 }
+
+/// Message contents by message id, each stored once however many mailboxes hold it.
+pub const MAIL_MESSAGES: crate::RawTable<u64> = crate::RawTable::new("mail_messages");
+
+/// Per-message bookkeeping by message id.
+pub const MAIL_MESSAGE_META: Table<u64, MessageMeta> = Table::new("mail_message_meta");
+
+/// Messages in mailboxes by (account id, mailbox name, UID).
+pub const MAIL_ENTRIES: Table<(u64, &str, u32), MailEntry> = Table::new("mail_entries");
+
+/// A stored message's size and how many mailbox entries point at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub size: u64,
+    pub refs: u32,
+}
+
+/// A message in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailEntry {
+    pub message_id: u64,
+    pub uid: u32,
+    pub flags: Vec<String>,
+    /// Unix seconds.
+    pub internal_date: i64,
+    pub size: u64,
+    pub modseq: u64,
+}

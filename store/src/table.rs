@@ -205,24 +205,37 @@ impl<'t> Write<'t> {
 }
 
 /// A table of raw byte values (large binary blobs that JSON would bloat).
-#[derive(Debug)]
-pub struct RawTable {
+pub struct RawTable<K: Key + 'static = &'static str> {
     name: &'static str,
+    _key: PhantomData<fn() -> K>,
 }
 
-impl RawTable {
+impl<K: Key + 'static> std::fmt::Debug for RawTable<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RawTable").field(&self.name).finish()
+    }
+}
+
+impl<K: Key + 'static> RawTable<K> {
     pub const fn new(name: &'static str) -> Self {
-        RawTable { name }
+        RawTable {
+            name,
+            _key: PhantomData,
+        }
     }
 
-    fn def(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    fn def(&self) -> TableDefinition<'static, K, &'static [u8]> {
         TableDefinition::new(self.name)
     }
 }
 
 impl Read<'_> {
     /// The bytes under `key` in a raw table.
-    pub fn get_raw(&self, table: &RawTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get_raw<'k, K: Key + 'static>(
+        &self,
+        table: &RawTable<K>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let t = match self.txn.open_table(table.def()) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -233,13 +246,22 @@ impl Read<'_> {
 }
 
 impl Write<'_> {
-    pub fn put_raw(&self, table: &RawTable, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    pub fn put_raw<'k, K: Key + 'static>(
+        &self,
+        table: &RawTable<K>,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
         let mut t = self.txn.open_table(table.def())?;
         t.insert(key, value)?;
         Ok(())
     }
 
-    pub fn remove_raw(&self, table: &RawTable, key: &str) -> Result<bool, StoreError> {
+    pub fn remove_raw<'k, K: Key + 'static>(
+        &self,
+        table: &RawTable<K>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<bool, StoreError> {
         let mut t = self.txn.open_table(table.def())?;
         let existed = t.remove(key)?.is_some();
         Ok(existed)

@@ -1,0 +1,382 @@
+//! Durable local delivery with group commit. Deliveries from every session queue up for one
+//! writer thread, which applies all that are waiting in a single redb transaction and answers them
+//! only after that transaction is committed (fsync'd): a caller told "stored" can lose nothing to
+//! a crash, and concurrent deliveries share one fsync instead of paying one each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use wispd_store::schema::{
+    MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES, MAIL_META,
+    MailEntry, MessageMeta,
+};
+use wispd_store::{Store, StoreError, Write};
+
+/// Most deliveries applied in one transaction.
+const MAX_BATCH: usize = 512;
+/// Most message bytes applied in one transaction.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// Where one copy goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub account_id: u64,
+    pub mailbox: String,
+}
+
+impl Recipient {
+    pub fn inbox(account_id: u64) -> Recipient {
+        Recipient {
+            account_id,
+            mailbox: "INBOX".into(),
+        }
+    }
+}
+
+/// What happened to one recipient's copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed, with this UID in the mailbox.
+    Stored { uid: u32 },
+    /// The message does not fit in the account's quota.
+    OverQuota,
+    /// The account is disabled.
+    Disabled,
+    /// No such account or mailbox (deleted meanwhile).
+    Missing,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliverError {
+    #[error("the store could not commit the delivery: {0}")]
+    Store(String),
+    #[error("the delivery writer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    message: Vec<u8>,
+    recipients: Vec<Recipient>,
+    internal_date: i64,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Outcome>, DeliverError>>,
+}
+
+/// Handle to the delivery writer; cheap to clone.
+#[derive(Clone)]
+pub struct Deliverer {
+    tx: mpsc::Sender<Job>,
+    commits: Arc<AtomicU64>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("commits", &self.commits())
+            .finish()
+    }
+}
+
+impl Deliverer {
+    /// Starts the writer thread. It ends when every handle is dropped, after answering what it has.
+    pub fn start(store: Store) -> std::io::Result<Deliverer> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        let handle = std::thread::Builder::new()
+            .name("wispd-deliver".into())
+            .spawn(move || writer(store, rx, counter))?;
+        Ok(Deliverer {
+            tx,
+            commits,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Stores `message` once and links it into every recipient's mailbox; returns per recipient
+    /// what happened, after the commit.
+    pub async fn deliver(
+        &self,
+        message: Vec<u8>,
+        recipients: Vec<Recipient>,
+        internal_date: i64,
+    ) -> Result<Vec<Outcome>, DeliverError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job {
+                message,
+                recipients,
+                internal_date,
+                reply,
+            })
+            .map_err(|_| DeliverError::Stopped)?;
+        answer.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    /// Stops the writer once every other handle is gone, after it has answered what was queued,
+    /// and waits for it (so the store is no longer in use when this returns).
+    pub fn shutdown(self) {
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        drop(self.tx);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Transactions committed so far (fewer than deliveries when they were grouped).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
+    while let Ok(first) = rx.recv() {
+        let mut bytes = first.message.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += job.message.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = store.write(|w| {
+            batch
+                .iter()
+                .map(|job| apply(w, job))
+                .collect::<Result<Vec<_>, StoreError>>()
+        });
+        commits.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(all) => {
+                for (job, outcomes) in batch.into_iter().zip(all) {
+                    let _ = job.reply.send(Ok(outcomes));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, deliveries = batch.len(), "delivery transaction failed; nothing of it was stored");
+                for job in batch {
+                    let _ = job.reply.send(Err(DeliverError::Store(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn apply(w: &Write<'_>, job: &Job) -> Result<Vec<Outcome>, StoreError> {
+    let size = job.message.len() as u64;
+    let mut outcomes = Vec::with_capacity(job.recipients.len());
+    let mut message_id = None;
+    for r in &job.recipients {
+        let Some(mut account) = w.get(&MAIL_ACCOUNTS, r.account_id)? else {
+            outcomes.push(Outcome::Missing);
+            continue;
+        };
+        if !account.enabled {
+            outcomes.push(Outcome::Disabled);
+            continue;
+        }
+        let limit = account.quota_mb.saturating_mul(1 << 20);
+        if account.quota_mb > 0 && account.used_bytes.saturating_add(size) > limit {
+            outcomes.push(Outcome::OverQuota);
+            continue;
+        }
+        let Some(mut mailbox) = w.get(&MAIL_MAILBOXES, (r.account_id, r.mailbox.as_str()))? else {
+            outcomes.push(Outcome::Missing);
+            continue;
+        };
+        let id = match message_id {
+            Some(id) => id,
+            None => {
+                let id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
+                w.put(&MAIL_META, "next_message_id", &(id + 1))?;
+                w.put_raw(&MAIL_MESSAGES, id, &job.message)?;
+                message_id = Some(id);
+                id
+            }
+        };
+        let uid = mailbox.uidnext;
+        mailbox.uidnext = mailbox.uidnext.saturating_add(1);
+        mailbox.highest_modseq += 1;
+        let entry = MailEntry {
+            message_id: id,
+            uid,
+            flags: Vec::new(),
+            internal_date: job.internal_date,
+            size,
+            modseq: mailbox.highest_modseq,
+        };
+        w.put(
+            &MAIL_ENTRIES,
+            (r.account_id, r.mailbox.as_str(), uid),
+            &entry,
+        )?;
+        w.put(
+            &MAIL_MAILBOXES,
+            (r.account_id, r.mailbox.as_str()),
+            &mailbox,
+        )?;
+        account.used_bytes = account.used_bytes.saturating_add(size);
+        w.put(&MAIL_ACCOUNTS, r.account_id, &account)?;
+        outcomes.push(Outcome::Stored { uid });
+    }
+    if let Some(id) = message_id {
+        let refs = u32::try_from(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Stored { .. }))
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs })?;
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{Directory, NewAccount};
+
+    fn setup(name: &str) -> (std::path::PathBuf, Store, Directory) {
+        let d = std::env::temp_dir().join(format!("wispd-deliver-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        let store = Store::open(&d).expect("store");
+        (d, store.clone(), Directory::new(store))
+    }
+
+    fn account(dir: &Directory, user: &str, quota_mb: i64) -> u64 {
+        dir.create_account(NewAccount {
+            domain: Some("example.com".into()),
+            username: Some(user.into()),
+            password: Some("password1".into()),
+            quota_mb: Some(quota_mb),
+        })
+        .expect("account")
+        .id
+    }
+
+    #[tokio::test]
+    async fn one_message_stored_once_for_several_recipients_with_quota_kept() {
+        let (_d, store, dir) = setup("once");
+        let (a, b) = (account(&dir, "a", 0), account(&dir, "b", 1));
+        let deliverer = Deliverer::start(store.clone()).expect("start");
+        let msg = vec![b'x'; 600 * 1024];
+        let out = deliverer
+            .deliver(
+                msg.clone(),
+                vec![Recipient::inbox(a), Recipient::inbox(b)],
+                7,
+            )
+            .await
+            .expect("deliver");
+        assert_eq!(
+            out,
+            vec![Outcome::Stored { uid: 1 }, Outcome::Stored { uid: 1 }]
+        );
+        let out = deliverer
+            .deliver(
+                msg.clone(),
+                vec![Recipient::inbox(a), Recipient::inbox(b)],
+                8,
+            )
+            .await
+            .expect("deliver");
+        assert_eq!(
+            out,
+            vec![Outcome::Stored { uid: 2 }, Outcome::OverQuota],
+            "b's 1 MiB quota is full"
+        );
+        store
+            .read(|r| {
+                assert_eq!(
+                    r.get(&MAIL_MESSAGE_META, 1u64)?,
+                    Some(MessageMeta {
+                        size: msg.len() as u64,
+                        refs: 2
+                    })
+                );
+                assert_eq!(
+                    r.get(&MAIL_MESSAGE_META, 2u64)?,
+                    Some(MessageMeta {
+                        size: msg.len() as u64,
+                        refs: 1
+                    })
+                );
+                assert_eq!(
+                    r.get_raw(&MAIL_MESSAGES, 1u64)?.map(|m| m.len()),
+                    Some(msg.len())
+                );
+                let e = r.get(&MAIL_ENTRIES, (a, "INBOX", 2u32))?.expect("entry");
+                assert_eq!((e.message_id, e.internal_date, e.modseq), (2, 8, 3));
+                assert_eq!(
+                    r.get(&MAIL_ACCOUNTS, b)?.map(|x| x.used_bytes),
+                    Some(msg.len() as u64)
+                );
+                assert_eq!(
+                    r.get(&MAIL_MAILBOXES, (a, "INBOX"))?.map(|m| m.uidnext),
+                    Some(3)
+                );
+                Ok::<_, StoreError>(())
+            })
+            .expect("read");
+        dir.toggle_account(a).expect("disable");
+        let out = deliverer
+            .deliver(
+                b"hi".to_vec(),
+                vec![Recipient::inbox(a), Recipient::inbox(999)],
+                9,
+            )
+            .await
+            .expect("deliver");
+        assert_eq!(out, vec![Outcome::Disabled, Outcome::Missing]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_deliveries_share_commits_and_get_distinct_uids() {
+        let (d, store, dir) = setup("group");
+        let a = account(&dir, "a", 0);
+        let deliverer = Deliverer::start(store.clone()).expect("start");
+        let n = 300u32;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let dl = deliverer.clone();
+                tokio::spawn(async move {
+                    dl.deliver(
+                        format!("message {i}").into_bytes(),
+                        vec![Recipient::inbox(a)],
+                        1,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut uids = Vec::new();
+        for t in tasks {
+            match t.await.expect("task").expect("deliver")[0] {
+                Outcome::Stored { uid } => uids.push(uid),
+                other => panic!("{other:?}"),
+            }
+        }
+        uids.sort_unstable();
+        assert_eq!(uids, (1..=n).collect::<Vec<_>>());
+        assert!(
+            deliverer.commits() < u64::from(n),
+            "{} commits for {n} deliveries",
+            deliverer.commits()
+        );
+        deliverer.shutdown();
+        drop(dir);
+        drop(store);
+        // everything acknowledged is in the file
+        let store = Store::open(&d).expect("reopen");
+        let entries = store
+            .read(|r| r.values_in(&MAIL_ENTRIES, (a, "INBOX", 0u32)..=(a, "INBOX", u32::MAX)))
+            .expect("read");
+        assert_eq!(entries.len(), n as usize);
+    }
+}
