@@ -70,7 +70,7 @@ def test_wrong_method_is_405_envelope_with_allow(wispd):
     assert_envelope(r, 405, "METHOD_NOT_ALLOWED")
 
 
-def test_body_over_one_mib_is_413_envelope(wispd):
+def test_body_over_one_mib_is_413_envelope_read_by_a_client_still_sending(wispd):
     big = b"{" + b" " * (1024 * 1024 + 10) + b"}"
     r = wispd.request("POST", "/api/v1/tokens", raw=big, headers={"Content-Type": "application/json"})
     assert_envelope(r, 413, "PAYLOAD_TOO_LARGE")

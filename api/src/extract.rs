@@ -27,6 +27,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            drain(req.into_body(), 0).await;
             return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
         }
         let bytes = read_limited(req.into_body()).await?;
@@ -42,17 +43,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-async fn read_limited(body: Body) -> Result<Vec<u8>, ApiError> {
-    let limited = http_body_util::Limited::new(body, BODY_LIMIT);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT })
+/// Most of an oversized body read (and thrown away) so the client, still sending, gets to read
+/// the 413 instead of a reset; past this the connection is simply closed.
+const DRAIN_MAX: usize = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn read_limited(mut body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::Validation(format!("Could not read request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > BODY_LIMIT {
+                drain(body, out.len() + data.len()).await;
+                return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+            }
+            out.extend_from_slice(data);
         }
-        Err(e) => Err(ApiError::Validation(format!(
-            "Could not read request body: {e}"
-        ))),
     }
+    Ok(out)
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_MAX`] bytes and [`DRAIN_TIME`].
+async fn drain(mut body: Body, mut seen: usize) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses JSON, naming the offending field on a type error.
