@@ -118,14 +118,28 @@ pub async fn account_create(
     ))
 }
 
+/// Runs `f` on account `id` once it is known to be the caller's, and answers with the account.
+async fn on_owned_account(
+    s: &AppState,
+    p: Principal,
+    id: &str,
+    f: impl FnOnce(&Directory, u64) -> Result<MailAccount, DirError> + Send + 'static,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(id, "account")?;
+    let a = on_dir(s, move |d| {
+        owned_account(d, &p, id)?;
+        f(d, id)
+    })
+    .await?;
+    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+}
+
 pub async fn account_get(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "account")?;
-    let a = on_dir(&s, move |d| owned_account(d, &p, id)).await?;
-    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+    on_owned_account(&s, p, &id, |d, id| d.account(id)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,13 +154,10 @@ pub async fn account_update(
     Path(id): Path<String>,
     JsonBody(b): JsonBody<AccountUpdate>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "account")?;
-    let a = on_dir(&s, move |d| {
-        owned_account(d, &p, id)?;
+    on_owned_account(&s, p, &id, move |d, id| {
         d.update_account(id, b.password.filter(|p| !p.is_empty()), b.quota_mb)
     })
-    .await?;
-    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+    .await
 }
 
 pub async fn account_toggle(
@@ -154,13 +165,7 @@ pub async fn account_toggle(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "account")?;
-    let a = on_dir(&s, move |d| {
-        owned_account(d, &p, id)?;
-        d.toggle_account(id)
-    })
-    .await?;
-    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+    on_owned_account(&s, p, &id, |d, id| d.toggle_account(id)).await
 }
 
 pub async fn account_delete(
@@ -168,13 +173,7 @@ pub async fn account_delete(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "account")?;
-    let a = on_dir(&s, move |d| {
-        owned_account(d, &p, id)?;
-        d.delete_account(id)
-    })
-    .await?;
-    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+    on_owned_account(&s, p, &id, |d, id| d.delete_account(id)).await
 }
 
 pub async fn forwarders(
