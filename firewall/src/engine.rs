@@ -344,8 +344,39 @@ impl Firewall {
         Ok(())
     }
 
-    pub(crate) fn keep_ranges(&self, name: &str, ranges: std::sync::Arc<Ranges>) {
-        self.lock().blocklists.insert(name.to_string(), ranges);
+    /// Installs a blocklist's new ranges: swaps its sets in the kernel (a country list instead
+    /// rebuilds the table, since it feeds several kinds of rules), runs `persist`, and keeps the
+    /// ranges in memory — all under the engine lock. If `persist` fails after the kernel took the
+    /// new ranges, the table is rebuilt from what is kept.
+    pub(crate) fn install_ranges<R>(
+        &self,
+        name: &str,
+        ranges: std::sync::Arc<Ranges>,
+        persist: impl FnOnce() -> Result<R, FwError>,
+    ) -> Result<R, FwError> {
+        let enabled = self.blocklist(name)?.enabled;
+        let country = crate::blocklist::is_country(name);
+        let mut inner = self.lock();
+        let live = inner.kernel_rules > 0 && enabled && !country;
+        if live && let Some(nl) = inner.nl.as_mut() {
+            let mut batch = Batch::new(nl.next_seq());
+            plan::swap_blocklist(&mut batch, &self.cfg.table, name, &ranges);
+            nl.commit(batch)?;
+        }
+        let out = match persist() {
+            Ok(out) => out,
+            Err(e) => {
+                if live && let Err(again) = self.apply_full(&mut inner) {
+                    tracing::error!(error = %again, "could not put the previous blocklist back");
+                }
+                return Err(e);
+            }
+        };
+        inner.blocklists.insert(name.to_string(), ranges);
+        if country {
+            self.apply_full(&mut inner)?;
+        }
+        Ok(out)
     }
 
     pub(crate) fn with_loaded<R>(
@@ -368,24 +399,6 @@ impl Firewall {
     pub(crate) fn reapply(&self) -> Result<(), FwError> {
         let mut inner = self.lock();
         self.apply_full(&mut inner)
-    }
-
-    /// Runs `f` against the kernel when the table is in place (and `wanted`); otherwise the
-    /// change lives only in the store until the next full apply.
-    pub(crate) fn with_kernel(
-        &self,
-        f: impl FnOnce(&mut Netlink, &str) -> Result<(), NetlinkError>,
-        wanted: bool,
-    ) -> Result<(), FwError> {
-        let mut inner = self.lock();
-        if !wanted || inner.kernel_rules == 0 {
-            return Ok(());
-        }
-        let table = self.cfg.table.clone();
-        match inner.nl.as_mut() {
-            Some(nl) => Ok(f(nl, &table)?),
-            None => Ok(()),
-        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -653,17 +666,20 @@ impl Firewall {
         let set = ListSet::of(kind == ListKind::Black, net);
         let (start, end) = model::bounds(net);
         let ivs = inner.applied.entry(set).or_default();
-        let idx = ivs.partition_point(|iv| iv.start <= end.saturating_add(1));
         // An interval set must stay disjoint and unmerged-adjacent; a hash set only needs the
-        // key to be new.
-        let clash = if set.cidr {
-            idx > 0 && ivs[idx - 1].end.saturating_add(1) >= start.saturating_sub(1)
+        // key to be new. Either way `applied` stays sorted by start.
+        let idx = if set.cidr {
+            let idx = ivs.partition_point(|iv| iv.start <= end.saturating_add(1));
+            if idx > 0 && ivs[idx - 1].end.saturating_add(1) >= start.saturating_sub(1) {
+                return Ok(false);
+            }
+            idx
         } else {
-            idx > 0 && ivs[idx - 1].start == start
+            match ivs.binary_search_by_key(&start, |iv| iv.start) {
+                Ok(_) => return Ok(false),
+                Err(idx) => idx,
+            }
         };
-        if clash {
-            return Ok(false);
-        }
         let iv = Interval {
             start,
             end,
@@ -739,9 +755,20 @@ impl Firewall {
             let old_set: HashSet<&Interval> = old.iter().collect();
             let new_set: HashSet<&Interval> = new.iter().collect();
             // Elements that expire within 2 s may be gone by the time the kernel sees the batch.
+            // Elements about to expire are left to the kernel (they may be gone by the time it sees
+            // the batch), except when the same key comes back: adding an existing element changes
+            // nothing, so the old one must go first (a race with expiry lands in the rewrite below).
+            let readded: HashSet<u128> = new
+                .iter()
+                .filter(|iv| !old_set.contains(iv))
+                .map(|iv| iv.start)
+                .collect();
             removed.push(
                 old.iter()
-                    .filter(|iv| !new_set.contains(iv) && iv.expires.is_none_or(|e| e > t + 2))
+                    .filter(|iv| {
+                        !new_set.contains(iv)
+                            && (iv.expires.is_none_or(|e| e > t + 2) || readded.contains(&iv.start))
+                    })
                     .copied()
                     .collect::<Vec<_>>(),
             );
@@ -873,12 +900,15 @@ impl Firewall {
                 .insert(key.to_string(), model::format_ports(settings.ports(key)));
         }
         self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &state))?;
+        if let Err(e) = self.apply_full(&mut inner) {
+            if let Err(restore) = self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before)) {
+                tracing::error!(error = %restore, "could not restore the settings after a refused apply");
+            }
+            return Err(e);
+        }
+        // Country lists follow the applied settings: new ones become due, dropped ones go.
         for gone in self.sync_countries(&settings)? {
             inner.blocklists.remove(&gone);
-        }
-        if let Err(e) = self.apply_full(&mut inner) {
-            self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before))?;
-            return Err(e);
         }
         Ok(state.settings)
     }
@@ -1114,13 +1144,21 @@ impl Firewall {
                 .map(|e| e.net)
                 .collect();
             if !expired.is_empty() {
-                self.lock().cache[kind as usize] = None;
+                // Under the lock, and checked again inside the transaction: an address banned
+                // anew since the scan above must not be removed with its old entry.
+                let mut inner = self.lock();
                 self.store.write(|w| {
                     for k in &expired {
-                        w.remove(kind.table(), k.as_str())?;
+                        let still = w
+                            .get(kind.table(), k.as_str())?
+                            .is_some_and(|e| e.expires_at.is_some_and(|x| x <= t));
+                        if still {
+                            w.remove(kind.table(), k.as_str())?;
+                        }
                     }
                     Ok::<_, StoreError>(())
                 })?;
+                inner.cache[kind as usize] = None;
             }
         }
         Ok(())

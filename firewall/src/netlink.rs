@@ -117,7 +117,8 @@ impl Netlink {
     }
 
     /// Sends `batch` as one transaction and waits until the kernel has answered every message.
-    /// Any error means the kernel applied none of it.
+    /// A `Rejected` error means the kernel applied none of it; after `Timeout` or `Io` the outcome
+    /// is unknown.
     pub fn commit(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         if batch.is_empty() {
             return Ok(());
@@ -140,7 +141,10 @@ impl Netlink {
             let n = self.recv()?;
             let mut done = false;
             for reply in msg::replies(&self.buf[..n]) {
-                if reply.ty != NLMSG_ERROR {
+                // Only answers to this batch count (a late reply to an earlier, timed-out
+                // exchange must not fail this one).
+                let ours = reply.seq.wrapping_sub(first) <= last.wrapping_sub(first);
+                if reply.ty != NLMSG_ERROR || !ours {
                     continue;
                 }
                 let code = msg::error_code(reply.payload).unwrap_or(0);

@@ -16,8 +16,6 @@ use wispd_store::schema::{FW_BLOCKLIST_DATA, FW_BLOCKLISTS, FwBlocklist};
 use self::fetch::{Fetched, Validators};
 use self::parse::Ranges;
 use crate::engine::{Firewall, FwError, now};
-use crate::msg::Batch;
-use crate::plan;
 
 /// Shortest refresh interval accepted (seconds).
 pub const MIN_INTERVAL: u64 = 300;
@@ -369,39 +367,31 @@ impl Firewall {
         invalid: u64,
         validators: Validators,
     ) -> Result<FwBlocklist, FwError> {
-        let mut def = self.blocklist(name)?;
         let t = now();
         let ranges = Arc::new(ranges);
         let started = std::time::Instant::now();
-        // A country list feeds rules of several kinds (and CC_ALLOW_FILTER's merged set): it is
-        // applied with the whole table below; other lists swap their own sets.
-        let country = is_country(name);
-        self.with_kernel(
-            |nl, table| {
-                let mut batch = Batch::new(nl.next_seq());
-                plan::swap_blocklist(&mut batch, table, name, &ranges);
-                nl.commit(batch)
-            },
-            def.enabled && !country,
-        )?;
-        def.entry_count = entries;
-        def.invalid_lines = invalid;
-        def.last_error = String::new();
-        def.last_updated = Some(t);
-        def.last_attempt = Some(t);
-        def.etag = validators.etag;
-        def.last_modified = validators.last_modified;
-        let kernel = started.elapsed();
         let bytes = ranges.to_bytes();
-        self.store().write(|w| {
-            w.put_raw(&FW_BLOCKLIST_DATA, name, &bytes)?;
-            w.put(&FW_BLOCKLISTS, name, &def)
+        // Kernel swap, stored copy and in-memory copy change together under the engine lock, so
+        // a reload in between can't put the old ranges back; only the status fields of the
+        // definition are written, so a concurrent edit of the list is kept.
+        let def = self.install_ranges(name, ranges.clone(), || {
+            self.store().write(|w| {
+                let Some(mut def) = w.get(&FW_BLOCKLISTS, name)? else {
+                    return Err(FwError::NotFound(format!("No blocklist named {name:?}")));
+                };
+                def.entry_count = entries;
+                def.invalid_lines = invalid;
+                def.last_error = String::new();
+                def.last_updated = Some(t);
+                def.last_attempt = Some(t);
+                def.etag = validators.etag;
+                def.last_modified = validators.last_modified;
+                w.put_raw(&FW_BLOCKLIST_DATA, name, &bytes)?;
+                w.put(&FW_BLOCKLISTS, name, &def)?;
+                Ok(def)
+            })
         })?;
-        tracing::info!(list = %name, ranges = ranges.len(), ?kernel, store = ?(started.elapsed() - kernel), "blocklist installed");
-        self.keep_ranges(name, ranges);
-        if country {
-            self.reapply()?;
-        }
+        tracing::info!(list = %name, ranges = ranges.len(), took = ?started.elapsed(), "blocklist installed");
         Ok(def)
     }
 
@@ -418,11 +408,16 @@ impl Firewall {
 
     /// Records a failed refresh; the previous entries stay in force.
     pub fn blocklist_failed(&self, name: &str, error: &str) -> Result<FwBlocklist, FwError> {
-        let mut def = self.blocklist(name)?;
-        def.last_error = error.chars().take(500).collect();
-        def.last_attempt = Some(now());
-        self.store().write(|w| w.put(&FW_BLOCKLISTS, name, &def))?;
-        Ok(def)
+        let error: String = error.chars().take(500).collect();
+        self.store().write(|w| {
+            let Some(mut def) = w.get(&FW_BLOCKLISTS, name)? else {
+                return Err(FwError::NotFound(format!("No blocklist named {name:?}")));
+            };
+            def.last_error = error;
+            def.last_attempt = Some(now());
+            w.put(&FW_BLOCKLISTS, name, &def)?;
+            Ok(def)
+        })
     }
 
     /// Names of the lists whose refresh is due.
