@@ -214,6 +214,9 @@ struct Inner {
     cache: [Option<BTreeMap<String, FwEntry>>; 2],
     /// Rules the kernel table holds after our last full apply (0 = table absent).
     kernel_rules: usize,
+    /// The kernel may differ from the store (a change reached one and not the other, or netlink
+    /// gave no answer): the next upkeep tick rebuilds the table.
+    stale: bool,
     policy_drop: bool,
     applied_at: i64,
 }
@@ -263,6 +266,7 @@ impl Firewall {
                 applied: BTreeMap::new(),
                 cache: [None, None],
                 kernel_rules: 0,
+                stale: false,
                 blocklists: BTreeMap::new(),
                 policy_drop: false,
                 applied_at: now(),
@@ -399,6 +403,11 @@ impl Firewall {
     pub(crate) fn reapply(&self) -> Result<(), FwError> {
         let mut inner = self.lock();
         self.apply_full(&mut inner)
+    }
+
+    /// Marks the kernel as unknown when netlink gave no verdict, so upkeep rebuilds it.
+    pub(crate) fn mark_stale(&self) {
+        self.lock().stale = true;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -555,6 +564,7 @@ impl Firewall {
         nl.commit(batch)?;
         inner.applied = lists;
         inner.kernel_rules = count;
+        inner.stale = false;
         inner.policy_drop = policy_drop;
         inner.applied_at = applied_at;
         Ok(())
@@ -636,12 +646,18 @@ impl Firewall {
             entries.push(entry.clone());
             self.sync_list(&mut inner, kind, &entries, t)?;
         }
-        self.store.write(|w| {
+        let stored = self.store.write(|w| {
             for k in &rotated {
                 w.remove(kind.table(), k.as_str())?;
             }
             w.put(kind.table(), entry.net.as_str(), &entry)
-        })?;
+        });
+        if let Err(e) = stored {
+            // the kernel already has the ban: let the next tick rebuild it from the store
+            inner.stale = true;
+            inner.cache[kind as usize] = None;
+            return Err(e.into());
+        }
         let map = self.cached(&mut inner, kind)?;
         for k in &rotated {
             map.remove(k);
@@ -721,7 +737,11 @@ impl Firewall {
             .cloned()
             .collect();
         self.sync_list(&mut inner, kind, &rest, t)?;
-        self.store.write(|w| w.remove(kind.table(), key.as_str()))?;
+        if let Err(e) = self.store.write(|w| w.remove(kind.table(), key.as_str())) {
+            inner.stale = true;
+            inner.cache[kind as usize] = None;
+            return Err(e.into());
+        }
         self.cached(&mut inner, kind)?.remove(&key);
         Ok(found)
     }
@@ -1120,7 +1140,11 @@ impl Firewall {
                 .map(|nl| nl.rule_count(&table))
                 .transpose()?
                 .flatten();
-            if found != Some(expected) {
+            let unknown = inner.nl.as_mut().is_some_and(Netlink::take_unknown);
+            if inner.stale || unknown {
+                tracing::warn!(table = %table, "firewall table may differ from the store; rebuilding it");
+                self.apply_full(&mut inner)?;
+            } else if found != Some(expected) {
                 tracing::warn!(?found, expected, table = %table, "firewall table was changed from outside; restoring it");
                 self.apply_full(&mut inner)?;
             } else if inner.policy_drop && !self.policy_for(&settings, inner.applied_at, t) {

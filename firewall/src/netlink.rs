@@ -32,6 +32,12 @@ impl NetlinkError {
         }
     }
 
+    /// True when the kernel gave no verdict (timeout, socket error): the batch may or may not
+    /// have been applied.
+    pub fn is_unknown(&self) -> bool {
+        !matches!(self, NetlinkError::Rejected { .. })
+    }
+
     pub fn errno(&self) -> Option<i32> {
         match self {
             NetlinkError::Rejected { errno, .. } => Some(*errno),
@@ -65,6 +71,8 @@ const RECV_BUF: usize = 1 << 20;
 
 /// A netlink socket to nf_tables.
 pub struct Netlink {
+    /// A batch went out without a verdict coming back (timeout, socket error).
+    unknown: bool,
     fd: OwnedFd,
     seq: u32,
     sndbuf: usize,
@@ -104,6 +112,7 @@ impl Netlink {
         )
         .unwrap_or(1);
         Ok(Netlink {
+            unknown: false,
             fd,
             seq,
             sndbuf: 0,
@@ -120,6 +129,19 @@ impl Netlink {
     /// A `Rejected` error means the kernel applied none of it; after `Timeout` or `Io` the outcome
     /// is unknown.
     pub fn commit(&mut self, batch: Batch) -> Result<(), NetlinkError> {
+        let result = self.exchange(batch);
+        if result.as_ref().is_err_and(NetlinkError::is_unknown) {
+            self.unknown = true;
+        }
+        result
+    }
+
+    /// Whether a batch since the last call went without a verdict.
+    pub fn take_unknown(&mut self) -> bool {
+        std::mem::take(&mut self.unknown)
+    }
+
+    fn exchange(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -352,7 +352,8 @@ impl Firewall {
         })?;
         self.forget_ranges(name);
         if let Err(e) = self.reapply() {
-            tracing::warn!(error = %e, "blocklist removed from the store; the kernel table will follow on the next apply");
+            tracing::warn!(error = %e, "blocklist removed from the store; the kernel table follows on the next upkeep");
+            self.mark_stale();
             return Err(e);
         }
         Ok(def)
