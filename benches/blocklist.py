@@ -25,21 +25,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from conftest import Wispd  # noqa: E402
 from netns import Pair, sh  # noqa: E402
 
-CONFIG = """
-hostname = "bench.example"
-[api]
-listen = "127.0.0.1:0"
-rate_limit_per_minute = 100000
-[smtp]
-listen = []
-submission = []
-submissions = []
-[imap]
-listen = []
-imaps = []
-[firewall]
-enabled = true
-"""
+from test_firewall import FW_CONFIG as CONFIG  # noqa: E402  (firewall on, loopback API, no mail ports)
 
 
 def cidrs(n):

@@ -741,26 +741,22 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         n += rule(batch, t, chain, |e| {
             e.ct_established().verdict(NF_ACCEPT);
         });
-        for set in ListSet::ALL.into_iter().filter(|s| !s.black) {
-            n += rule(batch, t, chain, |e| {
-                e.nfproto(set.v6)
-                    .addr(set.v6, inbound)
-                    .lookup(set.name())
+        // `<family> <saddr|daddr> @set counter <verdict>`
+        let match_set = |batch: &mut Batch, set: &str, v6: bool, verdict: u32| {
+            rule(batch, t, chain, |e| {
+                e.nfproto(v6)
+                    .addr(v6, inbound)
+                    .lookup(set)
                     .counter()
-                    .verdict(NF_ACCEPT);
-            });
+                    .verdict(verdict);
+            })
+        };
+        for set in ListSet::ALL.into_iter().filter(|s| !s.black) {
+            n += match_set(batch, set.name(), set.v6, NF_ACCEPT);
         }
         for name in d.accept_lists {
             let (n4, n6) = blocklist_sets(name);
-            for (set, v6) in [(&n4, false), (&n6, true)] {
-                n += rule(batch, t, chain, |e| {
-                    e.nfproto(v6)
-                        .addr(v6, inbound)
-                        .lookup(set)
-                        .counter()
-                        .verdict(NF_ACCEPT);
-                });
-            }
+            n += match_set(batch, &n4, false, NF_ACCEPT) + match_set(batch, &n6, true, NF_ACCEPT);
         }
         if let (true, Some(iface)) = (inbound, d.bogon_interface) {
             let mut name = [0u8; 16];
@@ -780,13 +776,7 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
             }
         }
         for set in ListSet::ALL.into_iter().filter(|s| s.black) {
-            n += rule(batch, t, chain, |e| {
-                e.nfproto(set.v6)
-                    .addr(set.v6, inbound)
-                    .lookup(set.name())
-                    .counter()
-                    .verdict(NF_DROP);
-            });
+            n += match_set(batch, set.name(), set.v6, NF_DROP);
         }
         if let (true, Some(_)) = (inbound, d.allow_filter) {
             for (set, v6) in [("ccfilter4", false), ("ccfilter6", true)] {
@@ -805,15 +795,7 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         }
         for name in d.drop_lists {
             let (n4, n6) = blocklist_sets(name);
-            for (set, v6) in [(&n4, false), (&n6, true)] {
-                n += rule(batch, t, chain, |e| {
-                    e.nfproto(v6)
-                        .addr(v6, inbound)
-                        .lookup(set)
-                        .counter()
-                        .verdict(NF_DROP);
-                });
-            }
+            n += match_set(batch, &n4, false, NF_DROP) + match_set(batch, &n6, true, NF_DROP);
         }
         n += rule(batch, t, chain, |e| {
             e.jump(if inbound { "rules_in" } else { "rules_out" });

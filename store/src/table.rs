@@ -43,6 +43,19 @@ fn decode<V: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<V, S
     serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { table, source })
 }
 
+/// Decodes every value of a table scan, in key order.
+fn decode_rows<'a, K: Key + 'static, V: DeserializeOwned>(
+    table: &'static str,
+    rows: redb::Range<'a, K, &'static [u8]>,
+) -> Result<Vec<V>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (_, v) = row?;
+        out.push(decode(table, v.value())?);
+    }
+    Ok(out)
+}
+
 /// Reads inside a read transaction.
 pub struct Read<'t> {
     txn: &'t ReadTransaction,
@@ -80,12 +93,7 @@ impl<'t> Read<'t> {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode(table.name, v.value())?);
-        }
-        Ok(out)
+        decode_rows(table.name, t.iter()?)
     }
 
     /// Records whose keys fall in `range`, in key order.
@@ -99,12 +107,7 @@ impl<'t> Read<'t> {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut out = Vec::new();
-        for row in t.range(range)? {
-            let (_, v) = row?;
-            out.push(decode(table.name, v.value())?);
-        }
-        Ok(out)
+        decode_rows(table.name, t.range(range)?)
     }
 
     /// Number of records in the table.
@@ -147,12 +150,7 @@ impl<'t> Write<'t> {
         table: &Table<K, V>,
     ) -> Result<Vec<V>, StoreError> {
         let t = self.txn.open_table(table.def())?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode(table.name, v.value())?);
-        }
-        Ok(out)
+        decode_rows(table.name, t.iter()?)
     }
 
     /// Stores `value` under `key`, replacing what was there.
@@ -178,12 +176,7 @@ impl<'t> Write<'t> {
         range: impl std::ops::RangeBounds<K::SelfType<'k>> + 'k,
     ) -> Result<Vec<V>, StoreError> {
         let t = self.txn.open_table(table.def())?;
-        let mut out = Vec::new();
-        for row in t.range(range)? {
-            let (_, v) = row?;
-            out.push(decode(table.name, v.value())?);
-        }
-        Ok(out)
+        decode_rows(table.name, t.range(range)?)
     }
 
     /// Removes the record under `key`; true when there was one.

@@ -34,6 +34,23 @@ fn display(net: &str) -> String {
     }
 }
 
+/// A `port` field: a number or a `"lo:hi"` string.
+pub(crate) fn port_field(v: Option<Value>) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::Validation(
+            "Invalid value for field `port`: expected a number or \"lo:hi\"".into(),
+        )),
+    }
+}
+
+/// A port as the API shows it: a number, or the range string.
+pub(crate) fn port_json(p: &str) -> Value {
+    p.parse::<u16>().map_or_else(|_| json!(p), |n| json!(n))
+}
+
 pub(crate) fn entry_view(e: &FwEntry) -> Value {
     json!({
         "ip": display(&e.net),
@@ -213,9 +230,7 @@ pub async fn ports(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>, 
     let data: Vec<Value> = ports
         .iter()
         .map(|(port, proto, dir)| {
-            let port = port
-                .parse::<u16>()
-                .map_or_else(|_| json!(port), |p| json!(p));
+            let port = port_json(port);
             json!({ "port": port, "protocol": proto, "direction": dir })
         })
         .collect();
@@ -234,16 +249,7 @@ pub async fn port_add(
     _a: Admin,
     JsonBody(b): JsonBody<PortBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let port = match b.port {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(ApiError::Validation(
-                "Invalid value for field `port`: expected a number or \"lo:hi\"".into(),
-            ));
-        }
-    };
+    let port = port_field(b.port)?.unwrap_or_default();
     let req = PortRequest {
         port,
         protocol: b
@@ -257,7 +263,7 @@ pub async fn port_add(
             .trim()
             .to_ascii_lowercase(),
     };
-    let view = json!({ "port": req.port.parse::<u16>().map_or_else(|_| json!(req.port), |p| json!(p)), "protocol": req.protocol, "direction": req.direction });
+    let view = json!({ "port": port_json(&req.port), "protocol": req.protocol, "direction": req.direction });
     on_fw(&s, move |fw| fw.add_port(req)).await?;
     Ok((
         StatusCode::CREATED,

@@ -8,16 +8,13 @@ use serde_json::{Value, json};
 use wispd_firewall::RuleRequest;
 use wispd_store::schema::FwRule;
 
-use super::csf::{on_fw, status_view};
+use super::csf::{on_fw, port_field, port_json, status_view};
 use crate::error::ApiError;
 use crate::extract::{Admin, JsonBody};
 use crate::{AppState, rfc3339};
 
 fn rule_view(r: &FwRule) -> Value {
-    let port = r
-        .port
-        .as_ref()
-        .map(|p| p.parse::<u16>().map_or_else(|_| json!(p), |n| json!(n)));
+    let port = r.port.as_ref().map(|p| port_json(p));
     json!({
         "id": r.id,
         "chain": r.chain,
@@ -50,16 +47,7 @@ pub async fn rule_add(
     _a: Admin,
     JsonBody(b): JsonBody<RuleBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let port = match b.port {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ApiError::Validation(
-                "Invalid value for field `port`: expected a number or \"lo:hi\"".into(),
-            ));
-        }
-    };
+    let port = port_field(b.port)?;
     let req = RuleRequest {
         chain: b.chain.unwrap_or_default(),
         protocol: b.protocol.unwrap_or_default(),
