@@ -1,4 +1,4 @@
-//! Command line: `wispd serve`, `wispd check-config`.
+//! Command line: `wispd serve`, `wispd check-config`, `wispd messages`.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,17 @@ pub enum Command {
         /// Data directory (store, TLS material, admin.token); overrides `data_dir` from the config.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+    },
+    /// List the messages of one account (mailbox, UID, size, Message-ID, Subject), one JSON
+    /// object per line, straight from the store. Run it while wispd is stopped (the store
+    /// admits one process at a time).
+    Messages {
+        /// Data directory holding the store.
+        #[arg(long, value_name = "DIR", default_value = "wispd-data")]
+        data_dir: PathBuf,
+        /// The account's address.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
     },
     /// Validate a config file and report every problem in it; exits 1 if there is any.
     CheckConfig {

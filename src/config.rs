@@ -38,6 +38,9 @@ pub struct RawSmtp {
     pub submissions: Vec<String>,
     pub max_message_size: i64,
     pub relay: String,
+    pub max_recipients: i64,
+    pub max_connections_per_ip: i64,
+    pub idle_timeout_seconds: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +98,9 @@ impl Default for RawSmtp {
             submissions: vec!["127.0.0.1:5465".into()],
             max_message_size: 52_428_800,
             relay: String::new(),
+            max_recipients: 100,
+            max_connections_per_ip: 20,
+            idle_timeout_seconds: 300,
         }
     }
 }
@@ -140,14 +146,20 @@ pub struct ApiConfig {
 }
 
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "validated now; read when its engine lands")]
 pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
     pub submission: Vec<SocketAddr>,
     pub submissions: Vec<SocketAddr>,
     pub max_message_size: u64,
     /// Smarthost `(host, port)` for all outbound mail.
+    #[expect(
+        dead_code,
+        reason = "validated now; read when the outbound queue lands"
+    )]
     pub relay: Option<(String, u16)>,
+    pub max_recipients: usize,
+    pub max_connections_per_ip: u32,
+    pub idle_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +382,25 @@ impl RawConfig {
             },
         };
 
+        let mut bounded = |key: &str, v: i64, lo: i64, hi: i64| {
+            if !(lo..=hi).contains(&v) {
+                errors.push(format!("`{key}`: must be between {lo} and {hi}, not {v}"));
+            }
+            v.clamp(lo, hi).unsigned_abs()
+        };
+        let max_recipients = bounded("smtp.max_recipients", self.smtp.max_recipients, 1, 10_000);
+        let per_ip = bounded(
+            "smtp.max_connections_per_ip",
+            self.smtp.max_connections_per_ip,
+            1,
+            10_000,
+        );
+        let idle = bounded(
+            "smtp.idle_timeout_seconds",
+            self.smtp.idle_timeout_seconds,
+            1,
+            3600,
+        );
         let imap_listen = addrs("imap.listen", &self.imap.listen, &mut errors);
         let imaps = addrs("imap.imaps", &self.imap.imaps, &mut errors);
 
@@ -437,6 +468,9 @@ impl RawConfig {
                 submissions,
                 max_message_size: self.smtp.max_message_size.unsigned_abs(),
                 relay,
+                max_recipients: usize::try_from(max_recipients).unwrap_or(100),
+                max_connections_per_ip: u32::try_from(per_ip).unwrap_or(20),
+                idle_timeout: std::time::Duration::from_secs(idle),
             },
             imap: ImapConfig {
                 listen: imap_listen,

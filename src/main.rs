@@ -26,6 +26,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Messages { data_dir, address } => list_messages(&data_dir, &address),
         Command::Serve { config, data_dir } => {
             init_tracing();
             let cfg = match &config {
@@ -66,6 +67,39 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn list_messages(data_dir: &std::path::Path, address: &str) -> ExitCode {
+    let listed = wispd_store::Store::open(data_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            wispd_engine::mailstore::list(&store, address).map_err(|e| e.to_string())
+        });
+    match listed {
+        Ok(Some(messages)) => {
+            for m in messages {
+                let line = serde_json::json!({
+                    "mailbox": m.mailbox,
+                    "uid": m.entry.uid,
+                    "size": m.entry.size,
+                    "internal_date": m.entry.internal_date,
+                    "flags": m.entry.flags,
+                    "message_id": m.message_id,
+                    "subject": m.subject,
+                });
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("no account {address:?} in {}", data_dir.display());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", data_dir.display());
+            ExitCode::FAILURE
         }
     }
 }

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wispd_api::ratelimit::RateLimit;
 use wispd_api::{AppState, auth};
+use wispd_engine::directory::Directory;
+use wispd_engine::service::{Mail, MailConfig};
+use wispd_engine::smtp::SmtpSettings;
 use wispd_firewall::{Firewall, FirewallConfig};
 use wispd_store::Store;
 use wispd_store::schema::{TOKENS, TokenRole};
@@ -35,30 +38,23 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.data_dir)?;
     bootstrap_admin_token(&store, &cfg.data_dir)?;
 
-    let api_tls = if cfg.api.tls {
+    // One certificate for the API and the mail listeners: the configured one, or self-signed.
+    let tls_config = {
         let files = cfg
             .api
             .tls_files
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        {
-            // a specific listen address goes into a generated certificate too
-            let ip = cfg.api.listen.ip();
-            let extra: Vec<String> = if ip.is_unspecified() || ip.is_loopback() {
-                vec![]
-            } else {
-                vec![ip.to_string()]
-            };
-            Some(tls::server_config(
-                files,
-                &cfg.data_dir,
-                &cfg.hostname,
-                &extra,
-            )?)
-        }
-    } else {
-        None
+        // a specific listen address goes into a generated certificate too
+        let ip = cfg.api.listen.ip();
+        let extra: Vec<String> = if ip.is_unspecified() || ip.is_loopback() {
+            vec![]
+        } else {
+            vec![ip.to_string()]
+        };
+        tls::server_config(files, &cfg.data_dir, &cfg.hostname, &extra)?
     };
+    let api_tls = cfg.api.tls.then(|| tls_config.clone());
 
     let api_listener = TcpListener::bind(cfg.api.listen)
         .await
@@ -67,14 +63,30 @@ pub async fn run(mut cfg: Config) -> Result<()> {
 
     let firewall = Arc::new(start_firewall(&cfg, &store, api_addr.port()).await?);
     let limiter = Arc::new(RateLimit::per_minute(cfg.api.rate_limit_per_minute));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    // Mail sessions get their own tracker so the delivery writer outlives every one of them.
+    let mail_tasks = TaskTracker::new();
+    let mail = Arc::new(
+        Mail::new(
+            mail_config(&cfg, tls_config),
+            store.clone(),
+            Directory::new(store.clone()),
+            shutdown.clone(),
+            mail_tasks.clone(),
+        )
+        .context("starting the mail delivery writer")?,
+    );
+    if mail.installed()? {
+        mail.start().await?;
+    }
     let state = AppState {
         store: store.clone(),
         limiter: limiter.clone(),
         firewall: firewall.clone(),
-        directory: wispd_engine::directory::Directory::new(store.clone()),
+        directory: mail.directory().clone(),
+        mail: mail.clone(),
     };
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
     tasks.spawn(wispd_api::server::serve(
         api_listener,
         api_tls.clone(),
@@ -98,15 +110,40 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     tracing::info!("stopping: draining connections");
     shutdown.cancel();
     tasks.close();
-    if tokio::time::timeout(DRAIN + Duration::from_secs(1), tasks.wait())
+    mail_tasks.close();
+    let drained = async {
+        tasks.wait().await;
+        mail_tasks.wait().await;
+    };
+    if tokio::time::timeout(DRAIN + Duration::from_secs(1), drained)
         .await
         .is_err()
     {
         tracing::warn!("some tasks did not finish in time");
     }
+    // Every session has ended (or been abandoned): commit what is queued, stop the writer.
+    match Arc::try_unwrap(mail) {
+        Ok(mail) => tokio::task::spawn_blocking(move || mail.shutdown()).await?,
+        Err(_) => tracing::warn!("mail service still in use at exit"),
+    }
     drop(store);
     tracing::info!("wispd stopped");
     Ok(())
+}
+
+fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
+    let mut smtp = SmtpSettings::new(
+        cfg.hostname.clone(),
+        usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
+    );
+    smtp.max_recipients = cfg.smtp.max_recipients;
+    smtp.max_connections_per_ip = cfg.smtp.max_connections_per_ip;
+    smtp.idle_timeout = cfg.smtp.idle_timeout;
+    MailConfig {
+        smtp,
+        smtp_listen: cfg.smtp.listen.clone(),
+        tls: Some(tls),
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -170,6 +170,16 @@ impl From<wispd_engine::directory::DirError> for ApiError {
     }
 }
 
+impl From<wispd_engine::service::MailError> for ApiError {
+    fn from(e: wispd_engine::service::MailError) -> Self {
+        use wispd_engine::service::MailError;
+        match e {
+            MailError::Bind { .. } => ApiError::Unavailable(e.to_string()),
+            MailError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("store task failed: {e}"))

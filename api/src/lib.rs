@@ -36,6 +36,7 @@ pub struct AppState {
     pub limiter: Arc<RateLimit>,
     pub firewall: Arc<wispd_firewall::Firewall>,
     pub directory: wispd_engine::directory::Directory,
+    pub mail: Arc<wispd_engine::service::Mail>,
 }
 
 /// The whole `/api/v1` router.
@@ -47,6 +48,8 @@ pub fn router(state: AppState) -> Router {
             get(routes::tokens::list).post(routes::tokens::create),
         )
         .route("/api/v1/tokens/{id}", delete(routes::tokens::delete))
+        .route("/api/v1/email/status", get(email::status))
+        .route("/api/v1/email/install", post(email::install))
         .route(
             "/api/v1/email/accounts",
             get(email::accounts).post(email::account_create),

@@ -1,7 +1,8 @@
 //! The mail directory: accounts (with their mailboxes and quota), forwarders and catch-alls, in
 //! the store. Passwords are kept only as Argon2id hashes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -50,10 +51,39 @@ pub struct NewAccount {
     pub quota_mb: Option<i64>,
 }
 
-/// The directory over the store.
+/// The directory over the store. Clones share one routing cache, so build it once and hand
+/// clones to the API and the mail engine.
 #[derive(Debug, Clone)]
 pub struct Directory {
     store: Store,
+    routing: Arc<Mutex<RoutingCache>>,
+}
+
+/// Where mail for a recipient address goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Not a domain this server receives mail for.
+    Foreign,
+    /// A local domain without such a user (and no catch-all).
+    Unknown,
+    /// The accounts that get a copy (account, forwarders, catch-all), each once.
+    Local(Vec<MailAccount>),
+}
+
+/// The routing view of the directory (which domains are local, who forwards where), rebuilt
+/// after any change instead of scanning the store for every recipient.
+#[derive(Debug, Default)]
+struct RoutingCache {
+    generation: u64,
+    routes: Option<Arc<Routes>>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    domains: HashSet<String>,
+    accounts: HashSet<String>,
+    forwards: HashMap<String, Vec<String>>,
+    catchall: HashMap<String, String>,
 }
 
 fn now() -> i64 {
@@ -100,7 +130,135 @@ fn next_id(w: &Write<'_>, key: &str) -> Result<u64, StoreError> {
 
 impl Directory {
     pub fn new(store: Store) -> Directory {
-        Directory { store }
+        Directory {
+            store,
+            routing: Arc::default(),
+        }
+    }
+
+    /// A store write that also drops the routing cache once it is over.
+    fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Write<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let result = self.store.write(f);
+        let mut cache = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.generation += 1;
+        cache.routes = None;
+        result
+    }
+
+    fn routes(&self) -> Result<Arc<Routes>, DirError> {
+        let generation = {
+            let cache = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = &cache.routes {
+                return Ok(r.clone());
+            }
+            cache.generation
+        };
+        let (accounts, forwarders, catchalls) = self.store.read(|r| {
+            Ok::<_, StoreError>((
+                r.all(&MAIL_ACCOUNTS)?,
+                r.all(&MAIL_FORWARDERS)?,
+                r.all(&MAIL_CATCHALL)?,
+            ))
+        })?;
+        let mut routes = Routes::default();
+        for a in accounts {
+            routes.domains.insert(a.domain.clone());
+            routes.accounts.insert(a.email());
+        }
+        for f in forwarders {
+            if let Some((_, d)) = f.source.rsplit_once('@') {
+                routes.domains.insert(d.to_string());
+            }
+            routes
+                .forwards
+                .entry(f.source)
+                .or_default()
+                .push(f.destination);
+        }
+        for c in catchalls {
+            routes.domains.insert(c.domain.clone());
+            if c.enabled && !c.destination.is_empty() {
+                routes.catchall.insert(c.domain, c.destination);
+            }
+        }
+        let routes = Arc::new(routes);
+        let mut cache = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.generation == generation {
+            cache.routes = Some(routes.clone());
+        }
+        Ok(routes)
+    }
+
+    /// Whether mail for `domain` (lowercase) is received here: it has an account, a forwarder
+    /// or a catch-all.
+    pub fn is_local_domain(&self, domain: &str) -> Result<bool, DirError> {
+        Ok(self.routes()?.domains.contains(domain))
+    }
+
+    /// Where mail for `recipient` goes: the account with that address, plus every forwarder
+    /// destination (followed through further forwarders); when neither exists, the domain's
+    /// catch-all. `user+tag@domain` falls back to `user@domain`, as with Postfix's
+    /// `recipient_delimiter = +`.
+    pub fn resolve(&self, recipient: &str) -> Result<Resolution, DirError> {
+        let Some((local, domain)) = address::address(recipient) else {
+            return Ok(Resolution::Unknown);
+        };
+        let routes = self.routes()?;
+        if !routes.domains.contains(&domain) {
+            return Ok(Resolution::Foreign);
+        }
+        let mut address = format!("{local}@{domain}");
+        if !routes.accounts.contains(&address)
+            && !routes.forwards.contains_key(&address)
+            && let Some((base, _tag)) = local.split_once('+')
+        {
+            let plain = format!("{base}@{domain}");
+            if routes.accounts.contains(&plain) || routes.forwards.contains_key(&plain) {
+                address = plain;
+            }
+        }
+        let mut targets = BTreeSet::new();
+        let mut seen = HashSet::new();
+        let mut todo = vec![address.clone()];
+        while let Some(a) = todo.pop() {
+            if !seen.insert(a.clone()) {
+                continue;
+            }
+            if routes.accounts.contains(&a) {
+                targets.insert(a.clone());
+            }
+            if let Some(next) = routes.forwards.get(&a) {
+                todo.extend(next.iter().cloned());
+            }
+        }
+        if targets.is_empty()
+            && !routes.forwards.contains_key(&address)
+            && let Some(dest) = routes.catchall.get(&domain)
+        {
+            targets.insert(dest.clone());
+        }
+        if targets.is_empty() {
+            return Ok(Resolution::Unknown);
+        }
+        let accounts = self.store.read(|r| {
+            let mut out = Vec::with_capacity(targets.len());
+            for t in &targets {
+                if let Some(id) = r.get(&MAIL_ADDRESSES, t.as_str())?
+                    && let Some(a) = r.get(&MAIL_ACCOUNTS, id)?
+                {
+                    out.push(a);
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })?;
+        Ok(if accounts.is_empty() {
+            Resolution::Unknown
+        } else {
+            Resolution::Local(accounts)
+        })
     }
 
     /// Creates an account with its standard mailboxes, all in one transaction.
@@ -125,7 +283,7 @@ impl Directory {
         let quota_mb = check_quota(req.quota_mb.unwrap_or(0))?;
         let password_hash = hash(&password)?;
         let email = format!("{username}@{domain}");
-        self.store.write(|w| {
+        self.write(|w| {
             if w.get(&MAIL_ADDRESSES, email.as_str())?.is_some() {
                 return Err(DirError::Conflict(format!(
                     "The account {email} already exists"
@@ -204,7 +362,7 @@ impl Directory {
             None => None,
         };
         let quota = quota_mb.map(check_quota).transpose()?;
-        self.store.write(|w| {
+        self.write(|w| {
             let mut a = w
                 .get(&MAIL_ACCOUNTS, id)?
                 .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))?;
@@ -221,7 +379,7 @@ impl Directory {
 
     /// Enables a disabled account or disables an enabled one.
     pub fn toggle_account(&self, id: u64) -> Result<MailAccount, DirError> {
-        self.store.write(|w| {
+        self.write(|w| {
             let mut a = w
                 .get(&MAIL_ACCOUNTS, id)?
                 .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))?;
@@ -233,7 +391,7 @@ impl Directory {
 
     /// Deletes an account, its address and its mailboxes.
     pub fn delete_account(&self, id: u64) -> Result<MailAccount, DirError> {
-        self.store.write(|w| {
+        self.write(|w| {
             let a = w
                 .get(&MAIL_ACCOUNTS, id)?
                 .ok_or_else(|| DirError::NotFound(format!("No account with id {id}")))?;
@@ -298,7 +456,7 @@ impl Directory {
                 "A forwarder cannot point at its own source".into(),
             ));
         }
-        self.store.write(|w| {
+        self.write(|w| {
             let local = w.get(&MAIL_ADDRESSES, dst.as_str())?.is_some();
             let forwards_on = w.all(&MAIL_FORWARDERS)?.iter().any(|f| f.source == dst);
             if !local && !forwards_on {
@@ -343,7 +501,7 @@ impl Directory {
     }
 
     pub fn delete_forwarder(&self, id: u64) -> Result<MailForwarder, DirError> {
-        self.store.write(|w| {
+        self.write(|w| {
             let f = w
                 .get(&MAIL_FORWARDERS, id)?
                 .ok_or_else(|| DirError::NotFound(format!("No forwarder with id {id}")))?;
@@ -384,7 +542,7 @@ impl Directory {
             }
             None => String::new(),
         };
-        self.store.write(|w| {
+        self.write(|w| {
             if enabled && dest.is_empty() {
                 return Err(DirError::Invalid("Destination is required to enable a catch-all".into()));
             }

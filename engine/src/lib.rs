@@ -5,3 +5,6 @@
 pub mod address;
 pub mod delivery;
 pub mod directory;
+pub mod mailstore;
+pub mod service;
+pub mod smtp;

@@ -13,7 +13,7 @@ use wispd_store::schema::{MailAccount, MailCatchall, MailForwarder};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBody};
+use crate::extract::{Admin, Caller, JsonBody};
 use crate::{AppState, rfc3339};
 
 async fn on_dir<R: Send + 'static>(
@@ -73,6 +73,54 @@ fn owned_account(dir: &Directory, p: &Principal, id: u64) -> Result<MailAccount,
 fn parse_id(id: &str, what: &str) -> Result<u64, ApiError> {
     id.parse()
         .map_err(|_| ApiError::NotFound(format!("No {what} with id {id:?}")))
+}
+
+/// `GET /email/status`, in the seed's shape: `postfix` is wispd's SMTP engine, `dovecot` its
+/// IMAP engine, `mta_path` this binary.
+pub async fn status(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(status_view(&state).await?))
+}
+
+/// `POST /email/install` (admin): starts the mail listeners and records the stack as installed,
+/// so it listens again after a restart. Installing an installed stack changes nothing.
+pub async fn install(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    state.mail.install().await?;
+    let status = status_view(&state).await?;
+    Ok(Json(
+        json!({ "success": true, "message": "Mail stack installed", "data": status }),
+    ))
+}
+
+async fn status_view(state: &AppState) -> Result<Value, ApiError> {
+    let mail = state.mail.status().await?;
+    let clamd = wispd_engine::service::probe_clamd().await;
+    let mta_path = if mail.installed {
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let smtp_running = !mail.smtp.is_empty();
+    // The IMAP engine is not part of this build yet: reported as it is, absent.
+    let imap_installed = false;
+    Ok(json!({
+        "installed": mail.installed,
+        "mta_installed": mail.installed,
+        "mta_path": mta_path,
+        "postfix": { "installed": mail.installed, "running": smtp_running },
+        "dovecot": { "installed": imap_installed, "running": mail.imap_running },
+        "dovecot_installed": imap_installed,
+        "dovecot_running": mail.imap_running,
+        "clamav_installed": clamd.installed,
+        "clamav_running": clamd.running,
+    }))
 }
 
 pub async fn accounts(

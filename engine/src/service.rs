@@ -1,0 +1,227 @@
+//! The mail stack as one service: the directory, the delivery writer and the listeners. The
+//! listeners run only once the stack is installed (`POST /email/install`), which is persisted,
+//! so an installed stack listens again after a restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wispd_store::schema::MAIL_META;
+use wispd_store::{Store, StoreError};
+
+use crate::delivery::Deliverer;
+use crate::directory::Directory;
+use crate::smtp::{self, SmtpSettings};
+
+/// `MAIL_META` key holding the unix time the stack was installed.
+const INSTALLED_AT: &str = "installed_at";
+
+/// What the mail service is built from.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub smtp: SmtpSettings,
+    /// Inbound (MX) listeners.
+    pub smtp_listen: Vec<SocketAddr>,
+    /// Certificate for STARTTLS; without it STARTTLS is not offered.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The state of the stack, for `/email/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailStatus {
+    pub installed: bool,
+    /// Addresses the SMTP engine listens on (empty when it isn't running).
+    pub smtp: Vec<SocketAddr>,
+    /// Whether the IMAP engine is part of this build and running.
+    pub imap_running: bool,
+}
+
+pub struct Mail {
+    config: MailConfig,
+    store: Store,
+    directory: Directory,
+    deliverer: Deliverer,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    /// Bound SMTP addresses once started.
+    running: tokio::sync::Mutex<Vec<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Mail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mail")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Mail {
+    /// Builds the service and starts the delivery writer; listeners start with [`Mail::start`].
+    pub fn new(
+        config: MailConfig,
+        store: Store,
+        directory: Directory,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> std::io::Result<Mail> {
+        let deliverer = Deliverer::start(store.clone())?;
+        Ok(Mail {
+            config,
+            store,
+            directory,
+            deliverer,
+            shutdown,
+            tracker,
+            running: tokio::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    pub fn deliverer(&self) -> &Deliverer {
+        &self.deliverer
+    }
+
+    /// Whether the stack has been installed.
+    pub fn installed(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .read(|r| r.get(&MAIL_META, INSTALLED_AT))?
+            .is_some())
+    }
+
+    /// Binds every listener and starts serving; nothing is started unless all bind. Does
+    /// nothing when already running.
+    pub async fn start(&self) -> Result<Vec<SocketAddr>, MailError> {
+        let mut running = self.running.lock().await;
+        if !running.is_empty() {
+            return Ok(running.clone());
+        }
+        let mut listeners = Vec::new();
+        for &addr in &self.config.smtp_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| MailError::Bind {
+                    addr,
+                    key: "smtp.listen",
+                    source,
+                })?;
+            listeners.push(l);
+        }
+        let server = Arc::new(smtp::Server::new(
+            self.config.smtp.clone(),
+            self.directory.clone(),
+            self.deliverer.clone(),
+            self.config.tls.clone(),
+            self.shutdown.clone(),
+        ));
+        let mut bound = Vec::new();
+        for l in listeners {
+            if let Ok(a) = l.local_addr() {
+                bound.push(a);
+            }
+            self.tracker
+                .spawn(smtp::serve(l, server.clone(), self.tracker.clone()));
+        }
+        tracing::info!(smtp = ?bound, "mail listeners started");
+        *running = bound.clone();
+        Ok(bound)
+    }
+
+    /// Installs the stack: starts the listeners, then records that it is installed. Idempotent.
+    pub async fn install(&self) -> Result<MailStatus, MailError> {
+        self.start().await?;
+        if !self.installed()? {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.store
+                .write(|w| w.put(&MAIL_META, INSTALLED_AT, &now))?;
+            tracing::info!("mail stack installed");
+        }
+        self.status().await
+    }
+
+    pub async fn status(&self) -> Result<MailStatus, MailError> {
+        Ok(MailStatus {
+            installed: self.installed()?,
+            smtp: self.running.lock().await.clone(),
+            imap_running: false,
+        })
+    }
+
+    /// Stops the delivery writer after everything queued is committed. Call once the
+    /// sessions have ended.
+    pub fn shutdown(self) {
+        self.deliverer.shutdown();
+    }
+}
+
+/// What a clamd probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clamd {
+    pub installed: bool,
+    pub running: bool,
+}
+
+/// Where Debian's and the upstream clamd put their socket.
+const CLAMD_SOCKETS: [&str; 3] = [
+    "/run/clamav/clamd.ctl",
+    "/var/run/clamav/clamd.ctl",
+    "/run/clamd.scan/clamd.sock",
+];
+const CLAMD_BINARIES: [&str; 2] = ["/usr/sbin/clamd", "/usr/bin/clamd"];
+
+/// Probes clamd: installed when its binary or socket exists, running when it answers `PING`
+/// with `PONG` within a second.
+pub async fn probe_clamd() -> Clamd {
+    let installed = CLAMD_BINARIES
+        .iter()
+        .chain(&CLAMD_SOCKETS)
+        .any(|p| Path::new(p).exists());
+    let mut running = false;
+    for sock in CLAMD_SOCKETS
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    {
+        if ping(&sock).await {
+            running = true;
+            break;
+        }
+    }
+    Clamd { installed, running }
+}
+
+async fn ping(sock: &Path) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::UnixStream::connect(sock).await?;
+        s.write_all(b"zPING\0").await?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf[..n].starts_with(b"PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Ok(true))
+    )
+}

@@ -1,0 +1,328 @@
+//! The SMTP codec, sans-IO: bytes in, typed events out. Commands are parsed by smtp-proto; DATA
+//! is un-dot-stuffed until `CRLF.CRLF` (a bare-LF dot line does not end it, so SMTP smuggling
+//! can't split a message); BDAT chunks are counted. Line length and message size are bounded
+//! here: an oversize line is skipped up to its end, an oversize message is read to its end and
+//! dropped, holding at most one read buffer beyond the limit.
+
+use std::slice::Iter;
+
+use smtp_proto::request::receiver::{
+    BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
+};
+use smtp_proto::{Error, Request};
+
+/// What the codec found in the input.
+#[derive(Debug)]
+pub enum Event {
+    Request(Request<String>),
+    /// A command line that does not parse.
+    Invalid(Error),
+    /// A command line longer than smtp-proto's 4096-byte limit (skipped to its end).
+    LineTooLong,
+    /// The end of DATA; the message is in [`Codec::take_message`] unless it was too big.
+    DataEnd {
+        too_big: bool,
+    },
+    /// The end of one BDAT chunk.
+    ChunkEnd {
+        last: bool,
+        too_big: bool,
+    },
+}
+
+enum Mode {
+    Command,
+    /// Inside an over-long command line: skip to the next LF.
+    SkipLine,
+    Data(DataReceiver),
+    Discard(DummyDataReceiver),
+    Bdat(BdatReceiver),
+    BdatDiscard {
+        rx: DummyDataReceiver,
+        last: bool,
+    },
+}
+
+pub struct Codec {
+    mode: Mode,
+    requests: RequestReceiver,
+    message: Vec<u8>,
+    limit: usize,
+    too_big: bool,
+}
+
+impl Default for Codec {
+    fn default() -> Codec {
+        Codec {
+            mode: Mode::Command,
+            requests: RequestReceiver::default(),
+            message: Vec::new(),
+            limit: 0,
+            too_big: false,
+        }
+    }
+}
+
+impl Codec {
+    /// Switches to reading a DATA body of at most `limit` bytes.
+    pub fn start_data(&mut self, limit: usize) {
+        self.message.clear();
+        self.limit = limit;
+        self.too_big = false;
+        self.mode = Mode::Data(DataReceiver::new());
+    }
+
+    /// Switches to reading a BDAT chunk of `size` bytes. The first chunk of a message starts
+    /// a new one; `keep` false reads the chunk only to skip it (a rejected BDAT).
+    pub fn start_chunk(&mut self, size: usize, last: bool, first: bool, limit: usize, keep: bool) {
+        if first {
+            self.message.clear();
+            self.too_big = false;
+        }
+        self.limit = limit;
+        if keep && !self.too_big && self.message.len().saturating_add(size) <= limit {
+            self.message.reserve(size.min(1 << 20));
+            self.mode = Mode::Bdat(BdatReceiver::new(size, last));
+        } else {
+            if keep {
+                self.too_big = true;
+                self.message = Vec::new();
+            }
+            self.mode = Mode::BdatDiscard {
+                rx: DummyDataReceiver::new_bdat(size),
+                last,
+            };
+        }
+    }
+
+    /// The message read by DATA or BDAT; the codec forgets it.
+    pub fn take_message(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.message)
+    }
+
+    /// Bytes of the message so far.
+    pub fn message_len(&self) -> usize {
+        self.message.len()
+    }
+
+    /// The next event from `input`, consuming what it used; `None` when more bytes are needed
+    /// (everything given was consumed).
+    pub fn decode(&mut self, input: &mut Iter<'_, u8>) -> Option<Event> {
+        loop {
+            if input.as_slice().is_empty() {
+                return None;
+            }
+            match &mut self.mode {
+                Mode::Command => {
+                    return match self.requests.ingest(input) {
+                        Ok(r) => Some(Event::Request(r.into_owned())),
+                        Err(Error::NeedsMoreData { .. }) => None,
+                        Err(Error::ResponseTooLong) => {
+                            self.requests = RequestReceiver::default();
+                            self.mode = Mode::SkipLine;
+                            continue;
+                        }
+                        Err(e) => Some(Event::Invalid(e)),
+                    };
+                }
+                Mode::SkipLine => {
+                    let rest = input.as_slice();
+                    match rest.iter().position(|&b| b == b'\n') {
+                        Some(p) => {
+                            *input = rest[p + 1..].iter();
+                            self.mode = Mode::Command;
+                            return Some(Event::LineTooLong);
+                        }
+                        None => {
+                            *input = [].iter();
+                            return None;
+                        }
+                    }
+                }
+                Mode::Data(rx) => {
+                    let done = rx.ingest(input, &mut self.message);
+                    if done {
+                        self.mode = Mode::Command;
+                        return Some(Event::DataEnd { too_big: false });
+                    }
+                    if self.message.len() > self.limit {
+                        self.mode = Mode::Discard(DummyDataReceiver::new_data(rx));
+                        self.message = Vec::new();
+                        self.too_big = true;
+                    }
+                }
+                Mode::Discard(rx) => {
+                    if rx.ingest(input) {
+                        self.mode = Mode::Command;
+                        return Some(Event::DataEnd { too_big: true });
+                    }
+                }
+                Mode::Bdat(rx) => {
+                    if rx.ingest(input, &mut self.message) {
+                        let last = rx.is_last;
+                        self.mode = Mode::Command;
+                        return Some(Event::ChunkEnd {
+                            last,
+                            too_big: false,
+                        });
+                    }
+                }
+                Mode::BdatDiscard { rx, last } => {
+                    if rx.ingest(input) {
+                        let last = *last;
+                        self.mode = Mode::Command;
+                        return Some(Event::ChunkEnd {
+                            last,
+                            too_big: self.too_big,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `parts` one after another, as separate reads.
+    fn events(codec: &mut Codec, parts: &[&[u8]]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for p in parts {
+            let mut it = p.iter();
+            while let Some(e) = codec.decode(&mut it) {
+                out.push(e);
+            }
+            assert!(it.as_slice().is_empty());
+        }
+        out
+    }
+
+    #[test]
+    fn split_command_lines_parse_once_complete() {
+        let mut c = Codec::default();
+        let ev = events(
+            &mut c,
+            &[
+                b"MAIL FR",
+                b"OM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNO",
+                b"OP\r\n",
+            ],
+        );
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert!(
+            matches!(&ev[0], Event::Request(Request::Mail { from }) if from.address == "a@b.example")
+        );
+        assert!(
+            matches!(&ev[1], Event::Request(Request::Rcpt { to }) if to.address == "c@d.example")
+        );
+        assert!(matches!(&ev[2], Event::Request(Request::Noop { .. })));
+    }
+
+    #[test]
+    fn unknown_and_malformed_commands_are_events_not_failures() {
+        let mut c = Codec::default();
+        let ev = events(&mut c, &[b"FOO bar\r\nMAIL TO:<x>\r\n\xff\xfe\r\nQUIT\r\n"]);
+        assert!(
+            matches!(ev[0], Event::Invalid(Error::UnknownCommand)),
+            "{ev:?}"
+        );
+        assert!(matches!(ev[1], Event::Invalid(_)), "{ev:?}");
+        assert!(matches!(ev[2], Event::Invalid(_)), "{ev:?}");
+        assert!(matches!(ev[3], Event::Request(Request::Quit)), "{ev:?}");
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_to_its_end_in_any_split() {
+        let long = vec![b'a'; 10_000];
+        for split in [100, 4095, 4097, 9_000] {
+            let mut c = Codec::default();
+            let mut first = b"NOOP ".to_vec();
+            first.extend_from_slice(&long[..split]);
+            let mut second = long[split..].to_vec();
+            second.extend_from_slice(b"\r\nRSET\r\n");
+            let ev = events(&mut c, &[&first, &second]);
+            assert_eq!(ev.len(), 2, "split {split}: {ev:?}");
+            assert!(matches!(ev[0], Event::LineTooLong));
+            assert!(matches!(ev[1], Event::Request(Request::Rset)));
+        }
+    }
+
+    #[test]
+    fn data_is_unstuffed_and_ends_only_at_crlf_dot_crlf() {
+        let mut c = Codec::default();
+        c.start_data(1000);
+        let ev = events(
+            &mut c,
+            &[
+                b"Subject: x\r\n\r\n..dot\r\nbare\n.\nstill in\r",
+                b"\n.",
+                b"\r\nQUIT\r\n",
+            ],
+        );
+        assert!(matches!(ev[0], Event::DataEnd { too_big: false }), "{ev:?}");
+        assert_eq!(
+            c.take_message(),
+            b"Subject: x\r\n\r\n.dot\r\nbare\n.\nstill in\r\n".to_vec()
+        );
+        assert!(matches!(ev[1], Event::Request(Request::Quit)));
+    }
+
+    #[test]
+    fn oversize_data_is_read_to_its_end_and_dropped() {
+        let mut c = Codec::default();
+        c.start_data(100);
+        let big = vec![b'x'; 5000];
+        let ev = events(&mut c, &[&big, &big, b"\r\n.\r\nNOOP\r\n"]);
+        assert!(matches!(ev[0], Event::DataEnd { too_big: true }), "{ev:?}");
+        assert!(c.take_message().is_empty());
+        assert!(matches!(ev[1], Event::Request(Request::Noop { .. })));
+    }
+
+    #[test]
+    fn bdat_chunks_accumulate_and_oversize_chunks_are_skipped() {
+        let mut c = Codec::default();
+        let ev = events(&mut c, &[b"BDAT 5\r\n"]);
+        let Event::Request(Request::Bdat {
+            chunk_size: 5,
+            is_last: false,
+        }) = ev[0]
+        else {
+            panic!("{ev:?}")
+        };
+        c.start_chunk(5, false, true, 8, true);
+        let ev = events(&mut c, &[b"hel", b"loBDAT 3 LAST\r\n"]);
+        assert!(matches!(
+            ev[0],
+            Event::ChunkEnd {
+                last: false,
+                too_big: false
+            }
+        ));
+        c.start_chunk(3, true, false, 8, true);
+        let ev = events(&mut c, &[b"!!!"]);
+        assert!(matches!(
+            ev[0],
+            Event::ChunkEnd {
+                last: true,
+                too_big: false
+            }
+        ));
+        assert_eq!(c.take_message(), b"hello!!!");
+        // a message over the limit: chunk skipped, flagged, stream stays in sync
+        c.start_chunk(9, true, true, 8, true);
+        let ev = events(&mut c, &[b"123456789NOOP\r\n"]);
+        assert!(
+            matches!(
+                ev[0],
+                Event::ChunkEnd {
+                    last: true,
+                    too_big: true
+                }
+            ),
+            "{ev:?}"
+        );
+        assert!(matches!(ev[1], Event::Request(Request::Noop { .. })));
+    }
+}

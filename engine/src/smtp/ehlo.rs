@@ -1,0 +1,36 @@
+//! EHLO and HELO: the client names itself; EHLO also learns the extensions.
+
+use super::reply::Reply;
+use super::session::{Core, Flow, Helo};
+
+/// Longest client name kept (it goes into the `Received:` header).
+const MAX_HELO: usize = 255;
+
+impl Core {
+    pub(super) fn ehlo(&mut self, host: String, extended: bool) -> Flow {
+        let name: String = host.trim().chars().take(MAX_HELO).collect();
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            return self.reply(Reply::new(501, "5.5.4", "Syntax: EHLO hostname"));
+        }
+        // A new greeting resets any transaction (RFC 5321 §4.1.4).
+        self.tx = None;
+        self.helo = Some(Helo { name, extended });
+        let hostname = self.server.settings.hostname.clone();
+        if !extended {
+            return self.reply(Reply::plain(250, vec![hostname.into()]));
+        }
+        let mut lines = vec![
+            format!("{hostname} Hello [{}]", self.peer.ip()).into(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.server.settings.max_message_size).into(),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.tls.is_none() && self.server.tls.is_some() {
+            lines.push("STARTTLS".into());
+        }
+        self.reply(Reply::plain(250, lines))
+    }
+}

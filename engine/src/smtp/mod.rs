@@ -1,0 +1,169 @@
+//! SMTP: the inbound (MX) listener. `codec` turns bytes into events, `session` runs one
+//! connection's state machine (one file per verb), and this module accepts connections within
+//! the per-address and total limits.
+
+mod codec;
+mod data;
+mod ehlo;
+mod mail;
+mod rcpt;
+pub mod reply;
+mod session;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::delivery::Deliverer;
+use crate::directory::Directory;
+use reply::Reply;
+
+/// Limits and identity of the SMTP service.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Greeting and `Received:` name.
+    pub hostname: String,
+    /// Largest message accepted, in bytes (advertised as SIZE).
+    pub max_message_size: usize,
+    /// Recipients per message; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Simultaneous connections from one address; more get `421 4.7.0`.
+    pub max_connections_per_ip: u32,
+    /// Simultaneous connections in all.
+    pub max_connections: u32,
+    /// A client silent this long gets `421 4.4.2` and is disconnected.
+    pub idle_timeout: Duration,
+    /// Rejected commands before the session is ended with `421 4.7.0`.
+    pub max_errors: u32,
+}
+
+impl SmtpSettings {
+    pub fn new(hostname: String, max_message_size: usize) -> SmtpSettings {
+        SmtpSettings {
+            hostname,
+            max_message_size,
+            max_recipients: 100,
+            max_connections_per_ip: 20,
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(300),
+            max_errors: 20,
+        }
+    }
+}
+
+/// What every session shares.
+pub struct Server {
+    settings: SmtpSettings,
+    directory: Directory,
+    deliverer: Deliverer,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+    connections: Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    total: u32,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// One admitted connection; leaving frees its slot.
+struct Slot {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self
+            .server
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Server {
+    pub fn new(
+        settings: SmtpSettings,
+        directory: Directory,
+        deliverer: Deliverer,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shutdown: CancellationToken,
+    ) -> Server {
+        Server {
+            settings,
+            directory,
+            deliverer,
+            tls: tls.map(TlsAcceptor::from),
+            shutdown,
+            connections: Mutex::default(),
+        }
+    }
+
+    /// Takes a connection slot for `ip`, or says why not.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
+        let mut c = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.total >= self.settings.max_connections {
+            return Err(Reply::new(
+                421,
+                "4.3.2",
+                "Too many connections, try again later",
+            ));
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.settings.max_connections_per_ip {
+            return Err(Reply::new(
+                421,
+                "4.7.0",
+                "Too many connections from your address, try again later",
+            ));
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(Slot {
+            server: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Accepts connections until shutdown; each runs in `tracker`.
+pub async fn serve(listener: TcpListener, server: Arc<Server>, tracker: TaskTracker) {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = server.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "smtp accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let span = tracing::info_span!("smtp", %peer, local = ?local);
+        tracker.spawn(session::connection(server, stream, peer).instrument(span));
+    }
+}

@@ -1,0 +1,92 @@
+//! RCPT TO: resolves a recipient to local accounts, or refuses it. The MX never relays.
+
+use smtp_proto::RcptTo;
+
+use super::reply::Reply;
+use super::session::{Core, Flow};
+use crate::address;
+use crate::directory::Resolution;
+
+impl Core {
+    pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.reply(Reply::new(503, "5.5.1", "Need MAIL command first"));
+        };
+        if tx.chunking {
+            return self.reply(Reply::new(503, "5.5.1", "RCPT after BDAT"));
+        }
+        if tx.rcpts.len() >= self.server.settings.max_recipients {
+            return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+        }
+        let rcpt = to.address.trim().to_string();
+        if address::address(&rcpt).is_none() {
+            // Not an address an account could have (quoted or non-ASCII local part, address
+            // literal): unknown in a local domain, a relay attempt elsewhere.
+            let Some((l, d)) = rcpt.rsplit_once('@').filter(|(l, d)| {
+                !l.is_empty() && !d.is_empty() && !rcpt.chars().any(|c| c.is_control() || c == ' ')
+            }) else {
+                return self.reply(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
+            };
+            let _ = l;
+            let local = address::domain(d)
+                .is_some_and(|d| self.server.directory.is_local_domain(&d).unwrap_or(false));
+            return if local {
+                self.reply(Reply::new(
+                    550,
+                    "5.1.1",
+                    format!("<{rcpt}>: Recipient address rejected: User unknown"),
+                ))
+            } else {
+                self.reply(Reply::new(
+                    554,
+                    "5.7.1",
+                    format!("<{rcpt}>: Relay access denied"),
+                ))
+            };
+        }
+        let accounts = match self.server.directory.resolve(&rcpt) {
+            Ok(Resolution::Foreign) => {
+                return self.reply(Reply::new(
+                    554,
+                    "5.7.1",
+                    format!("<{rcpt}>: Relay access denied"),
+                ));
+            }
+            Ok(Resolution::Unknown) => {
+                return self.reply(Reply::new(
+                    550,
+                    "5.1.1",
+                    format!("<{rcpt}>: Recipient address rejected: User unknown"),
+                ));
+            }
+            Ok(Resolution::Local(accounts)) => accounts,
+            Err(e) => {
+                tracing::error!(error = %e, "recipient lookup failed");
+                return self.reply(Reply::new(451, "4.3.0", "Temporary lookup failure"));
+            }
+        };
+        let enabled: Vec<_> = accounts.into_iter().filter(|a| a.enabled).collect();
+        if enabled.is_empty() {
+            return self.reply(Reply::new(
+                550,
+                "5.2.1",
+                format!("<{rcpt}>: Mailbox disabled"),
+            ));
+        }
+        let full = |a: &wispd_store::schema::MailAccount| {
+            a.quota_mb > 0 && a.used_bytes >= a.quota_mb.saturating_mul(1 << 20)
+        };
+        if enabled.iter().all(full) {
+            return self.reply(Reply::new(452, "4.2.2", format!("<{rcpt}>: Mailbox full")));
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            for a in enabled.iter().filter(|a| !full(a)) {
+                if !tx.accounts.contains(&a.id) {
+                    tx.accounts.push(a.id);
+                }
+            }
+            tx.rcpts.push(rcpt);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Ok"))
+    }
+}

@@ -1,0 +1,309 @@
+//! One SMTP connection: the state it carries, the driver that moves bytes between the stream
+//! and the codec, and the dispatcher that hands each command to its verb's handler. The verbs
+//! with a state of their own live in `ehlo.rs`, `mail.rs`, `rcpt.rs` and `data.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::{Error, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Server;
+use super::codec::{Codec, Event};
+use super::reply::Reply;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 32 * 1024;
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a handler tells the driver to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+/// The client's greeting.
+pub(super) struct Helo {
+    pub name: String,
+    pub extended: bool,
+}
+
+/// A mail transaction, from MAIL to the end of its data.
+pub(super) struct Transaction {
+    /// Queue-style id for logs, the `Received:` header and the final reply.
+    pub id: String,
+    /// Reverse path; empty for the null sender (bounces).
+    pub from: String,
+    pub smtputf8: bool,
+    /// Accepted recipient addresses, as given.
+    pub rcpts: Vec<String>,
+    /// The accounts that get a copy, each once.
+    pub accounts: Vec<u64>,
+    /// BDAT chunks have started (DATA is then out of sequence).
+    pub chunking: bool,
+}
+
+/// The protocol state of a session, independent of the stream it runs over.
+pub(super) struct Core {
+    pub server: Arc<Server>,
+    pub peer: SocketAddr,
+    pub codec: Codec,
+    pub out: Vec<u8>,
+    pub helo: Option<Helo>,
+    /// `TLSv1.3 with cipher …` once TLS is up.
+    pub tls: Option<String>,
+    pub tx: Option<Transaction>,
+    /// A reply owed for a BDAT chunk that is being skipped.
+    pub bdat_rejected: Option<Reply>,
+    pub errors: u32,
+}
+
+impl Core {
+    fn new(server: Arc<Server>, peer: SocketAddr, tls: Option<String>) -> Core {
+        Core {
+            server,
+            peer,
+            codec: Codec::default(),
+            out: Vec::with_capacity(512),
+            helo: None,
+            tls,
+            tx: None,
+            bdat_rejected: None,
+            errors: 0,
+        }
+    }
+
+    /// Queues `reply`; a client that keeps making mistakes is disconnected.
+    pub fn reply(&mut self, reply: Reply) -> Flow {
+        reply.write_to(&mut self.out);
+        if reply.code >= 500 {
+            self.errors += 1;
+            if self.errors >= self.server.settings.max_errors {
+                Reply::new(421, "4.7.0", "Too many errors, closing connection")
+                    .write_to(&mut self.out);
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn handle(&mut self, event: Event) -> Flow {
+        match event {
+            Event::Request(r) => self.dispatch(r).await,
+            Event::Invalid(e) => self.reply(invalid(&e)),
+            Event::LineTooLong => self.reply(Reply::new(500, "5.5.0", "Line too long")),
+            Event::DataEnd { too_big } => self.data_end(too_big).await,
+            Event::ChunkEnd { last, too_big } => self.chunk_end(last, too_big).await,
+        }
+    }
+
+    async fn dispatch(&mut self, request: Request<String>) -> Flow {
+        match request {
+            Request::Ehlo { host } => self.ehlo(host, true),
+            Request::Helo { host } => self.ehlo(host, false),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.tx = None;
+                self.reply(Reply::new(250, "2.0.0", "Ok"))
+            }
+            Request::Noop { .. } => self.reply(Reply::new(250, "2.0.0", "Ok")),
+            Request::Vrfy { .. } => self.reply(Reply::new(
+                252,
+                "2.0.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Request::Expn { .. } => self.reply(Reply::new(502, "5.5.1", "EXPN is not available")),
+            Request::Help { .. } => self.reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY STARTTLS QUIT",
+            )),
+            Request::Quit => {
+                self.reply(Reply::new(221, "2.0.0", "Bye"));
+                Flow::Close
+            }
+            Request::StartTls => self.starttls(),
+            Request::Auth { .. } => self.reply(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH is not available on this port",
+            )),
+            Request::Lhlo { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => {
+                self.reply(Reply::new(502, "5.5.1", "Command not implemented"))
+            }
+        }
+    }
+
+    fn starttls(&mut self) -> Flow {
+        if self.tls.is_some() {
+            return self.reply(Reply::new(503, "5.5.1", "TLS is already active"));
+        }
+        if self.server.tls.is_none() {
+            return self.reply(Reply::new(454, "4.7.0", "TLS not available"));
+        }
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        Flow::StartTls
+    }
+}
+
+fn invalid(e: &Error) -> Reply {
+    match e {
+        Error::UnknownCommand => Reply::new(500, "5.5.2", "Command unrecognized"),
+        Error::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        Error::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+        Error::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
+        Error::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("Invalid parameter {param}"))
+        }
+        Error::UnsupportedParameter { param } => Reply::new(
+            555,
+            "5.5.4",
+            format!(
+                "Unsupported parameter {}",
+                param.chars().take(64).collect::<String>()
+            ),
+        ),
+        Error::ResponseTooLong => Reply::new(500, "5.5.0", "Line too long"),
+        Error::NeedsMoreData { .. } | Error::InvalidResponse { .. } => {
+            Reply::new(500, "5.5.2", "Syntax error")
+        }
+    }
+}
+
+/// How a session over one stream ended.
+enum Ended<S> {
+    Closed,
+    /// The client asked for TLS: here is the stream to hand to the TLS acceptor.
+    StartTls(S),
+}
+
+/// Runs a session over `stream` until it closes or asks for TLS.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    core: &mut Core,
+) -> std::io::Result<Ended<S>> {
+    let idle = core.server.settings.idle_timeout;
+    let shutdown = core.server.shutdown.clone();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        if !core.out.is_empty() {
+            tokio::time::timeout(idle, stream.write_all(&core.out))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            core.out.clear();
+        }
+        let n = tokio::select! {
+            () = shutdown.cancelled() => {
+                Reply::new(421, "4.3.2", "Server shutting down").write_to(&mut core.out);
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&core.out)).await;
+                return Ok(Ended::Closed);
+            }
+            read = tokio::time::timeout(idle, stream.read(&mut chunk)) => match read {
+                Ok(r) => r?,
+                Err(_) => {
+                    Reply::new(421, "4.4.2", "Timeout exceeded, closing connection")
+                        .write_to(&mut core.out);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&core.out)).await;
+                    return Ok(Ended::Closed);
+                }
+            },
+        };
+        if n == 0 {
+            return Ok(Ended::Closed);
+        }
+        let mut input = chunk[..n].iter();
+        while let Some(event) = core.codec.decode(&mut input) {
+            match core.handle(event).await {
+                Flow::Continue => {}
+                Flow::Close => {
+                    stream.write_all(&core.out).await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(Ended::Closed);
+                }
+                Flow::StartTls => {
+                    // Anything pipelined after STARTTLS was sent in clear: drop it (RFC 3207 §4.2).
+                    stream.write_all(&core.out).await?;
+                    core.out.clear();
+                    return Ok(Ended::StartTls(stream));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection, through STARTTLS if the client asks.
+pub(super) async fn connection(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+    let _slot = match server.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(reply) => {
+            let mut out = Vec::new();
+            reply.write_to(&mut out);
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;
+            tracing::info!(%reply.code, "connection refused: over the limit");
+            return;
+        }
+    };
+    let mut core = Core::new(server.clone(), peer, None);
+    let greeting = Reply::plain(
+        220,
+        vec![format!("{} ESMTP wispd", server.settings.hostname).into()],
+    );
+    greeting.write_to(&mut core.out);
+    let stream = match run(stream, &mut core).await {
+        Ok(Ended::Closed) => return,
+        Ok(Ended::StartTls(s)) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "smtp session ended");
+            return;
+        }
+    };
+    let Some(acceptor) = server.tls.clone() else {
+        return;
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "STARTTLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("STARTTLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS")
+        .replace("TLSv1_", "TLSv1.");
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .and_then(|c| c.suite().as_str())
+        .unwrap_or("unknown");
+    // RFC 3207: after TLS the session starts over, the client must EHLO again.
+    let mut core = Core::new(
+        server,
+        peer,
+        Some(format!("{version} with cipher {cipher}")),
+    );
+    match run(tls, &mut core).await {
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "smtp session ended"),
+    }
+}
