@@ -33,6 +33,9 @@ pub enum Command {
         /// The account's address.
         #[arg(value_name = "ADDRESS")]
         address: String,
+        /// Include each whole message (as text) under "raw".
+        #[arg(long)]
+        raw: bool,
     },
     /// Validate a config file and report every problem in it; exits 1 if there is any.
     CheckConfig {

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Messages { data_dir, address } => list_messages(&data_dir, &address),
+        Command::Messages {
+            data_dir,
+            address,
+            raw,
+        } => list_messages(&data_dir, &address, raw),
         Command::Serve { config, data_dir } => {
             init_tracing();
             let cfg = match &config {
@@ -71,16 +75,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_messages(data_dir: &std::path::Path, address: &str) -> ExitCode {
+fn list_messages(data_dir: &std::path::Path, address: &str, raw: bool) -> ExitCode {
     let listed = wispd_store::Store::open(data_dir)
         .map_err(|e| e.to_string())
         .and_then(|store| {
-            wispd_engine::mailstore::list(&store, address).map_err(|e| e.to_string())
+            wispd_engine::mailstore::list(&store, address, raw).map_err(|e| e.to_string())
         });
     match listed {
         Ok(Some(messages)) => {
             for m in messages {
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "mailbox": m.mailbox,
                     "uid": m.entry.uid,
                     "size": m.entry.size,
@@ -89,6 +93,9 @@ fn list_messages(data_dir: &std::path::Path, address: &str) -> ExitCode {
                     "message_id": m.message_id,
                     "subject": m.subject,
                 });
+                if let Some(bytes) = &m.raw {
+                    line["raw"] = String::from_utf8_lossy(bytes).into();
+                }
                 println!("{line}");
             }
             ExitCode::SUCCESS

@@ -14,11 +14,13 @@ pub struct Listed {
     pub entry: MailEntry,
     pub message_id: Option<String>,
     pub subject: Option<String>,
+    /// The whole message, when asked for.
+    pub raw: Option<Vec<u8>>,
 }
 
 /// Every message of the account `email`, mailbox by mailbox in UID order; `None` when there is
-/// no such account.
-pub fn list(store: &Store, email: &str) -> Result<Option<Vec<Listed>>, StoreError> {
+/// no such account. `with_raw` includes each message's bytes.
+pub fn list(store: &Store, email: &str, with_raw: bool) -> Result<Option<Vec<Listed>>, StoreError> {
     let Some((l, d)) = address::address(email) else {
         return Ok(None);
     };
@@ -42,6 +44,7 @@ pub fn list(store: &Store, email: &str) -> Result<Option<Vec<Listed>>, StoreErro
                     mailbox: mb.name.clone(),
                     message_id: header(head, "message-id"),
                     subject: header(head, "subject"),
+                    raw: with_raw.then(|| raw.clone()),
                     entry,
                 });
             }

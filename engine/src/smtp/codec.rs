@@ -11,13 +11,16 @@ use smtp_proto::request::receiver::{
 };
 use smtp_proto::{Error, Request};
 
+/// Longest command line accepted, CRLF included (Postfix's `line_length_limit`).
+pub const MAX_COMMAND_LINE: usize = 2048;
+
 /// What the codec found in the input.
 #[derive(Debug)]
 pub enum Event {
     Request(Request<String>),
     /// A command line that does not parse.
     Invalid(Error),
-    /// A command line longer than smtp-proto's 4096-byte limit (skipped to its end).
+    /// A command line longer than [`MAX_COMMAND_LINE`] (skipped to its end).
     LineTooLong,
     /// The end of DATA; the message is in [`Codec::take_message`] unless it was too big.
     DataEnd {
@@ -114,6 +117,22 @@ impl Codec {
             }
             match &mut self.mode {
                 Mode::Command => {
+                    // smtp-proto bounds only lines split across reads; bound every line here.
+                    let pending = self.requests.buf().len();
+                    let rest = input.as_slice();
+                    match rest.iter().position(|&b| b == b'\n') {
+                        Some(p) if pending + p + 1 > MAX_COMMAND_LINE => {
+                            *input = rest[p + 1..].iter();
+                            self.requests = RequestReceiver::default();
+                            return Some(Event::LineTooLong);
+                        }
+                        None if pending + rest.len() > MAX_COMMAND_LINE => {
+                            self.requests = RequestReceiver::default();
+                            self.mode = Mode::SkipLine;
+                            continue;
+                        }
+                        _ => {}
+                    }
                     return match self.requests.ingest(input) {
                         Ok(r) => Some(Event::Request(r.into_owned())),
                         Err(Error::NeedsMoreData { .. }) => None,
@@ -236,7 +255,7 @@ mod tests {
     #[test]
     fn an_overlong_line_is_skipped_to_its_end_in_any_split() {
         let long = vec![b'a'; 10_000];
-        for split in [100, 4095, 4097, 9_000] {
+        for split in [100, 2040, 2050, 4095, 4097, 9_000] {
             let mut c = Codec::default();
             let mut first = b"NOOP ".to_vec();
             first.extend_from_slice(&long[..split]);
@@ -247,6 +266,17 @@ mod tests {
             assert!(matches!(ev[0], Event::LineTooLong));
             assert!(matches!(ev[1], Event::Request(Request::Rset)));
         }
+    }
+
+    #[test]
+    fn an_overlong_line_in_one_read_is_refused_too() {
+        let mut c = Codec::default();
+        let mut line = b"NOOP ".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 3000));
+        line.extend_from_slice(b"\r\nQUIT\r\n");
+        let ev = events(&mut c, &[&line]);
+        assert!(matches!(ev[0], Event::LineTooLong), "{ev:?}");
+        assert!(matches!(ev[1], Event::Request(Request::Quit)), "{ev:?}");
     }
 
     #[test]
