@@ -54,6 +54,10 @@ clean:
 	rm -rf $(VENV)
 
 bench: deps-build deps-test release
-	$(call apt_install,iperf3 ipset iptables)
+	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
+	@echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections
+	$(call apt_install,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd)
+	@-$(SUDO) systemctl disable --now dovecot >/dev/null 2>&1 || true
 	$(CARGO) bench --locked --bench firewall
 	$(PY) benches/blocklist.py --bin $(CURDIR)/target/release/wispd
+	$(PY) benches/smtp.py --bin $(CURDIR)/target/release/wispd

@@ -131,6 +131,9 @@ impl Deliverer {
 }
 
 fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
+    let mut delivered = 0u64;
+    let started = std::time::Instant::now();
+    let mut commit_time = std::time::Duration::ZERO;
     while let Ok(first) = rx.recv() {
         let mut bytes = first.message.len();
         let mut batch = vec![first];
@@ -143,12 +146,15 @@ fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
                 Err(_) => break,
             }
         }
+        let t = std::time::Instant::now();
         let result = store.write(|w| {
             batch
                 .iter()
                 .map(|job| apply(w, job))
                 .collect::<Result<Vec<_>, StoreError>>()
         });
+        commit_time += t.elapsed();
+        delivered += batch.len() as u64;
         commits.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(all) => {
@@ -164,6 +170,13 @@ fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
             }
         }
     }
+    tracing::info!(
+        delivered,
+        commits = commits.load(Ordering::Relaxed),
+        busy_ms = commit_time.as_millis(),
+        up_ms = started.elapsed().as_millis(),
+        "delivery writer stopped"
+    );
 }
 
 fn apply(w: &Write<'_>, job: &Job) -> Result<Vec<Outcome>, StoreError> {

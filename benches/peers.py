@@ -1,0 +1,165 @@
+"""The incumbents the mail benchmarks compare against, set up privately on loopback high ports:
+a Postfix instance (own config and queue directories) and a Dovecot instance (own base dir,
+Maildir under a scratch directory). Nothing under /etc is changed and no system service is used.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Dovecot:
+    """Dovecot with LMTP (and IMAP for the IMAP bench) over Maildir, static users, password 'password123'."""
+
+    def __init__(self, work: Path, imap=False):
+        self.dir = work / "dovecot"
+        self.mail = self.dir / "mail"
+        self.lmtp_port = free_port()
+        self.imap_port = free_port() if imap else None
+        self.imap = imap
+
+    def start(self):
+        for d in ("run", "state", "mail"):
+            (self.dir / d).mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.mail, "mail", "mail")
+        imap = f"""
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}""" if self.imap else ""
+        conf = f"""
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+protocols = lmtp{" imap" if self.imap else ""}
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+log_path = {self.dir}/dovecot.log
+mail_location = maildir:{self.mail}/%d/%n
+first_valid_uid = 8
+mail_uid = mail
+mail_gid = mail
+passdb {{
+  driver = static
+  args = password=password123
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={self.mail}/%d/%n
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+  unix_listener lmtp {{
+    mode = 0
+  }}
+}}
+service imap {{
+  process_limit = 100
+}}
+{imap}
+"""
+        (self.dir / "dovecot.conf").write_text(conf)
+        subprocess.run(["dovecot", "-c", str(self.dir / "dovecot.conf")], check=True)
+        wait_port(self.lmtp_port)
+        if self.imap:
+            wait_port(self.imap_port)
+        return self
+
+    def delivered(self, domain, user):
+        new = self.mail / domain / user / "new"
+        cur = self.mail / domain / user / "cur"
+        return sum(len(os.listdir(d)) for d in (new, cur) if d.exists())
+
+    def stop(self):
+        subprocess.run(["doveadm", "-c", str(self.dir / "dovecot.conf"), "stop"], capture_output=True)
+
+
+class Postfix:
+    """A private Postfix instance: smtpd on a loopback high port, mail for `domain` handed to
+    Dovecot over LMTP."""
+
+    def __init__(self, work: Path, domain: str, lmtp_port: int):
+        self.dir = work / "postfix"
+        self.port = free_port()
+        self.domain = domain
+        self.lmtp_port = lmtp_port
+
+    def start(self):
+        etc, spool, data = self.dir / "etc", self.dir / "spool", self.dir / "data"
+        for d in (etc, spool, data):
+            d.mkdir(parents=True, exist_ok=True)
+        shutil.chown(data, "postfix")
+        main = f"""
+compatibility_level = 3.6
+queue_directory = {spool}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.bench.example
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = {self.domain}
+virtual_transport = lmtp:inet:127.0.0.1:{self.lmtp_port}
+lmtp_destination_concurrency_limit = 20
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+maillog_file_prefixes = {self.dir}
+maillog_file = {self.dir}/maillog
+message_size_limit = 52428800
+"""
+        (etc / "main.cf").write_text(main)
+        master = []
+        for line in Path("/usr/share/postfix/master.cf.dist").read_text().splitlines():
+            parts = line.split()
+            if parts and not line.startswith(("#", " ", "\t")) and len(parts) >= 8:
+                if parts[0] == "smtp" and parts[1] == "inet":
+                    parts[0] = f"127.0.0.1:{self.port}"
+                parts[4] = "n"  # no chroot: the private queue lives outside /var/spool
+                line = "  ".join(parts)
+            master.append(line)
+        master.append("postlog   unix-dgram n  -       n       -       1       postlogd")
+        (etc / "master.cf").write_text("\n".join(master) + "\n")
+        subprocess.run(["postfix", "-c", str(etc), "set-permissions"], capture_output=True)
+        r = subprocess.run(["postfix", "-c", str(etc), "start"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix start: {r.stderr}")
+        wait_port(self.port)
+        return self
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", str(self.dir / "etc"), "stop"], capture_output=True)
