@@ -349,6 +349,35 @@ mod tests {
         assert_eq!(out, vec![Outcome::Disabled, Outcome::Missing]);
     }
 
+    #[tokio::test]
+    async fn deleting_accounts_releases_their_messages() {
+        let (_d, store, dir) = setup("release");
+        let (a, b) = (account(&dir, "a", 0), account(&dir, "b", 0));
+        let deliverer = Deliverer::start(store.clone()).expect("start");
+        deliverer
+            .deliver(
+                b"shared".to_vec(),
+                vec![Recipient::inbox(a), Recipient::inbox(b)],
+                1,
+            )
+            .await
+            .expect("deliver");
+        dir.delete_account(a).expect("delete a");
+        let meta = store
+            .read(|r| r.get(&MAIL_MESSAGE_META, 1u64))
+            .expect("read");
+        assert_eq!(meta.map(|m| m.refs), Some(1), "b still holds it");
+        dir.delete_account(b).expect("delete b");
+        store
+            .read(|r| {
+                assert_eq!(r.get(&MAIL_MESSAGE_META, 1u64)?, None);
+                assert_eq!(r.get_raw(&MAIL_MESSAGES, 1u64)?, None);
+                assert_eq!(r.len(&MAIL_ENTRIES)?, 0);
+                Ok::<_, StoreError>(())
+            })
+            .expect("read");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_deliveries_share_commits_and_get_distinct_uids() {
         let (d, store, dir) = setup("group");

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use wispd_store::schema::{
-    MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_FORWARDERS, MAIL_MAILBOXES, MAIL_META,
-    MailAccount, MailCatchall, MailForwarder, Mailbox,
+    MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_ENTRIES, MAIL_FORWARDERS, MAIL_MAILBOXES,
+    MAIL_META, MailAccount, MailCatchall, MailForwarder, Mailbox,
 };
 use wispd_store::{Store, StoreError, Write};
 
@@ -398,7 +398,12 @@ impl Directory {
             w.remove(&MAIL_ACCOUNTS, id)?;
             w.remove(&MAIL_ADDRESSES, a.email().as_str())?;
             for mb in w.values_in(&MAIL_MAILBOXES, (id, "")..(id + 1, ""))? {
-                w.remove(&MAIL_MAILBOXES, (id, mb.name.as_str()))?;
+                let name = mb.name.as_str();
+                for e in w.values_in(&MAIL_ENTRIES, (id, name, 0u32)..=(id, name, u32::MAX))? {
+                    w.remove(&MAIL_ENTRIES, (id, name, e.uid))?;
+                    crate::mailstore::release(w, e.message_id)?;
+                }
+                w.remove(&MAIL_MAILBOXES, (id, name))?;
             }
             Ok(a)
         })

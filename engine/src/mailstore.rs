@@ -1,9 +1,10 @@
 //! The read side of the mail store: what an account's mailboxes hold.
 
+use wispd_store::schema::MAIL_MESSAGE_META;
 use wispd_store::schema::{
     MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGES, MailEntry,
 };
-use wispd_store::{Store, StoreError};
+use wispd_store::{Store, StoreError, Write};
 
 use crate::address;
 
@@ -51,6 +52,21 @@ pub fn list(store: &Store, email: &str, with_raw: bool) -> Result<Option<Vec<Lis
         }
         Ok(Some(out))
     })
+}
+
+/// Drops one mailbox entry's reference to a message; the message goes with its last one.
+pub(crate) fn release(w: &Write<'_>, message_id: u64) -> Result<(), StoreError> {
+    match w.get(&MAIL_MESSAGE_META, message_id)? {
+        Some(mut meta) if meta.refs > 1 => {
+            meta.refs -= 1;
+            w.put(&MAIL_MESSAGE_META, message_id, &meta)?;
+        }
+        _ => {
+            w.remove(&MAIL_MESSAGE_META, message_id)?;
+            w.remove_raw(&MAIL_MESSAGES, message_id)?;
+        }
+    }
+    Ok(())
 }
 
 fn header_block(raw: &[u8]) -> &[u8] {
