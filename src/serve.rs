@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use wispd_api::ratelimit::RateLimit;
 use wispd_api::{AppState, auth};
 use wispd_engine::directory::Directory;
+use wispd_engine::imap::ImapSettings;
 use wispd_engine::service::{Mail, MailConfig};
 use wispd_engine::smtp::SmtpSettings;
 use wispd_firewall::{Firewall, FirewallConfig};
@@ -142,6 +143,12 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
     MailConfig {
         smtp,
         smtp_listen: cfg.smtp.listen.clone(),
+        imap: ImapSettings::new(
+            cfg.hostname.clone(),
+            usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
+        ),
+        imap_listen: cfg.imap.listen.clone(),
+        imaps_listen: cfg.imap.imaps.clone(),
         tls: Some(tls),
     }
 }

@@ -13,6 +13,8 @@ use wispd_store::schema::{
 };
 use wispd_store::{Store, StoreError, Write};
 
+use crate::mailbox::Changes;
+
 /// Most deliveries applied in one transaction.
 const MAX_BATCH: usize = 512;
 /// Most message bytes applied in one transaction.
@@ -68,6 +70,7 @@ pub struct Deliverer {
     tx: mpsc::Sender<Job>,
     commits: Arc<AtomicU64>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    changes: Changes,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -84,13 +87,16 @@ impl Deliverer {
         let (tx, rx) = mpsc::channel::<Job>();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let changes = Changes::default();
+        let notify = changes.clone();
         let handle = std::thread::Builder::new()
             .name("wispd-deliver".into())
-            .spawn(move || writer(store, rx, counter))?;
+            .spawn(move || writer(store, rx, counter, notify))?;
         Ok(Deliverer {
             tx,
             commits,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            changes,
         })
     }
 
@@ -124,13 +130,18 @@ impl Deliverer {
         }
     }
 
+    /// Where committed deliveries are announced (IMAP IDLE listens there).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
     /// Transactions committed so far (fewer than deliveries when they were grouped).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
 }
 
-fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
+fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>, changes: Changes) {
     let mut delivered = 0u64;
     let started = std::time::Instant::now();
     let mut commit_time = std::time::Duration::ZERO;
@@ -158,6 +169,7 @@ fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
         commits.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(all) => {
+                changes.bump();
                 for (job, outcomes) in batch.into_iter().zip(all) {
                     let _ = job.reply.send(Ok(outcomes));
                 }

@@ -5,6 +5,9 @@
 pub mod address;
 pub mod delivery;
 pub mod directory;
+pub mod imap;
+pub mod limits;
+pub mod mailbox;
 pub mod mailstore;
 pub mod service;
 pub mod smtp;

@@ -16,6 +16,8 @@ use wispd_store::{Store, StoreError};
 
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
+use crate::imap::{self, ImapSettings};
+use crate::limits::LoginFailures;
 use crate::smtp::{self, SmtpSettings};
 
 /// `MAIL_META` key holding the unix time the stack was installed.
@@ -27,6 +29,10 @@ pub struct MailConfig {
     pub smtp: SmtpSettings,
     /// Inbound (MX) listeners.
     pub smtp_listen: Vec<SocketAddr>,
+    pub imap: ImapSettings,
+    /// IMAP listeners (STARTTLS) and IMAPS listeners (implicit TLS).
+    pub imap_listen: Vec<SocketAddr>,
+    pub imaps_listen: Vec<SocketAddr>,
     /// Certificate for STARTTLS; without it STARTTLS is not offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -49,8 +55,8 @@ pub struct MailStatus {
     pub installed: bool,
     /// Addresses the SMTP engine listens on (empty when it isn't running).
     pub smtp: Vec<SocketAddr>,
-    /// Whether the IMAP engine is part of this build and running.
-    pub imap_running: bool,
+    /// Addresses the IMAP engine listens on (IMAP and IMAPS).
+    pub imap: Vec<SocketAddr>,
 }
 
 pub struct Mail {
@@ -60,8 +66,9 @@ pub struct Mail {
     deliverer: Deliverer,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// Bound SMTP addresses once started.
-    running: tokio::sync::Mutex<Vec<SocketAddr>>,
+    /// Bound (SMTP, IMAP) addresses once started.
+    running: tokio::sync::Mutex<(Vec<SocketAddr>, Vec<SocketAddr>)>,
+    failures: Arc<LoginFailures>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -89,7 +96,8 @@ impl Mail {
             deliverer,
             shutdown,
             tracker,
-            running: tokio::sync::Mutex::new(Vec::new()),
+            running: tokio::sync::Mutex::new((Vec::new(), Vec::new())),
+            failures: Arc::default(),
         })
     }
 
@@ -111,22 +119,14 @@ impl Mail {
 
     /// Binds every listener and starts serving; nothing is started unless all bind. Does
     /// nothing when already running.
-    pub async fn start(&self) -> Result<Vec<SocketAddr>, MailError> {
+    pub async fn start(&self) -> Result<(), MailError> {
         let mut running = self.running.lock().await;
-        if !running.is_empty() {
-            return Ok(running.clone());
+        if !running.0.is_empty() || !running.1.is_empty() {
+            return Ok(());
         }
-        let mut listeners = Vec::new();
-        for &addr in &self.config.smtp_listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| MailError::Bind {
-                    addr,
-                    key: "smtp.listen",
-                    source,
-                })?;
-            listeners.push(l);
-        }
+        let listeners = bind("smtp.listen", &self.config.smtp_listen).await?;
+        let imap_listeners = bind("imap.listen", &self.config.imap_listen).await?;
+        let imaps_listeners = bind("imap.imaps", &self.config.imaps_listen).await?;
         let server = Arc::new(smtp::Server::new(
             self.config.smtp.clone(),
             self.directory.clone(),
@@ -142,9 +142,35 @@ impl Mail {
             self.tracker
                 .spawn(smtp::serve(l, server.clone(), self.tracker.clone()));
         }
-        tracing::info!(smtp = ?bound, "mail listeners started");
-        *running = bound.clone();
-        Ok(bound)
+        let imap = Arc::new(imap::Server::new(
+            self.config.imap.clone(),
+            self.directory.clone(),
+            self.store.clone(),
+            self.deliverer.changes().clone(),
+            self.config.tls.clone(),
+            self.shutdown.clone(),
+            self.failures.clone(),
+        ));
+        let mut imap_bound = Vec::new();
+        for (l, implicit) in imap_listeners
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(imaps_listeners.into_iter().map(|l| (l, true)))
+        {
+            if let Ok(a) = l.local_addr() {
+                imap_bound.push(a);
+            }
+            self.tracker
+                .spawn(imap::serve(l, imap.clone(), self.tracker.clone(), implicit));
+        }
+        tracing::info!(smtp = ?bound, imap = ?imap_bound, "mail listeners started");
+        *running = (bound, imap_bound);
+        Ok(())
+    }
+
+    /// Login failures per client address (IMAP now, submission later).
+    pub fn login_failures(&self) -> &Arc<LoginFailures> {
+        &self.failures
     }
 
     /// Installs the stack: starts the listeners, then records that it is installed. Idempotent.
@@ -162,10 +188,11 @@ impl Mail {
     }
 
     pub async fn status(&self) -> Result<MailStatus, MailError> {
+        let running = self.running.lock().await;
         Ok(MailStatus {
             installed: self.installed()?,
-            smtp: self.running.lock().await.clone(),
-            imap_running: false,
+            smtp: running.0.clone(),
+            imap: running.1.clone(),
         })
     }
 
@@ -174,6 +201,18 @@ impl Mail {
     pub fn shutdown(self) {
         self.deliverer.shutdown();
     }
+}
+
+/// Binds every address of one config key; all or nothing.
+async fn bind(key: &'static str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, MailError> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| MailError::Bind { addr, key, source })?;
+        out.push(l);
+    }
+    Ok(out)
 }
 
 /// What a clamd probe found.

@@ -108,16 +108,16 @@ async fn status_view(state: &AppState) -> Result<Value, ApiError> {
         String::new()
     };
     let smtp_running = !mail.smtp.is_empty();
-    // The IMAP engine is not part of this build yet: reported as it is, absent.
-    let imap_installed = false;
+    let imap_running = !mail.imap.is_empty();
+    let imap_installed = mail.installed;
     Ok(json!({
         "installed": mail.installed,
         "mta_installed": mail.installed,
         "mta_path": mta_path,
         "postfix": { "installed": mail.installed, "running": smtp_running },
-        "dovecot": { "installed": imap_installed, "running": mail.imap_running },
+        "dovecot": { "installed": imap_installed, "running": imap_running },
         "dovecot_installed": imap_installed,
-        "dovecot_running": mail.imap_running,
+        "dovecot_running": imap_running,
         "clamav_installed": clamd.installed,
         "clamav_running": clamd.running,
     }))

@@ -10,9 +10,8 @@ mod rcpt;
 pub mod reply;
 mod session;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,6 +22,7 @@ use tracing::Instrument;
 
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
+use crate::limits::{ConnectionLimits, Refusal, Slot};
 use reply::Reply;
 
 /// Limits and identity of the SMTP service.
@@ -65,36 +65,7 @@ pub struct Server {
     deliverer: Deliverer,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
-    connections: Mutex<Connections>,
-}
-
-#[derive(Default)]
-struct Connections {
-    total: u32,
-    per_ip: HashMap<IpAddr, u32>,
-}
-
-/// One admitted connection; leaving frees its slot.
-struct Slot {
-    server: Arc<Server>,
-    ip: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self
-            .server
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
-        }
-    }
+    limits: Arc<ConnectionLimits>,
 }
 
 impl Server {
@@ -105,42 +76,27 @@ impl Server {
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
     ) -> Server {
+        let limits =
+            ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
         Server {
             settings,
             directory,
             deliverer,
             tls: tls.map(TlsAcceptor::from),
             shutdown,
-            connections: Mutex::default(),
+            limits,
         }
     }
 
     /// Takes a connection slot for `ip`, or says why not.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
-        let mut c = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if c.total >= self.settings.max_connections {
-            return Err(Reply::new(
-                421,
-                "4.3.2",
-                "Too many connections, try again later",
-            ));
-        }
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.settings.max_connections_per_ip {
-            return Err(Reply::new(
+    fn admit(&self, ip: IpAddr) -> Result<Slot, Reply> {
+        self.limits.admit(ip).map_err(|r| match r {
+            Refusal::Full => Reply::new(421, "4.3.2", "Too many connections, try again later"),
+            Refusal::PerAddress => Reply::new(
                 421,
                 "4.7.0",
                 "Too many connections from your address, try again later",
-            ));
-        }
-        *n += 1;
-        c.total += 1;
-        Ok(Slot {
-            server: self.clone(),
-            ip,
+            ),
         })
     }
 }

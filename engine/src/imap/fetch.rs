@@ -1,0 +1,283 @@
+//! FETCH: message attributes, streamed message by message (a message body is loaded only
+//! while its response is written, so a 10,000-message FETCH holds one message at a time).
+
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_codec::imap_types::sequence::SequenceSet;
+use mail_parser::MessageParser;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::bodystructure;
+use super::selected::flag_list;
+use super::session::Session;
+use super::wire;
+use crate::mailbox::{self, FlagOp};
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `"dd-Mon-yyyy hh:mm:ss +0000"` (RFC 3501 date-time, day space-padded).
+pub(super) fn internal_date(ts: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(ts).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "\"{:>2}-{}-{:04} {:02}:{:02}:{:02} +0000\"",
+        t.day(),
+        MONTHS[usize::from(u8::from(t.month())) - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn expand(items: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'_>> {
+    match items {
+        MacroOrMessageDataItemNames::Macro(m) => {
+            let mut v = vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+            ];
+            match m {
+                Macro::Fast => {}
+                Macro::All => v.push(MessageDataItemName::Envelope),
+                Macro::Full => {
+                    v.push(MessageDataItemName::Envelope);
+                    v.push(MessageDataItemName::Body);
+                }
+                _ => v.push(MessageDataItemName::Envelope),
+            }
+            v
+        }
+        MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) async fn fetch(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) -> std::io::Result<()> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let idx = match sel.resolve(set, uid) {
+            Ok(i) => i,
+            Err(e) => {
+                self.tagged(tag, "BAD", &e);
+                return Ok(());
+            }
+        };
+        let mut items = expand(items);
+        if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        let needs_body = items.iter().any(|i| {
+            !matches!(
+                i,
+                MessageDataItemName::Uid
+                    | MessageDataItemName::Flags
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+            )
+        });
+        let sets_seen = !sel.read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.uids[i]).collect();
+        let (account, name) = (self.account_id(), sel.name.clone());
+        // Reading a body marks it \Seen first, so the FLAGS reported are the stored ones.
+        if sets_seen {
+            let unseen: Vec<u32> = idx
+                .iter()
+                .filter(|&&i| {
+                    !sel.flags[i]
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case("\\Seen"))
+                })
+                .map(|&i| sel.uids[i])
+                .collect();
+            if !unseen.is_empty() {
+                let n = name.clone();
+                let seen = vec!["\\Seen".to_string()];
+                if let Ok(Ok(changed)) = self
+                    .blocking(move |s, ch| {
+                        mailbox::set_flags(s, ch, account, &n, &unseen, FlagOp::Add, &seen)
+                    })
+                    .await
+                    && let Some(sel) = self.selected.as_mut()
+                {
+                    for e in changed {
+                        if let Some(i) = sel.index_of(e.uid) {
+                            sel.flags[i] = e.flags;
+                        }
+                    }
+                }
+            }
+        }
+        let n = name.clone();
+        let entries = match self
+            .blocking(move |s, _| mailbox::entries_for(s, account, &n, &uids))
+            .await?
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "fetch failed");
+                self.tagged(tag, "NO", "[SERVERBUG] Internal error");
+                return Ok(());
+            }
+        };
+        let mut by_uid = entries.into_iter().peekable();
+        for &i in &idx {
+            let Some(sel) = self.selected.as_ref() else {
+                break;
+            };
+            let uid_i = sel.uids[i];
+            // entries come in UID order, like idx
+            while by_uid.peek().is_some_and(|e| e.uid < uid_i) {
+                by_uid.next();
+            }
+            let Some(entry) = by_uid.next_if(|e| e.uid == uid_i) else {
+                continue; // expunged by another session meanwhile
+            };
+            let flags = sel.flags[i].clone();
+            let raw = if needs_body {
+                let id = entry.message_id;
+                match self.blocking(move |s, _| mailbox::message(s, id)).await? {
+                    Ok(Some(r)) => Some(r),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let parsed = match (
+                &raw,
+                items.iter().any(|i| {
+                    matches!(
+                        i,
+                        MessageDataItemName::Envelope
+                            | MessageDataItemName::Body
+                            | MessageDataItemName::BodyStructure
+                    )
+                }),
+            ) {
+                (Some(r), true) => MessageParser::default().parse(r.as_slice()),
+                _ => None,
+            };
+            let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+            for (k, item) in items.iter().enumerate() {
+                if k > 0 {
+                    out.push(b' ');
+                }
+                match item {
+                    MessageDataItemName::Uid => {
+                        out.extend_from_slice(format!("UID {}", entry.uid).as_bytes())
+                    }
+                    MessageDataItemName::Flags => {
+                        out.extend_from_slice(format!("FLAGS {}", flag_list(&flags)).as_bytes())
+                    }
+                    MessageDataItemName::InternalDate => {
+                        out.extend_from_slice(
+                            format!("INTERNALDATE {}", internal_date(entry.internal_date))
+                                .as_bytes(),
+                        );
+                    }
+                    MessageDataItemName::Rfc822Size => {
+                        out.extend_from_slice(format!("RFC822.SIZE {}", entry.size).as_bytes())
+                    }
+                    MessageDataItemName::Envelope => {
+                        out.extend_from_slice(b"ENVELOPE ");
+                        match &parsed {
+                            Some(m) => bodystructure::envelope(&mut out, m),
+                            None => {
+                                out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                            }
+                        }
+                    }
+                    MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+                        let ext = matches!(item, MessageDataItemName::BodyStructure);
+                        out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                        match &parsed {
+                            Some(m) => bodystructure::structure(&mut out, m, 0, ext, 0),
+                            None => out.extend_from_slice(
+                                b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
+                            ),
+                        }
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        out.extend_from_slice(b"RFC822 ");
+                        wire::nstring(&mut out, raw.as_deref());
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        let h = raw.as_deref().and_then(|r| {
+                            bodystructure::section(
+                                r,
+                                Some(&imap_codec::imap_types::fetch::Section::Header(None)),
+                            )
+                        });
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        wire::nstring(&mut out, h.as_deref());
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        let t = raw.as_deref().and_then(|r| {
+                            bodystructure::section(
+                                r,
+                                Some(&imap_codec::imap_types::fetch::Section::Text(None)),
+                            )
+                        });
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        wire::nstring(&mut out, t.as_deref());
+                    }
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        let data = raw
+                            .as_deref()
+                            .and_then(|r| bodystructure::section(r, section.as_ref()));
+                        let name = bodystructure::section_name(section.as_ref());
+                        match partial {
+                            Some((start, len)) => {
+                                let data = data.map(|d| {
+                                    let s = (*start as usize).min(d.len());
+                                    let e = s.saturating_add(len.get() as usize).min(d.len());
+                                    d[s..e].to_vec()
+                                });
+                                out.extend_from_slice(format!("BODY[{name}]<{start}> ").as_bytes());
+                                wire::nstring(&mut out, data.as_deref());
+                            }
+                            None => {
+                                out.extend_from_slice(format!("BODY[{name}] ").as_bytes());
+                                match data {
+                                    Some(d) => wire::literal(&mut out, &d),
+                                    None => out.extend_from_slice(b"NIL"),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if sets_seen
+                && !items
+                    .iter()
+                    .any(|i| matches!(i, MessageDataItemName::Flags))
+            {
+                out.extend_from_slice(format!(" FLAGS {}", flag_list(&flags)).as_bytes());
+            }
+            out.extend_from_slice(b")\r\n");
+            self.out.extend_from_slice(&out);
+            self.maybe_flush().await?;
+        }
+        self.tagged(tag, "OK", "Fetch completed");
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! IMAP: the Dovecot half. `framing` cuts the stream into commands (literals included),
+//! imap-codec parses them, `session` runs the state machine, and the command groups live in
+//! `mailboxes` (LIST, CREATE, …), `selected` (SELECT and the updates a session sees),
+//! `fetch`, `search` and `bodystructure`.
+
+mod bodystructure;
+mod fetch;
+mod framing;
+mod mailboxes;
+mod search;
+mod selected;
+mod session;
+mod wire;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use wispd_store::Store;
+
+use crate::directory::Directory;
+use crate::limits::{ConnectionLimits, LoginFailures};
+use crate::mailbox::Changes;
+
+/// Limits and identity of the IMAP service.
+#[derive(Debug, Clone)]
+pub struct ImapSettings {
+    pub hostname: String,
+    /// Longest command line (literals excluded).
+    pub max_line: usize,
+    /// Largest literal (APPEND message).
+    pub max_literal: usize,
+    /// An idle client (IDLE included) is logged out with `* BYE` after this.
+    pub idle_timeout: Duration,
+    pub max_connections_per_ip: u32,
+    pub max_connections: u32,
+}
+
+impl ImapSettings {
+    pub fn new(hostname: String, max_literal: usize) -> ImapSettings {
+        ImapSettings {
+            hostname,
+            max_line: 64 * 1024,
+            max_literal,
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_connections_per_ip: 50,
+            max_connections: 2000,
+        }
+    }
+}
+
+/// What every IMAP session shares.
+pub struct Server {
+    settings: ImapSettings,
+    directory: Directory,
+    store: Store,
+    changes: Changes,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+    limits: Arc<ConnectionLimits>,
+    failures: Arc<LoginFailures>,
+}
+
+impl Server {
+    pub fn new(
+        settings: ImapSettings,
+        directory: Directory,
+        store: Store,
+        changes: Changes,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shutdown: CancellationToken,
+        failures: Arc<LoginFailures>,
+    ) -> Server {
+        let limits =
+            ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
+        Server {
+            settings,
+            directory,
+            store,
+            changes,
+            tls: tls.map(TlsAcceptor::from),
+            shutdown,
+            limits,
+            failures,
+        }
+    }
+
+    /// Plaintext logins are allowed over TLS, and from loopback (as Dovecot's
+    /// `login_trusted_networks` default does for local clients).
+    fn plaintext_ok(&self, ip: IpAddr, tls: bool) -> bool {
+        tls || ip.is_loopback()
+    }
+}
+
+/// Accepts connections until shutdown. `implicit_tls` (IMAPS) starts TLS before the greeting.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    tracker: TaskTracker,
+    implicit_tls: bool,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = server.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "imap accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("imap", %peer, local = ?local);
+        tracker.spawn(
+            session::connection(server.clone(), stream, peer, implicit_tls).instrument(span),
+        );
+    }
+}

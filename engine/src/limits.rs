@@ -1,0 +1,117 @@
+//! Connection admission shared by the SMTP and IMAP listeners: a cap per client address and in
+//! all; a slot is freed when its session ends. Also the login-failure record that the firewall's
+//! login-failure bans will read.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server has as many sessions as it takes.
+    Full,
+    /// This address has as many sessions as it may.
+    PerAddress,
+}
+
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_total: u32,
+    max_per_ip: u32,
+    inner: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: u32,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// One admitted connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self
+            .limits
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: u32, max_per_ip: u32) -> Arc<ConnectionLimits> {
+        Arc::new(ConnectionLimits {
+            max_total,
+            max_per_ip,
+            inner: Mutex::default(),
+        })
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.total >= self.max_total {
+            return Err(Refusal::Full);
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refusal::PerAddress);
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Failed logins per client address over a sliding window, for delaying the next attempt
+/// (and, later, for the firewall's login-failure bans).
+#[derive(Debug, Default)]
+pub struct LoginFailures {
+    inner: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// Failures older than this are forgotten.
+const FAILURE_WINDOW: Duration = Duration::from_secs(600);
+
+impl LoginFailures {
+    /// Records a failure; returns how many this address has in the window.
+    pub fn record(&self, ip: IpAddr) -> u32 {
+        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        m.retain(|_, (_, at)| now.duration_since(*at) < FAILURE_WINDOW);
+        let e = m.entry(ip).or_insert((0, now));
+        e.0 += 1;
+        e.1 = now;
+        e.0
+    }
+
+    /// Failures of `ip` in the window.
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        let m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        m.get(&ip)
+            .filter(|(_, at)| at.elapsed() < FAILURE_WINDOW)
+            .map_or(0, |(n, _)| *n)
+    }
+
+    /// How long to hold the answer to a failed login: a second, growing with repeated
+    /// failures up to five (what Dovecot's auth penalty does).
+    pub fn delay(failures: u32) -> Duration {
+        Duration::from_secs(u64::from(failures.clamp(1, 5)))
+    }
+}

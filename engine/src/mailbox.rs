@@ -1,0 +1,557 @@
+//! Mailbox operations over the store, as IMAP needs them: create, delete, rename, flags,
+//! expunge, copy/move, append. Every change is one durable transaction that also bumps the
+//! mailbox's modification sequence, and is announced on [`Changes`] so other sessions notice.
+
+use std::sync::Arc;
+
+use wispd_store::schema::{
+    MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES, MAIL_META,
+    MailAccount, MailEntry, Mailbox, MessageMeta,
+};
+use wispd_store::{Store, StoreError, Write};
+
+use crate::mailstore::release;
+
+/// Announces that mail changed somewhere; sessions waiting (IDLE) re-check their mailbox.
+#[derive(Debug, Clone)]
+pub struct Changes(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl Changes {
+    pub fn bump(&self) {
+        self.0.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    #[error("Mailbox doesn't exist: {0}")]
+    NoSuchMailbox(String),
+    #[error("Mailbox already exists: {0}")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Quota exceeded")]
+    OverQuota,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How STORE changes flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}
+
+/// Longest mailbox name accepted.
+const MAX_NAME: usize = 512;
+
+/// The canonical stored name: `INBOX` in any case is `INBOX`, a trailing delimiter is dropped.
+pub fn canonical(name: &str) -> String {
+    let n = name.trim_end_matches('/');
+    if n.eq_ignore_ascii_case("INBOX") {
+        "INBOX".into()
+    } else if n.len() > 6 && n[..6].eq_ignore_ascii_case("INBOX/") {
+        format!("INBOX/{}", &n[6..])
+    } else {
+        n.to_string()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), MailboxError> {
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || name.starts_with('/')
+        || name.contains("//")
+        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+    {
+        return Err(MailboxError::Invalid(format!(
+            "Invalid mailbox name: {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn mailboxes(store: &Store, account: u64) -> Result<Vec<Mailbox>, StoreError> {
+    store.read(|r| r.values_in(&MAIL_MAILBOXES, (account, "")..(account + 1, "")))
+}
+
+pub fn mailbox(store: &Store, account: u64, name: &str) -> Result<Option<Mailbox>, StoreError> {
+    store.read(|r| r.get(&MAIL_MAILBOXES, (account, name)))
+}
+
+/// The mailbox and its entries in UID order, from one snapshot.
+pub fn snapshot(
+    store: &Store,
+    account: u64,
+    name: &str,
+) -> Result<Option<(Mailbox, Vec<MailEntry>)>, StoreError> {
+    store.read(|r| {
+        let Some(mb) = r.get(&MAIL_MAILBOXES, (account, name))? else {
+            return Ok(None);
+        };
+        let entries = r.values_in(
+            &MAIL_ENTRIES,
+            (account, name, 0u32)..=(account, name, u32::MAX),
+        )?;
+        Ok(Some((mb, entries)))
+    })
+}
+
+/// Entries with a UID in `uids` (sorted), in UID order.
+pub fn entries_for(
+    store: &Store,
+    account: u64,
+    name: &str,
+    uids: &[u32],
+) -> Result<Vec<MailEntry>, StoreError> {
+    store.read(|r| {
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            if let Some(e) = r.get(&MAIL_ENTRIES, (account, name, uid))? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    })
+}
+
+pub fn message(store: &Store, message_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    store.read(|r| r.get_raw(&MAIL_MESSAGES, message_id))
+}
+
+pub fn account(store: &Store, account: u64) -> Result<Option<MailAccount>, StoreError> {
+    store.read(|r| r.get(&MAIL_ACCOUNTS, account))
+}
+
+fn new_uidvalidity(w: &Write<'_>) -> Result<u32, StoreError> {
+    // Seconds since the epoch, as Dovecot does, but never repeating within this store.
+    let now = u32::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+            & 0x7fff_ffff,
+    )
+    .unwrap_or(1);
+    let last = u32::try_from(w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0)).unwrap_or(0);
+    let v = now.max(last.saturating_add(1)).max(1);
+    w.put(&MAIL_META, "last_uidvalidity", &u64::from(v))?;
+    Ok(v)
+}
+
+impl From<MailboxError> for StoreErrorOr {
+    fn from(e: MailboxError) -> Self {
+        StoreErrorOr(e)
+    }
+}
+
+/// Lets a transaction body fail with a [`MailboxError`].
+#[derive(Debug)]
+pub struct StoreErrorOr(pub MailboxError);
+
+impl From<StoreError> for StoreErrorOr {
+    fn from(e: StoreError) -> Self {
+        StoreErrorOr(MailboxError::Store(e))
+    }
+}
+
+fn write<R>(
+    store: &Store,
+    changes: &Changes,
+    f: impl FnOnce(&Write<'_>) -> Result<R, StoreErrorOr>,
+) -> Result<R, MailboxError> {
+    let r = store.write(f).map_err(|e| e.0)?;
+    changes.bump();
+    Ok(r)
+}
+
+pub fn create(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+) -> Result<(), MailboxError> {
+    let name = canonical(name);
+    check_name(&name)?;
+    write(store, changes, |w| {
+        if w.get(&MAIL_MAILBOXES, (account, name.as_str()))?.is_some() {
+            return Err(MailboxError::Exists(name.clone()).into());
+        }
+        let mb = Mailbox {
+            name: name.clone(),
+            special_use: None,
+            uidvalidity: new_uidvalidity(w)?,
+            uidnext: 1,
+            highest_modseq: 1,
+            subscribed: false,
+        };
+        w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
+        Ok(())
+    })
+}
+
+/// Removes the entries of a mailbox (all, or those in `only`), releasing their messages and
+/// quota. Returns the removed UIDs.
+fn remove_entries(
+    w: &Write<'_>,
+    account: u64,
+    name: &str,
+    entries: &[MailEntry],
+) -> Result<Vec<u32>, StoreError> {
+    let mut freed = 0u64;
+    let mut uids = Vec::with_capacity(entries.len());
+    for e in entries {
+        w.remove(&MAIL_ENTRIES, (account, name, e.uid))?;
+        release(w, e.message_id)?;
+        freed += e.size;
+        uids.push(e.uid);
+    }
+    if freed > 0
+        && let Some(mut a) = w.get(&MAIL_ACCOUNTS, account)?
+    {
+        a.used_bytes = a.used_bytes.saturating_sub(freed);
+        w.put(&MAIL_ACCOUNTS, account, &a)?;
+    }
+    Ok(uids)
+}
+
+pub fn delete(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+) -> Result<(), MailboxError> {
+    let name = canonical(name);
+    if name == "INBOX" {
+        return Err(MailboxError::Invalid("INBOX can't be deleted".into()));
+    }
+    write(store, changes, |w| {
+        if w.get(&MAIL_MAILBOXES, (account, name.as_str()))?.is_none() {
+            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+        }
+        let n = name.as_str();
+        let entries = w.values_in(&MAIL_ENTRIES, (account, n, 0u32)..=(account, n, u32::MAX))?;
+        remove_entries(w, account, n, &entries)?;
+        w.remove(&MAIL_MAILBOXES, (account, n))?;
+        Ok(())
+    })
+}
+
+/// Renames a mailbox and its children. Renaming INBOX moves its messages into the new mailbox
+/// and leaves INBOX empty (RFC 3501 §6.3.5).
+pub fn rename(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    from: &str,
+    to: &str,
+) -> Result<(), MailboxError> {
+    let (from, to) = (canonical(from), canonical(to));
+    check_name(&to)?;
+    write(store, changes, |w| {
+        let Some(src) = w.get(&MAIL_MAILBOXES, (account, from.as_str()))? else {
+            return Err(MailboxError::NoSuchMailbox(from.clone()).into());
+        };
+        if w.get(&MAIL_MAILBOXES, (account, to.as_str()))?.is_some() {
+            return Err(MailboxError::Exists(to.clone()).into());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(MailboxError::Invalid("Can't rename a mailbox into itself".into()).into());
+        }
+        let all: Vec<Mailbox> = w.values_in(&MAIL_MAILBOXES, (account, "")..(account + 1, ""))?;
+        let prefix = format!("{from}/");
+        let mut moves: Vec<(String, String)> = vec![(from.clone(), to.clone())];
+        if from != "INBOX" {
+            for mb in &all {
+                if let Some(rest) = mb.name.strip_prefix(&prefix) {
+                    moves.push((mb.name.clone(), format!("{to}/{rest}")));
+                }
+            }
+        }
+        for (old, new) in moves {
+            let mut mb = if old == from {
+                src.clone()
+            } else {
+                match w.get(&MAIL_MAILBOXES, (account, old.as_str()))? {
+                    Some(m) => m,
+                    None => continue,
+                }
+            };
+            let entries = w.values_in(
+                &MAIL_ENTRIES,
+                (account, old.as_str(), 0u32)..=(account, old.as_str(), u32::MAX),
+            )?;
+            let mut target = mb.clone();
+            target.name = new.clone();
+            if old == "INBOX" {
+                // INBOX stays, emptied; the new mailbox gets fresh UIDs.
+                target.uidvalidity = new_uidvalidity(w)?;
+                target.uidnext = 1;
+                target.special_use = None;
+                for e in entries {
+                    w.remove(&MAIL_ENTRIES, (account, "INBOX", e.uid))?;
+                    let mut moved = e.clone();
+                    moved.uid = target.uidnext;
+                    target.uidnext += 1;
+                    w.put(&MAIL_ENTRIES, (account, new.as_str(), moved.uid), &moved)?;
+                }
+                mb.highest_modseq += 1;
+                w.put(&MAIL_MAILBOXES, (account, "INBOX"), &mb)?;
+            } else {
+                for e in entries {
+                    w.remove(&MAIL_ENTRIES, (account, old.as_str(), e.uid))?;
+                    w.put(&MAIL_ENTRIES, (account, new.as_str(), e.uid), &e)?;
+                }
+                w.remove(&MAIL_MAILBOXES, (account, old.as_str()))?;
+            }
+            w.put(&MAIL_MAILBOXES, (account, new.as_str()), &target)?;
+        }
+        Ok(())
+    })
+}
+
+pub fn subscribe(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+    on: bool,
+) -> Result<(), MailboxError> {
+    let name = canonical(name);
+    write(store, changes, |w| {
+        let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name.as_str()))? else {
+            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+        };
+        mb.subscribed = on;
+        w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
+        Ok(())
+    })
+}
+
+/// Changes the flags of the messages with `uids`; returns the entries whose flags changed.
+pub fn set_flags(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+    uids: &[u32],
+    op: FlagOp,
+    flags: &[String],
+) -> Result<Vec<MailEntry>, MailboxError> {
+    write(store, changes, |w| {
+        let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name))? else {
+            return Err(MailboxError::NoSuchMailbox(name.to_string()).into());
+        };
+        let mut changed = Vec::new();
+        for &uid in uids {
+            let Some(mut e) = w.get(&MAIL_ENTRIES, (account, name, uid))? else {
+                continue;
+            };
+            let mut next: Vec<String> = match op {
+                FlagOp::Replace => flags.to_vec(),
+                FlagOp::Add => {
+                    let mut f = e.flags.clone();
+                    for x in flags {
+                        if !f.iter().any(|y| y.eq_ignore_ascii_case(x)) {
+                            f.push(x.clone());
+                        }
+                    }
+                    f
+                }
+                FlagOp::Remove => e
+                    .flags
+                    .iter()
+                    .filter(|y| !flags.iter().any(|x| x.eq_ignore_ascii_case(y)))
+                    .cloned()
+                    .collect(),
+            };
+            next.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+            if next != e.flags {
+                mb.highest_modseq += 1;
+                e.flags = next;
+                e.modseq = mb.highest_modseq;
+                w.put(&MAIL_ENTRIES, (account, name, uid), &e)?;
+                changed.push(e);
+            }
+        }
+        if !changed.is_empty() {
+            w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
+        }
+        Ok(changed)
+    })
+}
+
+/// Removes the messages flagged `\Deleted` (only those in `only`, when given); returns their UIDs.
+pub fn expunge(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+    only: Option<&[u32]>,
+) -> Result<Vec<u32>, MailboxError> {
+    write(store, changes, |w| {
+        let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name))? else {
+            return Err(MailboxError::NoSuchMailbox(name.to_string()).into());
+        };
+        let entries: Vec<MailEntry> = w
+            .values_in(
+                &MAIL_ENTRIES,
+                (account, name, 0u32)..=(account, name, u32::MAX),
+            )?
+            .into_iter()
+            .filter(|e| e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
+            .filter(|e| only.is_none_or(|o| o.binary_search(&e.uid).is_ok()))
+            .collect();
+        let uids = remove_entries(w, account, name, &entries)?;
+        if !uids.is_empty() {
+            mb.highest_modseq += 1;
+            w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
+        }
+        Ok(uids)
+    })
+}
+
+/// What COPY/MOVE did: the destination's UIDVALIDITY and (source UID, new UID) pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub uidvalidity: u32,
+    pub pairs: Vec<(u32, u32)>,
+}
+
+/// Copies (or moves, `remove_source`) the messages with `uids` into `to`, as one transaction.
+/// Copies share the stored message; they count against the quota.
+pub fn copy(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    from: &str,
+    uids: &[u32],
+    to: &str,
+    remove_source: bool,
+) -> Result<Copied, MailboxError> {
+    let to = canonical(to);
+    write(store, changes, |w| {
+        let Some(mut dst) = w.get(&MAIL_MAILBOXES, (account, to.as_str()))? else {
+            return Err(MailboxError::NoSuchMailbox(to.clone()).into());
+        };
+        let Some(mut src) = w.get(&MAIL_MAILBOXES, (account, from))? else {
+            return Err(MailboxError::NoSuchMailbox(from.to_string()).into());
+        };
+        let Some(mut acct) = w.get(&MAIL_ACCOUNTS, account)? else {
+            return Err(MailboxError::NoSuchMailbox(to.clone()).into());
+        };
+        let mut entries = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            if let Some(e) = w.get(&MAIL_ENTRIES, (account, from, uid))? {
+                entries.push(e);
+            }
+        }
+        let added: u64 = entries.iter().map(|e| e.size).sum();
+        if !remove_source
+            && acct.quota_mb > 0
+            && acct.used_bytes.saturating_add(added) > acct.quota_mb.saturating_mul(1 << 20)
+        {
+            return Err(MailboxError::OverQuota.into());
+        }
+        let same = from == to;
+        let mut pairs = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let mut copy = e.clone();
+            copy.uid = dst.uidnext;
+            dst.uidnext = dst.uidnext.saturating_add(1);
+            dst.highest_modseq += 1;
+            copy.modseq = dst.highest_modseq;
+            copy.flags.retain(|f| !f.eq_ignore_ascii_case("\\Recent"));
+            w.put(&MAIL_ENTRIES, (account, to.as_str(), copy.uid), &copy)?;
+            pairs.push((e.uid, copy.uid));
+            if remove_source {
+                w.remove(&MAIL_ENTRIES, (account, from, e.uid))?;
+            } else {
+                let mut meta = w
+                    .get(&MAIL_MESSAGE_META, e.message_id)?
+                    .unwrap_or(MessageMeta {
+                        size: e.size,
+                        refs: 0,
+                    });
+                meta.refs = meta.refs.saturating_add(1);
+                w.put(&MAIL_MESSAGE_META, e.message_id, &meta)?;
+            }
+        }
+        if remove_source && !entries.is_empty() {
+            if same {
+                dst.highest_modseq += 1;
+            } else {
+                src.highest_modseq += 1;
+                w.put(&MAIL_MAILBOXES, (account, from), &src)?;
+            }
+        }
+        w.put(&MAIL_MAILBOXES, (account, to.as_str()), &dst)?;
+        if !remove_source && added > 0 {
+            acct.used_bytes = acct.used_bytes.saturating_add(added);
+            w.put(&MAIL_ACCOUNTS, account, &acct)?;
+        }
+        Ok(Copied {
+            uidvalidity: dst.uidvalidity,
+            pairs,
+        })
+    })
+}
+
+/// Stores a message in a mailbox (IMAP APPEND); durable when this returns. Returns
+/// (UIDVALIDITY, UID).
+pub fn append(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+    flags: Vec<String>,
+    internal_date: i64,
+    message: &[u8],
+) -> Result<(u32, u32), MailboxError> {
+    let name = canonical(name);
+    let size = message.len() as u64;
+    write(store, changes, |w| {
+        let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name.as_str()))? else {
+            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+        };
+        let Some(mut acct) = w.get(&MAIL_ACCOUNTS, account)? else {
+            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+        };
+        if acct.quota_mb > 0
+            && acct.used_bytes.saturating_add(size) > acct.quota_mb.saturating_mul(1 << 20)
+        {
+            return Err(MailboxError::OverQuota.into());
+        }
+        let id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
+        w.put(&MAIL_META, "next_message_id", &(id + 1))?;
+        w.put_raw(&MAIL_MESSAGES, id, message)?;
+        w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs: 1 })?;
+        let uid = mb.uidnext;
+        mb.uidnext = mb.uidnext.saturating_add(1);
+        mb.highest_modseq += 1;
+        let entry = MailEntry {
+            message_id: id,
+            uid,
+            flags,
+            internal_date,
+            size,
+            modseq: mb.highest_modseq,
+        };
+        w.put(&MAIL_ENTRIES, (account, name.as_str(), uid), &entry)?;
+        w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
+        acct.used_bytes = acct.used_bytes.saturating_add(size);
+        w.put(&MAIL_ACCOUNTS, account, &acct)?;
+        Ok((mb.uidvalidity, uid))
+    })
+}
