@@ -48,6 +48,8 @@ pub struct RawSmtp {
 pub struct RawImap {
     pub listen: Vec<String>,
     pub imaps: Vec<String>,
+    pub idle_timeout_seconds: i64,
+    pub max_connections_per_ip: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,8 @@ impl Default for RawImap {
         RawImap {
             listen: vec!["127.0.0.1:5143".into()],
             imaps: vec!["127.0.0.1:5993".into()],
+            idle_timeout_seconds: 1800,
+            max_connections_per_ip: 50,
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct SmtpConfig {
 pub struct ImapConfig {
     pub listen: Vec<SocketAddr>,
     pub imaps: Vec<SocketAddr>,
+    pub idle_timeout: std::time::Duration,
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -401,6 +407,18 @@ impl RawConfig {
             1,
             3600,
         );
+        let imap_idle = bounded(
+            "imap.idle_timeout_seconds",
+            self.imap.idle_timeout_seconds,
+            1,
+            86_400,
+        );
+        let imap_per_ip = bounded(
+            "imap.max_connections_per_ip",
+            self.imap.max_connections_per_ip,
+            1,
+            10_000,
+        );
         let imap_listen = addrs("imap.listen", &self.imap.listen, &mut errors);
         let imaps = addrs("imap.imaps", &self.imap.imaps, &mut errors);
 
@@ -475,6 +493,8 @@ impl RawConfig {
             imap: ImapConfig {
                 listen: imap_listen,
                 imaps,
+                idle_timeout: std::time::Duration::from_secs(imap_idle),
+                max_connections_per_ip: u32::try_from(imap_per_ip).unwrap_or(50),
             },
             dns: DnsConfig { nameservers },
             firewall: FirewallConfig {

@@ -143,10 +143,15 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
     MailConfig {
         smtp,
         smtp_listen: cfg.smtp.listen.clone(),
-        imap: ImapSettings::new(
-            cfg.hostname.clone(),
-            usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
-        ),
+        imap: {
+            let mut imap = ImapSettings::new(
+                cfg.hostname.clone(),
+                usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
+            );
+            imap.idle_timeout = cfg.imap.idle_timeout;
+            imap.max_connections_per_ip = cfg.imap.max_connections_per_ip;
+            imap
+        },
         imap_listen: cfg.imap.listen.clone(),
         imaps_listen: cfg.imap.imaps.clone(),
         tls: Some(tls),

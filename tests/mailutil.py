@@ -22,33 +22,41 @@ submissions = ["127.0.0.1:0"]
 [imap]
 listen = ["127.0.0.1:0"]
 imaps = ["127.0.0.1:0"]
+{imap_extra}
 [firewall]
 enabled = false
 """
 
-LISTENING = re.compile(r"mail listeners started smtp=\[([0-9.]+):(\d+)")
+LISTENING = re.compile(r"mail listeners started smtp=\[([0-9.]+):(\d+)\] imap=\[[0-9.]+:(\d+), [0-9.]+:(\d+)\]")
 
 
-def mail_config(smtp="127.0.0.1:0", **extra):
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in extra.items())
-    return MAIL_CONFIG.format(smtp=smtp, smtp_extra=lines)
+def toml_lines(d):
+    return "\n".join(f"{k} = {json.dumps(v)}" for k, v in (d or {}).items())
 
 
-def smtp_port(w, timeout=10):
-    """The SMTP port from the latest 'mail listeners started' log line."""
+def mail_config(smtp="127.0.0.1:0", imap=None, **extra):
+    return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_extra=toml_lines(imap))
+
+
+def ports(w, timeout=10):
+    """(smtp, imap, imaps) ports from the latest 'mail listeners started' log line."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in reversed(list(w.lines)):
             m = LISTENING.search(line)
             if m:
-                return int(m.group(2))
+                return int(m.group(2)), int(m.group(3)), int(m.group(4))
         time.sleep(0.05)
     raise AssertionError("no mail listener in the log:\n" + w.log())
 
 
-def installed(make_wispd, **smtp_extra):
+def smtp_port(w, timeout=10):
+    return ports(w, timeout)[0]
+
+
+def installed(make_wispd, imap=None, **smtp_extra):
     """A started wispd with the mail stack installed; returns (wispd, smtp port)."""
-    w = make_wispd(config=mail_config(**smtp_extra))
+    w = make_wispd(config=mail_config(imap=imap, **smtp_extra))
     r = w.request("POST", "/api/v1/email/install")
     assert r.status == 200, r
     return w, smtp_port(w)

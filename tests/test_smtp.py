@@ -49,7 +49,8 @@ def test_install_starts_the_listener_and_survives_restart(make_wispd):
     s = w.request("GET", "/api/v1/email/status").json
     assert s["installed"] and s["mta_installed"] and s["postfix"] == {"installed": True, "running": True}
     assert s["mta_path"].endswith("/wispd")
-    assert s["dovecot"] == {"installed": False, "running": False}, "no IMAP engine yet"
+    assert s["dovecot"] == {"installed": True, "running": True}
+    assert (s["dovecot_installed"], s["dovecot_running"]) == (True, True)
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
         assert c.noop()[0] == 250
     assert w.stop()[0] == 0

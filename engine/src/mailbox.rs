@@ -260,18 +260,23 @@ pub fn rename(
     let (from, to) = (canonical(from), canonical(to));
     check_name(&to)?;
     write(store, changes, |w| {
-        let Some(src) = w.get(&MAIL_MAILBOXES, (account, from.as_str()))? else {
+        let all: Vec<Mailbox> = w.values_in(&MAIL_MAILBOXES, (account, "")..(account + 1, ""))?;
+        let prefix = format!("{from}/");
+        let src = w.get(&MAIL_MAILBOXES, (account, from.as_str()))?;
+        // A name that exists only as the parent of others (\Noselect) renames its children.
+        if src.is_none() && !all.iter().any(|m| m.name.starts_with(&prefix)) {
             return Err(MailboxError::NoSuchMailbox(from.clone()).into());
-        };
+        }
         if w.get(&MAIL_MAILBOXES, (account, to.as_str()))?.is_some() {
             return Err(MailboxError::Exists(to.clone()).into());
         }
         if to.starts_with(&format!("{from}/")) {
             return Err(MailboxError::Invalid("Can't rename a mailbox into itself".into()).into());
         }
-        let all: Vec<Mailbox> = w.values_in(&MAIL_MAILBOXES, (account, "")..(account + 1, ""))?;
-        let prefix = format!("{from}/");
-        let mut moves: Vec<(String, String)> = vec![(from.clone(), to.clone())];
+        let mut moves: Vec<(String, String)> = Vec::new();
+        if src.is_some() {
+            moves.push((from.clone(), to.clone()));
+        }
         if from != "INBOX" {
             for mb in &all {
                 if let Some(rest) = mb.name.strip_prefix(&prefix) {
@@ -280,13 +285,8 @@ pub fn rename(
             }
         }
         for (old, new) in moves {
-            let mut mb = if old == from {
-                src.clone()
-            } else {
-                match w.get(&MAIL_MAILBOXES, (account, old.as_str()))? {
-                    Some(m) => m,
-                    None => continue,
-                }
+            let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, old.as_str()))? else {
+                continue;
             };
             let entries = w.values_in(
                 &MAIL_ENTRIES,

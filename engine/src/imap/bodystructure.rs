@@ -169,7 +169,10 @@ pub fn structure(out: &mut Vec<u8>, msg: &Message<'_>, id: u32, extended: bool, 
     let start = (part.offset_body as usize).min(raw.len());
     let end = (part.offset_end as usize).clamp(start, raw.len());
     let body = &raw[start..end];
-    let lines = body.iter().filter(|&&b| b == b'\n').count();
+    // A last line without its newline (the CRLF before a boundary belongs to the boundary)
+    // still counts.
+    let lines = body.iter().filter(|&&b| b == b'\n').count()
+        + usize::from(!body.is_empty() && !body.ends_with(b"\n"));
     out.push(b'(');
     upper(out, &ctype);
     out.push(b' ');
@@ -234,7 +237,7 @@ fn header_fields(head: &[u8], names: &[String], keep: bool) -> Vec<u8> {
         if !line.starts_with(b" ") && !line.starts_with(b"\t") {
             let name = line.split(|&b| b == b':').next().unwrap_or_default();
             let name = String::from_utf8_lossy(name).trim().to_ascii_uppercase();
-            include = names.iter().any(|n| *n == name) == keep;
+            include = names.contains(&name) == keep;
         }
         if include {
             out.extend_from_slice(line);

@@ -216,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     MessageDataItemName::Rfc822 => {
                         out.extend_from_slice(b"RFC822 ");
-                        wire::nstring(&mut out, raw.as_deref());
+                        wire::nliteral(&mut out, raw.as_deref());
                     }
                     MessageDataItemName::Rfc822Header => {
                         let h = raw.as_deref().and_then(|r| {
@@ -226,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             )
                         });
                         out.extend_from_slice(b"RFC822.HEADER ");
-                        wire::nstring(&mut out, h.as_deref());
+                        wire::nliteral(&mut out, h.as_deref());
                     }
                     MessageDataItemName::Rfc822Text => {
                         let t = raw.as_deref().and_then(|r| {
@@ -236,7 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             )
                         });
                         out.extend_from_slice(b"RFC822.TEXT ");
-                        wire::nstring(&mut out, t.as_deref());
+                        wire::nliteral(&mut out, t.as_deref());
                     }
                     MessageDataItemName::BodyExt {
                         section, partial, ..
@@ -253,14 +253,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                                     d[s..e].to_vec()
                                 });
                                 out.extend_from_slice(format!("BODY[{name}]<{start}> ").as_bytes());
-                                wire::nstring(&mut out, data.as_deref());
+                                wire::nliteral(&mut out, data.as_deref());
                             }
                             None => {
                                 out.extend_from_slice(format!("BODY[{name}] ").as_bytes());
-                                match data {
-                                    Some(d) => wire::literal(&mut out, &d),
-                                    None => out.extend_from_slice(b"NIL"),
-                                }
+                                wire::nliteral(&mut out, data.as_deref());
                             }
                         }
                     }

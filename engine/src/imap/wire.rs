@@ -33,6 +33,14 @@ pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
+/// Message data: always a literal (as Dovecot sends it), or NIL.
+pub fn nliteral(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => literal(out, s),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
 /// A mailbox name as an astring: quoted unless it is a plain atom.
 pub fn mailbox(out: &mut Vec<u8>, name: &str) {
     let atom = !name.is_empty()
