@@ -31,7 +31,10 @@ def wait_port(port, timeout=20):
 class Dovecot:
     """Dovecot with LMTP (and IMAP for the IMAP bench) over Maildir, static users, password 'password123'."""
 
-    def __init__(self, work: Path, imap=False):
+    def __init__(self, work: Path, imap=False, passdb_hash=None):
+        """`passdb_hash`: a `{SCHEME}hash` every user's password must match (a passwd-file);
+        without it a static passdb accepts 'password123'."""
+        self.passdb_hash = passdb_hash
         self.dir = work / "dovecot"
         self.mail = self.dir / "mail"
         self.lmtp_port = free_port()
@@ -52,6 +55,13 @@ service imap-login {{
     port = 0
   }}
 }}""" if self.imap else ""
+        if self.passdb_hash:
+            users = self.dir / "users"
+            users.write_text("".join(f"{u}@example.com:{self.passdb_hash}\n" for u in ("bench", "info")) +
+                             "".join(f"bench{i}@example.com:{self.passdb_hash}\n" for i in range(100)))
+            passdb = f"passdb {{\n  driver = passwd-file\n  args = {users}\n}}"
+        else:
+            passdb = "passdb {\n  driver = static\n  args = password=password123\n}"
         conf = f"""
 base_dir = {self.dir}/run
 state_dir = {self.dir}/state
@@ -65,10 +75,7 @@ mail_location = maildir:{self.mail}/%d/%n
 first_valid_uid = 8
 mail_uid = mail
 mail_gid = mail
-passdb {{
-  driver = static
-  args = password=password123
-}}
+{passdb}
 userdb {{
   driver = static
   args = uid=mail gid=mail home={self.mail}/%d/%n

@@ -20,7 +20,7 @@ submission = ["127.0.0.1:0"]
 submissions = ["127.0.0.1:0"]
 {smtp_extra}
 [imap]
-listen = ["127.0.0.1:0"]
+listen = {imap_listen}
 imaps = ["127.0.0.1:0"]
 {imap_extra}
 [firewall]
@@ -35,7 +35,9 @@ def toml_lines(d):
 
 
 def mail_config(smtp="127.0.0.1:0", imap=None, **extra):
-    return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_extra=toml_lines(imap))
+    imap = dict(imap or {})
+    listen = json.dumps(imap.pop("listen", ["127.0.0.1:0"]))
+    return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_listen=listen, imap_extra=toml_lines(imap))
 
 
 def ports(w, timeout=10):

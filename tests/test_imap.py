@@ -305,3 +305,39 @@ def test_a_10000_message_mailbox_is_fetched_without_loading_it_all(mail):
     # ~52 MB of messages went out; the server held about one at a time
     assert grown < 20_000, f"peak RSS grew {grown} KiB"
     m.logout()
+
+
+def test_plaintext_login_needs_tls_from_a_remote_address(make_wispd):
+    """From another host (a client namespace over veth), LOGIN is refused until STARTTLS."""
+    from netns import Pair, sh
+
+    pair = Pair(190 + os.getpid() % 50).create()
+    pair.enter()
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        w, smtp = installed(make_wispd, imap={"listen": [f"0.0.0.0:{port}"]})
+        account(w, "info")
+        cafile = str(w.data_dir / "tls" / "cert.pem")
+        script = f"""
+import imaplib, ssl
+m = imaplib.IMAP4("{pair.srv4}", {port}, timeout=10)
+print("caps", " ".join(sorted(m.capabilities)))
+try:
+    m.login("info@example.com", "{PASSWORD}")
+    print("login ok")
+except imaplib.IMAP4.error as e:
+    print("login refused", e)
+ctx = ssl.create_default_context(cafile="{cafile}")
+ctx.check_hostname = False
+m.starttls(ssl_context=ctx)
+print("after tls", m.login("info@example.com", "{PASSWORD}")[0])
+"""
+        out = sh("python3", "-c", script, ns=pair.cli, check=False).stdout
+        assert "LOGINDISABLED" in out and "AUTH=PLAIN" not in out.split("\n")[0], out
+        assert "login refused" in out and "PRIVACYREQUIRED" in out, out
+        assert "after tls OK" in out, out
+    finally:
+        pair.leave()
+        pair.destroy()

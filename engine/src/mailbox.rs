@@ -27,6 +27,11 @@ impl Changes {
         self.0.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Changes so far (wrapping); equal values mean nothing changed in between.
+    pub fn version(&self) -> u64 {
+        *self.0.borrow()
+    }
+
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.subscribe()
     }

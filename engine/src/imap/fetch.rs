@@ -126,10 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let n = name.clone();
-        let entries = match self
-            .blocking(move |s, _| mailbox::entries_for(s, account, &n, &uids))
-            .await?
-        {
+        let entries = match self.read(move |s, _| mailbox::entries_for(s, account, &n, &uids))? {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "fetch failed");
@@ -153,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let flags = sel.flags[i].clone();
             let raw = if needs_body {
                 let id = entry.message_id;
-                match self.blocking(move |s, _| mailbox::message(s, id)).await? {
+                match self.read(move |s, _| mailbox::message(s, id))? {
                     Ok(Some(r)) => Some(r),
                     _ => None,
                 }

@@ -60,10 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             format!("{reference}{pat}")
         };
         let account = self.account_id();
-        let all = match self
-            .blocking(move |store, _| mailbox::mailboxes(store, account))
-            .await?
-        {
+        let all = match self.read(move |store, _| mailbox::mailboxes(store, account))? {
             Ok(a) => a,
             Err(e) => {
                 self.mailbox_error(tag, &MailboxError::Store(e));
@@ -174,10 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub(super) async fn status(&mut self, tag: &str, name: &str, items: &[StatusDataItemName]) {
         let (account, owned) = (self.account_id(), name.to_string());
-        let snap = match self
-            .blocking(move |s, _| mailbox::snapshot(s, account, &owned))
-            .await
-        {
+        let snap = match self.read(move |s, _| mailbox::snapshot(s, account, &owned)) {
             Ok(Ok(Some(s))) => s,
             Ok(Ok(None)) => {
                 self.tagged(tag, "NO", "[NONEXISTENT] Mailbox doesn't exist");
@@ -260,8 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn quota_resources(&mut self) -> Option<String> {
         let account = self.account_id();
         let fresh = self
-            .blocking(move |s, _| mailbox::account(s, account))
-            .await
+            .read(move |s, _| mailbox::account(s, account))
             .ok()?
             .ok()??;
         Some(if fresh.quota_mb > 0 {

@@ -236,10 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let body = needs_body(criteria);
         let n = name.clone();
         let all = uids_in_view.clone();
-        let entries = match self
-            .blocking(move |s, _| mailbox::entries_for(s, account, &n, &all))
-            .await?
-        {
+        let entries = match self.read(move |s, _| mailbox::entries_for(s, account, &n, &all))? {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "search failed");
@@ -255,8 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             let raw = if body {
                 let id = e.message_id;
-                self.blocking(move |s, _| mailbox::message(s, id))
-                    .await?
+                self.read(move |s, _| mailbox::message(s, id))?
                     .ok()
                     .flatten()
                     .unwrap_or_default()

@@ -126,6 +126,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.account.as_ref().map_or(0, |a| a.id)
     }
 
+    /// A store read, done in place: reads don't wait for the disk the way commits do.
+    pub(super) fn read<R>(
+        &self,
+        f: impl FnOnce(&wispd_store::Store, &crate::mailbox::Changes) -> R,
+    ) -> std::io::Result<R> {
+        Ok(f(&self.server.store, &self.server.changes))
+    }
+
     /// Runs a store operation off the async workers (writes fsync).
     pub(super) async fn blocking<R: Send + 'static>(
         &self,
@@ -145,11 +153,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         read_only: bool,
     ) -> std::io::Result<()> {
         self.selected = None;
+        self.synced_version = self.server.changes.version();
         let account = self.account_id();
         let owned = name.to_string();
-        let snap = self
-            .blocking(move |store, _| mailbox::snapshot(store, account, &owned))
-            .await?;
+        let snap = self.read(move |store, _| mailbox::snapshot(store, account, &owned))?;
         let (mb, entries) = match snap {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -200,20 +207,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(sel) = self.selected.as_ref() else {
             return Ok(());
         };
+        // Nothing committed anywhere since the last look: nothing to report.
+        let version = self.server.changes.version();
+        if version == self.synced_version {
+            return Ok(());
+        }
         let account = self.account_id();
         let name = sel.name.clone();
         let seen = sel.modseq;
-        let current = self
-            .blocking(move |store, _| mailbox::mailbox(store, account, &name))
-            .await?;
+        let current = self.read(move |store, _| mailbox::mailbox(store, account, &name))?;
         let Ok(Some(mb)) = current else { return Ok(()) };
         if mb.highest_modseq == seen {
+            self.synced_version = version;
             return Ok(());
         }
         let name = mb.name.clone();
-        let snap = self
-            .blocking(move |store, _| mailbox::snapshot(store, account, &name))
-            .await?;
+        let snap = self.read(move |store, _| mailbox::snapshot(store, account, &name))?;
         let Ok(Some((mb, entries))) = snap else {
             return Ok(());
         };
@@ -260,6 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if !pending_expunge {
             sel.modseq = mb.highest_modseq;
+            self.synced_version = version;
         }
         for l in lines {
             self.line(&l);

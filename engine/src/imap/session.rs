@@ -46,6 +46,8 @@ pub(super) struct Session<S> {
     pub idling: Option<String>,
     /// Tag of an AUTHENTICATE PLAIN waiting for its response line.
     pub authenticating: Option<String>,
+    /// [`crate::mailbox::Changes`] version at the last complete sync of the selected mailbox.
+    pub synced_version: u64,
 }
 
 /// Text after the tag: `name` in upper case and the rest.
@@ -676,6 +678,7 @@ fn new_session<S>(server: Arc<Server>, stream: S, peer: SocketAddr, tls: bool) -
         selected: None,
         idling: None,
         authenticating: None,
+        synced_version: u64::MAX,
     }
 }
 

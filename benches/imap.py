@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""IMAP benchmark, side by side in one run (loopback only): wispd against Dovecot (a private
+instance with Maildir on a loopback high port, set up here).
+
+Both hold the same mailbox (N messages of S bytes, delivered by smtp-source over SMTP to wispd
+and over LMTP to Dovecot) and check the same password hash (Argon2id, m=19456 KiB, t=2, p=1 —
+wispd's parameters). C client processes each run R rounds of: connect + LOGIN (timed), SELECT
+INBOX, FETCH 1:* (FLAGS RFC822.SIZE), 100 × FETCH n BODY.PEEK[], LOGOUT.
+Printed: commands/s, login latency (median, p95) and the ratios.
+
+Usage: benches/imap.py [--bin target/release/wispd] [--messages 1000] [--clients 10] [--rounds 5]
+"""
+
+import argparse
+import imaplib
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+import conftest  # noqa: E402
+from peers import Dovecot  # noqa: E402
+
+USER, PASSWORD = "bench@example.com", "password123"
+
+
+def client(args):
+    port, rounds, n = args
+    logins, commands = [], 0
+    for r in range(rounds):
+        t = time.monotonic()
+        m = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+        m.login(USER, PASSWORD)
+        logins.append(time.monotonic() - t)
+        m.select("INBOX")
+        typ, data = m.fetch("1:*", "(FLAGS RFC822.SIZE)")
+        assert typ == "OK" and len(data) == n, (typ, len(data))
+        for i in range(100):
+            typ, data = m.fetch(str(1 + (i * 7 + r) % n), "(BODY.PEEK[])")
+            assert typ == "OK"
+        m.logout()
+        commands += 104
+    return logins, commands
+
+
+def run(port, clients, rounds, n):
+    with multiprocessing.Pool(clients) as pool:
+        t = time.monotonic()
+        results = pool.map(client, [(port, rounds, n)] * clients)
+        elapsed = time.monotonic() - t
+    logins = sorted(x for r in results for x in r[0])
+    commands = sum(r[1] for r in results)
+    return commands / elapsed, statistics.median(logins), logins[int(len(logins) * 0.95) - 1]
+
+
+def fill(port, n, size, lmtp=False):
+    cmd = ["smtp-source", "-d", "-s", "10", "-m", str(n), "-l", str(size), "-f", "sender@remote.example",
+           "-t", USER, f"127.0.0.1:{port}"]
+    if lmtp:
+        cmd.insert(1, "-L")
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+
+
+def argon2_hash():
+    from argon2 import PasswordHasher
+    return "{ARGON2ID}" + PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(PASSWORD)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(HERE.parent / "target" / "release" / "wispd"))
+    ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    import mailutil
+    conftest.WISPD_BIN = mailutil.WISPD_BIN = args.bin
+    n = args.messages
+    work = Path(tempfile.mkdtemp(prefix="wispd-imap-bench-"))
+    os.chmod(work, 0o755)
+    print(f"{args.clients} clients x {args.rounds} rounds of LOGIN, SELECT, FETCH 1:* (FLAGS RFC822.SIZE), "
+          f"100 x FETCH BODY.PEEK[], LOGOUT; {n} messages of {args.size} bytes\n", flush=True)
+    try:
+        wdir = work / "wispd"
+        wdir.mkdir()
+        w = conftest.Wispd(wdir, mailutil.mail_config(max_connections_per_ip=100, imap={"max_connections_per_ip": 100}))
+        w.start()
+        try:
+            assert w.request("POST", "/api/v1/email/install").status == 200
+            mailutil.account(w, "bench", "example.com", password=PASSWORD)
+            smtp, imap, _ = mailutil.ports(w)
+            fill(smtp, n, args.size)
+            wispd = run(imap, args.clients, args.rounds, n)
+        finally:
+            w.stop()
+        dovecot = Dovecot(work, imap=True, passdb_hash=argon2_hash()).start()
+        try:
+            fill(dovecot.lmtp_port, n, args.size, lmtp=True)
+            dove = run(dovecot.imap_port, args.clients, args.rounds, n)
+        finally:
+            dovecot.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'server':<10} {'commands/s':>11} {'login median':>13} {'login p95':>10}")
+    for name, (cps, med, p95) in (("wispd", wispd), ("Dovecot", dove)):
+        print(f"{name:<10} {cps:11.0f} {med * 1000:10.1f} ms {p95 * 1000:7.1f} ms")
+    print(f"\nwispd vs Dovecot, commands/s:   {wispd[0] / dove[0]:.2f}x")
+    print(f"wispd vs Dovecot, login median: {dove[1] / wispd[1]:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
