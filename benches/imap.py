@@ -4,7 +4,8 @@ instance with Maildir on a loopback high port, set up here).
 
 Both hold the same mailbox (N messages of S bytes, delivered by smtp-source over SMTP to wispd
 and over LMTP to Dovecot) and check the same password hash (Argon2id, m=19456 KiB, t=2, p=1 —
-wispd's parameters). C client processes each run R rounds of: connect + LOGIN (timed), SELECT
+wispd's parameters), with a cache of successful logins (Dovecot's auth_cache, 1 hour; wispd's
+login cache, 1 hour). C client processes each run R rounds of: connect + LOGIN (timed), SELECT
 INBOX, FETCH 1:* (FLAGS RFC822.SIZE), 100 × FETCH n BODY.PEEK[], LOGOUT.
 Printed: commands/s, login latency (median, p95) and the ratios.
 

@@ -57,6 +57,64 @@ pub struct NewAccount {
 pub struct Directory {
     store: Store,
     routing: Arc<Mutex<RoutingCache>>,
+    logins: Arc<LoginCache>,
+}
+
+/// Successful logins, remembered for an hour so a client that reconnects often doesn't pay
+/// the Argon2 cost every time (Dovecot's `auth_cache`). Keyed by the stored hash, so a
+/// password change forgets them; holds only a keyed SHA-256 of the password, never the
+/// password. Failures are never cached.
+#[derive(Debug)]
+struct LoginCache {
+    key: [u8; 32],
+    entries: Mutex<HashMap<String, ([u8; 32], std::time::Instant)>>,
+}
+
+const LOGIN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+const LOGIN_CACHE_MAX: usize = 100_000;
+
+impl LoginCache {
+    fn new() -> LoginCache {
+        let mut key = [0u8; 32];
+        // Without randomness the cache can't be keyed safely: it then never matches.
+        let _ = getrandom::fill(&mut key);
+        LoginCache {
+            key,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn digest(&self, password: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.key);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn hit(&self, stored_hash: &str, password: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        if self.key == [0u8; 32] {
+            return false;
+        }
+        let digest = self.digest(password);
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(stored_hash)
+            .is_some_and(|(d, at)| at.elapsed() < LOGIN_CACHE_TTL && bool::from(d.ct_eq(&digest)))
+    }
+
+    fn remember(&self, stored_hash: &str, password: &str) {
+        let digest = self.digest(password);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= LOGIN_CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);
+            if entries.len() >= LOGIN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(stored_hash.to_string(), (digest, std::time::Instant::now()));
+    }
 }
 
 /// Where mail for a recipient address goes.
@@ -133,6 +191,7 @@ impl Directory {
         Directory {
             store,
             routing: Arc::default(),
+            logins: Arc::new(LoginCache::new()),
         }
     }
 
@@ -429,12 +488,18 @@ impl Directory {
         let Some(account) = account.filter(|a| a.enabled) else {
             return Ok(None);
         };
+        if self.logins.hit(&account.password_hash, password) {
+            return Ok(Some(account));
+        }
         let parsed =
             PasswordHash::new(&account.password_hash).map_err(|e| DirError::Hash(e.to_string()))?;
-        Ok(Argon2::default()
+        let ok = Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            .then_some(account))
+            .is_ok();
+        if ok {
+            self.logins.remember(&account.password_hash, password);
+        }
+        Ok(ok.then_some(account))
     }
 
     /// Adds a forwarder. The destination must be a local account for now (external
@@ -611,12 +676,31 @@ mod tests {
                 .expect("verify")
                 .is_none()
         );
-        d.toggle_account(a.id).expect("toggle");
+        // remembered now; a new password forgets the old one at once
+        assert!(
+            d.verify_login("info@example.com", "correct horse")
+                .expect("verify")
+                .is_some()
+        );
+        d.update_account(a.id, Some("new horse!".into()), None)
+            .expect("update");
         assert!(
             d.verify_login("info@example.com", "correct horse")
                 .expect("verify")
                 .is_none(),
-            "disabled"
+            "old password after a change"
+        );
+        assert!(
+            d.verify_login("info@example.com", "new horse!")
+                .expect("verify")
+                .is_some()
+        );
+        d.toggle_account(a.id).expect("toggle");
+        assert!(
+            d.verify_login("info@example.com", "new horse!")
+                .expect("verify")
+                .is_none(),
+            "disabled, even when remembered"
         );
         d.delete_account(a.id).expect("delete");
         assert!(d.mailboxes(a.id).expect("mailboxes").is_empty());
