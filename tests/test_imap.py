@@ -341,3 +341,34 @@ print("after tls", m.login("info@example.com", "{PASSWORD}")[0])
     finally:
         pair.leave()
         pair.destroy()
+
+
+def test_condstore_modseq_changedsince_unchangedsince(mail):
+    w, smtp, imap, imaps = mail
+    send(smtp, message("one"))
+    send(smtp, message("two"))
+    m = login(imap)
+    assert "CONDSTORE" in m.capabilities
+    typ, data = m._simple_command("ENABLE", "CONDSTORE")
+    assert typ == "OK" and m.untagged_responses.pop("ENABLED") == [b"CONDSTORE"]
+    m.select("INBOX")
+    start = int(m.untagged_responses.pop("HIGHESTMODSEQ")[0])
+    typ, data = m.fetch("1:*", "(FLAGS MODSEQ)")
+    modseqs = [int(d.split(b"MODSEQ (")[1].split(b")")[0]) for d in data]
+    assert len(modseqs) == 2 and max(modseqs) <= start, data
+    typ, data = m.store("1", "+FLAGS", "(\\Seen)")
+    assert b"MODSEQ (" in data[0], data
+    after = int(data[0].split(b"MODSEQ (")[1].split(b")")[0])
+    assert after > start
+    typ, data = m._simple_command("FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {start})")
+    assert m.untagged_responses.pop("FETCH") == [f"1 (FLAGS (\\Seen) MODSEQ ({after}))".encode()]
+    typ, data = m._simple_command("STORE", "1:2", f"(UNCHANGEDSINCE {start})", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK" and data == [b"[MODIFIED 1] Conditional STORE failed"], data
+    fetched = m.untagged_responses.pop("FETCH")
+    assert len(fetched) == 1 and fetched[0].startswith(b"2 (FLAGS (\\Flagged) MODSEQ ("), fetched
+    typ, data = m.search(None, "MODSEQ", str(after))
+    assert typ == "OK" and data[0].startswith(b"1 2 (MODSEQ "), data
+    assert int(data[0].split(b"MODSEQ ")[1].rstrip(b")")) > after
+    typ, data = m.status("INBOX", "(HIGHESTMODSEQ)")
+    assert typ == "OK" and b"HIGHESTMODSEQ " in data[0]
+    m.logout()

@@ -59,6 +59,14 @@ pub enum FlagOp {
     Remove,
 }
 
+/// A STORE: how, which flags, and (CONDSTORE) only if unchanged since.
+#[derive(Debug, Clone, Copy)]
+pub struct FlagChange<'a> {
+    pub op: FlagOp,
+    pub flags: &'a [String],
+    pub unchanged_since: Option<u64>,
+}
+
 /// Longest mailbox name accepted.
 const MAX_NAME: usize = 512;
 
@@ -344,25 +352,35 @@ pub fn subscribe(
     })
 }
 
-/// Changes the flags of the messages with `uids`; returns the entries whose flags changed.
+/// Changes the flags of the messages with `uids`; returns the entries whose flags changed and
+/// the UIDs left alone because they changed after `unchanged_since` (CONDSTORE).
 pub fn set_flags(
     store: &Store,
     changes: &Changes,
     account: u64,
     name: &str,
     uids: &[u32],
-    op: FlagOp,
-    flags: &[String],
-) -> Result<Vec<MailEntry>, MailboxError> {
+    change: FlagChange<'_>,
+) -> Result<(Vec<MailEntry>, Vec<u32>), MailboxError> {
+    let FlagChange {
+        op,
+        flags,
+        unchanged_since,
+    } = change;
     write(store, changes, |w| {
         let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name))? else {
             return Err(MailboxError::NoSuchMailbox(name.to_string()).into());
         };
         let mut changed = Vec::new();
+        let mut modified = Vec::new();
         for &uid in uids {
             let Some(mut e) = w.get(&MAIL_ENTRIES, (account, name, uid))? else {
                 continue;
             };
+            if unchanged_since.is_some_and(|u| e.modseq > u) {
+                modified.push(uid);
+                continue;
+            }
             let mut next: Vec<String> = match op {
                 FlagOp::Replace => flags.to_vec(),
                 FlagOp::Add => {
@@ -393,7 +411,7 @@ pub fn set_flags(
         if !changed.is_empty() {
             w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
         }
-        Ok(changed)
+        Ok((changed, modified))
     })
 }
 

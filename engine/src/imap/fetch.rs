@@ -10,7 +10,7 @@ use super::bodystructure;
 use super::selected::flag_list;
 use super::session::Session;
 use super::wire;
-use crate::mailbox::{self, FlagOp};
+use crate::mailbox::{self, FlagChange, FlagOp};
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -73,6 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let mut items = expand(items);
+        let changed_since = self.modifiers.changed_since;
+        let want_modseq = self.modifiers.fetch_modseq || changed_since.is_some();
         if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -110,9 +112,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if !unseen.is_empty() {
                 let n = name.clone();
                 let seen = vec!["\\Seen".to_string()];
-                if let Ok(Ok(changed)) = self
+                if let Ok(Ok((changed, _))) = self
                     .blocking(move |s, ch| {
-                        mailbox::set_flags(s, ch, account, &n, &unseen, FlagOp::Add, &seen)
+                        mailbox::set_flags(
+                            s,
+                            ch,
+                            account,
+                            &n,
+                            &unseen,
+                            FlagChange {
+                                op: FlagOp::Add,
+                                flags: &seen,
+                                unchanged_since: None,
+                            },
+                        )
                     })
                     .await
                     && let Some(sel) = self.selected.as_mut()
@@ -147,6 +160,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let Some(entry) = by_uid.next_if(|e| e.uid == uid_i) else {
                 continue; // expunged by another session meanwhile
             };
+            if changed_since.is_some_and(|c| entry.modseq <= c) {
+                continue;
+            }
             let flags = sel.flags[i].clone();
             let raw = if needs_body {
                 let id = entry.message_id;
@@ -260,12 +276,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
             }
-            if sets_seen
-                && !items
-                    .iter()
-                    .any(|i| matches!(i, MessageDataItemName::Flags))
-            {
+            let has_flags = items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::Flags));
+            if sets_seen && !has_flags {
                 out.extend_from_slice(format!(" FLAGS {}", flag_list(&flags)).as_bytes());
+            }
+            if want_modseq || (self.condstore && (has_flags || sets_seen)) {
+                out.extend_from_slice(format!(" MODSEQ ({})", entry.modseq).as_bytes());
             }
             out.extend_from_slice(b")\r\n");
             self.out.extend_from_slice(&out);

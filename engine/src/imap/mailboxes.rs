@@ -206,6 +206,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         .filter(|e| e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
                         .count()
                 )),
+                StatusDataItemName::HighestModSeq => {
+                    parts.push(format!("HIGHESTMODSEQ {}", mb.highest_modseq))
+                }
                 _ => {}
             }
         }

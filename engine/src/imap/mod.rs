@@ -4,6 +4,7 @@
 //! `fetch`, `search` and `bodystructure`.
 
 mod bodystructure;
+mod condstore;
 mod fetch;
 mod framing;
 mod mailboxes;

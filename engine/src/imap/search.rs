@@ -246,10 +246,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let count = uids_in_view.len();
         let mut hits = Vec::new();
+        let min_modseq = self.modifiers.search_modseq;
+        let mut top_modseq = 0u64;
         for e in entries {
             let Ok(i) = uids_in_view.binary_search(&e.uid) else {
                 continue;
             };
+            if min_modseq.is_some_and(|m| e.modseq < m) {
+                continue;
+            }
             let raw = if body {
                 let id = e.message_id;
                 self.read(move |s, _| mailbox::message(s, id))?
@@ -274,11 +279,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             if matches(criteria, &c, &uids_in_view, count) {
                 hits.push(if uid { e.uid } else { (i + 1) as u32 });
+                top_modseq = top_modseq.max(e.modseq);
             }
         }
         let list: Vec<String> = hits.iter().map(ToString::to_string).collect();
         if list.is_empty() {
             self.line("* SEARCH");
+        } else if min_modseq.is_some() {
+            self.line(&format!(
+                "* SEARCH {} (MODSEQ {top_modseq})",
+                list.join(" ")
+            ));
         } else {
             self.line(&format!("* SEARCH {}", list.join(" ")));
         }

@@ -10,7 +10,7 @@ use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::Session;
-use crate::mailbox::{self, FlagOp, MailboxError};
+use crate::mailbox::{self, FlagChange, FlagOp, MailboxError};
 
 pub(super) struct Selected {
     pub name: String,
@@ -185,6 +185,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
+        if self.condstore {
+            self.line(&format!(
+                "* OK [HIGHESTMODSEQ {}] Highest",
+                mb.highest_modseq
+            ));
+        }
         self.selected = Some(Selected {
             name: mb.name.clone(),
             read_only,
@@ -207,6 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(sel) = self.selected.as_ref() else {
             return Ok(());
         };
+        let condstore = self.condstore;
         // Nothing committed anywhere since the last look: nothing to report.
         let version = self.server.changes.version();
         if version == self.synced_version {
@@ -259,8 +266,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 && sel.flags[i] != e.flags
             {
                 sel.flags[i] = e.flags.clone();
+                let m = if condstore {
+                    format!(" MODSEQ ({})", e.modseq)
+                } else {
+                    String::new()
+                };
                 lines.push(format!(
-                    "* {} FETCH (UID {} FLAGS {})",
+                    "* {} FETCH (UID {} FLAGS {}{m})",
                     i + 1,
                     e.uid,
                     flag_list(&e.flags)
@@ -308,12 +320,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let flags = flag_strings(flags);
         let (account, name) = (self.account_id(), sel.name.clone());
+        let unchanged_since = self.modifiers.unchanged_since;
+        let all = uids.clone();
         let result = self
             .blocking(move |store, ch| {
-                mailbox::set_flags(store, ch, account, &name, &uids, op, &flags)
+                mailbox::set_flags(
+                    store,
+                    ch,
+                    account,
+                    &name,
+                    &uids,
+                    FlagChange {
+                        op,
+                        flags: &flags,
+                        unchanged_since,
+                    },
+                )
             })
             .await?;
-        let changed = match result {
+        let (changed, modified) = match result {
             Ok(c) => c,
             Err(e) => {
                 self.mailbox_error(tag, &e);
@@ -328,23 +353,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 sel.flags[i] = e.flags.clone();
             }
         }
-        if matches!(response, StoreResponse::Answer) {
-            let lines: Vec<String> = idx
+        let name = sel.name.clone();
+        // CONDSTORE: the responses carry each message's modification sequence.
+        let modseqs: std::collections::HashMap<u32, u64> = if self.condstore {
+            self.read(move |s, _| mailbox::entries_for(s, account, &name, &all))?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.uid, e.modseq))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        // Answered for every message in the set (RFC 3501), or with .SILENT only for those
+        // whose flags were changed meanwhile by someone else (RFC 7162 §3.2) — skipped here.
+        let lines: Vec<String> = idx
+            .iter()
+            .filter(|&&i| {
+                matches!(response, StoreResponse::Answer) && !modified.contains(&sel.uids[i])
+            })
+            .map(|&i| {
+                let u = if uid {
+                    format!(" UID {}", sel.uids[i])
+                } else {
+                    String::new()
+                };
+                let m = modseqs
+                    .get(&sel.uids[i])
+                    .map(|m| format!(" MODSEQ ({m})"))
+                    .unwrap_or_default();
+                format!(
+                    "* {} FETCH (FLAGS {}{u}{m})",
+                    i + 1,
+                    flag_list(&sel.flags[i])
+                )
+            })
+            .collect();
+        let failed: Vec<u32> = if uid {
+            modified.clone()
+        } else {
+            modified
                 .iter()
-                .map(|&i| {
-                    let u = if uid {
-                        format!(" UID {}", sel.uids[i])
-                    } else {
-                        String::new()
-                    };
-                    format!("* {} FETCH (FLAGS {}{u})", i + 1, flag_list(&sel.flags[i]))
-                })
-                .collect();
-            for l in lines {
-                self.line(&l);
-            }
+                .filter_map(|u| sel.index_of(*u).map(|i| i as u32 + 1))
+                .collect()
+        };
+        for l in lines {
+            self.line(&l);
         }
-        self.tagged(tag, "OK", "Store completed");
+        if failed.is_empty() {
+            self.tagged(tag, "OK", "Store completed");
+        } else {
+            self.tagged(
+                tag,
+                "OK",
+                &format!("[MODIFIED {}] Conditional STORE failed", uid_set(&failed)),
+            );
+        }
         Ok(())
     }
 

@@ -17,9 +17,11 @@ use tokio::net::TcpStream;
 use wispd_store::schema::MailAccount;
 
 use super::Server;
+use super::condstore::{self, Modifiers};
 use super::framing::{Frame, Framer};
 use super::selected::Selected;
 use crate::limits::{LoginFailures, Refusal};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 
 /// Bytes read at a time.
 const READ_CHUNK: usize = 32 * 1024;
@@ -48,6 +50,10 @@ pub(super) struct Session<S> {
     pub authenticating: Option<String>,
     /// [`crate::mailbox::Changes`] version at the last complete sync of the selected mailbox.
     pub synced_version: u64,
+    /// CONDSTORE is enabled: FETCH responses carry MODSEQ, SELECT reports HIGHESTMODSEQ.
+    pub condstore: bool,
+    /// The CONDSTORE modifiers of the command being run.
+    pub modifiers: Modifiers,
 }
 
 /// Text after the tag: `name` in upper case and the rest.
@@ -148,7 +154,7 @@ pub(super) fn mailbox_name(m: &ImapMailbox<'_>) -> String {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA",
+            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE",
         );
         if self.account.is_none() {
             if !self.tls && self.server.tls.is_some() {
@@ -268,6 +274,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             _ => {}
+        }
+        let verb = if name == "UID" {
+            let text = String::from_utf8_lossy(&rest).to_ascii_uppercase();
+            text.split(' ').next().unwrap_or_default().to_string()
+        } else {
+            name.clone()
+        };
+        let (bytes, modifiers) = condstore::strip(&verb, bytes);
+        self.modifiers = modifiers;
+        if modifiers.enables() && self.account.is_some() {
+            self.condstore = true;
         }
         // Clients send UTF-8 in quoted strings and atoms (SEARCH); IMAP4rev1 wants literals.
         let bytes = if !bytes.is_ascii() && CommandCodec::default().decode(&bytes).is_err() {
@@ -417,8 +434,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.append(&tag, &mailbox_name(&mailbox), flags, date, message.data())
                     .await
             }
-            CommandBody::Enable { .. } => {
-                self.line("* ENABLED");
+            CommandBody::Enable { capabilities } => {
+                let condstore = capabilities
+                    .as_ref()
+                    .iter()
+                    .any(|c| matches!(c, CapabilityEnable::CondStore));
+                if condstore {
+                    self.condstore = true;
+                    self.line("* ENABLED CONDSTORE");
+                } else {
+                    self.line("* ENABLED");
+                }
                 self.tagged(&tag, "OK", "Enabled");
             }
             CommandBody::GetQuotaRoot { mailbox } => {
@@ -679,6 +705,8 @@ fn new_session<S>(server: Arc<Server>, stream: S, peer: SocketAddr, tls: bool) -
         idling: None,
         authenticating: None,
         synced_version: u64::MAX,
+        condstore: false,
+        modifiers: Modifiers::default(),
     }
 }
 
