@@ -372,3 +372,64 @@ def test_condstore_modseq_changedsince_unchangedsince(mail):
     typ, data = m.status("INBOX", "(HIGHESTMODSEQ)")
     assert typ == "OK" and b"HIGHESTMODSEQ " in data[0]
     m.logout()
+
+
+def test_hostile_input_gets_answers_not_a_hung_or_crashed_server(mail):
+    """Regressions from review: an 8-bit atom before '(' looped forever; deep MIME nesting
+    overflowed the stack in BODYSTRUCTURE; big literals were accepted before login."""
+    w, smtp, imap, imaps = mail
+    r = Raw(imap)
+    r.sock.recv(4096)
+    r.send("a1 LOGIN \xfc (\r\n".encode("latin-1"))
+    r.send("a2 NOOP\r\n")
+    got = b""
+    while b"a2 " not in got:
+        got += r.sock.recv(4096)
+    assert b"a1 BAD" in got and b"a2 OK" in got, got
+    r.send("a3 LOGIN {100000}\r\n")
+    assert r.sock.recv(4096).startswith(b"a3 NO [TOOBIG]"), "only small literals before login"
+    r.close()
+    depth = 3000
+    nested = b"Subject: deep\r\nMIME-Version: 1.0\r\n" + b"".join(
+        b"Content-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n--b%d\r\n" % (i, i) for i in range(depth)
+    ) + b"Content-Type: text/plain\r\n\r\nbottom\r\n"
+    send(smtp, nested)
+    m = login(imap)
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(BODYSTRUCTURE BODY.PEEK[1])")
+    assert typ == "OK"
+    assert m.noop()[0] == "OK", "the server is still there"
+    m.logout()
+
+
+def test_copy_by_sequence_number_uses_the_clients_numbers(mail):
+    """Regression from review: another session's EXPUNGE was applied before COPY/MOVE read
+    the client's sequence numbers, so the wrong message was copied."""
+    w, smtp, imap, imaps = mail
+    for i in range(1, 5):
+        send(smtp, message(f"m{i}"))
+    a, b = login(imap), login(imap)
+    a.select("INBOX")
+    b.select("INBOX")
+    b.store("2", "+FLAGS", "(\\Deleted)")
+    b.expunge()
+    assert a.copy("3", "Trash")[0] == "OK"  # message 3 in a's view is still "m3"
+    assert a.untagged_responses.get("EXPUNGE") is None
+    a.select("Trash")
+    typ, data = a.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: m3\r\n\r\n"
+    a.logout()
+    b.logout()
+
+
+def test_rename_refuses_to_overwrite_a_childs_new_name(mail):
+    w, smtp, imap, imaps = mail
+    m = login(imap)
+    for name in ("a", "a/x", "b/x"):
+        assert m.create(name)[0] == "OK"
+    m.append("b/x", None, None, b"Subject: keep me\r\n\r\nx\r\n")
+    typ, data = m.rename("a", "b")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0], data
+    assert m.select("b/x") == ("OK", [b"1"])
+    assert m.select("a/x") == ("OK", [b"0"])
+    m.logout()

@@ -289,11 +289,19 @@ def test_pipelining_bdat_and_smuggled_end_of_data(mx):
     r.send(b"BDAT %d LAST\r\n" % (len(body) - 10) + body[10:])
     code, lines = r.reply()
     assert code == 250 and lines[0].startswith("2.0.0 Ok: stored as"), lines
+    # BDAT 0 LAST closes a message without waiting for bytes (it used to hang)
+    r.send("MAIL FROM:<a@remote.example>\r\nRCPT TO:<info@example.com>\r\n")
+    r.reply(), r.reply()
+    tail = b"Subject: zero\r\n\r\nended by BDAT 0\r\n"
+    r.send(b"BDAT %d\r\n" % len(tail) + tail + b"BDAT 0 LAST\r\n")
+    assert r.reply()[0] == 250
+    code, lines = r.reply()
+    assert code == 250 and lines[0].startswith("2.0.0 Ok: stored as"), lines
     assert r.cmd("QUIT") == (221, ["2.0.0 Bye"])
     assert r.closed()
     assert w.stop()[0] == 0
     msgs = stored(w, "info@example.com", raw=True)
-    assert [m["subject"] for m in msgs] == ["smuggle", "chunked"]
+    assert [m["subject"] for m in msgs] == ["smuggle", "chunked", "zero"]
     assert msgs[0]["raw"].endswith("body\n.\nMAIL FROM:<evil@remote.example>\r\n")
     assert msgs[1]["raw"].endswith("\r\n\r\nin two chunks\r\n")
 

@@ -75,7 +75,11 @@ pub fn canonical(name: &str) -> String {
     let n = name.trim_end_matches('/');
     if n.eq_ignore_ascii_case("INBOX") {
         "INBOX".into()
-    } else if n.len() > 6 && n[..6].eq_ignore_ascii_case("INBOX/") {
+    } else if n.len() > 6
+        && n.as_bytes()
+            .get(..6)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"INBOX/"))
+    {
         format!("INBOX/{}", &n[6..])
     } else {
         n.to_string()
@@ -297,6 +301,13 @@ pub fn rename(
                 }
             }
         }
+        // Every new name must be free and valid before anything moves.
+        for (_, new) in &moves {
+            check_name(new)?;
+            if w.get(&MAIL_MAILBOXES, (account, new.as_str()))?.is_some() {
+                return Err(MailboxError::Exists(new.clone()).into());
+            }
+        }
         for (old, new) in moves {
             let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, old.as_str()))? else {
                 continue;
@@ -505,7 +516,7 @@ pub fn copy(
                     .get(&MAIL_MESSAGE_META, e.message_id)?
                     .unwrap_or(MessageMeta {
                         size: e.size,
-                        refs: 0,
+                        refs: 1,
                     });
                 meta.refs = meta.refs.saturating_add(1);
                 w.put(&MAIL_MESSAGE_META, e.message_id, &meta)?;

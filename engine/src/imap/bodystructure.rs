@@ -151,10 +151,12 @@ pub fn structure(out: &mut Vec<u8>, msg: &Message<'_>, id: u32, extended: bool, 
     if let PartType::Multipart(children) = &part.body {
         out.push(b'(');
         if children.is_empty() || depth > 20 {
+            // empty, or nested deeper than any real mail: not descended into
             out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
-        }
-        for &c in children.iter().take(1000) {
-            structure(out, msg, c, extended, depth + 1);
+        } else {
+            for &c in children.iter().take(1000) {
+                structure(out, msg, c, extended, depth + 1);
+            }
         }
         out.push(b' ');
         upper(out, &subtype);
@@ -250,20 +252,42 @@ fn header_fields(head: &[u8], names: &[String], keep: bool) -> Vec<u8> {
 /// Finds part `path` (1-based numbers) below `msg`: the byte range of its MIME header and body
 /// in `msg`'s raw message, and whether it is an encapsulated message.
 fn locate(msg: &Message<'_>, path: &[u32]) -> Option<(usize, usize, usize, bool)> {
+    locate_in(msg, path, 0, 0)
+}
+
+/// Offsets are relative to `msg`'s raw message, which starts at `base` in the stored one; an
+/// encapsulated message (message/rfc822) is descended into with its own parts.
+fn locate_in(
+    msg: &Message<'_>,
+    path: &[u32],
+    base: usize,
+    depth: usize,
+) -> Option<(usize, usize, usize, bool)> {
+    if depth > 20 {
+        return None;
+    }
     let mut id = 0u32;
-    for (depth, &n) in path.iter().enumerate() {
+    for (i, &n) in path.iter().enumerate() {
         let part = msg.parts.get(id as usize)?;
         match &part.body {
             PartType::Multipart(children) => id = *children.get(n.checked_sub(1)? as usize)?,
-            _ if depth == 0 && n == 1 => {}
+            PartType::Message(nested) if i > 0 => {
+                return locate_in(
+                    nested,
+                    &path[i..],
+                    base + part.offset_body as usize,
+                    depth + 1,
+                );
+            }
+            _ if i == 0 && n == 1 => {}
             _ => return None,
         }
     }
     let p = msg.parts.get(id as usize)?;
     Some((
-        p.offset_header as usize,
-        p.offset_body as usize,
-        p.offset_end as usize,
+        base + p.offset_header as usize,
+        base + p.offset_body as usize,
+        base + p.offset_end as usize,
         matches!(p.body, PartType::Message(_)),
     ))
 }

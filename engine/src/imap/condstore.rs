@@ -60,7 +60,7 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
         "FETCH" => {
             m.changed_since = take_paren(&mut text, "CHANGEDSINCE");
             // the MODSEQ item, alone or in a list (never inside a section's brackets)
-            let mut out = String::with_capacity(text.len());
+            let mut out: Vec<u8> = Vec::with_capacity(text.len());
             let mut depth_brackets = 0usize;
             let bytes = text.as_bytes();
             let mut i = 0;
@@ -74,8 +74,9 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
                 let word_start = i == 0 || matches!(bytes[i - 1], b' ' | b'(');
                 if depth_brackets == 0
                     && word_start
-                    && text.len() >= i + 6
-                    && text[i..i + 6].eq_ignore_ascii_case("MODSEQ")
+                    && bytes
+                        .get(i..i + 6)
+                        .is_some_and(|w| w.eq_ignore_ascii_case(b"MODSEQ"))
                     && matches!(bytes.get(i + 6), Some(b' ' | b')' | b'\r' | b'\n'))
                 {
                     m.fetch_modseq = true;
@@ -85,9 +86,11 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
                     }
                     continue;
                 }
-                out.push(c as char);
+                out.push(c);
                 i += 1;
             }
+            // only ASCII words were taken out: still UTF-8
+            let out = String::from_utf8(out).unwrap_or_default();
             text = out.replace(" )", ")").replace("()", "(UID)");
             if let Some(head) = text.strip_suffix(" \r\n") {
                 // `FETCH 1 MODSEQ`: the only item is gone
@@ -135,6 +138,7 @@ mod tests {
         assert_eq!(s("FETCH", "a FETCH 1 MODSEQ\r\n").0, "a FETCH 1 UID\r\n");
         let (t, m) = s("FETCH", "a FETCH 1 (MODSEQ)\r\n");
         assert_eq!((t.as_str(), m.fetch_modseq), ("a FETCH 1 (UID)\r\n", true));
+        assert_eq!(s("FETCH", "a FETCH 1 xééé\r\n").0, "a FETCH 1 xééé\r\n");
         assert!(
             !s("FETCH", "a FETCH 1 BODY[HEADER.FIELDS (MODSEQ)]\r\n")
                 .1

@@ -275,6 +275,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         }
                     }
                 }
+                // One item at a time: `BODY[] BODY[] …` never piles up whole copies.
+                if out.len() >= super::session::FLUSH_AT {
+                    self.out.extend_from_slice(&out);
+                    out.clear();
+                    self.flush().await?;
+                }
             }
             let has_flags = items
                 .iter()

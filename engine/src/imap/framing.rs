@@ -27,6 +27,7 @@ pub struct Framer {
     skipping_line: bool,
     line_limit: usize,
     literal_limit: usize,
+    max_literal: usize,
 }
 
 impl Framer {
@@ -39,6 +40,7 @@ impl Framer {
             skipping_line: false,
             line_limit,
             literal_limit,
+            max_literal: literal_limit,
         }
     }
 
@@ -52,7 +54,8 @@ impl Framer {
     }
 
     /// The next frame from `input`, consuming what it used; `None` when more bytes are needed.
-    pub fn next(&mut self, input: &mut &[u8]) -> Option<Frame> {
+    pub fn next(&mut self, input: &mut &[u8], literal_limit: usize) -> Option<Frame> {
+        self.literal_limit = literal_limit.min(self.max_literal);
         loop {
             if input.is_empty() {
                 return None;
@@ -121,7 +124,12 @@ impl Framer {
             self.buf.extend_from_slice(&input[..=p]);
             *input = &input[p + 1..];
             match literal_announced(&self.buf[self.line_start..]) {
-                Some((n, sync)) if n > self.literal_limit => {
+                // one command carries at most one literal limit plus its lines
+                Some((n, sync))
+                    if n > self.literal_limit
+                        || self.buf.len().saturating_add(n)
+                            > self.literal_limit.saturating_add(4 * self.line_limit) =>
+                {
                     let tag = self.tag();
                     self.buf.clear();
                     self.line_start = 0;
@@ -182,7 +190,7 @@ mod tests {
         let mut out = Vec::new();
         for p in parts {
             let mut input = *p;
-            while let Some(fr) = f.next(&mut input) {
+            while let Some(fr) = f.next(&mut input, usize::MAX) {
                 out.push(fr);
             }
             assert!(input.is_empty());

@@ -16,23 +16,49 @@ pub(super) fn pattern(m: &ListMailbox<'_>) -> String {
     }
 }
 
-/// IMAP LIST matching: `*` matches anything, `%` anything but the delimiter.
+/// IMAP LIST matching: `*` matches anything, `%` anything but the delimiter. Dynamic
+/// programming over (pattern, name) positions: linear in each, whatever the wildcards.
 fn matches(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| matches(rest, &name[i..])),
-        Some((b'%', rest)) => {
-            let stop = name.iter().position(|&b| b == b'/').unwrap_or(name.len());
-            (0..=stop).any(|i| matches(rest, &name[i..]))
+    // reach[j]: the pattern so far can match name[..j]
+    let mut reach = vec![false; name.len() + 1];
+    reach[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; name.len() + 1];
+        match p {
+            b'*' | b'%' => {
+                let mut open = false;
+                for j in 0..=name.len() {
+                    if reach[j] {
+                        open = true;
+                    }
+                    next[j] = open;
+                    if p == b'%' && name.get(j) == Some(&b'/') {
+                        open = false;
+                    }
+                }
+            }
+            c => {
+                for j in 0..name.len() {
+                    next[j + 1] = reach[j] && name[j] == c;
+                }
+            }
         }
-        Some((&c, rest)) => name.first().is_some_and(|&n| n == c) && matches(rest, &name[1..]),
+        reach = next;
+        if !reach.iter().any(|r| *r) {
+            return false;
+        }
     }
+    reach[name.len()]
 }
 
 fn list_matches(pattern: &str, name: &str) -> bool {
     // INBOX is case-insensitive, also as the start of a pattern.
     let p = mailbox::canonical(pattern);
-    let p = if p.len() >= 5 && p[..5].eq_ignore_ascii_case("INBOX") {
+    let p = if p
+        .as_bytes()
+        .get(..5)
+        .is_some_and(|h| h.eq_ignore_ascii_case(b"INBOX"))
+    {
         format!("INBOX{}", &p[5..])
     } else {
         p
@@ -312,6 +338,15 @@ mod tests {
         assert!(list_matches("a/%", "a/b"));
         assert!(list_matches("inbox", "INBOX"));
         assert!(list_matches("inbox/%", "INBOX/x"));
+        assert!(
+            list_matches("abcdé*", "abcdé/x"),
+            "non-ASCII right after the INBOX check"
+        );
+        let many = format!("{}x", "*%".repeat(40));
+        assert!(
+            !list_matches(&many, &"a/".repeat(200)),
+            "fast however many wildcards"
+        );
         assert!(!list_matches("Sent", "Sent/x"));
     }
 }

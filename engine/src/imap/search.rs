@@ -245,43 +245,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let count = uids_in_view.len();
-        let mut hits = Vec::new();
         let min_modseq = self.modifiers.search_modseq;
-        let mut top_modseq = 0u64;
-        for e in entries {
-            let Ok(i) = uids_in_view.binary_search(&e.uid) else {
-                continue;
-            };
-            if min_modseq.is_some_and(|m| e.modseq < m) {
-                continue;
-            }
-            let raw = if body {
-                let id = e.message_id;
-                self.read(move |s, _| mailbox::message(s, id))?
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            let c = Candidate {
-                msn: i + 1,
-                uid: e.uid,
-                flags: &flags_in_view[i],
-                size: e.size,
-                internal_date: e.internal_date,
-                message: if body {
-                    MessageParser::default().parse(raw.as_slice())
+        let store = self.server.store.clone();
+        let scan = || {
+            let mut hits = Vec::new();
+            let mut top_modseq = 0u64;
+            for e in entries {
+                let Ok(i) = uids_in_view.binary_search(&e.uid) else {
+                    continue;
+                };
+                if min_modseq.is_some_and(|m| e.modseq < m) {
+                    continue;
+                }
+                let raw = if body {
+                    mailbox::message(&store, e.message_id)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
                 } else {
-                    None
-                },
-                raw: &raw,
-            };
-            if matches(criteria, &c, &uids_in_view, count) {
-                hits.push(if uid { e.uid } else { (i + 1) as u32 });
-                top_modseq = top_modseq.max(e.modseq);
+                    Vec::new()
+                };
+                let c = Candidate {
+                    msn: i + 1,
+                    uid: e.uid,
+                    flags: &flags_in_view[i],
+                    size: e.size,
+                    internal_date: e.internal_date,
+                    message: if body {
+                        MessageParser::default().parse(raw.as_slice())
+                    } else {
+                        None
+                    },
+                    raw: &raw,
+                };
+                if matches(criteria, &c, &uids_in_view, count) {
+                    hits.push(if uid { e.uid } else { (i + 1) as u32 });
+                    top_modseq = top_modseq.max(e.modseq);
+                }
             }
-        }
+            (hits, top_modseq)
+        };
+        // Reading and parsing every message is CPU work: let the runtime move other
+        // sessions off this worker meanwhile.
+        let (hits, top_modseq) = if body {
+            tokio::task::block_in_place(scan)
+        } else {
+            scan()
+        };
         let list: Vec<String> = hits.iter().map(ToString::to_string).collect();
         if list.is_empty() {
             self.line("* SEARCH");

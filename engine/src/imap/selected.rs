@@ -30,23 +30,25 @@ impl Selected {
     /// Indexes (0-based) of the messages a set names, ascending, each once. A sequence number
     /// beyond the mailbox is an error; UIDs that don't exist are skipped.
     pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, String> {
-        let mut out = Vec::new();
+        // Marks instead of a list per range: `1:*,1:*,…` costs one pass, not one copy each.
         let n = self.uids.len();
+        let mut hit = vec![false; n];
         for seq in set.0.as_ref() {
             let (a, b) = match seq {
                 Sequence::Single(x) => (*x, *x),
                 Sequence::Range(x, y) => (*x, *y),
             };
-            if uid {
+            let (start, end) = if uid {
                 let max = self.uids.last().copied().unwrap_or(0);
                 let v = |s: SeqOrUid| match s {
                     SeqOrUid::Value(v) => v.get(),
                     SeqOrUid::Asterisk => max,
                 };
                 let (lo, hi) = (v(a).min(v(b)), v(a).max(v(b)));
-                let start = self.uids.partition_point(|&u| u < lo);
-                let end = self.uids.partition_point(|&u| u <= hi);
-                out.extend(start..end);
+                (
+                    self.uids.partition_point(|&u| u < lo),
+                    self.uids.partition_point(|&u| u <= hi),
+                )
             } else {
                 let v = |s: SeqOrUid| match s {
                     SeqOrUid::Value(v) => v.get() as usize,
@@ -56,12 +58,21 @@ impl Selected {
                 if lo == 0 || hi > n {
                     return Err("Invalid messageset".into());
                 }
-                out.extend(lo - 1..hi);
+                (lo - 1, hi)
+            };
+            if let Some(marks) = hit.get_mut(start..end) {
+                if marks.iter().all(|m| *m) {
+                    continue;
+                }
+                marks.fill(true);
             }
         }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+        Ok(hit
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| i)
+            .collect())
     }
 }
 
@@ -96,7 +107,7 @@ fn parse_uid_set(text: &str, uids: &[u32]) -> Option<Vec<u32>> {
             s.parse::<u32>().ok().filter(|&v| v > 0)
         }
     };
-    let mut out = Vec::new();
+    let mut hit = vec![false; uids.len()];
     for part in text.split(',') {
         let (a, b) = match part.split_once(':') {
             Some((a, b)) => (num(a)?, num(b)?),
@@ -106,11 +117,19 @@ fn parse_uid_set(text: &str, uids: &[u32]) -> Option<Vec<u32>> {
             }
         };
         let (lo, hi) = (a.min(b), a.max(b));
-        out.extend(uids.iter().copied().filter(|&u| u >= lo && u <= hi));
+        let start = uids.partition_point(|&u| u < lo);
+        let end = uids.partition_point(|&u| u <= hi);
+        if let Some(marks) = hit.get_mut(start..end) {
+            marks.fill(true);
+        }
     }
-    out.sort_unstable();
-    out.dedup();
-    (!text.is_empty()).then_some(out)
+    (!text.is_empty()).then(|| {
+        uids.iter()
+            .zip(&hit)
+            .filter(|(_, h)| **h)
+            .map(|(u, _)| *u)
+            .collect()
+    })
 }
 
 pub(super) fn flag_list(flags: &[String]) -> String {
@@ -369,10 +388,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         // Answered for every message in the set (RFC 3501), or with .SILENT only for those
         // whose flags were changed meanwhile by someone else (RFC 7162 §3.2) — skipped here.
+        let modified_set: HashSet<u32> = modified.iter().copied().collect();
         let lines: Vec<String> = idx
             .iter()
             .filter(|&&i| {
-                matches!(response, StoreResponse::Answer) && !modified.contains(&sel.uids[i])
+                matches!(response, StoreResponse::Answer) && !modified_set.contains(&sel.uids[i])
             })
             .map(|&i| {
                 let u = if uid {

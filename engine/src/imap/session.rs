@@ -23,6 +23,8 @@ use super::selected::Selected;
 use crate::limits::{LoginFailures, Refusal};
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 
+/// Largest literal accepted before login.
+const PREAUTH_LITERAL: usize = 8 * 1024;
 /// Bytes read at a time.
 const READ_CHUNK: usize = 32 * 1024;
 /// Output is written out once this much is pending (large FETCHes stream).
@@ -117,12 +119,17 @@ fn literalize_8bit(cmd: &[u8]) -> Vec<u8> {
             while j < cmd.len() && !matches!(cmd[j], b' ' | b'(' | b')' | b'\r' | b'\n') {
                 j += 1;
             }
-            if cmd[i..j].is_ascii() {
+            if j == i {
+                // a delimiter right after a space or parenthesis: not an atom
+                out.push(b);
+                i += 1;
+            } else if cmd[i..j].is_ascii() {
                 out.extend_from_slice(&cmd[i..j]);
+                i = j;
             } else {
                 lit(&mut out, &cmd[i..j]);
+                i = j;
             }
-            i = j;
         } else {
             out.push(b);
             i += 1;
@@ -319,6 +326,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             CommandBody::Fetch { uid: false, .. }
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
+                | CommandBody::Copy { uid: false, .. }
+                | CommandBody::Move { uid: false, .. }
         );
         if selected && authed {
             self.sync(!by_sequence).await?;
@@ -628,7 +637,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(session: &mut Session<S>) -> std
             return Ok(false);
         }
         let mut input = &chunk[..n];
-        while let Some(frame) = framer.next(&mut input) {
+        loop {
+            // Before login, literals are for names and passwords only.
+            let limit = if session.account.is_some() {
+                session.server.settings.max_literal
+            } else {
+                PREAUTH_LITERAL
+            };
+            let Some(frame) = framer.next(&mut input, limit) else {
+                break;
+            };
             match session.frame(frame).await? {
                 Flow::Continue => {
                     if session.idling.is_some() {
@@ -747,6 +765,15 @@ mod tests {
         assert_eq!(
             literalize_8bit(with_literal),
             "a SEARCH TEXT {2}\r\nü BODY {2+}\r\né\r\n".as_bytes()
+        );
+        // delimiters after a space are not atoms (this once looped forever)
+        let odd = "a LOGIN ü (\r\n".as_bytes();
+        assert_eq!(literalize_8bit(odd), "a LOGIN {2+}\r\nü (\r\n".as_bytes());
+        let nested = "a SEARCH CHARSET UTF-8 (SUBJECT \"ü\")\r\n".as_bytes();
+        assert!(
+            CommandCodec::default()
+                .decode(&literalize_8bit(nested))
+                .is_ok()
         );
     }
 }

@@ -52,6 +52,8 @@ pub struct Codec {
     message: Vec<u8>,
     limit: usize,
     too_big: bool,
+    /// An event due without input (a zero-length BDAT chunk).
+    pending: Option<Event>,
 }
 
 impl Default for Codec {
@@ -62,6 +64,7 @@ impl Default for Codec {
             message: Vec::new(),
             limit: 0,
             too_big: false,
+            pending: None,
         }
     }
 }
@@ -83,6 +86,15 @@ impl Codec {
             self.too_big = false;
         }
         self.limit = limit;
+        if size == 0 {
+            // nothing to read: the chunk ends here (`BDAT 0 LAST` closes a message)
+            self.mode = Mode::Command;
+            self.pending = Some(Event::ChunkEnd {
+                last,
+                too_big: keep && self.too_big,
+            });
+            return;
+        }
         if keep && !self.too_big && self.message.len().saturating_add(size) <= limit {
             self.message.reserve(size.min(1 << 20));
             self.mode = Mode::Bdat(BdatReceiver::new(size, last));
@@ -112,6 +124,9 @@ impl Codec {
     /// (everything given was consumed).
     pub fn decode(&mut self, input: &mut Iter<'_, u8>) -> Option<Event> {
         loop {
+            if let Some(event) = self.pending.take() {
+                return Some(event);
+            }
             if input.as_slice().is_empty() {
                 return None;
             }
@@ -340,6 +355,26 @@ mod tests {
             }
         ));
         assert_eq!(c.take_message(), b"hello!!!");
+        // BDAT 0 LAST ends the message with no bytes to wait for
+        c.start_chunk(2, false, true, 8, true);
+        let ev = events(&mut c, &[b"hi"]);
+        assert!(matches!(
+            ev[0],
+            Event::ChunkEnd {
+                last: false,
+                too_big: false
+            }
+        ));
+        c.start_chunk(0, true, false, 8, true);
+        let mut empty = [].iter();
+        assert!(matches!(
+            c.decode(&mut empty),
+            Some(Event::ChunkEnd {
+                last: true,
+                too_big: false
+            })
+        ));
+        assert_eq!(c.take_message(), b"hi");
         // a message over the limit: chunk skipped, flagged, stream stays in sync
         c.start_chunk(9, true, true, 8, true);
         let ev = events(&mut c, &[b"123456789NOOP\r\n"]);
