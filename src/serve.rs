@@ -143,6 +143,8 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
     MailConfig {
         smtp,
         smtp_listen: cfg.smtp.listen.clone(),
+        submission_listen: cfg.smtp.submission.clone(),
+        submissions_listen: cfg.smtp.submissions.clone(),
         imap: {
             let mut imap = ImapSettings::new(
                 cfg.hostname.clone(),

@@ -27,7 +27,7 @@ imaps = ["127.0.0.1:0"]
 enabled = false
 """
 
-LISTENING = re.compile(r"mail listeners started smtp=\[([0-9.]+):(\d+)\] imap=\[[0-9.]+:(\d+), [0-9.]+:(\d+)\]")
+LISTENING = re.compile(r"mail listeners started smtp=\[([^\]]*)\] imap=\[([^\]]*)\]")
 
 
 def toml_lines(d):
@@ -40,16 +40,31 @@ def mail_config(smtp="127.0.0.1:0", imap=None, **extra):
     return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_listen=listen, imap_extra=toml_lines(imap))
 
 
-def ports(w, timeout=10):
-    """(smtp, imap, imaps) ports from the latest 'mail listeners started' log line."""
+def listener_ports(w, timeout=10):
+    """([mx, submission, submissions], [imap, imaps]) ports from the latest 'mail listeners
+    started' log line (one address per key in these configs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in reversed(list(w.lines)):
             m = LISTENING.search(line)
             if m:
-                return int(m.group(2)), int(m.group(3)), int(m.group(4))
+                def portlist(s):
+                    return [int(a.rsplit(":", 1)[1]) for a in s.split(", ") if a]
+                return portlist(m.group(1)), portlist(m.group(2))
         time.sleep(0.05)
     raise AssertionError("no mail listener in the log:\n" + w.log())
+
+
+def ports(w, timeout=10):
+    """(smtp, imap, imaps) ports."""
+    smtp, imap = listener_ports(w, timeout)
+    return smtp[0], imap[0], imap[1]
+
+
+def submission_ports(w, timeout=10):
+    """(submission, submissions) ports."""
+    smtp, _ = listener_ports(w, timeout)
+    return smtp[1], smtp[2]
 
 
 def smtp_port(w, timeout=10):

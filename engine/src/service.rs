@@ -18,7 +18,7 @@ use crate::delivery::Deliverer;
 use crate::directory::Directory;
 use crate::imap::{self, ImapSettings};
 use crate::limits::LoginFailures;
-use crate::smtp::{self, SmtpSettings};
+use crate::smtp::{self, Port, SmtpSettings};
 
 /// `MAIL_META` key holding the unix time the stack was installed.
 const INSTALLED_AT: &str = "installed_at";
@@ -29,6 +29,9 @@ pub struct MailConfig {
     pub smtp: SmtpSettings,
     /// Inbound (MX) listeners.
     pub smtp_listen: Vec<SocketAddr>,
+    /// Submission listeners: STARTTLS (587) and implicit TLS (465).
+    pub submission_listen: Vec<SocketAddr>,
+    pub submissions_listen: Vec<SocketAddr>,
     pub imap: ImapSettings,
     /// IMAP listeners (STARTTLS) and IMAPS listeners (implicit TLS).
     pub imap_listen: Vec<SocketAddr>,
@@ -53,7 +56,7 @@ pub enum MailError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailStatus {
     pub installed: bool,
-    /// Addresses the SMTP engine listens on (empty when it isn't running).
+    /// Addresses the SMTP engine listens on, MX then submission (empty when it isn't running).
     pub smtp: Vec<SocketAddr>,
     /// Addresses the IMAP engine listens on (IMAP and IMAPS).
     pub imap: Vec<SocketAddr>,
@@ -125,6 +128,8 @@ impl Mail {
             return Ok(());
         }
         let listeners = bind("smtp.listen", &self.config.smtp_listen).await?;
+        let submission = bind("smtp.submission", &self.config.submission_listen).await?;
+        let submissions = bind("smtp.submissions", &self.config.submissions_listen).await?;
         let imap_listeners = bind("imap.listen", &self.config.imap_listen).await?;
         let imaps_listeners = bind("imap.imaps", &self.config.imaps_listen).await?;
         let server = Arc::new(smtp::Server::new(
@@ -133,14 +138,20 @@ impl Mail {
             self.deliverer.clone(),
             self.config.tls.clone(),
             self.shutdown.clone(),
+            self.failures.clone(),
         ));
         let mut bound = Vec::new();
-        for l in listeners {
+        let all = listeners
+            .into_iter()
+            .map(|l| (l, Port::Mx))
+            .chain(submission.into_iter().map(|l| (l, Port::Submission)))
+            .chain(submissions.into_iter().map(|l| (l, Port::Submissions)));
+        for (l, port) in all {
             if let Ok(a) = l.local_addr() {
                 bound.push(a);
             }
             self.tracker
-                .spawn(smtp::serve(l, server.clone(), self.tracker.clone()));
+                .spawn(smtp::serve(l, server.clone(), self.tracker.clone(), port));
         }
         let imap = Arc::new(imap::Server::new(
             self.config.imap.clone(),

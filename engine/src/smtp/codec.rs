@@ -31,10 +31,14 @@ pub enum Event {
         last: bool,
         too_big: bool,
     },
+    /// One line asked for with [`Codec::start_line`] (an AUTH response), without its CRLF.
+    Line(Vec<u8>),
 }
 
 enum Mode {
     Command,
+    /// One raw line (SASL response).
+    Line(Vec<u8>),
     /// Inside an over-long command line: skip to the next LF.
     SkipLine,
     Data(DataReceiver),
@@ -110,6 +114,11 @@ impl Codec {
         }
     }
 
+    /// Reads the next line raw (an AUTH response) instead of a command.
+    pub fn start_line(&mut self) {
+        self.mode = Mode::Line(Vec::new());
+    }
+
     /// The message read by DATA or BDAT; the codec forgets it.
     pub fn take_message(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.message)
@@ -158,6 +167,32 @@ impl Codec {
                         }
                         Err(e) => Some(Event::Invalid(e)),
                     };
+                }
+                Mode::Line(buf) => {
+                    let rest = input.as_slice();
+                    match rest.iter().position(|&b| b == b'\n') {
+                        Some(p) => {
+                            buf.extend_from_slice(&rest[..p]);
+                            *input = rest[p + 1..].iter();
+                            let mut line = std::mem::take(buf);
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                            self.mode = Mode::Command;
+                            if line.len() > MAX_COMMAND_LINE {
+                                return Some(Event::LineTooLong);
+                            }
+                            return Some(Event::Line(line));
+                        }
+                        None => {
+                            if buf.len() + rest.len() > MAX_COMMAND_LINE {
+                                self.mode = Mode::SkipLine;
+                            } else {
+                                buf.extend_from_slice(rest);
+                                *input = [].iter();
+                            }
+                        }
+                    }
                 }
                 Mode::SkipLine => {
                     let rest = input.as_slice();

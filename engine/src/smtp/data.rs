@@ -95,6 +95,17 @@ impl Core {
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
+        // Submission: the From: header must be the account's own too.
+        if let Some(account) = &self.account
+            && let Some(from) = header_from(&body)
+            && !super::mail::owns(&account.email(), &from)
+        {
+            return Reply::new(
+                553,
+                "5.7.1",
+                format!("From: <{from}> rejected: not owned by {}", account.email()),
+            );
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -149,18 +160,18 @@ impl Core {
     /// `Return-Path:` and `Received:` for the message, Postfix-style.
     fn trace_headers(&self, tx: &Transaction) -> Vec<u8> {
         let helo = self.helo.as_ref();
-        let protocol = match (
-            helo.is_some_and(|h| h.extended),
-            tx.smtputf8,
-            self.tls.is_some(),
-        ) {
-            (false, _, false) => "SMTP",
-            (false, _, true) => "SMTPS",
-            (true, false, false) => "ESMTP",
-            (true, false, true) => "ESMTPS",
-            (true, true, false) => "UTF8SMTP",
-            (true, true, true) => "UTF8SMTPS",
-        };
+        // RFC 3848 / RFC 6531 names: S for TLS, A for an authenticated client.
+        let mut protocol = String::from(match (helo.is_some_and(|h| h.extended), tx.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        });
+        if self.tls.is_some() {
+            protocol.push('S');
+        }
+        if self.account.is_some() {
+            protocol.push('A');
+        }
         let date = OffsetDateTime::now_utc()
             .format(&Rfc2822)
             .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into());
@@ -181,4 +192,11 @@ impl Core {
         h.push_str(&format!("; {date}\r\n"));
         h.into_bytes()
     }
+}
+
+/// The first address of the message's From: header, if it has one.
+fn header_from(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
+    let from = parsed.from()?;
+    from.first()?.address().map(str::to_string)
 }

@@ -1,5 +1,6 @@
 //! EHLO and HELO: the client names itself; EHLO also learns the extensions.
 
+use super::Port;
 use super::reply::Reply;
 use super::session::{Core, Flow, Helo};
 
@@ -30,6 +31,10 @@ impl Core {
         ];
         if self.tls.is_none() && self.server.tls.is_some() {
             lines.push("STARTTLS".into());
+        }
+        // Submission offers AUTH once the connection is encrypted.
+        if self.port != Port::Mx && self.tls.is_some() && self.account.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         self.reply(Reply::plain(250, lines))
     }

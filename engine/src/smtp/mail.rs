@@ -2,6 +2,7 @@
 
 use smtp_proto::{MAIL_SMTPUTF8, MailFrom};
 
+use super::Port;
 use super::reply::Reply;
 use super::session::{Core, Flow, Transaction};
 use crate::address;
@@ -25,6 +26,18 @@ impl Core {
         let sender = from.address.trim().to_string();
         if !sender.is_empty() && !valid_sender(&sender) {
             return self.reply(Reply::new(501, "5.1.7", "Bad sender address syntax"));
+        }
+        if self.port != Port::Mx {
+            let Some(account) = self.account.as_ref() else {
+                return self.reply(Reply::new(530, "5.7.0", "Authentication required"));
+            };
+            if !owns(&account.email(), &sender) {
+                let msg = format!(
+                    "<{sender}>: Sender address rejected: not owned by {}",
+                    account.email()
+                );
+                return self.reply(Reply::new(553, "5.7.1", msg));
+            }
         }
         self.tx = Some(Transaction {
             id: new_id(),
@@ -51,6 +64,15 @@ fn valid_sender(s: &str) -> bool {
         || (domain.starts_with('[') && domain.ends_with(']') && domain.len() > 2)
         || (!domain.is_ascii() && !domain.chars().any(|c| c.is_control() || c == ' '));
     local_ok && domain_ok
+}
+
+/// Whether `address` is the account's own (also as `user+tag@domain`).
+pub(super) fn owns(account_email: &str, address: &str) -> bool {
+    let Some((l, d)) = address::address(address) else {
+        return false;
+    };
+    let plain = l.split_once('+').map_or(l.as_str(), |(base, _)| base);
+    format!("{plain}@{d}") == account_email
 }
 
 /// A random 12-hex-digit transaction id.

@@ -2,6 +2,7 @@
 //! connection's state machine (one file per verb), and this module accepts connections within
 //! the per-address and total limits.
 
+mod auth;
 mod codec;
 mod data;
 mod ehlo;
@@ -22,7 +23,7 @@ use tracing::Instrument;
 
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
-use crate::limits::{ConnectionLimits, Refusal, Slot};
+use crate::limits::{ConnectionLimits, LoginFailures, Refusal, Slot};
 use reply::Reply;
 
 /// Limits and identity of the SMTP service.
@@ -58,6 +59,17 @@ impl SmtpSettings {
     }
 }
 
+/// Which service a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Inbound mail for local domains (25); no AUTH, never relays.
+    Mx,
+    /// Submission (587): STARTTLS, then AUTH, then mail from the account's own addresses.
+    Submission,
+    /// Submission over implicit TLS (465).
+    Submissions,
+}
+
 /// What every session shares.
 pub struct Server {
     settings: SmtpSettings,
@@ -66,6 +78,7 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     limits: Arc<ConnectionLimits>,
+    failures: Arc<LoginFailures>,
 }
 
 impl Server {
@@ -75,6 +88,7 @@ impl Server {
         deliverer: Deliverer,
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
+        failures: Arc<LoginFailures>,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
@@ -85,6 +99,7 @@ impl Server {
             tls: tls.map(TlsAcceptor::from),
             shutdown,
             limits,
+            failures,
         }
     }
 
@@ -102,7 +117,7 @@ impl Server {
 }
 
 /// Accepts connections until shutdown; each runs in `tracker`.
-pub async fn serve(listener: TcpListener, server: Arc<Server>, tracker: TaskTracker) {
+pub async fn serve(listener: TcpListener, server: Arc<Server>, tracker: TaskTracker, port: Port) {
     let local = listener.local_addr().ok();
     loop {
         let (stream, peer) = tokio::select! {
@@ -120,6 +135,6 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, tracker: TaskTrac
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let span = tracing::info_span!("smtp", %peer, local = ?local);
-        tracker.spawn(session::connection(server, stream, peer).instrument(span));
+        tracker.spawn(session::connection(server, stream, peer, port).instrument(span));
     }
 }

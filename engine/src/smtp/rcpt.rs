@@ -2,6 +2,7 @@
 
 use smtp_proto::RcptTo;
 
+use super::Port;
 use super::reply::Reply;
 use super::session::{Core, Flow};
 use crate::address;
@@ -45,6 +46,13 @@ impl Core {
             };
         }
         let accounts = match self.server.directory.resolve(&rcpt) {
+            Ok(Resolution::Foreign) if self.port != Port::Mx => {
+                return self.reply(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!("<{rcpt}>: Delivery to other domains is not available yet (no outbound queue)"),
+                ));
+            }
             Ok(Resolution::Foreign) => {
                 return self.reply(Reply::new(
                     554,

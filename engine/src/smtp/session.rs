@@ -10,9 +10,11 @@ use smtp_proto::{Error, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Server;
+use super::auth::AuthStep;
 use super::codec::{Codec, Event};
 use super::reply::Reply;
+use super::{Port, Server};
+use wispd_store::schema::MailAccount;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 32 * 1024;
@@ -52,6 +54,11 @@ pub(super) struct Transaction {
 pub(super) struct Core {
     pub server: Arc<Server>,
     pub peer: SocketAddr,
+    pub port: Port,
+    /// The account that authenticated (submission).
+    pub account: Option<MailAccount>,
+    /// An AUTH exchange waiting for the client's next line.
+    pub auth: Option<AuthStep>,
     pub codec: Codec,
     pub out: Vec<u8>,
     pub helo: Option<Helo>,
@@ -64,10 +71,13 @@ pub(super) struct Core {
 }
 
 impl Core {
-    fn new(server: Arc<Server>, peer: SocketAddr, tls: Option<String>) -> Core {
+    fn new(server: Arc<Server>, peer: SocketAddr, port: Port, tls: Option<String>) -> Core {
         Core {
             server,
             peer,
+            port,
+            account: None,
+            auth: None,
             codec: Codec::default(),
             out: Vec::with_capacity(512),
             helo: None,
@@ -99,6 +109,7 @@ impl Core {
             Event::LineTooLong => self.reply(Reply::new(500, "5.5.0", "Line too long")),
             Event::DataEnd { too_big } => self.data_end(too_big).await,
             Event::ChunkEnd { last, too_big } => self.chunk_end(last, too_big).await,
+            Event::Line(line) => self.auth_line(line).await,
         }
     }
 
@@ -134,11 +145,10 @@ impl Core {
                 Flow::Close
             }
             Request::StartTls => self.starttls(),
-            Request::Auth { .. } => self.reply(Reply::new(
-                503,
-                "5.5.1",
-                "AUTH is not available on this port",
-            )),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
             Request::Lhlo { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
@@ -245,8 +255,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Serves one accepted connection, through STARTTLS if the client asks.
-pub(super) async fn connection(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection: TLS first on the implicit-TLS port, else through STARTTLS
+/// if the client asks.
+pub(super) async fn connection(
+    server: Arc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: Port,
+) {
     let _slot = match server.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(reply) => {
@@ -258,11 +274,22 @@ pub(super) async fn connection(server: Arc<Server>, stream: TcpStream, peer: Soc
             return;
         }
     };
-    let mut core = Core::new(server.clone(), peer, None);
     let greeting = Reply::plain(
         220,
         vec![format!("{} ESMTP wispd", server.settings.hostname).into()],
     );
+    if port == Port::Submissions {
+        let Some((tls, info)) = handshake(&server, stream).await else {
+            return;
+        };
+        let mut core = Core::new(server, peer, port, Some(info));
+        greeting.write_to(&mut core.out);
+        if let Err(e) = run(tls, &mut core).await {
+            tracing::debug!(error = %e, "smtp session ended");
+        }
+        return;
+    }
+    let mut core = Core::new(server.clone(), peer, port, None);
     greeting.write_to(&mut core.out);
     let stream = match run(stream, &mut core).await {
         Ok(Ended::Closed) => return,
@@ -272,18 +299,32 @@ pub(super) async fn connection(server: Arc<Server>, stream: TcpStream, peer: Soc
             return;
         }
     };
-    let Some(acceptor) = server.tls.clone() else {
+    let Some((tls, info)) = handshake(&server, stream).await else {
         return;
     };
+    // RFC 3207: after TLS the session starts over, the client must EHLO again.
+    let mut core = Core::new(server, peer, port, Some(info));
+    match run(tls, &mut core).await {
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "smtp session ended"),
+    }
+}
+
+/// The TLS handshake, and how it went for the `Received:` header.
+async fn handshake(
+    server: &Server,
+    stream: TcpStream,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, String)> {
+    let acceptor = server.tls.clone()?;
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(error = %e, "STARTTLS handshake failed");
-            return;
+            tracing::info!(error = %e, "TLS handshake failed");
+            return None;
         }
         Err(_) => {
-            tracing::info!("STARTTLS handshake timed out");
-            return;
+            tracing::info!("TLS handshake timed out");
+            return None;
         }
     };
     let (_, conn) = tls.get_ref();
@@ -296,14 +337,5 @@ pub(super) async fn connection(server: Arc<Server>, stream: TcpStream, peer: Soc
         .negotiated_cipher_suite()
         .and_then(|c| c.suite().as_str())
         .unwrap_or("unknown");
-    // RFC 3207: after TLS the session starts over, the client must EHLO again.
-    let mut core = Core::new(
-        server,
-        peer,
-        Some(format!("{version} with cipher {cipher}")),
-    );
-    match run(tls, &mut core).await {
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "smtp session ended"),
-    }
+    Some((tls, format!("{version} with cipher {cipher}")))
 }
