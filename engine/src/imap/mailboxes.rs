@@ -145,14 +145,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub(super) async fn create(&mut self, tag: &str, name: &str) {
         let (account, owned) = (self.account_id(), name.to_string());
-        match self
+        let result = self
             .blocking(move |s, ch| mailbox::create(s, ch, account, &owned))
-            .await
-        {
-            Ok(Ok(())) => self.tagged(tag, "OK", "Create completed"),
-            Ok(Err(e)) => self.mailbox_error(tag, &e),
-            Err(_) => self.tagged(tag, "NO", "[SERVERBUG] Internal error"),
-        }
+            .await;
+        self.finish(tag, result, "Create completed");
     }
 
     pub(super) async fn delete(&mut self, tag: &str, name: &str) {
@@ -160,36 +156,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.selected = None;
         }
         let (account, owned) = (self.account_id(), name.to_string());
-        match self
+        let result = self
             .blocking(move |s, ch| mailbox::delete(s, ch, account, &owned))
-            .await
-        {
-            Ok(Ok(())) => self.tagged(tag, "OK", "Delete completed"),
-            Ok(Err(e)) => self.mailbox_error(tag, &e),
-            Err(_) => self.tagged(tag, "NO", "[SERVERBUG] Internal error"),
-        }
+            .await;
+        self.finish(tag, result, "Delete completed");
     }
 
     pub(super) async fn rename(&mut self, tag: &str, from: &str, to: &str) {
         let (account, f, t) = (self.account_id(), from.to_string(), to.to_string());
-        match self
+        let result = self
             .blocking(move |s, ch| mailbox::rename(s, ch, account, &f, &t))
-            .await
-        {
-            Ok(Ok(())) => self.tagged(tag, "OK", "Rename completed"),
-            Ok(Err(e)) => self.mailbox_error(tag, &e),
-            Err(_) => self.tagged(tag, "NO", "[SERVERBUG] Internal error"),
-        }
+            .await;
+        self.finish(tag, result, "Rename completed");
     }
 
     pub(super) async fn subscribe(&mut self, tag: &str, name: &str, on: bool) {
         let (account, owned) = (self.account_id(), name.to_string());
         let verb = if on { "Subscribe" } else { "Unsubscribe" };
-        match self
+        let result = self
             .blocking(move |s, ch| mailbox::subscribe(s, ch, account, &owned, on))
-            .await
-        {
-            Ok(Ok(())) => self.tagged(tag, "OK", &format!("{verb} completed")),
+            .await;
+        self.finish(tag, result, &format!("{verb} completed"));
+    }
+
+    /// The tagged reply for a mailbox operation with no other output.
+    fn finish(&mut self, tag: &str, result: std::io::Result<Result<(), MailboxError>>, ok: &str) {
+        match result {
+            Ok(Ok(())) => self.tagged(tag, "OK", ok),
             Ok(Err(e)) => self.mailbox_error(tag, &e),
             Err(_) => self.tagged(tag, "NO", "[SERVERBUG] Internal error"),
         }

@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 use wispd_store::Store;
 
 use crate::directory::Directory;
@@ -105,23 +104,9 @@ pub async fn serve(
     tracker: TaskTracker,
     implicit_tls: bool,
 ) {
-    let local = listener.local_addr().ok();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = server.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "imap accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("imap", %peer, local = ?local);
-        tracker.spawn(
-            session::connection(server.clone(), stream, peer, implicit_tls).instrument(span),
-        );
-    }
+    let shutdown = server.shutdown.clone();
+    crate::limits::accept_loop(listener, shutdown, tracker, "imap", move |stream, peer| {
+        session::connection(server.clone(), stream, peer, implicit_tls)
+    })
+    .await;
 }

@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
@@ -118,23 +117,9 @@ impl Server {
 
 /// Accepts connections until shutdown; each runs in `tracker`.
 pub async fn serve(listener: TcpListener, server: Arc<Server>, tracker: TaskTracker, port: Port) {
-    let local = listener.local_addr().ok();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = server.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "smtp accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let server = server.clone();
-        let span = tracing::info_span!("smtp", %peer, local = ?local);
-        tracker.spawn(session::connection(server, stream, peer, port).instrument(span));
-    }
+    let shutdown = server.shutdown.clone();
+    crate::limits::accept_loop(listener, shutdown, tracker, "smtp", move |stream, peer| {
+        session::connection(server.clone(), stream, peer, port)
+    })
+    .await;
 }
