@@ -175,7 +175,6 @@ pub struct ImapConfig {
 }
 
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "validated now; read when its engine lands")]
 pub struct DnsConfig {
     /// Empty: the system resolver.
     pub nameservers: Vec<SocketAddr>,

@@ -156,6 +156,7 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
         },
         imap_listen: cfg.imap.listen.clone(),
         imaps_listen: cfg.imap.imaps.clone(),
+        nameservers: cfg.dns.nameservers.clone(),
         tls: Some(tls),
     }
 }

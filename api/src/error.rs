@@ -180,6 +180,19 @@ impl From<wispd_engine::service::MailError> for ApiError {
     }
 }
 
+impl From<wispd_engine::dkim::DkimError> for ApiError {
+    fn from(e: wispd_engine::dkim::DkimError) -> Self {
+        use wispd_engine::dkim::DkimError;
+        match e {
+            DkimError::Invalid(m) => ApiError::Validation(m),
+            DkimError::NotFound(m) => ApiError::NotFound(m),
+            DkimError::Dns(_) => ApiError::Unavailable(e.to_string()),
+            DkimError::Crypto(_) => ApiError::Internal(e.to_string()),
+            DkimError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("store task failed: {e}"))

@@ -50,6 +50,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(routes::tokens::delete))
         .route("/api/v1/email/status", get(email::status))
         .route("/api/v1/email/install", post(email::install))
+        .route("/api/v1/email/dkim", get(email::dkim_list))
+        .route(
+            "/api/v1/email/dkim/{domain}",
+            post(email::dkim_create).delete(email::dkim_delete),
+        )
+        .route(
+            "/api/v1/email/dkim/{domain}/verify",
+            get(email::dkim_verify),
+        )
         .route(
             "/api/v1/email/accounts",
             get(email::accounts).post(email::account_create),

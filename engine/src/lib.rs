@@ -5,6 +5,7 @@
 pub mod address;
 pub mod delivery;
 pub mod directory;
+pub mod dkim;
 pub mod imap;
 pub mod limits;
 pub mod mailbox;

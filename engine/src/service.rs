@@ -36,6 +36,8 @@ pub struct MailConfig {
     /// IMAP listeners (STARTTLS) and IMAPS listeners (implicit TLS).
     pub imap_listen: Vec<SocketAddr>,
     pub imaps_listen: Vec<SocketAddr>,
+    /// DNS servers for lookups (`[dns].nameservers`); empty = the system resolver.
+    pub nameservers: Vec<SocketAddr>,
     /// Certificate for STARTTLS; without it STARTTLS is not offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -102,6 +104,10 @@ impl Mail {
             running: tokio::sync::Mutex::new((Vec::new(), Vec::new())),
             failures: Arc::default(),
         })
+    }
+
+    pub fn nameservers(&self) -> &[SocketAddr] {
+        &self.config.nameservers
     }
 
     pub fn directory(&self) -> &Directory {

@@ -189,6 +189,23 @@ pub struct MailForwarder {
     pub created_at: i64,
 }
 
+/// DKIM signing keys by domain.
+pub const DKIM_KEYS: Table<&str, DkimKey> = Table::new("dkim_keys");
+
+/// A domain's DKIM key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimKey {
+    pub domain: String,
+    pub selector: String,
+    /// `rsa-sha256` or `ed25519-sha256`.
+    pub algorithm: String,
+    /// PKCS#8 DER, base64.
+    pub private_key: String,
+    /// What goes after `p=` in the DNS record, base64.
+    pub public_key: String,
+    pub created_at: i64,
+}
+
 /// A domain's catch-all: mail for unknown local parts goes to `destination` when enabled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailCatchall {

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wispd_engine::address;
 use wispd_engine::directory::{DirError, Directory, NewAccount};
-use wispd_store::schema::{MailAccount, MailCatchall, MailForwarder};
+use wispd_engine::dkim;
+use wispd_store::schema::{DkimKey, MailAccount, MailCatchall, MailForwarder};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -318,4 +319,97 @@ pub async fn catchall_set(
     })
     .await?;
     Ok(Json(json!({ "success": true, "data": catchall_view(&c) })))
+}
+
+fn dkim_view(k: &DkimKey) -> Value {
+    json!({
+        "domain": k.domain,
+        "selector": k.selector,
+        "algorithm": k.algorithm,
+        "public_key": k.public_key,
+        "dns_name": dkim::dns_name(k),
+        "dns_record": dkim::dns_record(k),
+        "created_at": rfc3339(k.created_at),
+    })
+}
+
+/// The domain of a DKIM path, checked against the caller's domains.
+fn dkim_domain(p: &Principal, domain: &str) -> Result<String, ApiError> {
+    let d = address::domain(domain)
+        .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
+    require_domain(p, &d)?;
+    Ok(d)
+}
+
+/// `GET /email/dkim`: every domain's key the caller may see (public halves only).
+pub async fn dkim_list(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let domains = scope(&p);
+    let store = s.store.clone();
+    let keys =
+        tokio::task::spawn_blocking(move || dkim::list(&store, domains.as_deref())).await??;
+    let data: Vec<Value> = keys.iter().map(dkim_view).collect();
+    Ok(Json(json!({ "success": true, "data": data })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimBody {
+    selector: Option<String>,
+    algorithm: Option<String>,
+}
+
+/// `POST /email/dkim/:domain {selector, algorithm}`: generates the domain's key (a new one
+/// replaces the old: key rotation) and returns the record to publish.
+pub async fn dkim_create(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(domain): Path<String>,
+    JsonBody(b): JsonBody<DkimBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let d = dkim_domain(&p, &domain)?;
+    let store = s.store.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        dkim::create(&store, &d, b.selector.as_deref(), b.algorithm.as_deref())
+    })
+    .await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "success": true, "data": dkim_view(&key) })),
+    ))
+}
+
+pub async fn dkim_delete(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = dkim_domain(&p, &domain)?;
+    let store = s.store.clone();
+    let key = tokio::task::spawn_blocking(move || dkim::delete(&store, &d)).await??;
+    Ok(Json(json!({ "success": true, "data": dkim_view(&key) })))
+}
+
+/// `GET /email/dkim/:domain/verify`: is the record published (through `[dns].nameservers`)?
+pub async fn dkim_verify(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = dkim_domain(&p, &domain)?;
+    let store = s.store.clone();
+    let key = tokio::task::spawn_blocking(move || dkim::get(&store, &d)).await??;
+    let resolver = dkim::resolver(s.mail.nameservers())?;
+    let published = dkim::verify(&resolver, &key).await;
+    Ok(Json(json!({ "success": true, "data": {
+        "domain": key.domain,
+        "dns_name": dkim::dns_name(&key),
+        "expected": dkim::dns_record(&key),
+        "found": published.found,
+        "matches": published.matches,
+        "record": published.record,
+        "error": published.error,
+    }})))
 }

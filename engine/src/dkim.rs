@@ -1,0 +1,290 @@
+//! DKIM keys: generation (RSA 2048 or Ed25519), the DNS record to publish, and checking that it
+//! is published. Keys live in the store; the private half never leaves it through the API.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
+use wispd_store::schema::{DKIM_KEYS, DkimKey};
+use wispd_store::{Store, StoreError};
+
+use crate::address;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("key generation failed: {0}")]
+    Crypto(String),
+    #[error("DNS: {0}")]
+    Dns(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The signing algorithms offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RsaSha256,
+    Ed25519Sha256,
+}
+
+impl Algorithm {
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "rsa-sha256" => Some(Algorithm::RsaSha256),
+            "ed25519-sha256" => Some(Algorithm::Ed25519Sha256),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RsaSha256 => "rsa-sha256",
+            Algorithm::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
+
+    fn key_type(self) -> &'static str {
+        match self {
+            Algorithm::RsaSha256 => "rsa",
+            Algorithm::Ed25519Sha256 => "ed25519",
+        }
+    }
+}
+
+/// `selector._domainkey.domain`.
+pub fn dns_name(key: &DkimKey) -> String {
+    format!("{}._domainkey.{}", key.selector, key.domain)
+}
+
+/// The TXT value to publish: `v=DKIM1; k=rsa; p=…`.
+pub fn dns_record(key: &DkimKey) -> String {
+    let k = Algorithm::parse(&key.algorithm).map_or("rsa", Algorithm::key_type);
+    format!("v=DKIM1; k={k}; p={}", key.public_key)
+}
+
+/// A selector: dot-separated labels of letters, digits and hyphens.
+fn valid_selector(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Generates a key pair: (PKCS#8 DER private key, the DNS `p=` value).
+fn generate(algorithm: Algorithm) -> Result<(Vec<u8>, String), DkimError> {
+    match algorithm {
+        Algorithm::RsaSha256 => {
+            use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+            let mut rng = rsa::rand_core::OsRng;
+            let private = rsa::RsaPrivateKey::new(&mut rng, 2048)
+                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            let der = private
+                .to_pkcs8_der()
+                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            let public = private
+                .to_public_key()
+                .to_public_key_der()
+                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            Ok((der.as_bytes().to_vec(), STANDARD.encode(public.as_bytes())))
+        }
+        Algorithm::Ed25519Sha256 => {
+            use ring::signature::KeyPair;
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            // RFC 8463: the raw 32-byte public key
+            Ok((
+                pkcs8.as_ref().to_vec(),
+                STANDARD.encode(pair.public_key().as_ref()),
+            ))
+        }
+    }
+}
+
+/// Creates (or replaces, rotating it) the key of `domain`. RSA generation takes a moment: call
+/// off the async workers.
+pub fn create(
+    store: &Store,
+    domain: &str,
+    selector: Option<&str>,
+    algorithm: Option<&str>,
+) -> Result<DkimKey, DkimError> {
+    let d = address::domain(domain)
+        .ok_or_else(|| DkimError::Invalid(format!("Invalid domain: {domain:?}")))?;
+    let selector = selector
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("wispd");
+    let selector = selector.to_ascii_lowercase();
+    if !valid_selector(&selector) {
+        return Err(DkimError::Invalid(format!(
+            "Invalid selector: {selector:?} (letters, digits and hyphens, dot-separated)"
+        )));
+    }
+    let algorithm = match algorithm.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Algorithm::RsaSha256,
+        Some(a) => Algorithm::parse(a).ok_or_else(|| {
+            DkimError::Invalid(format!(
+                "Invalid algorithm: {a:?} (rsa-sha256 or ed25519-sha256)"
+            ))
+        })?,
+    };
+    let (private, public) = generate(algorithm)?;
+    let key = DkimKey {
+        domain: d.clone(),
+        selector,
+        algorithm: algorithm.name().into(),
+        private_key: STANDARD.encode(private),
+        public_key: public,
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(0)),
+    };
+    store.write(|w| w.put(&DKIM_KEYS, d.as_str(), &key))?;
+    Ok(key)
+}
+
+pub fn list(store: &Store, domains: Option<&[String]>) -> Result<Vec<DkimKey>, DkimError> {
+    Ok(store
+        .read(|r| r.all(&DKIM_KEYS))?
+        .into_iter()
+        .filter(|k| domains.is_none_or(|d| d.contains(&k.domain)))
+        .collect())
+}
+
+pub fn get(store: &Store, domain: &str) -> Result<DkimKey, DkimError> {
+    let d = address::domain(domain)
+        .ok_or_else(|| DkimError::Invalid(format!("Invalid domain: {domain:?}")))?;
+    store
+        .read(|r| r.get(&DKIM_KEYS, d.as_str()))?
+        .ok_or_else(|| DkimError::NotFound(format!("No DKIM key for {d}")))
+}
+
+pub fn delete(store: &Store, domain: &str) -> Result<DkimKey, DkimError> {
+    let key = get(store, domain)?;
+    store.write(|w| w.remove(&DKIM_KEYS, key.domain.as_str()))?;
+    Ok(key)
+}
+
+/// A DNS resolver: the configured nameservers (`[dns].nameservers`), or the system's.
+pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, DkimError> {
+    if nameservers.is_empty() {
+        return TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| DkimError::Dns(e.to_string()));
+    }
+    let servers = nameservers
+        .iter()
+        .map(|a| {
+            let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+            for c in &mut ns.connections {
+                c.port = a.port();
+            }
+            ns
+        })
+        .collect();
+    Resolver::builder_with_config(
+        ResolverConfig::from_parts(None, vec![], servers),
+        TokioRuntimeProvider::default(),
+    )
+    .build()
+    .map_err(|e| DkimError::Dns(e.to_string()))
+}
+
+/// What DNS says about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub found: bool,
+    pub matches: bool,
+    /// The TXT record found, joined.
+    pub record: Option<String>,
+    /// Why nothing was found (NXDOMAIN, timeout, …).
+    pub error: Option<String>,
+}
+
+/// Looks the key's TXT record up and compares its `p=` with the stored public key.
+pub async fn verify(resolver: &TokioResolver, key: &DkimKey) -> Published {
+    let name = format!("{}.", dns_name(key));
+    let lookup = match resolver.txt_lookup(name.as_str()).await {
+        Ok(l) => l,
+        Err(e) => {
+            return Published {
+                found: false,
+                matches: false,
+                record: None,
+                error: Some(e.to_string()),
+            };
+        }
+    };
+    let mut first = None;
+    for record in lookup.answers() {
+        if let RData::TXT(txt) = &record.data {
+            let joined: String = txt
+                .txt_data
+                .iter()
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect();
+            let p = joined
+                .split(';')
+                .filter_map(|tag| tag.split_once('='))
+                .find(|(k, _)| k.trim() == "p")
+                .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect::<String>());
+            if p.as_deref() == Some(key.public_key.as_str()) {
+                return Published {
+                    found: true,
+                    matches: true,
+                    record: Some(joined),
+                    error: None,
+                };
+            }
+            first.get_or_insert(joined);
+        }
+    }
+    Published {
+        found: first.is_some(),
+        matches: false,
+        record: first,
+        error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_records_and_selectors() {
+        let (der, public) = generate(Algorithm::Ed25519Sha256).expect("ed25519");
+        assert!(!der.is_empty());
+        assert_eq!(STANDARD.decode(&public).expect("b64").len(), 32);
+        let (_, rsa_public) = generate(Algorithm::RsaSha256).expect("rsa");
+        // SubjectPublicKeyInfo of a 2048-bit key
+        assert_eq!(STANDARD.decode(&rsa_public).expect("b64").len(), 294);
+        let key = DkimKey {
+            domain: "example.com".into(),
+            selector: "s1".into(),
+            algorithm: "ed25519-sha256".into(),
+            private_key: String::new(),
+            public_key: "AAAA".into(),
+            created_at: 0,
+        };
+        assert_eq!(dns_name(&key), "s1._domainkey.example.com");
+        assert_eq!(dns_record(&key), "v=DKIM1; k=ed25519; p=AAAA");
+        assert!(valid_selector("wispd") && valid_selector("2026-11.mail"));
+        assert!(!valid_selector("a_b") && !valid_selector("") && !valid_selector("-a"));
+    }
+}

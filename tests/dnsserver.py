@@ -1,0 +1,56 @@
+"""A tiny authoritative DNS server on loopback UDP for tests: answers TXT (and MX/A later)
+from a dict the test changes as it goes; anything else is NXDOMAIN."""
+
+import socket
+import struct
+import threading
+
+
+def _name(data, off):
+    labels = []
+    while data[off]:
+        n = data[off]
+        labels.append(data[off + 1:off + 1 + n].decode().lower())
+        off += 1 + n
+    return ".".join(labels), off + 1
+
+
+class DnsServer:
+    def __init__(self):
+        self.txt = {}  # name -> [str]
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _answer(self, data):
+        (qid, flags, qd, _an, _ns, _ar) = struct.unpack("!6H", data[:12])
+        name, off = _name(data, 12)
+        qtype, qclass = struct.unpack("!2H", data[off:off + 4])
+        question = data[12:off + 4]
+        self.queries.append((name, qtype))
+        records = self.txt.get(name) if qtype == 16 else None
+        rcode = 0 if records else 3
+        answers = b""
+        for value in records or []:
+            raw = value.encode()
+            strings = b"".join(bytes([len(raw[i:i + 255])]) + raw[i:i + 255] for i in range(0, len(raw), 255))
+            answers += b"\xc0\x0c" + struct.pack("!2HIH", 16, 1, 60, len(strings)) + strings
+        header = struct.pack("!6H", qid, 0x8400 | rcode | (flags & 0x0100), 1, len(records or []), 0, 0)
+        return header + question + answers
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                data, addr = self.sock.recvfrom(4096)
+                self.sock.sendto(self._answer(data), addr)
+            except OSError:
+                return
+            except Exception:  # a malformed query: no answer, like a real server might
+                continue
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
