@@ -119,6 +119,7 @@ def test_delivery_replies_and_stored_headers(mx):
         assert c.rcpt("info+tag@example.com") == (250, b"2.1.5 Ok")
         assert c.data(message("bounce"))[0] == 250
         assert c.docmd("EXPN", "info") == (502, b"5.5.1 EXPN is not available")
+        assert c.docmd("ETRN", "example.com") == (502, b"5.5.1 ETRN is not offered on this server")
         assert c.docmd("FROB") == (500, b"5.5.2 Command unrecognized")
         assert c.docmd("AUTH PLAIN AGJvYgBwdw==")[0] == 503
     assert w.stop()[0] == 0

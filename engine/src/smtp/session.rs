@@ -149,11 +149,16 @@ impl Core {
                 mechanism,
                 initial_response,
             } => self.auth(mechanism, initial_response).await,
-            Request::Lhlo { .. }
+            other @ (Request::Lhlo { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
-            | Request::Burl { .. } => {
-                self.reply(Reply::new(502, "5.5.1", "Command not implemented"))
+            | Request::Burl { .. }) => {
+                let verb = other.name();
+                self.reply(Reply::new(
+                    502,
+                    "5.5.1",
+                    format!("{verb} is not offered on this server"),
+                ))
             }
         }
     }
