@@ -62,15 +62,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
     ) -> std::io::Result<()> {
-        let Some(sel) = self.selected.as_ref() else {
+        let Some((idx, uids)) = self.targets(tag, set, uid, false) else {
             return Ok(());
         };
-        let idx = match sel.resolve(set, uid) {
-            Ok(i) => i,
-            Err(e) => {
-                self.tagged(tag, "BAD", &e);
-                return Ok(());
-            }
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
         };
         let mut items = expand(items);
         let changed_since = self.modifiers.changed_since;
@@ -96,7 +92,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         | MessageDataItemName::Rfc822Text
                 )
             });
-        let uids: Vec<u32> = idx.iter().map(|&i| sel.uids[i]).collect();
         let (account, name) = (self.account_id(), sel.name.clone());
         // Reading a body marks it \Seen first, so the FLAGS reported are the stored ones.
         if sets_seen {

@@ -145,6 +145,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.account.as_ref().map_or(0, |a| a.id)
     }
 
+    /// The messages a command names: their indexes and UIDs. Answers the command itself
+    /// (and returns `None`) when nothing is selected, when `writes` meets a read-only mailbox,
+    /// or when the set is invalid.
+    pub(super) fn targets(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        uid: bool,
+        writes: bool,
+    ) -> Option<(Vec<usize>, Vec<u32>)> {
+        let sel = self.selected.as_ref()?;
+        if writes && sel.read_only {
+            self.tagged(tag, "NO", "Mailbox is read-only");
+            return None;
+        }
+        match sel.resolve(set, uid) {
+            Ok(idx) => {
+                let uids = idx.iter().map(|&i| sel.uids[i]).collect();
+                Some((idx, uids))
+            }
+            Err(e) => {
+                self.tagged(tag, "BAD", &e);
+                None
+            }
+        }
+    }
+
     /// A store read, done in place: reads don't wait for the disk the way commits do.
     pub(super) fn read<R>(
         &self,
@@ -317,21 +344,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         flags: &[Flag<'_>],
         uid: bool,
     ) -> std::io::Result<()> {
+        let Some((idx, uids)) = self.targets(tag, set, uid, true) else {
+            return Ok(());
+        };
         let Some(sel) = self.selected.as_ref() else {
             return Ok(());
         };
-        if sel.read_only {
-            self.tagged(tag, "NO", "Mailbox is read-only");
-            return Ok(());
-        }
-        let idx = match sel.resolve(set, uid) {
-            Ok(i) => i,
-            Err(e) => {
-                self.tagged(tag, "BAD", &e);
-                return Ok(());
-            }
-        };
-        let uids: Vec<u32> = idx.iter().map(|&i| sel.uids[i]).collect();
         let op = match kind {
             StoreType::Replace => FlagOp::Replace,
             StoreType::Add => FlagOp::Add,
@@ -442,21 +460,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         uid: bool,
         remove: bool,
     ) -> std::io::Result<()> {
+        let Some((_, uids)) = self.targets(tag, set, uid, remove) else {
+            return Ok(());
+        };
         let Some(sel) = self.selected.as_ref() else {
             return Ok(());
         };
-        if remove && sel.read_only {
-            self.tagged(tag, "NO", "Mailbox is read-only");
-            return Ok(());
-        }
-        let idx = match sel.resolve(set, uid) {
-            Ok(i) => i,
-            Err(e) => {
-                self.tagged(tag, "BAD", &e);
-                return Ok(());
-            }
-        };
-        let uids: Vec<u32> = idx.iter().map(|&i| sel.uids[i]).collect();
         let (account, from, to_owned) = (self.account_id(), sel.name.clone(), to.to_string());
         let result = self
             .blocking(move |store, ch| {
