@@ -41,6 +41,10 @@ pub struct RawSmtp {
     pub max_recipients: i64,
     pub max_connections_per_ip: i64,
     pub idle_timeout_seconds: i64,
+    pub retry_seconds: i64,
+    pub max_retry_seconds: i64,
+    pub queue_lifetime_seconds: i64,
+    pub destination_concurrency: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +107,10 @@ impl Default for RawSmtp {
             max_recipients: 100,
             max_connections_per_ip: 20,
             idle_timeout_seconds: 300,
+            retry_seconds: 300,
+            max_retry_seconds: 4000,
+            queue_lifetime_seconds: 5 * 86_400,
+            destination_concurrency: 4,
         }
     }
 }
@@ -156,14 +164,15 @@ pub struct SmtpConfig {
     pub submissions: Vec<SocketAddr>,
     pub max_message_size: u64,
     /// Smarthost `(host, port)` for all outbound mail.
-    #[expect(
-        dead_code,
-        reason = "validated now; read when the outbound queue lands"
-    )]
     pub relay: Option<(String, u16)>,
     pub max_recipients: usize,
     pub max_connections_per_ip: u32,
     pub idle_timeout: std::time::Duration,
+    /// Outbound queue: first retry, longest retry interval, lifetime, per-destination limit.
+    pub retry: std::time::Duration,
+    pub max_retry: std::time::Duration,
+    pub queue_lifetime: std::time::Duration,
+    pub destination_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -406,6 +415,25 @@ impl RawConfig {
             1,
             3600,
         );
+        let retry = bounded("smtp.retry_seconds", self.smtp.retry_seconds, 1, 86_400);
+        let max_retry = bounded(
+            "smtp.max_retry_seconds",
+            self.smtp.max_retry_seconds,
+            1,
+            86_400,
+        );
+        let lifetime = bounded(
+            "smtp.queue_lifetime_seconds",
+            self.smtp.queue_lifetime_seconds,
+            1,
+            30 * 86_400,
+        );
+        let concurrency = bounded(
+            "smtp.destination_concurrency",
+            self.smtp.destination_concurrency,
+            1,
+            100,
+        );
         let imap_idle = bounded(
             "imap.idle_timeout_seconds",
             self.imap.idle_timeout_seconds,
@@ -488,6 +516,10 @@ impl RawConfig {
                 max_recipients: usize::try_from(max_recipients).unwrap_or(100),
                 max_connections_per_ip: u32::try_from(per_ip).unwrap_or(20),
                 idle_timeout: std::time::Duration::from_secs(idle),
+                retry: std::time::Duration::from_secs(retry),
+                max_retry: std::time::Duration::from_secs(max_retry.max(retry)),
+                queue_lifetime: std::time::Duration::from_secs(lifetime),
+                destination_concurrency: usize::try_from(concurrency).unwrap_or(4),
             },
             imap: ImapConfig {
                 listen: imap_listen,

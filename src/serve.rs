@@ -14,6 +14,7 @@ use wispd_api::ratelimit::RateLimit;
 use wispd_api::{AppState, auth};
 use wispd_engine::directory::Directory;
 use wispd_engine::imap::ImapSettings;
+use wispd_engine::queue::QueueSettings;
 use wispd_engine::service::{Mail, MailConfig};
 use wispd_engine::smtp::SmtpSettings;
 use wispd_firewall::{Firewall, FirewallConfig};
@@ -158,6 +159,15 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
         imaps_listen: cfg.imap.imaps.clone(),
         nameservers: cfg.dns.nameservers.clone(),
         tls: Some(tls),
+        queue: {
+            let mut q = QueueSettings::new(cfg.hostname.clone());
+            q.relay = cfg.smtp.relay.clone();
+            q.retry_initial = cfg.smtp.retry;
+            q.retry_max = cfg.smtp.max_retry;
+            q.lifetime = cfg.smtp.queue_lifetime;
+            q.per_destination = cfg.smtp.destination_concurrency;
+            q
+        },
     }
 }
 

@@ -1,5 +1,6 @@
-"""A tiny authoritative DNS server on loopback UDP for tests: answers TXT (and MX/A later)
-from a dict the test changes as it goes; anything else is NXDOMAIN."""
+"""A tiny authoritative DNS server on loopback UDP for tests: answers TXT, MX and A from dicts
+the test changes as it goes. A name with no records at all is NXDOMAIN; a name with records of
+other types answers with none (NODATA)."""
 
 import socket
 import struct
@@ -18,6 +19,8 @@ def _name(data, off):
 class DnsServer:
     def __init__(self):
         self.txt = {}  # name -> [str]
+        self.mx = {}  # name -> [(preference, host)]
+        self.a = {}  # name -> [ipv4]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -31,14 +34,24 @@ class DnsServer:
         qtype, qclass = struct.unpack("!2H", data[off:off + 4])
         question = data[12:off + 4]
         self.queries.append((name, qtype))
-        records = self.txt.get(name) if qtype == 16 else None
-        rcode = 0 if records else 3
+        known = name in self.txt or name in self.mx or name in self.a
+        rdatas = []
+        if qtype == 16:
+            for value in self.txt.get(name, []):
+                raw = value.encode()
+                rdatas.append(b"".join(bytes([len(raw[i:i + 255])]) + raw[i:i + 255] for i in range(0, len(raw), 255)))
+        elif qtype == 15:
+            for pref, host in self.mx.get(name, []):
+                labels = b"".join(bytes([len(x)]) + x.encode() for x in host.strip(".").split(".") if x)
+                rdatas.append(struct.pack("!H", pref) + labels + b"\0")
+        elif qtype == 1:
+            for ip in self.a.get(name, []):
+                rdatas.append(socket.inet_aton(ip))
+        rcode = 0 if known else 3
         answers = b""
-        for value in records or []:
-            raw = value.encode()
-            strings = b"".join(bytes([len(raw[i:i + 255])]) + raw[i:i + 255] for i in range(0, len(raw), 255))
-            answers += b"\xc0\x0c" + struct.pack("!2HIH", 16, 1, 60, len(strings)) + strings
-        header = struct.pack("!6H", qid, 0x8400 | rcode | (flags & 0x0100), 1, len(records or []), 0, 0)
+        for rdata in rdatas:
+            answers += b"\xc0\x0c" + struct.pack("!2HIH", qtype, 1, 60, len(rdata)) + rdata
+        header = struct.pack("!6H", qid, 0x8400 | rcode | (flags & 0x0100), 1, len(rdatas), 0, 0)
         return header + question + answers
 
     def _serve(self):

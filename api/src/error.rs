@@ -193,6 +193,17 @@ impl From<wispd_engine::dkim::DkimError> for ApiError {
     }
 }
 
+impl From<wispd_engine::queue::QueueError> for ApiError {
+    fn from(e: wispd_engine::queue::QueueError) -> Self {
+        use wispd_engine::queue::QueueError;
+        match e {
+            QueueError::NotFound(m) => ApiError::NotFound(m),
+            QueueError::Store(s) => ApiError::from(s),
+            QueueError::Task(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("store task failed: {e}"))

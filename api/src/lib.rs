@@ -50,6 +50,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(routes::tokens::delete))
         .route("/api/v1/email/status", get(email::status))
         .route("/api/v1/email/install", post(email::install))
+        .route("/api/v1/email/queue", get(email::queue_list))
+        .route("/api/v1/email/queue/flush", post(email::queue_flush))
+        .route("/api/v1/email/queue/{id}", delete(email::queue_delete))
         .route("/api/v1/email/dkim", get(email::dkim_list))
         .route(
             "/api/v1/email/dkim/{domain}",

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 
 use wispd_store::schema::{
     MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES, MAIL_META,
-    MailEntry, MessageMeta,
+    MAIL_QUEUE, MAIL_QUEUE_DATA, MailEntry, MessageMeta, QueuedMessage, QueuedRecipient,
 };
 use wispd_store::{Store, StoreError, Write};
 
@@ -57,11 +57,34 @@ pub enum DeliverError {
     Stopped,
 }
 
+/// A message for the outbound queue, committed in the same transaction as the local copies.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Exactly what will be sent.
+    pub message: Vec<u8>,
+    /// Envelope sender; empty for a bounce.
+    pub sender: String,
+    /// `submission`, `forward` or `bounce`.
+    pub source: &'static str,
+    /// (address, the address the sender used when it differs).
+    pub recipients: Vec<(String, Option<String>)>,
+}
+
+/// What a delivery did, after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Per local recipient, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The queue id of the outbound part, if there was one.
+    pub queued: Option<u64>,
+}
+
 struct Job {
     message: Vec<u8>,
     recipients: Vec<Recipient>,
     internal_date: i64,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Outcome>, DeliverError>>,
+    outbound: Option<Outbound>,
+    reply: tokio::sync::oneshot::Sender<Result<Delivered, DeliverError>>,
 }
 
 /// Handle to the delivery writer; cheap to clone.
@@ -71,6 +94,7 @@ pub struct Deliverer {
     commits: Arc<AtomicU64>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     changes: Changes,
+    queued: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -89,14 +113,17 @@ impl Deliverer {
         let counter = commits.clone();
         let changes = Changes::default();
         let notify = changes.clone();
+        let queued = Arc::new(tokio::sync::Notify::new());
+        let wake = queued.clone();
         let handle = std::thread::Builder::new()
             .name("wispd-deliver".into())
-            .spawn(move || writer(store, rx, counter, notify))?;
+            .spawn(move || writer(store, rx, counter, notify, wake))?;
         Ok(Deliverer {
             tx,
             commits,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
             changes,
+            queued,
         })
     }
 
@@ -108,16 +135,37 @@ impl Deliverer {
         recipients: Vec<Recipient>,
         internal_date: i64,
     ) -> Result<Vec<Outcome>, DeliverError> {
+        Ok(self
+            .deliver_and_queue(message, recipients, internal_date, None)
+            .await?
+            .outcomes)
+    }
+
+    /// Like [`Deliverer::deliver`], and queues `outbound` in the same transaction: both are
+    /// committed, or neither.
+    pub async fn deliver_and_queue(
+        &self,
+        message: Vec<u8>,
+        recipients: Vec<Recipient>,
+        internal_date: i64,
+        outbound: Option<Outbound>,
+    ) -> Result<Delivered, DeliverError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
             .send(Job {
                 message,
                 recipients,
                 internal_date,
+                outbound: outbound.filter(|o| !o.recipients.is_empty()),
                 reply,
             })
             .map_err(|_| DeliverError::Stopped)?;
         answer.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    /// Woken after a commit that queued outbound mail.
+    pub fn queued(&self) -> &Arc<tokio::sync::Notify> {
+        &self.queued
     }
 
     /// Stops the writer once every other handle is gone, after it has answered what was queued,
@@ -141,17 +189,25 @@ impl Deliverer {
     }
 }
 
-fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>, changes: Changes) {
+fn writer(
+    store: Store,
+    rx: mpsc::Receiver<Job>,
+    commits: Arc<AtomicU64>,
+    changes: Changes,
+    queued: Arc<tokio::sync::Notify>,
+) {
     let mut delivered = 0u64;
     let started = std::time::Instant::now();
     let mut commit_time = std::time::Duration::ZERO;
     while let Ok(first) = rx.recv() {
-        let mut bytes = first.message.len();
+        let mut bytes =
+            first.message.len() + first.outbound.as_ref().map_or(0, |o| o.message.len());
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(job) => {
-                    bytes += job.message.len();
+                    bytes +=
+                        job.message.len() + job.outbound.as_ref().map_or(0, |o| o.message.len());
                     batch.push(job);
                 }
                 Err(_) => break,
@@ -170,6 +226,9 @@ fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>, change
         match result {
             Ok(all) => {
                 changes.bump();
+                if all.iter().any(|d| d.queued.is_some()) {
+                    queued.notify_one();
+                }
                 for (job, outcomes) in batch.into_iter().zip(all) {
                     let _ = job.reply.send(Ok(outcomes));
                 }
@@ -191,7 +250,46 @@ fn writer(store: Store, rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>, change
     );
 }
 
-fn apply(w: &Write<'_>, job: &Job) -> Result<Vec<Outcome>, StoreError> {
+fn apply(w: &Write<'_>, job: &Job) -> Result<Delivered, StoreError> {
+    let outcomes = store_local(w, job)?;
+    let queued = match &job.outbound {
+        Some(o) => Some(enqueue(w, o, job.internal_date)?),
+        None => None,
+    };
+    Ok(Delivered { outcomes, queued })
+}
+
+/// Puts `o` in the outbound queue, every recipient due now; returns its queue id.
+pub fn enqueue(w: &Write<'_>, o: &Outbound, now: i64) -> Result<u64, StoreError> {
+    let id = w.get(&MAIL_META, "next_queue_id")?.unwrap_or(1).max(1);
+    w.put(&MAIL_META, "next_queue_id", &(id + 1))?;
+    let entry = QueuedMessage {
+        id,
+        sender: o.sender.clone(),
+        created_at: now,
+        size: o.message.len() as u64,
+        source: o.source.to_string(),
+        recipients: o
+            .recipients
+            .iter()
+            .map(|(address, original)| QueuedRecipient {
+                address: address.clone(),
+                original: original.clone(),
+                status: "queued".into(),
+                attempts: 0,
+                next_attempt: now,
+                last_attempt: None,
+                last_error: None,
+                remote: None,
+            })
+            .collect(),
+    };
+    w.put(&MAIL_QUEUE, id, &entry)?;
+    w.put_raw(&MAIL_QUEUE_DATA, id, &o.message)?;
+    Ok(id)
+}
+
+fn store_local(w: &Write<'_>, job: &Job) -> Result<Vec<Outcome>, StoreError> {
     let size = job.message.len() as u64;
     let mut outcomes = Vec::with_capacity(job.recipients.len());
     let mut message_id = None;

@@ -124,8 +124,12 @@ pub enum Resolution {
     Foreign,
     /// A local domain without such a user (and no catch-all).
     Unknown,
-    /// The accounts that get a copy (account, forwarders, catch-all), each once.
-    Local(Vec<MailAccount>),
+    /// Who gets a copy: local accounts (the account, forwarders, catch-all), each once, and
+    /// addresses in other domains that forwarders point at (they go out through the queue).
+    Local {
+        accounts: Vec<MailAccount>,
+        remote: Vec<String>,
+    },
 }
 
 /// The routing view of the directory (which domains are local, who forwards where), rebuilt
@@ -280,6 +284,7 @@ impl Directory {
             }
         }
         let mut targets = BTreeSet::new();
+        let mut remote = BTreeSet::new();
         let mut seen = HashSet::new();
         let mut todo = vec![address.clone()];
         while let Some(a) = todo.pop() {
@@ -288,6 +293,11 @@ impl Directory {
             }
             if routes.accounts.contains(&a) {
                 targets.insert(a.clone());
+            } else if a
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| !routes.domains.contains(d))
+            {
+                remote.insert(a.clone());
             }
             if let Some(next) = routes.forwards.get(&a) {
                 todo.extend(next.iter().cloned());
@@ -299,7 +309,7 @@ impl Directory {
         {
             targets.insert(dest.clone());
         }
-        if targets.is_empty() {
+        if targets.is_empty() && remote.is_empty() {
             return Ok(Resolution::Unknown);
         }
         let accounts = self.store.read(|r| {
@@ -313,10 +323,13 @@ impl Directory {
             }
             Ok::<_, StoreError>(out)
         })?;
-        Ok(if accounts.is_empty() {
+        Ok(if accounts.is_empty() && remote.is_empty() {
             Resolution::Unknown
         } else {
-            Resolution::Local(accounts)
+            Resolution::Local {
+                accounts,
+                remote: remote.into_iter().collect(),
+            }
         })
     }
 
@@ -502,8 +515,9 @@ impl Directory {
         Ok(ok.then_some(account))
     }
 
-    /// Adds a forwarder. The destination must be a local account for now (external
-    /// destinations need the outbound queue); chains that would loop are refused.
+    /// Adds a forwarder. The destination is a local account, another forwarder, or an address
+    /// in a domain this server does not receive mail for (delivered through the outbound queue
+    /// with SRS); an unknown address in a local domain and chains that would loop are refused.
     pub fn create_forwarder(
         &self,
         source: &str,
@@ -529,9 +543,9 @@ impl Directory {
         self.write(|w| {
             let local = w.get(&MAIL_ADDRESSES, dst.as_str())?.is_some();
             let forwards_on = w.all(&MAIL_FORWARDERS)?.iter().any(|f| f.source == dst);
-            if !local && !forwards_on {
+            if !local && !forwards_on && self.is_local_domain(&dd)? {
                 return Err(DirError::Invalid(format!(
-                    "{dst} is not a local account: external destinations need the outbound queue, which this wispd does not have yet"
+                    "{dst} is neither an account nor a forwarder, and mail for {dd} is received here"
                 )));
             }
             let all = w.all(&MAIL_FORWARDERS)?;
@@ -618,7 +632,7 @@ impl Directory {
             }
             if !dest.is_empty() && w.get(&MAIL_ADDRESSES, dest.as_str())?.is_none() {
                 return Err(DirError::Invalid(format!(
-                    "{dest} is not a local account: external destinations need the outbound queue, which this wispd does not have yet"
+                    "{dest} is not a local account: a catch-all delivers to an account on this server (use a forwarder for other domains)"
                 )));
             }
             let c = MailCatchall { domain: d.clone(), enabled, destination: dest.clone() };

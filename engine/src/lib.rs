@@ -1,6 +1,6 @@
-//! The mail engine over the wispd store. So far: the directory (accounts with their mailboxes,
-//! forwarders, catch-alls), address syntax, and durable group-committed local delivery; SMTP,
-//! IMAP and the queue build on them.
+//! The mail engine over the wispd store: the directory (accounts with their mailboxes,
+//! forwarders, catch-alls), durable group-committed local delivery, SMTP (MX and submission),
+//! IMAP, DKIM keys and signing, and the outbound queue with SRS for forwarded mail.
 
 pub mod address;
 pub mod delivery;
@@ -10,5 +10,7 @@ pub mod imap;
 pub mod limits;
 pub mod mailbox;
 pub mod mailstore;
+pub mod queue;
 pub mod service;
 pub mod smtp;
+pub mod srs;

@@ -18,6 +18,7 @@ use crate::delivery::Deliverer;
 use crate::directory::Directory;
 use crate::imap::{self, ImapSettings};
 use crate::limits::LoginFailures;
+use crate::queue::{Queue, QueueSettings};
 use crate::smtp::{self, Port, SmtpSettings};
 
 /// `MAIL_META` key holding the unix time the stack was installed.
@@ -40,6 +41,8 @@ pub struct MailConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Certificate for STARTTLS; without it STARTTLS is not offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The outbound queue.
+    pub queue: QueueSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,7 @@ pub struct Mail {
     store: Store,
     directory: Directory,
     deliverer: Deliverer,
+    queue: Arc<Queue>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Bound (SMTP, IMAP) addresses once started.
@@ -94,11 +98,19 @@ impl Mail {
         tracker: TaskTracker,
     ) -> std::io::Result<Mail> {
         let deliverer = Deliverer::start(store.clone())?;
+        let queue = Arc::new(Queue::new(
+            config.queue.clone(),
+            store.clone(),
+            directory.clone(),
+            deliverer.clone(),
+            &config.nameservers,
+        )?);
         Ok(Mail {
             config,
             store,
             directory,
             deliverer,
+            queue,
             shutdown,
             tracker,
             running: tokio::sync::Mutex::new((Vec::new(), Vec::new())),
@@ -116,6 +128,10 @@ impl Mail {
 
     pub fn deliverer(&self) -> &Deliverer {
         &self.deliverer
+    }
+
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
     }
 
     /// Whether the stack has been installed.
@@ -138,10 +154,17 @@ impl Mail {
         let submissions = bind("smtp.submissions", &self.config.submissions_listen).await?;
         let imap_listeners = bind("imap.listen", &self.config.imap_listen).await?;
         let imaps_listeners = bind("imap.imaps", &self.config.imaps_listen).await?;
+        self.tracker.spawn(
+            self.queue
+                .clone()
+                .run(self.shutdown.clone(), self.tracker.clone()),
+        );
         let server = Arc::new(smtp::Server::new(
             self.config.smtp.clone(),
+            self.store.clone(),
             self.directory.clone(),
             self.deliverer.clone(),
+            self.queue.clone(),
             self.config.tls.clone(),
             self.shutdown.clone(),
             self.failures.clone(),
@@ -216,7 +239,15 @@ impl Mail {
     /// Stops the delivery writer after everything queued is committed. Call once the
     /// sessions have ended.
     pub fn shutdown(self) {
-        self.deliverer.shutdown();
+        // The queue holds a handle on the writer too: it goes first, or the writer never ends.
+        let Mail {
+            queue, deliverer, ..
+        } = self;
+        if Arc::strong_count(&queue) > 1 {
+            tracing::warn!("outbound queue still in use at exit");
+        }
+        drop(queue);
+        deliverer.shutdown();
     }
 }
 

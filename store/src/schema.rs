@@ -241,3 +241,50 @@ pub struct MailEntry {
     pub size: u64,
     pub modseq: u64,
 }
+
+/// The outbound queue: messages on their way to other servers, by queue id. An entry leaves the
+/// queue when every recipient is delivered or has failed (and been reported to the sender).
+pub const MAIL_QUEUE: Table<u64, QueuedMessage> = Table::new("mail_queue");
+
+/// Queued message contents by queue id, exactly as they will be sent (trace and DKIM headers
+/// included).
+pub const MAIL_QUEUE_DATA: crate::RawTable<u64> = crate::RawTable::new("mail_queue_data");
+
+/// A queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: u64,
+    /// Envelope sender (`MAIL FROM`); empty for a bounce, which never bounces itself.
+    pub sender: String,
+    /// Unix seconds the message entered the queue; retries stop at this plus the queue lifetime.
+    pub created_at: i64,
+    pub size: u64,
+    /// What queued it: `submission`, `forward` or `bounce`.
+    pub source: String,
+    pub recipients: Vec<QueuedRecipient>,
+}
+
+/// One recipient of a queued message and where its delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRecipient {
+    pub address: String,
+    /// The address the sender used when it differs (a forwarder's source), for the DSN.
+    #[serde(default)]
+    pub original: Option<String>,
+    /// `queued`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    /// Unix seconds of the next try (for `queued`).
+    pub next_attempt: i64,
+    #[serde(default)]
+    pub last_attempt: Option<i64>,
+    /// The last answer: the remote server's reply, or why it could not be reached.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The server that gave it.
+    #[serde(default)]
+    pub remote: Option<String>,
+}
+
+/// Secrets the mail engine keeps (the SRS key), by name.
+pub const MAIL_SECRETS: crate::RawTable = crate::RawTable::new("mail_secrets");

@@ -239,6 +239,16 @@ impl Read<'_> {
 }
 
 impl Write<'_> {
+    /// The bytes under `key` in a raw table, inside this write.
+    pub fn get_raw<'k, K: Key + 'static>(
+        &self,
+        table: &RawTable<K>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(table.def())?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
     pub fn put_raw<'k, K: Key + 'static>(
         &self,
         table: &RawTable<K>,

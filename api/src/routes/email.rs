@@ -413,3 +413,67 @@ pub async fn dkim_verify(
         "error": published.error,
     }})))
 }
+
+fn queue_view(m: &wispd_store::schema::QueuedMessage) -> Value {
+    json!({
+        "id": m.id,
+        "sender": m.sender,
+        "created_at": m.created_at,
+        "size": m.size,
+        "source": m.source,
+        "recipients": m.recipients.iter().map(|r| json!({
+            "address": r.address,
+            "original": r.original,
+            "status": r.status,
+            "attempts": r.attempts,
+            "next_attempt": if r.status == "queued" { Some(r.next_attempt) } else { None },
+            "last_attempt": r.last_attempt,
+            "last_error": r.last_error,
+            "remote": r.remote,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /email/queue` (admin): every message waiting for delivery to other servers, with each
+/// recipient's state (like `mailq`).
+pub async fn queue_list(State(s): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+    let queue = s.mail.queue().clone();
+    let all = tokio::task::spawn_blocking(move || queue.list()).await??;
+    Ok(Json(json!({
+        "success": true,
+        "data": all.iter().map(queue_view).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /email/queue/flush` (admin): retry every waiting recipient now (like `postqueue -f`).
+pub async fn queue_flush(
+    State(s): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let queue = s.mail.queue().clone();
+    let n = tokio::task::spawn_blocking(move || queue.flush()).await??;
+    Ok(Json(json!({
+        "success": true,
+        "message": format!("{n} recipient(s) scheduled for delivery now"),
+        "data": { "scheduled": n },
+    })))
+}
+
+/// `DELETE /email/queue/:id` (admin): drop a queued message without a bounce (like
+/// `postsuper -d`).
+pub async fn queue_delete(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::Validation(format!("Invalid queue id: {id:?}")))?;
+    let queue = s.mail.queue().clone();
+    let m = tokio::task::spawn_blocking(move || queue.delete(id)).await??;
+    Ok(Json(json!({
+        "success": true,
+        "message": format!("Message {id} removed from the queue"),
+        "data": queue_view(&m),
+    })))
+}

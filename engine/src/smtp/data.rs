@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc2822;
 
 use super::reply::Reply;
 use super::session::{Core, Flow, Transaction};
-use crate::delivery::{Outcome, Recipient};
+use crate::delivery::{Outbound, Outcome, Recipient};
 
 impl Core {
     pub(super) fn data(&mut self) -> Flow {
@@ -18,7 +18,7 @@ impl Core {
         if tx.chunking {
             return self.reply(Reply::new(503, "5.5.1", "DATA after BDAT"));
         }
-        if tx.accounts.is_empty() {
+        if tx.accounts.is_empty() && tx.remote.is_empty() {
             return self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
         }
         self.codec.start_data(self.server.settings.max_message_size);
@@ -43,7 +43,7 @@ impl Core {
         let limit = self.server.settings.max_message_size;
         let verdict = match self.tx.as_mut() {
             None => Err(Reply::new(503, "5.5.1", "Need MAIL command first")),
-            Some(tx) if tx.accounts.is_empty() => {
+            Some(tx) if tx.accounts.is_empty() && tx.remote.is_empty() => {
                 Err(Reply::new(554, "5.5.1", "No valid recipients"))
             }
             Some(tx) => {
@@ -110,17 +110,23 @@ impl Core {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        let mut message = self.trace_headers(&tx);
-        message.extend_from_slice(&body);
-        drop(body);
+        let received = self.received(&tx);
+        let outbound = (!tx.remote.is_empty()).then(|| self.outbound(&tx, &received, &body));
+        let mut message = Vec::new();
+        if !tx.accounts.is_empty() {
+            message.reserve(received.len() + body.len() + 64);
+            message.extend_from_slice(format!("Return-Path: <{}>\r\n", tx.from).as_bytes());
+            message.extend_from_slice(&received);
+            message.extend_from_slice(&body);
+        }
         let recipients: Vec<Recipient> = tx.accounts.iter().map(|&a| Recipient::inbox(a)).collect();
-        let outcomes = match self
+        let delivered = match self
             .server
             .deliverer
-            .deliver(message, recipients, now)
+            .deliver_and_queue(message, recipients, now, outbound)
             .await
         {
-            Ok(o) => o,
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(id = %tx.id, error = %e, "delivery failed");
                 return Reply::new(
@@ -130,23 +136,33 @@ impl Core {
                 );
             }
         };
+        let outcomes = &delivered.outcomes;
         let stored = outcomes
             .iter()
             .filter(|o| matches!(o, Outcome::Stored { .. }))
             .count();
-        let over_quota = outcomes
+        let over_quota: Vec<u64> = tx
+            .accounts
             .iter()
-            .filter(|o| matches!(o, Outcome::OverQuota))
-            .count();
-        if stored < outcomes.len() {
-            // With a single reply for the whole message, a partly failed delivery is accepted
-            // for those who got it; the others are logged (a bounce needs the outbound queue).
-            tracing::warn!(id = %tx.id, stored, over_quota, failed = outcomes.len() - stored, "some recipients did not get the message");
+            .zip(outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::OverQuota))
+            .map(|(&a, _)| a)
+            .collect();
+        if let Some(q) = delivered.queued {
+            tracing::info!(id = %tx.id, queue_id = q, from = %tx.from, remote = tx.remote.len(), "message queued for other domains");
         }
-        if stored > 0 {
-            tracing::info!(id = %tx.id, from = %tx.from, rcpts = tx.rcpts.len(), stored, "message stored");
-            Reply::new(250, "2.0.0", format!("Ok: stored as {}", tx.id))
-        } else if over_quota > 0 {
+        if stored > 0 || delivered.queued.is_some() {
+            if stored < outcomes.len() {
+                // One reply covers the whole message: it is accepted for those who got it, and
+                // the sender hears about the rest in a bounce.
+                tracing::warn!(id = %tx.id, stored, over_quota = over_quota.len(), failed = outcomes.len() - stored, "some recipients did not get the message");
+                self.bounce_over_quota(&tx, &over_quota, &body).await;
+            }
+            if stored > 0 {
+                tracing::info!(id = %tx.id, from = %tx.from, rcpts = tx.rcpts.len(), stored, "message stored");
+            }
+            Reply::new(250, "2.0.0", format!("Ok: queued as {}", tx.id))
+        } else if !over_quota.is_empty() {
             Reply::new(
                 552,
                 "5.2.2",
@@ -157,8 +173,96 @@ impl Core {
         }
     }
 
-    /// `Return-Path:` and `Received:` for the message, Postfix-style.
-    fn trace_headers(&self, tx: &Transaction) -> Vec<u8> {
+    /// The queued copy for other domains: without `Return-Path:` (the receiving server adds
+    /// it), DKIM-signed when submitted by an account whose From: domain has a key, and with
+    /// the envelope sender rewritten (SRS) when forwarding someone else's mail.
+    fn outbound(&self, tx: &Transaction, received: &[u8], body: &[u8]) -> Outbound {
+        let mut message = Vec::with_capacity(received.len() + body.len() + 1024);
+        if self.account.is_some() {
+            let domain = header_from(body)
+                .or_else(|| Some(tx.from.clone()))
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+            if let Some(domain) = domain {
+                let mut signed = received.to_vec();
+                signed.extend_from_slice(body);
+                match crate::dkim::sign(&self.server.store, &domain, &signed) {
+                    Ok(Some(header)) => message.extend_from_slice(header.as_bytes()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(id = %tx.id, %domain, error = %e, "DKIM signing failed; sending unsigned");
+                    }
+                }
+            }
+        }
+        message.extend_from_slice(received);
+        message.extend_from_slice(body);
+        let (sender, source) = if self.account.is_some() {
+            (tx.from.clone(), "submission")
+        } else {
+            // Forwarded: keep a null sender (a bounce) or one of our own domains; rewrite any
+            // other into the forwarding domain so SPF passes at the destination.
+            let forwarding = tx
+                .remote
+                .iter()
+                .find_map(|(_, o)| o.as_ref())
+                .and_then(|o| o.rsplit_once('@'))
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_else(|| self.server.settings.hostname.clone());
+            let own = tx.from.rsplit_once('@').is_some_and(|(_, d)| {
+                self.server
+                    .directory
+                    .is_local_domain(&d.to_ascii_lowercase())
+                    .unwrap_or(false)
+            });
+            let sender = if tx.from.is_empty() || own {
+                tx.from.clone()
+            } else {
+                self.server.queue.srs().forward(&tx.from, &forwarding)
+            };
+            (sender, "forward")
+        };
+        Outbound {
+            message,
+            sender,
+            source,
+            recipients: tx.remote.clone(),
+        }
+    }
+
+    /// Tells the sender about local recipients whose quota the message did not fit.
+    async fn bounce_over_quota(&self, tx: &Transaction, accounts: &[u64], body: &[u8]) {
+        if tx.from.is_empty() || accounts.is_empty() {
+            return;
+        }
+        let addresses = accounts
+            .iter()
+            .filter_map(|&id| self.server.directory.account(id).ok())
+            .map(|a| a.email())
+            .collect::<Vec<_>>();
+        let failures = addresses
+            .into_iter()
+            .map(|address| crate::queue::dsn::Failure {
+                recipient: address,
+                original: None,
+                status: "5.2.2".into(),
+                remote: None,
+                diagnostic:
+                    "552 5.2.2 Mailbox full: the message does not fit in the recipient's quota"
+                        .into(),
+            })
+            .collect::<Vec<_>>();
+        if let Err(e) = self
+            .server
+            .queue
+            .bounce(&tx.from, &tx.id, &failures, body)
+            .await
+        {
+            tracing::error!(id = %tx.id, error = %e, "could not queue the bounce for over-quota recipients");
+        }
+    }
+
+    /// The `Received:` header for the message, Postfix-style.
+    fn received(&self, tx: &Transaction) -> Vec<u8> {
         let helo = self.helo.as_ref();
         // RFC 3848 / RFC 6531 names: S for TLS, A for an authenticated client.
         let mut protocol = String::from(match (helo.is_some_and(|h| h.extended), tx.smtputf8) {
@@ -176,8 +280,7 @@ impl Core {
             .format(&Rfc2822)
             .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into());
         let mut h = format!(
-            "Return-Path: <{}>\r\nReceived: from {} (unknown [{}])\r\n\tby {} (wispd) with {protocol} id {}",
-            tx.from,
+            "Received: from {} (unknown [{}])\r\n\tby {} (wispd) with {protocol} id {}",
             helo.map_or("unknown", |h| h.name.as_str()),
             self.peer.ip(),
             self.server.settings.hostname,

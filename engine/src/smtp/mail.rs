@@ -45,6 +45,7 @@ impl Core {
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
             rcpts: Vec::new(),
             accounts: Vec::new(),
+            remote: Vec::new(),
             chunking: false,
         });
         self.reply(Reply::new(250, "2.1.0", "Ok"))

@@ -20,9 +20,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use wispd_store::Store;
+
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
 use crate::limits::{ConnectionLimits, LoginFailures, Refusal, Slot};
+use crate::queue::Queue;
 use reply::Reply;
 
 /// Limits and identity of the SMTP service.
@@ -72,8 +75,10 @@ pub enum Port {
 /// What every session shares.
 pub struct Server {
     settings: SmtpSettings,
+    store: Store,
     directory: Directory,
     deliverer: Deliverer,
+    queue: Arc<Queue>,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     limits: Arc<ConnectionLimits>,
@@ -81,10 +86,16 @@ pub struct Server {
 }
 
 impl Server {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every part a session shares, once"
+    )]
     pub fn new(
         settings: SmtpSettings,
+        store: Store,
         directory: Directory,
         deliverer: Deliverer,
+        queue: Arc<Queue>,
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
         failures: Arc<LoginFailures>,
@@ -93,8 +104,10 @@ impl Server {
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
         Server {
             settings,
+            store,
             directory,
             deliverer,
+            queue,
             tls: tls.map(TlsAcceptor::from),
             shutdown,
             limits,

@@ -1,4 +1,6 @@
-//! RCPT TO: resolves a recipient to local accounts, or refuses it. The MX never relays.
+//! RCPT TO: resolves a recipient to local accounts and forwarding destinations, or refuses it.
+//! The MX never relays: other domains are accepted only from authenticated submission, as
+//! forwarder destinations, or as the original sender behind a genuine SRS address (a bounce).
 
 use smtp_proto::RcptTo;
 
@@ -45,13 +47,20 @@ impl Core {
                 ))
             };
         }
-        let accounts = match self.server.directory.resolve(&rcpt) {
+        // A bounce coming back to an address this server rewrote when forwarding (SRS).
+        if let Some(original) = self.server.queue.srs().reverse(&rcpt)
+            && rcpt.rsplit_once('@').is_some_and(|(_, d)| {
+                self.server
+                    .directory
+                    .is_local_domain(&d.to_ascii_lowercase())
+                    .unwrap_or(false)
+            })
+        {
+            return self.accept_remote(original, Some(rcpt));
+        }
+        let (accounts, remote) = match self.server.directory.resolve(&rcpt) {
             Ok(Resolution::Foreign) if self.port != Port::Mx => {
-                return self.reply(Reply::new(
-                    550,
-                    "5.7.1",
-                    format!("<{rcpt}>: Delivery to other domains is not available yet (no outbound queue)"),
-                ));
+                return self.accept_remote(rcpt, None);
             }
             Ok(Resolution::Foreign) => {
                 return self.reply(Reply::new(
@@ -67,14 +76,14 @@ impl Core {
                     format!("<{rcpt}>: Recipient address rejected: User unknown"),
                 ));
             }
-            Ok(Resolution::Local(accounts)) => accounts,
+            Ok(Resolution::Local { accounts, remote }) => (accounts, remote),
             Err(e) => {
                 tracing::error!(error = %e, "recipient lookup failed");
                 return self.reply(Reply::new(451, "4.3.0", "Temporary lookup failure"));
             }
         };
         let enabled: Vec<_> = accounts.into_iter().filter(|a| a.enabled).collect();
-        if enabled.is_empty() {
+        if enabled.is_empty() && remote.is_empty() {
             return self.reply(Reply::new(
                 550,
                 "5.2.1",
@@ -84,7 +93,7 @@ impl Core {
         let full = |a: &wispd_store::schema::MailAccount| {
             a.quota_mb > 0 && a.used_bytes >= a.quota_mb.saturating_mul(1 << 20)
         };
-        if enabled.iter().all(full) {
+        if remote.is_empty() && enabled.iter().all(full) {
             return self.reply(Reply::new(452, "4.2.2", format!("<{rcpt}>: Mailbox full")));
         }
         if let Some(tx) = self.tx.as_mut() {
@@ -93,7 +102,27 @@ impl Core {
                     tx.accounts.push(a.id);
                 }
             }
+            for r in remote {
+                if !tx.remote.iter().any(|(x, _)| *x == r) {
+                    tx.remote.push((r, Some(rcpt.clone())));
+                }
+            }
             tx.rcpts.push(rcpt);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Ok"))
+    }
+}
+
+impl Core {
+    /// Accepts `address` in another domain for the outbound queue (`original`: what the
+    /// client wrote, when that was an SRS address).
+    fn accept_remote(&mut self, address: String, original: Option<String>) -> Flow {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts
+                .push(original.clone().unwrap_or_else(|| address.clone()));
+            if !tx.remote.iter().any(|(x, _)| *x == address) {
+                tx.remote.push((address, original));
+            }
         }
         self.reply(Reply::new(250, "2.1.5", "Ok"))
     }

@@ -46,6 +46,9 @@ pub(super) struct Transaction {
     pub rcpts: Vec<String>,
     /// The accounts that get a copy, each once.
     pub accounts: Vec<u64>,
+    /// Addresses in other domains, each once, with the address the client gave when it was
+    /// a forwarder: they go out through the queue.
+    pub remote: Vec<(String, Option<String>)>,
     /// BDAT chunks have started (DATA is then out of sequence).
     pub chunking: bool,
 }

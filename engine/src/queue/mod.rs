@@ -1,0 +1,571 @@
+//! The outbound queue. Messages for other domains (submission, external forwarders, bounces) are
+//! committed to the store before the client hears `250`, with a state per recipient, and leave
+//! it only when every recipient is delivered or has failed and the sender has been told (a DSN,
+//! RFC 3464; never for a bounce). A scheduler wakes for new mail, for the next retry, or for a
+//! flush, and hands each (message, destination domain) due to a delivery task: one SMTP
+//! transaction for that domain's recipients, through `smtp.relay` or the domain's MX hosts.
+//! Temporary failures retry with exponential backoff until the message is older than the
+//! queue lifetime. Everything is in the store, so a restart resumes where it stopped.
+
+pub mod dsn;
+mod remote;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wispd_store::schema::{MAIL_QUEUE, MAIL_QUEUE_DATA, QueuedMessage};
+use wispd_store::{Store, StoreError};
+
+use crate::delivery::{self, Deliverer, Outbound, Outcome, Recipient};
+use crate::directory::{Directory, Resolution};
+use crate::srs::Srs;
+
+/// How the queue delivers.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Our name in EHLO, `Received:` and DSNs.
+    pub hostname: String,
+    /// Smarthost for all outbound mail instead of MX lookups.
+    pub relay: Option<(String, u16)>,
+    /// First retry after a temporary failure; doubles each time up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// A message still undelivered this long after it was queued is returned to its sender.
+    pub lifetime: Duration,
+    /// Simultaneous deliveries to one destination domain (or to the relay).
+    pub per_destination: usize,
+    /// Simultaneous deliveries in all.
+    pub max_deliveries: usize,
+    pub connect_timeout: Duration,
+    /// For each reply from a remote server (the DATA reply included).
+    pub command_timeout: Duration,
+    /// Port of MX hosts (25).
+    pub mx_port: u16,
+}
+
+impl QueueSettings {
+    pub fn new(hostname: String) -> QueueSettings {
+        QueueSettings {
+            hostname,
+            relay: None,
+            retry_initial: Duration::from_secs(300),
+            retry_max: Duration::from_secs(4000),
+            lifetime: Duration::from_secs(5 * 86_400),
+            per_destination: 4,
+            max_deliveries: 32,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            mx_port: 25,
+        }
+    }
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered {
+        remote: Option<String>,
+        reply: String,
+    },
+    /// Try again later.
+    Deferred {
+        remote: Option<String>,
+        reply: String,
+    },
+    /// Give up and tell the sender; `status` is the enhanced status code (`5.1.1`).
+    Failed {
+        remote: Option<String>,
+        reply: String,
+        status: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store task failed: {0}")]
+    Task(String),
+}
+
+pub struct Queue {
+    settings: QueueSettings,
+    store: Store,
+    directory: Directory,
+    deliverer: Deliverer,
+    resolver: Option<TokioResolver>,
+    srs: Srs,
+    tls: tokio_rustls::TlsConnector,
+    wake: Arc<Notify>,
+    /// (queue id, destination) being delivered now.
+    inflight: Mutex<HashSet<(u64, String)>>,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Queue {
+    /// `nameservers` as in `[dns]`; empty means the system resolver.
+    pub fn new(
+        settings: QueueSettings,
+        store: Store,
+        directory: Directory,
+        deliverer: Deliverer,
+        nameservers: &[std::net::SocketAddr],
+    ) -> std::io::Result<Queue> {
+        let resolver = match crate::dkim::resolver(nameservers) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Deliveries through the relay still work; MX lookups defer until fixed.
+                tracing::warn!(error = %e, "no DNS resolver for the outbound queue");
+                None
+            }
+        };
+        let srs = Srs::load(&store)?;
+        let wake = deliverer.queued().clone();
+        let slots = Arc::new(Semaphore::new(settings.max_deliveries.max(1)));
+        Ok(Queue {
+            tls: mail_send::smtp::tls::build_tls_connector(true),
+            settings,
+            store,
+            directory,
+            deliverer,
+            resolver,
+            srs,
+            wake,
+            inflight: Mutex::default(),
+            destinations: Mutex::default(),
+            slots,
+        })
+    }
+
+    pub fn srs(&self) -> &Srs {
+        &self.srs
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Every queued message, oldest first.
+    pub fn list(&self) -> Result<Vec<QueuedMessage>, QueueError> {
+        Ok(self.store.read(|r| r.all(&MAIL_QUEUE))?)
+    }
+
+    /// Makes every waiting recipient due now and wakes the scheduler; returns how many.
+    pub fn flush(&self) -> Result<usize, QueueError> {
+        let t = now();
+        let n = self.store.write(|w| {
+            let mut n = 0;
+            for mut m in w.all(&MAIL_QUEUE)? {
+                let mut changed = false;
+                for r in m.recipients.iter_mut().filter(|r| r.status == "queued") {
+                    n += 1;
+                    if r.next_attempt > t {
+                        r.next_attempt = t;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    w.put(&MAIL_QUEUE, m.id, &m)?;
+                }
+            }
+            Ok::<_, StoreError>(n)
+        })?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Removes a message from the queue without telling its sender (as `postsuper -d`).
+    pub fn delete(&self, id: u64) -> Result<QueuedMessage, QueueError> {
+        self.store.write(|w| {
+            let m = w
+                .get(&MAIL_QUEUE, id)?
+                .ok_or_else(|| QueueError::NotFound(format!("No queued message with id {id}")))?;
+            w.remove(&MAIL_QUEUE, id)?;
+            w.remove_raw(&MAIL_QUEUE_DATA, id)?;
+            Ok(m)
+        })
+    }
+
+    /// Queues a DSN to `sender` about `failures` of a message that is not in the queue (local
+    /// recipients whose quota it did not fit). Nothing for a null sender.
+    pub async fn bounce(
+        &self,
+        sender: &str,
+        id: &str,
+        failures: &[dsn::Failure],
+        original: &[u8],
+    ) -> Result<(), QueueError> {
+        if sender.is_empty() || failures.is_empty() {
+            return Ok(());
+        }
+        let report = dsn::build(
+            &self.settings.hostname,
+            id,
+            now(),
+            sender,
+            failures,
+            original,
+        );
+        let out = Outbound {
+            message: report,
+            sender: String::new(),
+            source: "bounce",
+            recipients: vec![(sender.to_string(), None)],
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(|w| delivery::enqueue(w, &out, now())))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The scheduler: runs until `shutdown`, delivery tasks in `tracker`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
+        loop {
+            let next = match self.dispatch(&tracker, &shutdown) {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the outbound queue failed");
+                    Some(now() + 5)
+                }
+            };
+            let wait = next.map_or(60, |t| (t - now()).clamp(0, 60));
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())) => {}
+            }
+        }
+    }
+
+    /// Starts a delivery for every (message, domain) that is due and not already under way;
+    /// returns when the next waiting recipient is due.
+    fn dispatch(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<i64>, StoreError> {
+        let messages = self.store.read(|r| r.all(&MAIL_QUEUE))?;
+        let t = now();
+        let mut next: Option<i64> = None;
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        for m in messages {
+            let mut due: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for r in m.recipients.iter().filter(|r| r.status == "queued") {
+                let domain = domain_of(&r.address);
+                if inflight.contains(&(m.id, domain.clone())) {
+                    continue;
+                }
+                if r.next_attempt <= t {
+                    due.entry(domain).or_default().push(r.address.clone());
+                } else {
+                    next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
+                }
+            }
+            for (domain, rcpts) in due {
+                inflight.insert((m.id, domain.clone()));
+                let q = self.clone();
+                let id = m.id;
+                let stop = shutdown.clone();
+                tracker.spawn(async move {
+                    // At shutdown an attempt is abandoned unrecorded: it is retried after the
+                    // restart (a recipient may then get it twice, never zero times).
+                    tokio::select! {
+                        () = q.attempt(id, &domain, rcpts) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    q.inflight
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&(id, domain));
+                    q.wake.notify_one();
+                });
+            }
+        }
+        Ok(next)
+    }
+
+    fn destination_slot(&self, key: &str) -> Arc<Semaphore> {
+        let mut d = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        d.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() == 0);
+        d.entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_destination.max(1))))
+            .clone()
+    }
+
+    /// One delivery attempt of message `id` to `rcpts` in `domain`, then its record.
+    async fn attempt(&self, id: u64, domain: &str, rcpts: Vec<String>) {
+        let key = match &self.settings.relay {
+            Some((h, p)) => format!("{h}:{p}"),
+            None => domain.to_string(),
+        };
+        let slot = self.destination_slot(&key);
+        let (Ok(_all), Ok(_one)) = (
+            self.slots.clone().acquire_owned().await,
+            slot.acquire_owned().await,
+        ) else {
+            return;
+        };
+        let loaded = self.store.read(|r| {
+            Ok::<_, StoreError>((r.get(&MAIL_QUEUE, id)?, r.get_raw(&MAIL_QUEUE_DATA, id)?))
+        });
+        let (entry, body) = match loaded {
+            Ok((Some(e), Some(b))) => (e, b),
+            Ok(_) => return, // deleted meanwhile
+            Err(e) => {
+                tracing::error!(queue_id = id, error = %e, "reading a queued message failed");
+                return;
+            }
+        };
+        let local = self.directory.is_local_domain(domain).unwrap_or(false);
+        let verdicts = if local {
+            self.deliver_local(&entry.sender, &rcpts, &body).await
+        } else {
+            remote::deliver(self, domain, &entry.sender, &rcpts, &body).await
+        };
+        for (r, v) in rcpts.iter().zip(&verdicts) {
+            match v {
+                Verdict::Delivered { remote, reply } => {
+                    tracing::info!(queue_id = id, to = %r, relay = remote.as_deref().unwrap_or("local"), %reply, "delivered")
+                }
+                Verdict::Deferred { remote, reply } => {
+                    tracing::warn!(queue_id = id, to = %r, relay = remote.as_deref().unwrap_or("none"), %reply, "deferred")
+                }
+                Verdict::Failed { remote, reply, .. } => {
+                    tracing::warn!(queue_id = id, to = %r, relay = remote.as_deref().unwrap_or("none"), %reply, "bounced")
+                }
+            }
+        }
+        let store = self.store.clone();
+        let settings = self.settings.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.write(|w| record(w, &settings, id, &rcpts, verdicts, now()))
+        })
+        .await;
+        match recorded {
+            Ok(Ok(true)) => self.wake.notify_one(),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(queue_id = id, error = %e, "recording a delivery failed"),
+            Err(e) => tracing::error!(queue_id = id, error = %e, "recording a delivery failed"),
+        }
+    }
+
+    /// Queue recipients in local domains (bounces to local senders, SRS bounces for local
+    /// addresses): into their accounts' INBOX through the delivery writer.
+    async fn deliver_local(&self, sender: &str, rcpts: &[String], body: &[u8]) -> Vec<Verdict> {
+        let mut message = format!("Return-Path: <{sender}>\r\n").into_bytes();
+        message.extend_from_slice(body);
+        let mut out = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let accounts = match self.directory.resolve(rcpt) {
+                Ok(Resolution::Local { accounts, .. }) => accounts,
+                Ok(_) => {
+                    out.push(Verdict::Failed {
+                        remote: None,
+                        reply: "550 5.1.1 Recipient address rejected: User unknown".into(),
+                        status: "5.1.1".into(),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    out.push(Verdict::Deferred {
+                        remote: None,
+                        reply: format!("451 4.3.0 lookup failed: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let targets: Vec<Recipient> = accounts
+                .iter()
+                .filter(|a| a.enabled)
+                .map(|a| Recipient::inbox(a.id))
+                .collect();
+            if targets.is_empty() {
+                out.push(Verdict::Failed {
+                    remote: None,
+                    reply: "550 5.2.1 Mailbox disabled".into(),
+                    status: "5.2.1".into(),
+                });
+                continue;
+            }
+            out.push(
+                match self
+                    .deliverer
+                    .deliver(message.clone(), targets, now())
+                    .await
+                {
+                    Ok(o) if o.iter().any(|x| matches!(x, Outcome::Stored { .. })) => {
+                        Verdict::Delivered {
+                            remote: None,
+                            reply: "250 2.0.0 stored".into(),
+                        }
+                    }
+                    Ok(o) if o.contains(&Outcome::OverQuota) => Verdict::Deferred {
+                        remote: None,
+                        reply: "452 4.2.2 Mailbox full".into(),
+                    },
+                    Ok(_) => Verdict::Failed {
+                        remote: None,
+                        reply: "550 5.1.1 Recipient no longer available".into(),
+                        status: "5.1.1".into(),
+                    },
+                    Err(e) => Verdict::Deferred {
+                        remote: None,
+                        reply: format!("451 4.3.0 {e}"),
+                    },
+                },
+            );
+        }
+        out
+    }
+}
+
+/// Applies one attempt's verdicts to message `id`: delivered and failed recipients are final,
+/// deferred ones wait (or fail once the message is older than the lifetime). Failures are
+/// reported to the sender in one DSN, queued in the same transaction; a message with nothing
+/// left to do leaves the queue. Returns whether a DSN was queued.
+fn record(
+    w: &wispd_store::Write<'_>,
+    settings: &QueueSettings,
+    id: u64,
+    rcpts: &[String],
+    verdicts: Vec<Verdict>,
+    t: i64,
+) -> Result<bool, StoreError> {
+    let Some(mut entry) = w.get(&MAIL_QUEUE, id)? else {
+        return Ok(false);
+    };
+    let expired = t.saturating_sub(entry.created_at) >= secs(settings.lifetime);
+    let mut failures = Vec::new();
+    for (address, verdict) in rcpts.iter().zip(verdicts) {
+        let Some(r) = entry
+            .recipients
+            .iter_mut()
+            .find(|r| r.address == *address && r.status == "queued")
+        else {
+            continue;
+        };
+        r.attempts = r.attempts.saturating_add(1);
+        r.last_attempt = Some(t);
+        match verdict {
+            Verdict::Delivered { remote, reply } => {
+                r.status = "delivered".into();
+                r.remote = remote;
+                r.last_error = None;
+                let _ = reply;
+            }
+            Verdict::Deferred { remote, reply } if expired => {
+                r.status = "failed".into();
+                failures.push(dsn::Failure {
+                    recipient: r.address.clone(),
+                    original: r.original.clone(),
+                    status: "4.4.7".into(),
+                    remote: remote.clone(),
+                    diagnostic: format!("{reply} (delivery time expired)"),
+                });
+                r.remote = remote;
+                r.last_error = Some(reply);
+            }
+            Verdict::Deferred { remote, reply } => {
+                let shift = r.attempts.saturating_sub(1).min(20);
+                let delay = secs(settings.retry_initial)
+                    .saturating_mul(1 << shift)
+                    .min(secs(settings.retry_max))
+                    .max(1);
+                r.next_attempt = t.saturating_add(delay);
+                r.remote = remote;
+                r.last_error = Some(reply);
+            }
+            Verdict::Failed {
+                remote,
+                reply,
+                status,
+            } => {
+                r.status = "failed".into();
+                failures.push(dsn::Failure {
+                    recipient: r.address.clone(),
+                    original: r.original.clone(),
+                    status,
+                    remote: remote.clone(),
+                    diagnostic: reply.clone(),
+                });
+                r.remote = remote;
+                r.last_error = Some(reply);
+            }
+        }
+    }
+    let mut bounced = false;
+    if !failures.is_empty() {
+        if entry.sender.is_empty() {
+            tracing::warn!(
+                queue_id = id,
+                failed = failures.len(),
+                "a bounce could not be delivered; it is dropped (no bounce for a bounce)"
+            );
+        } else {
+            let original = w.get_raw(&MAIL_QUEUE_DATA, id)?.unwrap_or_default();
+            let report = dsn::build(
+                &settings.hostname,
+                &id.to_string(),
+                entry.created_at,
+                &entry.sender,
+                &failures,
+                &original,
+            );
+            let out = Outbound {
+                message: report,
+                sender: String::new(),
+                source: "bounce",
+                recipients: vec![(entry.sender.clone(), None)],
+            };
+            let dsn_id = delivery::enqueue(w, &out, t)?;
+            tracing::info!(queue_id = id, dsn = dsn_id, to = %entry.sender, failed = failures.len(), "delivery status notification queued");
+            bounced = true;
+        }
+    }
+    if entry.recipients.iter().all(|r| r.status != "queued") {
+        w.remove(&MAIL_QUEUE, id)?;
+        w.remove_raw(&MAIL_QUEUE_DATA, id)?;
+    } else {
+        w.put(&MAIL_QUEUE, id, &entry)?;
+    }
+    Ok(bounced)
+}

@@ -1,0 +1,316 @@
+//! Delivery to another server with mail-send's SMTP client: the relay, or the domain's MX hosts
+//! in preference order (its A/AAAA records when it has no MX), each address in turn until one
+//! takes the transaction. STARTTLS is used whenever offered (opportunistic, certificates not
+//! verified, as Postfix's `may` level); a failed handshake is retried once in clear text.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::proto::rr::RData;
+use mail_send::SmtpClient;
+use smtp_proto::{EXT_8BIT_MIME, EXT_SIZE, EXT_START_TLS, EhloResponse, Response};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::{Queue, Verdict};
+
+/// Why an address did not take the transaction: try the next one.
+enum Skip {
+    Next(String),
+    /// The TLS handshake failed after STARTTLS: the same address again without it.
+    Tls(String),
+}
+
+fn deferred(remote: Option<&str>, reply: String) -> Verdict {
+    Verdict::Deferred {
+        remote: remote.map(str::to_string),
+        reply,
+    }
+}
+
+/// `code esc text` on one line.
+fn text(r: &Response<String>) -> String {
+    let esc = if r.esc[0] > 0 {
+        format!("{}.{}.{} ", r.esc[0], r.esc[1], r.esc[2])
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {esc}{}",
+        r.code,
+        r.message.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn from_reply(remote: &str, r: &Response<String>) -> Verdict {
+    let remote = Some(remote.to_string());
+    match r.code {
+        200..=299 => Verdict::Delivered {
+            remote,
+            reply: text(r),
+        },
+        500..=599 => Verdict::Failed {
+            remote,
+            reply: text(r),
+            status: if r.esc[0] == 5 {
+                format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2])
+            } else {
+                "5.0.0".into()
+            },
+        },
+        _ => Verdict::Deferred {
+            remote,
+            reply: text(r),
+        },
+    }
+}
+
+/// Delivers `body` from `sender` to `rcpts` (all in `domain`); one verdict per recipient.
+pub(super) async fn deliver(
+    q: &Queue,
+    domain: &str,
+    sender: &str,
+    rcpts: &[String],
+    body: &[u8],
+) -> Vec<Verdict> {
+    let hosts = match &q.settings.relay {
+        Some((h, p)) => vec![(h.clone(), *p)],
+        None => match mx_hosts(q, domain).await {
+            Ok(h) => h,
+            Err(v) => return vec![v; rcpts.len()],
+        },
+    };
+    let mut last = deferred(
+        None,
+        format!("451 4.4.1 no server for {domain} could be reached"),
+    );
+    for (host, port) in hosts {
+        let ips = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match lookup_ips(q, &host).await {
+                Ok(ips) => ips,
+                Err(e) => {
+                    last = deferred(None, format!("451 4.4.3 {host}: {e}"));
+                    continue;
+                }
+            },
+        };
+        for ip in ips {
+            let addr = SocketAddr::new(ip, port);
+            let remote = format!("{host}[{ip}]:{port}");
+            match session(q, &host, addr, &remote, sender, rcpts, body, true).await {
+                Ok(v) => return v,
+                Err(Skip::Next(why)) => last = deferred(Some(&remote), why),
+                Err(Skip::Tls(why)) => {
+                    tracing::warn!(%remote, %why, "TLS failed; retrying in clear text");
+                    match session(q, &host, addr, &remote, sender, rcpts, body, false).await {
+                        Ok(v) => return v,
+                        Err(Skip::Next(why) | Skip::Tls(why)) => {
+                            last = deferred(Some(&remote), why)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    vec![last; rcpts.len()]
+}
+
+/// The domain's mail servers in preference order; its own name when it has no MX records.
+async fn mx_hosts(q: &Queue, domain: &str) -> Result<Vec<(String, u16)>, Verdict> {
+    let Some(resolver) = &q.resolver else {
+        return Err(deferred(
+            None,
+            "451 4.4.3 no DNS resolver configured".into(),
+        ));
+    };
+    let port = q.settings.mx_port;
+    if let Ok(ip) = domain.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(vec![(ip.to_string(), port)]);
+    }
+    match resolver.mx_lookup(format!("{domain}.")).await {
+        Ok(lookup) => {
+            let mut mx: Vec<(u16, String)> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((
+                        mx.preference,
+                        mx.exchange.to_ascii().trim_end_matches('.').to_string(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            if mx.is_empty() {
+                return Ok(vec![(domain.to_string(), port)]);
+            }
+            // RFC 7505 null MX: the domain accepts no mail.
+            if mx.iter().any(|(_, h)| h.is_empty()) {
+                return Err(Verdict::Failed {
+                    remote: None,
+                    reply: format!("556 5.1.10 {domain} does not accept mail (null MX)"),
+                    status: "5.1.10".into(),
+                });
+            }
+            mx.sort_by_key(|(p, _)| *p);
+            Ok(mx.into_iter().map(|(_, h)| (h, port)).collect())
+        }
+        Err(e) if e.is_nx_domain() => Err(Verdict::Failed {
+            remote: None,
+            reply: format!("550 5.1.2 {domain}: domain not found"),
+            status: "5.1.2".into(),
+        }),
+        Err(e) if e.is_no_records_found() => Ok(vec![(domain.to_string(), port)]),
+        Err(e) => Err(deferred(
+            None,
+            format!("451 4.4.3 MX lookup for {domain} failed: {e}"),
+        )),
+    }
+}
+
+async fn lookup_ips(q: &Queue, host: &str) -> Result<Vec<IpAddr>, String> {
+    let resolver = q.resolver.as_ref().ok_or("no DNS resolver configured")?;
+    let ips: Vec<IpAddr> = resolver
+        .lookup_ip(format!("{host}."))
+        .await
+        .map_err(|e| format!("address lookup failed: {e}"))?
+        .iter()
+        .collect();
+    if ips.is_empty() {
+        return Err("no address".into());
+    }
+    Ok(ips)
+}
+
+/// One connection: greeting, EHLO, STARTTLS when offered (and `tls`), the transaction.
+#[expect(clippy::too_many_arguments, reason = "one connection's whole context")]
+async fn session(
+    q: &Queue,
+    host: &str,
+    addr: SocketAddr,
+    remote: &str,
+    sender: &str,
+    rcpts: &[String],
+    body: &[u8],
+    tls: bool,
+) -> Result<Vec<Verdict>, Skip> {
+    let s = &q.settings;
+    let mut c = SmtpClient::connect(addr, s.connect_timeout)
+        .await
+        .map_err(|e| Skip::Next(format!("451 4.4.1 connect to {remote}: {e}")))?;
+    c.timeout = s.command_timeout;
+    let greeting = tokio::time::timeout(s.command_timeout, c.read())
+        .await
+        .map_err(|_| Skip::Next(format!("451 4.4.2 {remote}: no greeting")))?
+        .map_err(|e| Skip::Next(format!("451 4.4.2 {remote}: {e}")))?;
+    if greeting.code != 220 {
+        return Err(Skip::Next(format!(
+            "451 4.4.2 {remote} greeted with {}",
+            text(&greeting)
+        )));
+    }
+    let ehlo = c
+        .ehlo(&s.hostname)
+        .await
+        .map_err(|e| Skip::Next(format!("451 4.4.2 {remote} refused EHLO: {e}")))?;
+    if tls && ehlo.has_capability(EXT_START_TLS) {
+        let mut c = c
+            .start_tls(&q.tls, host)
+            .await
+            .map_err(|e| Skip::Tls(format!("451 4.7.5 {remote}: STARTTLS failed: {e}")))?;
+        let ehlo = c
+            .ehlo(&s.hostname)
+            .await
+            .map_err(|e| Skip::Next(format!("451 4.4.2 {remote} refused EHLO after TLS: {e}")))?;
+        return Ok(transaction(&mut c, &ehlo, remote, sender, rcpts, body).await);
+    }
+    Ok(transaction(&mut c, &ehlo, remote, sender, rcpts, body).await)
+}
+
+/// MAIL, RCPT for each recipient, DATA: a verdict per recipient.
+async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut SmtpClient<T>,
+    ehlo: &EhloResponse<String>,
+    remote: &str,
+    sender: &str,
+    rcpts: &[String],
+    body: &[u8],
+) -> Vec<Verdict> {
+    let lost = |e: mail_send::Error| deferred(Some(remote), format!("451 4.4.2 {remote}: {e}"));
+    let mut params = String::new();
+    if ehlo.has_capability(EXT_SIZE) {
+        params.push_str(&format!(" SIZE={}", body.len()));
+    }
+    if ehlo.has_capability(EXT_8BIT_MIME) && !body.is_ascii() {
+        params.push_str(" BODY=8BITMIME");
+    }
+    match c.cmd(format!("MAIL FROM:<{sender}>{params}\r\n")).await {
+        Ok(r) if (200..300).contains(&r.code) => {}
+        Ok(r) => {
+            let _ = c.cmd("QUIT\r\n").await;
+            return vec![from_reply(remote, &r); rcpts.len()];
+        }
+        Err(e) => return vec![lost(e); rcpts.len()],
+    }
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; rcpts.len()];
+    for (i, rcpt) in rcpts.iter().enumerate() {
+        match c.cmd(format!("RCPT TO:<{rcpt}>\r\n")).await {
+            Ok(r) if (200..300).contains(&r.code) => {}
+            Ok(r) => verdicts[i] = Some(from_reply(remote, &r)),
+            Err(e) => {
+                let v = lost(e);
+                return verdicts
+                    .into_iter()
+                    .map(|x| x.unwrap_or_else(|| v.clone()))
+                    .collect();
+            }
+        }
+    }
+    let accepted = verdicts.iter().filter(|v| v.is_none()).count();
+    let outcome = if accepted == 0 {
+        None
+    } else {
+        Some(match c.cmd("DATA\r\n").await {
+            Ok(r) if r.code == 354 => match send_body(c, body).await {
+                Ok(r) => from_reply(remote, &r),
+                Err(e) => lost(e),
+            },
+            Ok(r) => from_reply(remote, &r),
+            Err(e) => lost(e),
+        })
+    };
+    let _ = c.cmd("QUIT\r\n").await;
+    verdicts
+        .into_iter()
+        .map(|v| {
+            v.or_else(|| outcome.clone())
+                .unwrap_or_else(|| deferred(Some(remote), "451 4.4.2 not sent".into()))
+        })
+        .collect()
+}
+
+/// The message with dot-stuffing and the final `.`, then the server's reply.
+async fn send_body<T: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut SmtpClient<T>,
+    body: &[u8],
+) -> Result<Response<String>, mail_send::Error> {
+    let timeout = c.timeout;
+    let mut out = Vec::with_capacity(body.len() + body.len() / 50 + 8);
+    let mut line_start = true;
+    for &b in body {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    tokio::time::timeout(timeout, async {
+        c.stream.write_all(&out).await?;
+        c.stream.flush().await?;
+        c.read().await
+    })
+    .await
+    .map_err(|_| mail_send::Error::Timeout)?
+}

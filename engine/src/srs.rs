@@ -1,0 +1,159 @@
+//! Sender Rewriting Scheme for forwarded mail. A message forwarded to another domain leaves with
+//! an envelope sender in the forwarding domain, so the destination's SPF check sees a domain whose
+//! records name this server:
+//!
+//! `alice@origin.example` → `SRS0=HHHH=TT=origin.example=alice@forwarding.example`
+//!
+//! `HHHH` is an HMAC (keyed with a secret kept in the store) over the timestamp and the original
+//! address, `TT` the day it was made. A bounce sent back to that address is accepted by the MX
+//! only when the hash matches and it is at most [`MAX_AGE_DAYS`] old, and goes on to the original
+//! sender; anything else is unknown, so the rewritten addresses are no open relay.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use ring::hmac;
+use wispd_store::schema::MAIL_SECRETS;
+use wispd_store::{Store, StoreError};
+
+/// How long a rewritten address is honoured for bounces.
+pub const MAX_AGE_DAYS: u64 = 21;
+const KEY_NAME: &str = "srs_key";
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+pub struct Srs {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Srs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Srs")
+    }
+}
+
+fn today() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0)
+}
+
+impl Srs {
+    /// The store's SRS key, made on first use.
+    pub fn load(store: &Store) -> std::io::Result<Srs> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh)
+            .map_err(|e| std::io::Error::other(format!("OS randomness: {e}")))?;
+        let secret = store
+            .write(|w| {
+                if let Some(k) = w.get_raw(&MAIL_SECRETS, KEY_NAME)? {
+                    return Ok::<_, StoreError>(k);
+                }
+                w.put_raw(&MAIL_SECRETS, KEY_NAME, &fresh)?;
+                Ok(fresh.to_vec())
+            })
+            .map_err(std::io::Error::other)?;
+        Ok(Srs::with_secret(&secret))
+    }
+
+    pub fn with_secret(secret: &[u8]) -> Srs {
+        Srs {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    fn hash(&self, stamp: &str, domain: &str, local: &str) -> String {
+        let input = format!("{stamp}={}={local}", domain.to_ascii_lowercase()).to_ascii_lowercase();
+        let tag = hmac::sign(&self.key, input.as_bytes());
+        let mut h = STANDARD_NO_PAD.encode(tag.as_ref());
+        h.truncate(4);
+        h
+    }
+
+    fn stamp(day: u64) -> String {
+        let t = day % 1024;
+        [BASE32[(t >> 5) as usize], BASE32[(t & 31) as usize]]
+            .iter()
+            .map(|&b| b as char)
+            .collect()
+    }
+
+    /// `sender` rewritten into `domain`. A null sender stays null.
+    pub fn forward(&self, sender: &str, domain: &str) -> String {
+        let Some((local, origin)) = sender.rsplit_once('@') else {
+            return sender.to_string();
+        };
+        let stamp = Srs::stamp(today());
+        let hash = self.hash(&stamp, origin, local);
+        format!("SRS0={hash}={stamp}={origin}={local}@{domain}")
+    }
+
+    /// The original sender behind an `SRS0=` address made here, if the address is genuine and
+    /// not too old.
+    pub fn reverse(&self, address: &str) -> Option<String> {
+        let (local, _domain) = address.rsplit_once('@')?;
+        let rest = local
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("SRS0="))
+            .and_then(|_| local.get(5..))?;
+        let mut parts = rest.splitn(4, '=');
+        let (hash, stamp, origin, orig_local) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if origin.is_empty() || orig_local.is_empty() || stamp.len() != 2 {
+            return None;
+        }
+        let expected = self.hash(&stamp.to_ascii_uppercase(), origin, orig_local);
+        // Hashes may come back case-folded by a relay on the way.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.to_ascii_lowercase().as_bytes(),
+            hash.to_ascii_lowercase().as_bytes(),
+        )) {
+            return None;
+        }
+        let mut t = 0u64;
+        for c in stamp.to_ascii_uppercase().bytes() {
+            t = t * 32 + BASE32.iter().position(|&b| b == c)? as u64;
+        }
+        let age = (today() % 1024 + 1024 - t) % 1024;
+        (age <= MAX_AGE_DAYS).then(|| format!("{orig_local}@{origin}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_and_reverse() {
+        let srs = Srs::with_secret(b"secret");
+        let a = srs.forward("Alice@Origin.example", "fwd.example");
+        assert!(
+            a.starts_with("SRS0=") && a.ends_with("=Origin.example=Alice@fwd.example"),
+            "{a}"
+        );
+        assert_eq!(srs.reverse(&a).as_deref(), Some("Alice@Origin.example"));
+        assert_eq!(
+            srs.reverse(&a.to_lowercase()).as_deref(),
+            Some("alice@origin.example")
+        );
+        // another key, a changed hash or a changed address are refused
+        assert_eq!(Srs::with_secret(b"other").reverse(&a), None);
+        let forged = a.replacen("Alice", "mallory", 1);
+        assert_eq!(srs.reverse(&forged), None);
+        assert_eq!(srs.reverse("SRS0=abcd=AA=x.example=bob@fwd.example"), None);
+        assert_eq!(srs.reverse("bob@fwd.example"), None);
+        assert_eq!(srs.forward("", "fwd.example"), "");
+        // too old
+        let stamp = Srs::stamp(today() - MAX_AGE_DAYS - 1);
+        let h = srs.hash(&stamp, "o.example", "bob");
+        assert_eq!(
+            srs.reverse(&format!("SRS0={h}={stamp}=o.example=bob@f.example")),
+            None
+        );
+        let stamp = Srs::stamp(today() - 1);
+        let h = srs.hash(&stamp, "o.example", "bob");
+        assert!(
+            srs.reverse(&format!("SRS0={h}={stamp}=o.example=bob@f.example"))
+                .is_some()
+        );
+    }
+}
