@@ -61,5 +61,6 @@ bench: deps-build deps-test release
 	$(CARGO) bench --locked --bench firewall
 	$(PY) benches/blocklist.py --bin $(CURDIR)/target/release/wispd
 	$(PY) benches/smtp.py --bin $(CURDIR)/target/release/wispd
+	$(PY) benches/queue.py --bin $(CURDIR)/target/release/wispd
 	@$(PY) -m pip install -q --disable-pip-version-check argon2-cffi
 	$(PY) benches/imap.py --bin $(CURDIR)/target/release/wispd

@@ -116,11 +116,12 @@ class Postfix:
     """A private Postfix instance: smtpd on a loopback high port, mail for `domain` handed to
     Dovecot over LMTP."""
 
-    def __init__(self, work: Path, domain: str, lmtp_port: int):
+    def __init__(self, work: Path, domain: str, lmtp_port: int, relayhost: str = ""):
         self.dir = work / "postfix"
         self.port = free_port()
         self.domain = domain
         self.lmtp_port = lmtp_port
+        self.relayhost = relayhost  # "host:port": other domains go there (relay bench)
 
     def start(self):
         etc, spool, data = self.dir / "etc", self.dir / "spool", self.dir / "data"
@@ -151,6 +152,9 @@ maillog_file_prefixes = {self.dir}
 maillog_file = {self.dir}/maillog
 message_size_limit = 52428800
 """
+        if self.relayhost:
+            host, port = self.relayhost.rsplit(":", 1)
+            main += f"relayhost = [{host}]:{port}\ndefault_destination_concurrency_limit = 20\n"
         (etc / "main.cf").write_text(main)
         master = []
         for line in Path("/usr/share/postfix/master.cf.dist").read_text().splitlines():

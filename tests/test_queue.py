@@ -376,3 +376,16 @@ def test_over_quota_local_recipients_are_reported_to_the_sender(make_wispd, rece
     assert got[0]["mail_from"] == "<>" and got[0]["rcpt_tos"] == ["sender@far.example"]
     assert "Final-Recipient: rfc822; tiny@example.com" in got[0]["data"] and "Status: 5.2.2" in got[0]["data"]
     assert len(inbox(w, "bob@example.com")) == 2
+
+
+def test_forwarding_loops_are_cut(make_wispd):
+    w = start(make_wispd)
+    mx, _, _ = ports(w)
+    looping = b"".join(b"Received: from hop%d by hop%d; Sun, 22 Nov 2026 12:00:00 +0000\r\n" % (i, i) for i in range(50))
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as c:
+        c.ehlo("far.example")
+        c.mail("a@far.example")
+        c.rcpt("info@example.com")
+        assert c.data(looping + b"Subject: loop\r\n\r\nx\r\n") == (554, b"5.4.6 Too many hops: mail forwarding loop")
+        assert c.sendmail("a@far.example", ["info@example.com"], b"".join(looping.splitlines(keepends=True)[:49]) + b"Subject: ok\r\n\r\nx\r\n") == {}
+    assert [m["Subject"] for m in inbox(w)] == ["ok"]

@@ -79,6 +79,32 @@ pub struct Delivered {
     pub queued: Option<u64>,
 }
 
+/// Queue ids committed by the writer, for the queue's scheduler, and its wake-up call.
+#[derive(Debug, Default)]
+pub struct NewlyQueued {
+    ids: std::sync::Mutex<Vec<u64>>,
+    pub notify: tokio::sync::Notify,
+}
+
+impl NewlyQueued {
+    pub fn push(&self, id: u64) {
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(id);
+        self.notify.notify_one();
+    }
+
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(
+            &mut *self
+                .ids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
 struct Job {
     message: Vec<u8>,
     recipients: Vec<Recipient>,
@@ -94,7 +120,7 @@ pub struct Deliverer {
     commits: Arc<AtomicU64>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     changes: Changes,
-    queued: Arc<tokio::sync::Notify>,
+    queued: Arc<NewlyQueued>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -113,7 +139,7 @@ impl Deliverer {
         let counter = commits.clone();
         let changes = Changes::default();
         let notify = changes.clone();
-        let queued = Arc::new(tokio::sync::Notify::new());
+        let queued = Arc::new(NewlyQueued::default());
         let wake = queued.clone();
         let handle = std::thread::Builder::new()
             .name("wispd-deliver".into())
@@ -163,8 +189,8 @@ impl Deliverer {
         answer.await.map_err(|_| DeliverError::Stopped)?
     }
 
-    /// Woken after a commit that queued outbound mail.
-    pub fn queued(&self) -> &Arc<tokio::sync::Notify> {
+    /// Where committed queue ids are announced.
+    pub fn queued(&self) -> &Arc<NewlyQueued> {
         &self.queued
     }
 
@@ -194,7 +220,7 @@ fn writer(
     rx: mpsc::Receiver<Job>,
     commits: Arc<AtomicU64>,
     changes: Changes,
-    queued: Arc<tokio::sync::Notify>,
+    queued: Arc<NewlyQueued>,
 ) {
     let mut delivered = 0u64;
     let started = std::time::Instant::now();
@@ -226,8 +252,8 @@ fn writer(
         match result {
             Ok(all) => {
                 changes.bump();
-                if all.iter().any(|d| d.queued.is_some()) {
-                    queued.notify_one();
+                for id in all.iter().filter_map(|d| d.queued) {
+                    queued.push(id);
                 }
                 for (job, outcomes) in batch.into_iter().zip(all) {
                     let _ = job.reply.send(Ok(outcomes));

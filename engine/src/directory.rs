@@ -726,7 +726,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarders_need_local_destinations_and_refuse_loops() {
+    fn forwarders_refuse_unknown_local_destinations_and_loops() {
         let d = dir("fwd");
         d.create_account(req("example.com", "a", "password1"))
             .expect("a");
@@ -742,8 +742,18 @@ mod tests {
             matches!(d.create_forwarder("b@example.com", "a@example.com"), Err(DirError::Invalid(m)) if m.contains("loop"))
         );
         assert!(
-            matches!(d.create_forwarder("x@example.com", "someone@elsewhere.org"), Err(DirError::Invalid(m)) if m.contains("outbound queue"))
+            matches!(d.create_forwarder("x@example.com", "nobody@example.com"), Err(DirError::Invalid(m)) if m.contains("neither an account nor a forwarder"))
         );
+        // other domains go out through the queue; resolution says which addresses are remote
+        d.create_forwarder("sales@example.com", "boss@elsewhere.org")
+            .expect("external");
+        match d.resolve("sales@example.com").expect("resolve") {
+            Resolution::Local { accounts, remote } => {
+                assert_eq!(accounts.len(), 2);
+                assert_eq!(remote, vec!["boss@elsewhere.org".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             d.create_forwarder("sales@example.com", "a@example.com"),
             Err(DirError::Conflict(_))

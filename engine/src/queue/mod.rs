@@ -10,18 +10,18 @@
 pub mod dsn;
 mod remote;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wispd_store::schema::{MAIL_QUEUE, MAIL_QUEUE_DATA, QueuedMessage};
 use wispd_store::{Store, StoreError};
 
-use crate::delivery::{self, Deliverer, Outbound, Outcome, Recipient};
+use crate::delivery::{self, Deliverer, NewlyQueued, Outbound, Outcome, Recipient};
 use crate::directory::{Directory, Resolution};
 use crate::srs::Srs;
 
@@ -103,7 +103,11 @@ pub struct Queue {
     resolver: Option<TokioResolver>,
     srs: Srs,
     tls: tokio_rustls::TlsConnector,
-    wake: Arc<Notify>,
+    wake: Arc<NewlyQueued>,
+    /// When each queued message is next due: (unix seconds, queue id). Built from the store
+    /// on the first dispatch (and after a flush), then kept up to date, so the scheduler never
+    /// scans the whole queue per delivery.
+    schedule: Mutex<Schedule>,
     /// (queue id, destination) being delivered now.
     inflight: Mutex<HashSet<(u64, String)>>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -116,6 +120,12 @@ impl std::fmt::Debug for Queue {
             .field("settings", &self.settings)
             .finish()
     }
+}
+
+#[derive(Debug, Default)]
+struct Schedule {
+    loaded: bool,
+    due: BTreeSet<(i64, u64)>,
 }
 
 fn now() -> i64 {
@@ -165,6 +175,7 @@ impl Queue {
             resolver,
             srs,
             wake,
+            schedule: Mutex::default(),
             inflight: Mutex::default(),
             destinations: Mutex::default(),
             slots,
@@ -204,7 +215,8 @@ impl Queue {
             }
             Ok::<_, StoreError>(n)
         })?;
-        self.wake.notify_one();
+        self.reload();
+        self.wake.notify.notify_one();
         Ok(n)
     }
 
@@ -247,10 +259,11 @@ impl Queue {
             recipients: vec![(sender.to_string(), None)],
         };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write(|w| delivery::enqueue(w, &out, now())))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
-        self.wake.notify_one();
+        let id =
+            tokio::task::spawn_blocking(move || store.write(|w| delivery::enqueue(w, &out, now())))
+                .await
+                .map_err(|e| QueueError::Task(e.to_string()))??;
+        self.wake.push(id);
         Ok(())
     }
 
@@ -267,40 +280,66 @@ impl Queue {
             let wait = next.map_or(60, |t| (t - now()).clamp(0, 60));
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
+                () = self.wake.notify.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())) => {}
             }
         }
     }
 
     /// Starts a delivery for every (message, domain) that is due and not already under way;
-    /// returns when the next waiting recipient is due.
+    /// returns when the next waiting message is due.
     fn dispatch(
         self: &Arc<Self>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Option<i64>, StoreError> {
-        let messages = self.store.read(|r| r.all(&MAIL_QUEUE))?;
         let t = now();
-        let mut next: Option<i64> = None;
+        let mut schedule = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
+        if !schedule.loaded {
+            schedule.due.clear();
+            for m in self.store.read(|r| r.all(&MAIL_QUEUE))? {
+                if let Some(at) = m
+                    .recipients
+                    .iter()
+                    .filter(|r| r.status == "queued")
+                    .map(|r| r.next_attempt)
+                    .min()
+                {
+                    schedule.due.insert((at, m.id));
+                }
+            }
+            schedule.loaded = true;
+        }
+        for id in self.wake.take() {
+            schedule.due.insert((t, id));
+        }
         let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        for m in messages {
+        while let Some(&(at, id)) = schedule.due.first()
+            && at <= t
+        {
+            schedule.due.pop_first();
+            let Some(m) = self.store.read(|r| r.get(&MAIL_QUEUE, id))? else {
+                continue; // delivered, bounced or deleted meanwhile
+            };
             let mut due: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut later: Option<i64> = None;
             for r in m.recipients.iter().filter(|r| r.status == "queued") {
                 let domain = domain_of(&r.address);
                 if inflight.contains(&(m.id, domain.clone())) {
-                    continue;
+                    continue; // rescheduled when that delivery ends
                 }
                 if r.next_attempt <= t {
                     due.entry(domain).or_default().push(r.address.clone());
                 } else {
-                    next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
+                    later = Some(later.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
                 }
             }
+            if let Some(at) = later {
+                schedule.due.insert((at, id));
+            }
             for (domain, rcpts) in due {
-                inflight.insert((m.id, domain.clone()));
+                inflight.insert((id, domain.clone()));
                 let q = self.clone();
-                let id = m.id;
                 let stop = shutdown.clone();
                 tracker.spawn(async move {
                     // At shutdown an attempt is abandoned unrecorded: it is retried after the
@@ -313,11 +352,19 @@ impl Queue {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .remove(&(id, domain));
-                    q.wake.notify_one();
+                    q.wake.notify.notify_one();
                 });
             }
         }
-        Ok(next)
+        Ok(schedule.due.first().map(|&(at, _)| at))
+    }
+
+    /// Rebuilds the schedule from the store on the next dispatch.
+    fn reload(&self) {
+        self.schedule
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .loaded = false;
     }
 
     fn destination_slot(&self, key: &str) -> Arc<Semaphore> {
@@ -352,6 +399,7 @@ impl Queue {
             Ok(_) => return, // deleted meanwhile
             Err(e) => {
                 tracing::error!(queue_id = id, error = %e, "reading a queued message failed");
+                self.reload();
                 return;
             }
         };
@@ -381,10 +429,23 @@ impl Queue {
         })
         .await;
         match recorded {
-            Ok(Ok(true)) => self.wake.notify_one(),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(queue_id = id, error = %e, "recording a delivery failed"),
-            Err(e) => tracing::error!(queue_id = id, error = %e, "recording a delivery failed"),
+            Ok(Ok((next, dsn))) => {
+                let mut schedule = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(at) = next {
+                    schedule.due.insert((at, id));
+                }
+                if let Some(d) = dsn {
+                    schedule.due.insert((now(), d));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = id, error = %e, "recording a delivery failed");
+                self.reload();
+            }
+            Err(e) => {
+                tracing::error!(queue_id = id, error = %e, "recording a delivery failed");
+                self.reload();
+            }
         }
     }
 
@@ -461,7 +522,8 @@ impl Queue {
 /// Applies one attempt's verdicts to message `id`: delivered and failed recipients are final,
 /// deferred ones wait (or fail once the message is older than the lifetime). Failures are
 /// reported to the sender in one DSN, queued in the same transaction; a message with nothing
-/// left to do leaves the queue. Returns whether a DSN was queued.
+/// left to do leaves the queue. Returns when the message is next due (if it stays) and the
+/// queue id of the DSN (if one was queued).
 fn record(
     w: &wispd_store::Write<'_>,
     settings: &QueueSettings,
@@ -469,9 +531,9 @@ fn record(
     rcpts: &[String],
     verdicts: Vec<Verdict>,
     t: i64,
-) -> Result<bool, StoreError> {
+) -> Result<(Option<i64>, Option<u64>), StoreError> {
     let Some(mut entry) = w.get(&MAIL_QUEUE, id)? else {
-        return Ok(false);
+        return Ok((None, None));
     };
     let expired = t.saturating_sub(entry.created_at) >= secs(settings.lifetime);
     let mut failures = Vec::new();
@@ -532,7 +594,7 @@ fn record(
             }
         }
     }
-    let mut bounced = false;
+    let mut bounced = None;
     if !failures.is_empty() {
         if entry.sender.is_empty() {
             tracing::warn!(
@@ -558,14 +620,20 @@ fn record(
             };
             let dsn_id = delivery::enqueue(w, &out, t)?;
             tracing::info!(queue_id = id, dsn = dsn_id, to = %entry.sender, failed = failures.len(), "delivery status notification queued");
-            bounced = true;
+            bounced = Some(dsn_id);
         }
     }
-    if entry.recipients.iter().all(|r| r.status != "queued") {
+    let next = entry
+        .recipients
+        .iter()
+        .filter(|r| r.status == "queued")
+        .map(|r| r.next_attempt)
+        .min();
+    if next.is_none() {
         w.remove(&MAIL_QUEUE, id)?;
         w.remove_raw(&MAIL_QUEUE_DATA, id)?;
     } else {
         w.put(&MAIL_QUEUE, id, &entry)?;
     }
-    Ok(bounced)
+    Ok((next, bounced))
 }

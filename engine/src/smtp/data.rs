@@ -95,6 +95,11 @@ impl Core {
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
+        // A message that has passed this many servers is looping (Postfix's hopcount_limit).
+        if hops(&body) >= MAX_HOPS {
+            tracing::warn!(id = %tx.id, from = %tx.from, "mail forwarding loop refused");
+            return Reply::new(554, "5.4.6", "Too many hops: mail forwarding loop");
+        }
         // Submission: the From: header must be the account's own too.
         if let Some(account) = &self.account
             && let Some(from) = header_from(&body)
@@ -161,7 +166,13 @@ impl Core {
             if stored > 0 {
                 tracing::info!(id = %tx.id, from = %tx.from, rcpts = tx.rcpts.len(), stored, "message stored");
             }
-            Reply::new(250, "2.0.0", format!("Ok: queued as {}", tx.id))
+            // Postfix says "queued"; a message only stored locally is already in its mailboxes.
+            let what = if delivered.queued.is_some() {
+                "queued"
+            } else {
+                "stored"
+            };
+            Reply::new(250, "2.0.0", format!("Ok: {what} as {}", tx.id))
         } else if !over_quota.is_empty() {
             Reply::new(
                 552,
@@ -295,6 +306,21 @@ impl Core {
         h.push_str(&format!("; {date}\r\n"));
         h.into_bytes()
     }
+}
+
+/// `Received:` headers a message may already carry.
+const MAX_HOPS: usize = 50;
+
+/// How many `Received:` headers the message's header block has.
+fn hops(message: &[u8]) -> usize {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
+    message[..end]
+        .split(|&b| b == b'\n')
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
 }
 
 /// The first address of the message's From: header, if it has one.
