@@ -105,6 +105,30 @@ impl NewlyQueued {
     }
 }
 
+/// Called once the transaction that ran a [`Deliverer::write`] closure is over.
+type Finish = Box<dyn FnOnce(Result<(), DeliverError>) + Send>;
+type ApplyFn = Box<dyn FnOnce(&Write<'_>) -> Result<Finish, StoreError> + Send>;
+
+/// What the writer applies: a delivery, or any other change that should share its commits.
+enum Work {
+    Deliver(Job),
+    Apply {
+        apply: Option<ApplyFn>,
+        finish: Option<Finish>,
+    },
+}
+
+impl Work {
+    fn bytes(&self) -> usize {
+        match self {
+            Work::Deliver(job) => {
+                job.message.len() + job.outbound.as_ref().map_or(0, |o| o.message.len())
+            }
+            Work::Apply { .. } => 0,
+        }
+    }
+}
+
 struct Job {
     message: Vec<u8>,
     recipients: Vec<Recipient>,
@@ -116,7 +140,7 @@ struct Job {
 /// Handle to the delivery writer; cheap to clone.
 #[derive(Clone)]
 pub struct Deliverer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Work>,
     commits: Arc<AtomicU64>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     changes: Changes,
@@ -134,7 +158,7 @@ impl std::fmt::Debug for Deliverer {
 impl Deliverer {
     /// Starts the writer thread. It ends when every handle is dropped, after answering what it has.
     pub fn start(store: Store) -> std::io::Result<Deliverer> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         let changes = Changes::default();
@@ -178,15 +202,40 @@ impl Deliverer {
     ) -> Result<Delivered, DeliverError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job {
+            .send(Work::Deliver(Job {
                 message,
                 recipients,
                 internal_date,
                 outbound: outbound.filter(|o| !o.recipients.is_empty()),
                 reply,
-            })
+            }))
             .map_err(|_| DeliverError::Stopped)?;
         answer.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    /// Runs `f` in the writer's next transaction, beside the deliveries waiting then, and
+    /// returns its result once that transaction is committed. If the transaction fails,
+    /// nothing `f` did is stored.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Write<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, DeliverError> {
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<R, DeliverError>>();
+        let apply: ApplyFn = Box::new(move |w| {
+            let r = f(w)?;
+            Ok(Box::new(move |done: Result<(), DeliverError>| {
+                let _ = reply.send(done.map(|()| r));
+            }) as Finish)
+        });
+        self.tx
+            .send(Work::Apply {
+                apply: Some(apply),
+                finish: None,
+            })
+            .map_err(|_| DeliverError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| DeliverError::Store("the transaction failed".into()))?
     }
 
     /// Where committed queue ids are announced.
@@ -217,7 +266,7 @@ impl Deliverer {
 
 fn writer(
     store: Store,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Work>,
     commits: Arc<AtomicU64>,
     changes: Changes,
     queued: Arc<NewlyQueued>,
@@ -226,43 +275,72 @@ fn writer(
     let started = std::time::Instant::now();
     let mut commit_time = std::time::Duration::ZERO;
     while let Ok(first) = rx.recv() {
-        let mut bytes =
-            first.message.len() + first.outbound.as_ref().map_or(0, |o| o.message.len());
+        let mut bytes = first.bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(job) => {
-                    bytes +=
-                        job.message.len() + job.outbound.as_ref().map_or(0, |o| o.message.len());
-                    batch.push(job);
+                Ok(work) => {
+                    bytes += work.bytes();
+                    batch.push(work);
                 }
                 Err(_) => break,
             }
         }
         let t = std::time::Instant::now();
         let result = store.write(|w| {
-            batch
-                .iter()
-                .map(|job| apply(w, job))
-                .collect::<Result<Vec<_>, StoreError>>()
+            let mut out = Vec::with_capacity(batch.len());
+            for work in &mut batch {
+                match work {
+                    Work::Deliver(job) => out.push(Some(apply(w, job)?)),
+                    Work::Apply { apply, finish } => {
+                        if let Some(f) = apply.take() {
+                            *finish = Some(f(w)?);
+                        }
+                        out.push(None);
+                    }
+                }
+            }
+            Ok::<_, StoreError>(out)
         });
         commit_time += t.elapsed();
-        delivered += batch.len() as u64;
+        delivered += batch
+            .iter()
+            .filter(|w| matches!(w, Work::Deliver(_)))
+            .count() as u64;
         commits.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(all) => {
                 changes.bump();
-                for id in all.iter().filter_map(|d| d.queued) {
+                for id in all.iter().flatten().filter_map(|d| d.queued) {
                     queued.push(id);
                 }
-                for (job, outcomes) in batch.into_iter().zip(all) {
-                    let _ = job.reply.send(Ok(outcomes));
+                for (work, outcome) in batch.into_iter().zip(all) {
+                    match (work, outcome) {
+                        (Work::Deliver(job), Some(d)) => {
+                            let _ = job.reply.send(Ok(d));
+                        }
+                        (Work::Apply { finish, .. }, _) => {
+                            if let Some(f) = finish {
+                                f(Ok(()));
+                            }
+                        }
+                        (Work::Deliver(_), None) => {}
+                    }
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, deliveries = batch.len(), "delivery transaction failed; nothing of it was stored");
-                for job in batch {
-                    let _ = job.reply.send(Err(DeliverError::Store(e.to_string())));
+                tracing::error!(error = %e, jobs = batch.len(), "delivery transaction failed; nothing of it was stored");
+                for work in batch {
+                    match work {
+                        Work::Deliver(job) => {
+                            let _ = job.reply.send(Err(DeliverError::Store(e.to_string())));
+                        }
+                        Work::Apply { finish, .. } => {
+                            if let Some(f) = finish {
+                                f(Err(DeliverError::Store(e.to_string())));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -483,6 +561,30 @@ mod tests {
             .await
             .expect("deliver");
         assert_eq!(out, vec![Outcome::Disabled, Outcome::Missing]);
+    }
+
+    #[tokio::test]
+    async fn other_writes_share_the_writer_and_fail_whole() {
+        let (_d, store, _dir) = setup("write");
+        let deliverer = Deliverer::start(store.clone()).expect("start");
+        let v = deliverer
+            .write(|w| {
+                w.put(&MAIL_META, "probe", &7u64)?;
+                Ok(42u32)
+            })
+            .await
+            .expect("write");
+        assert_eq!(v, 42);
+        let read = || store.read(|r| r.get(&MAIL_META, "probe")).expect("read");
+        assert_eq!(read(), Some(7));
+        let failed = deliverer
+            .write(|w| {
+                w.put(&MAIL_META, "probe", &8u64)?;
+                Err::<(), _>(StoreError::NoMigration { from: 0 })
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(read(), Some(7), "nothing of a failed write is stored");
     }
 
     #[tokio::test]

@@ -422,14 +422,14 @@ impl Queue {
                 }
             }
         }
-        let store = self.store.clone();
+        // Through the delivery writer: records share its group commits.
         let settings = self.settings.clone();
-        let recorded = tokio::task::spawn_blocking(move || {
-            store.write(|w| record(w, &settings, id, &rcpts, verdicts, now()))
-        })
-        .await;
+        let recorded = self
+            .deliverer
+            .write(move |w| record(w, &settings, id, &rcpts, verdicts, now()))
+            .await;
         match recorded {
-            Ok(Ok((next, dsn))) => {
+            Ok((next, dsn)) => {
                 let mut schedule = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(at) = next {
                     schedule.due.insert((at, id));
@@ -437,10 +437,6 @@ impl Queue {
                 if let Some(d) = dsn {
                     schedule.due.insert((now(), d));
                 }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = id, error = %e, "recording a delivery failed");
-                self.reload();
             }
             Err(e) => {
                 tracing::error!(queue_id = id, error = %e, "recording a delivery failed");
