@@ -327,7 +327,7 @@ def test_expired_messages_bounce_with_4_4_7(make_wispd, tmp_path):
 
 def test_external_forwarders_rewrite_the_sender_with_srs(make_wispd, receivers, tmp_path):
     port = free_port()
-    dest = receivers(tmp_path / "dest", f"127.0.0.1:{port}").start()
+    dest = receivers(tmp_path / "dest", f"127.0.0.1:{port}", reject=["nobody@"]).start()
     w = start(make_wispd, relay=f"127.0.0.1:{port}")
     r = w.request("POST", "/api/v1/email/forwarders", body={"source": "sales@example.com", "destination": "boss@remote.example"})
     assert r.status == 201, r
@@ -359,7 +359,26 @@ def test_external_forwarders_rewrite_the_sender_with_srs(make_wispd, receivers, 
     with smtplib.SMTP("127.0.0.1", mx, timeout=15) as c:
         c.ehlo("spammer.example")
         c.mail("spam@spammer.example")
-        assert c.rcpt("SRS0=abcd=AB=victim.example=v@example.com")[0] == 550
+        assert c.rcpt("SRS0=abcdefgh=AB=victim.example=v@example.com")[0] == 550
+    # A long original sender makes an SRS local part over 64 characters: still taken back.
+    long_sender = "a.very.long.local.part.for.a.mailing.list.bounce.handler.x@lists.origin.example"
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as c:
+        assert c.sendmail(long_sender, ["sales@example.com"], b"From: list@lists.origin.example\r\nSubject: digest\r\n\r\nx\r\n") == {}
+    srs_long = dest.wait(3)[2]["mail_from"]
+    assert len(srs_long.split("@")[0]) > 64 and srs_long.endswith("@example.com"), srs_long
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as c:
+        assert c.sendmail("<>", [srs_long], b"From: MAILER-DAEMON@remote.example\r\nSubject: bounce\r\n\r\nx\r\n") == {}
+    assert dest.wait(4)[3]["rcpt_tos"] == [long_sender]
+    # The destination refuses a forwarded message: wispd's own bounce goes to the original
+    # sender (the SRS address reversed), naming the forwarder's address.
+    assert w.request("POST", "/api/v1/email/forwarders", body={"source": "help@example.com", "destination": "nobody@remote.example"}).status == 201
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as c:
+        assert c.sendmail("carol@origin.example", ["help@example.com"], b"From: carol@origin.example\r\nSubject: help\r\n\r\nx\r\n") == {}
+    report = dest.wait(5)[4]
+    assert report["mail_from"] == "<>" and report["rcpt_tos"] == ["carol@origin.example"], report
+    assert "Final-Recipient: rfc822; nobody@remote.example" in report["data"]
+    assert "Original-Recipient: rfc822; help@example.com" in report["data"]
+    assert wait_until(lambda: queue(w) == [])
 
 
 def test_over_quota_local_recipients_are_reported_to_the_sender(make_wispd, receivers, tmp_path):

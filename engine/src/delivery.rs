@@ -14,6 +14,7 @@ use wispd_store::schema::{
 use wispd_store::{Store, StoreError, Write};
 
 use crate::mailbox::Changes;
+use crate::queue::dsn::Failure;
 
 /// Most deliveries applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -70,6 +71,19 @@ pub struct Outbound {
     pub recipients: Vec<(String, Option<String>)>,
 }
 
+/// Who hears about local recipients that did not get the message (over quota, disabled or
+/// deleted meanwhile) when others did: a DSN queued in the same transaction.
+#[derive(Debug, Clone)]
+pub struct BounceTo {
+    /// The envelope sender; nothing is sent for the null sender.
+    pub sender: String,
+    pub hostname: String,
+    /// The session's id for the message, named in the report.
+    pub id: String,
+    /// The address of each local recipient, in order.
+    pub addresses: Vec<String>,
+}
+
 /// What a delivery did, after the commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
@@ -77,6 +91,8 @@ pub struct Delivered {
     pub outcomes: Vec<Outcome>,
     /// The queue id of the outbound part, if there was one.
     pub queued: Option<u64>,
+    /// The queue id of the DSN about local recipients that did not get it, if one was sent.
+    pub bounced: Option<u64>,
 }
 
 /// Queue ids committed by the writer, for the queue's scheduler, and its wake-up call.
@@ -111,7 +127,7 @@ type ApplyFn = Box<dyn FnOnce(&Write<'_>) -> Result<Finish, StoreError> + Send>;
 
 /// What the writer applies: a delivery, or any other change that should share its commits.
 enum Work {
-    Deliver(Job),
+    Deliver(Box<Job>),
     Apply {
         apply: Option<ApplyFn>,
         finish: Option<Finish>,
@@ -134,6 +150,7 @@ struct Job {
     recipients: Vec<Recipient>,
     internal_date: i64,
     outbound: Option<Outbound>,
+    bounce: Option<BounceTo>,
     reply: tokio::sync::oneshot::Sender<Result<Delivered, DeliverError>>,
 }
 
@@ -186,29 +203,31 @@ impl Deliverer {
         internal_date: i64,
     ) -> Result<Vec<Outcome>, DeliverError> {
         Ok(self
-            .deliver_and_queue(message, recipients, internal_date, None)
+            .deliver_and_queue(message, recipients, internal_date, None, None)
             .await?
             .outcomes)
     }
 
-    /// Like [`Deliverer::deliver`], and queues `outbound` in the same transaction: both are
-    /// committed, or neither.
+    /// Like [`Deliverer::deliver`], and queues `outbound` (and the DSN `bounce` asks for) in
+    /// the same transaction: all are committed, or nothing.
     pub async fn deliver_and_queue(
         &self,
         message: Vec<u8>,
         recipients: Vec<Recipient>,
         internal_date: i64,
         outbound: Option<Outbound>,
+        bounce: Option<BounceTo>,
     ) -> Result<Delivered, DeliverError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Work::Deliver(Job {
+            .send(Work::Deliver(Box::new(Job {
                 message,
                 recipients,
                 internal_date,
                 outbound: outbound.filter(|o| !o.recipients.is_empty()),
+                bounce,
                 reply,
-            }))
+            })))
             .map_err(|_| DeliverError::Stopped)?;
         answer.await.map_err(|_| DeliverError::Stopped)?
     }
@@ -311,7 +330,11 @@ fn writer(
         match result {
             Ok(all) => {
                 changes.bump();
-                for id in all.iter().flatten().filter_map(|d| d.queued) {
+                for id in all
+                    .iter()
+                    .flatten()
+                    .flat_map(|d| d.queued.into_iter().chain(d.bounced))
+                {
                     queued.push(id);
                 }
                 for (work, outcome) in batch.into_iter().zip(all) {
@@ -360,7 +383,70 @@ fn apply(w: &Write<'_>, job: &Job) -> Result<Delivered, StoreError> {
         Some(o) => Some(enqueue(w, o, job.internal_date)?),
         None => None,
     };
-    Ok(Delivered { outcomes, queued })
+    let bounced = match &job.bounce {
+        Some(b) => bounce(w, job, b, &outcomes, queued.is_some())?,
+        None => None,
+    };
+    Ok(Delivered {
+        outcomes,
+        queued,
+        bounced,
+    })
+}
+
+/// Queues a DSN for the local recipients that did not get the message, when some recipient
+/// did (otherwise the SMTP reply itself is the refusal).
+fn bounce(
+    w: &Write<'_>,
+    job: &Job,
+    to: &BounceTo,
+    outcomes: &[Outcome],
+    queued: bool,
+) -> Result<Option<u64>, StoreError> {
+    let delivered = queued || outcomes.iter().any(|o| matches!(o, Outcome::Stored { .. }));
+    if to.sender.is_empty() || !delivered {
+        return Ok(None);
+    }
+    let failures: Vec<Failure> = outcomes
+        .iter()
+        .zip(&to.addresses)
+        .filter_map(|(o, address)| {
+            let (status, reply) = match o {
+                Outcome::Stored { .. } => return None,
+                Outcome::OverQuota => (
+                    "5.2.2",
+                    "552 5.2.2 Mailbox full: the message does not fit in the recipient's quota",
+                ),
+                Outcome::Disabled => ("5.2.1", "550 5.2.1 Mailbox disabled"),
+                Outcome::Missing => ("5.1.1", "550 5.1.1 Recipient no longer available"),
+            };
+            Some(Failure {
+                recipient: address.clone(),
+                original: None,
+                status: status.into(),
+                remote: None,
+                diagnostic: reply.into(),
+            })
+        })
+        .collect();
+    if failures.is_empty() {
+        return Ok(None);
+    }
+    let report = crate::queue::dsn::build(
+        &to.hostname,
+        &to.id,
+        job.internal_date,
+        &to.sender,
+        &failures,
+        &job.message,
+    );
+    let out = Outbound {
+        message: report,
+        sender: String::new(),
+        source: "bounce",
+        recipients: vec![(to.sender.clone(), None)],
+    };
+    enqueue(w, &out, job.internal_date).map(Some)
 }
 
 /// Puts `o` in the outbound queue, every recipient due now; returns its queue id.

@@ -2,15 +2,14 @@
 //! an envelope sender in the forwarding domain, so the destination's SPF check sees a domain whose
 //! records name this server:
 //!
-//! `alice@origin.example` → `SRS0=HHHH=TT=origin.example=alice@forwarding.example`
+//! `alice@origin.example` → `SRS0=HHHHHHHH=TT=origin.example=alice@forwarding.example`
 //!
-//! `HHHH` is an HMAC (keyed with a secret kept in the store) over the timestamp and the original
-//! address, `TT` the day it was made. A bounce sent back to that address is accepted by the MX
+//! `HHHHHHHH` is an HMAC-SHA256 (keyed with a secret kept in the store) over the timestamp and
+//! the original address, 40 bits in base32 (case does not matter, so a relay that folds case
+//! does no harm, and guessing one takes ~2^39 tries), `TT` the day it was made. A bounce sent back to that address is accepted by the MX
 //! only when the hash matches and it is at most [`MAX_AGE_DAYS`] old, and goes on to the original
 //! sender; anything else is unknown, so the rewritten addresses are no open relay.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use ring::hmac;
 use wispd_store::schema::MAIL_SECRETS;
 use wispd_store::{Store, StoreError};
@@ -64,9 +63,16 @@ impl Srs {
     fn hash(&self, stamp: &str, domain: &str, local: &str) -> String {
         let input = format!("{stamp}={}={local}", domain.to_ascii_lowercase()).to_ascii_lowercase();
         let tag = hmac::sign(&self.key, input.as_bytes());
-        let mut h = STANDARD_NO_PAD.encode(tag.as_ref());
-        h.truncate(4);
-        h
+        // The first 40 bits as 8 base32 characters.
+        let bits = tag
+            .as_ref()
+            .iter()
+            .take(5)
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        (0..8)
+            .rev()
+            .map(|i| BASE32[((bits >> (i * 5)) & 31) as usize] as char)
+            .collect()
     }
 
     fn stamp(day: u64) -> String {
@@ -104,8 +110,8 @@ impl Srs {
         let expected = self.hash(&stamp.to_ascii_uppercase(), origin, orig_local);
         // Hashes may come back case-folded by a relay on the way.
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            expected.to_ascii_lowercase().as_bytes(),
-            hash.to_ascii_lowercase().as_bytes(),
+            expected.as_bytes(),
+            hash.to_ascii_uppercase().as_bytes(),
         )) {
             return None;
         }
@@ -139,7 +145,12 @@ mod tests {
         assert_eq!(Srs::with_secret(b"other").reverse(&a), None);
         let forged = a.replacen("Alice", "mallory", 1);
         assert_eq!(srs.reverse(&forged), None);
-        assert_eq!(srs.reverse("SRS0=abcd=AA=x.example=bob@fwd.example"), None);
+        assert_eq!(
+            srs.reverse("SRS0=abcdefgh=AA=x.example=bob@fwd.example"),
+            None
+        );
+        let hash = a.split('=').nth(1).expect("hash");
+        assert_eq!(hash.len(), 8);
         assert_eq!(srs.reverse("bob@fwd.example"), None);
         assert_eq!(srs.forward("", "fwd.example"), "");
         // too old

@@ -37,7 +37,8 @@ fn line(s: &str) -> String {
             }
         })
         .collect();
-    out.truncate(900);
+    // Well inside the 998-character line limit with the field name and address before it.
+    out.truncate(400);
     out
 }
 
@@ -63,7 +64,7 @@ pub fn build(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let boundary = format!("{now:x}.dsn/{hostname}");
+    let boundary = format!("{now:032x}/wispd-dsn");
     let today = date(i64::try_from(now / 1_000_000_000).unwrap_or(0));
     let mut human = String::new();
     for f in failures {

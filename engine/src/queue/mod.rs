@@ -232,41 +232,6 @@ impl Queue {
         })
     }
 
-    /// Queues a DSN to `sender` about `failures` of a message that is not in the queue (local
-    /// recipients whose quota it did not fit). Nothing for a null sender.
-    pub async fn bounce(
-        &self,
-        sender: &str,
-        id: &str,
-        failures: &[dsn::Failure],
-        original: &[u8],
-    ) -> Result<(), QueueError> {
-        if sender.is_empty() || failures.is_empty() {
-            return Ok(());
-        }
-        let report = dsn::build(
-            &self.settings.hostname,
-            id,
-            now(),
-            sender,
-            failures,
-            original,
-        );
-        let out = Outbound {
-            message: report,
-            sender: String::new(),
-            source: "bounce",
-            recipients: vec![(sender.to_string(), None)],
-        };
-        let store = self.store.clone();
-        let id =
-            tokio::task::spawn_blocking(move || store.write(|w| delivery::enqueue(w, &out, now())))
-                .await
-                .map_err(|e| QueueError::Task(e.to_string()))??;
-        self.wake.push(id);
-        Ok(())
-    }
-
     /// The scheduler: runs until `shutdown`, delivery tasks in `tracker`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
         loop {
@@ -274,6 +239,7 @@ impl Queue {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbound queue failed");
+                    self.reload();
                     Some(now() + 5)
                 }
             };
@@ -359,6 +325,14 @@ impl Queue {
         Ok(schedule.due.first().map(|&(at, _)| at))
     }
 
+    /// Where a bounce for mail from `sender` goes: the sender, or the original sender behind an
+    /// SRS address we made (forwarded mail).
+    fn bounce_address(&self, sender: &str) -> String {
+        self.srs
+            .reverse(sender)
+            .unwrap_or_else(|| sender.to_string())
+    }
+
     /// Rebuilds the schedule from the store on the next dispatch.
     fn reload(&self) {
         self.schedule
@@ -385,10 +359,12 @@ impl Queue {
             None => domain.to_string(),
         };
         let slot = self.destination_slot(&key);
-        let (Ok(_all), Ok(_one)) = (
-            self.slots.clone().acquire_owned().await,
-            slot.acquire_owned().await,
-        ) else {
+        // The destination's slot first: a backlog for one domain must not hold the global slots
+        // other domains need.
+        let Ok(_one) = slot.acquire_owned().await else {
+            return;
+        };
+        let Ok(_all) = self.slots.clone().acquire_owned().await else {
             return;
         };
         let loaded = self.store.read(|r| {
@@ -424,9 +400,10 @@ impl Queue {
         }
         // Through the delivery writer: records share its group commits.
         let settings = self.settings.clone();
+        let bounce_to = self.bounce_address(&entry.sender);
         let recorded = self
             .deliverer
-            .write(move |w| record(w, &settings, id, &rcpts, verdicts, now()))
+            .write(move |w| record(w, &settings, id, &rcpts, verdicts, &bounce_to, now()))
             .await;
         match recorded {
             Ok((next, dsn)) => {
@@ -439,21 +416,28 @@ impl Queue {
                 }
             }
             Err(e) => {
+                // Not at once: the attempt itself may have succeeded, and resending in a loop
+                // would flood the recipient. The stored state still says "due"; try later.
                 tracing::error!(queue_id = id, error = %e, "recording a delivery failed");
-                self.reload();
+                self.schedule
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .due
+                    .insert((now() + secs(self.settings.retry_initial), id));
             }
         }
     }
 
     /// Queue recipients in local domains (bounces to local senders, SRS bounces for local
-    /// addresses): into their accounts' INBOX through the delivery writer.
+    /// addresses): into their accounts' INBOX through the delivery writer, and on through the
+    /// queue to the address's forwarders in other domains.
     async fn deliver_local(&self, sender: &str, rcpts: &[String], body: &[u8]) -> Vec<Verdict> {
         let mut message = format!("Return-Path: <{sender}>\r\n").into_bytes();
         message.extend_from_slice(body);
         let mut out = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
-            let accounts = match self.directory.resolve(rcpt) {
-                Ok(Resolution::Local { accounts, .. }) => accounts,
+            let (accounts, remote) = match self.directory.resolve(rcpt) {
+                Ok(Resolution::Local { accounts, remote }) => (accounts, remote),
                 Ok(_) => {
                     out.push(Verdict::Failed {
                         remote: None,
@@ -475,7 +459,7 @@ impl Queue {
                 .filter(|a| a.enabled)
                 .map(|a| Recipient::inbox(a.id))
                 .collect();
-            if targets.is_empty() {
+            if targets.is_empty() && remote.is_empty() {
                 out.push(Verdict::Failed {
                     remote: None,
                     reply: "550 5.2.1 Mailbox disabled".into(),
@@ -483,19 +467,42 @@ impl Queue {
                 });
                 continue;
             }
+            let onward = (!remote.is_empty()).then(|| Outbound {
+                message: body.to_vec(),
+                sender: if sender.is_empty() {
+                    String::new()
+                } else {
+                    self.srs.forward(sender, &domain_of(rcpt))
+                },
+                source: "forward",
+                recipients: remote
+                    .into_iter()
+                    .map(|r| (r, Some(rcpt.clone())))
+                    .collect(),
+            });
+            let local = if targets.is_empty() {
+                Vec::new()
+            } else {
+                message.clone()
+            };
             out.push(
                 match self
                     .deliverer
-                    .deliver(message.clone(), targets, now())
+                    .deliver_and_queue(local, targets, now(), onward, None)
                     .await
                 {
-                    Ok(o) if o.iter().any(|x| matches!(x, Outcome::Stored { .. })) => {
+                    Ok(d)
+                        if d.queued.is_some()
+                            || d.outcomes
+                                .iter()
+                                .any(|x| matches!(x, Outcome::Stored { .. })) =>
+                    {
                         Verdict::Delivered {
                             remote: None,
                             reply: "250 2.0.0 stored".into(),
                         }
                     }
-                    Ok(o) if o.contains(&Outcome::OverQuota) => Verdict::Deferred {
+                    Ok(d) if d.outcomes.contains(&Outcome::OverQuota) => Verdict::Deferred {
                         remote: None,
                         reply: "452 4.2.2 Mailbox full".into(),
                     },
@@ -526,6 +533,7 @@ fn record(
     id: u64,
     rcpts: &[String],
     verdicts: Vec<Verdict>,
+    bounce_to: &str,
     t: i64,
 ) -> Result<(Option<i64>, Option<u64>), StoreError> {
     let Some(mut entry) = w.get(&MAIL_QUEUE, id)? else {
@@ -604,7 +612,7 @@ fn record(
                 &settings.hostname,
                 &id.to_string(),
                 entry.created_at,
-                &entry.sender,
+                bounce_to,
                 &failures,
                 &original,
             );
@@ -612,10 +620,10 @@ fn record(
                 message: report,
                 sender: String::new(),
                 source: "bounce",
-                recipients: vec![(entry.sender.clone(), None)],
+                recipients: vec![(bounce_to.to_string(), None)],
             };
             let dsn_id = delivery::enqueue(w, &out, t)?;
-            tracing::info!(queue_id = id, dsn = dsn_id, to = %entry.sender, failed = failures.len(), "delivery status notification queued");
+            tracing::info!(queue_id = id, dsn = dsn_id, to = %bounce_to, failed = failures.len(), "delivery status notification queued");
             bounced = Some(dsn_id);
         }
     }

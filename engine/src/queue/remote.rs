@@ -220,12 +220,14 @@ async fn session(
             .ehlo(&s.hostname)
             .await
             .map_err(|e| Skip::Next(format!("451 4.4.2 {remote} refused EHLO after TLS: {e}")))?;
-        return Ok(transaction(&mut c, &ehlo, remote, sender, rcpts, body).await);
+        return transaction(&mut c, &ehlo, remote, sender, rcpts, body).await;
     }
-    Ok(transaction(&mut c, &ehlo, remote, sender, rcpts, body).await)
+    transaction(&mut c, &ehlo, remote, sender, rcpts, body).await
 }
 
-/// MAIL, RCPT for each recipient, DATA: a verdict per recipient.
+/// MAIL, RCPT for each recipient, DATA: a verdict per recipient. A temporary refusal of MAIL
+/// or a connection lost before any recipient has a verdict sends the caller to the next
+/// address (a backup MX may take it).
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
     ehlo: &EhloResponse<String>,
@@ -233,7 +235,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     sender: &str,
     rcpts: &[String],
     body: &[u8],
-) -> Vec<Verdict> {
+) -> Result<Vec<Verdict>, Skip> {
     let lost = |e: mail_send::Error| deferred(Some(remote), format!("451 4.4.2 {remote}: {e}"));
     let mut params = String::new();
     if ehlo.has_capability(EXT_SIZE) {
@@ -244,23 +246,30 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     }
     match c.cmd(format!("MAIL FROM:<{sender}>{params}\r\n")).await {
         Ok(r) if (200..300).contains(&r.code) => {}
+        Ok(r) if r.code >= 500 => {
+            let _ = c.cmd("QUIT\r\n").await;
+            return Ok(vec![from_reply(remote, &r); rcpts.len()]);
+        }
         Ok(r) => {
             let _ = c.cmd("QUIT\r\n").await;
-            return vec![from_reply(remote, &r); rcpts.len()];
+            return Err(Skip::Next(text(&r)));
         }
-        Err(e) => return vec![lost(e); rcpts.len()],
+        Err(e) => return Err(Skip::Next(format!("451 4.4.2 {remote}: {e}"))),
     }
     let mut verdicts: Vec<Option<Verdict>> = vec![None; rcpts.len()];
     for (i, rcpt) in rcpts.iter().enumerate() {
         match c.cmd(format!("RCPT TO:<{rcpt}>\r\n")).await {
             Ok(r) if (200..300).contains(&r.code) => {}
             Ok(r) => verdicts[i] = Some(from_reply(remote, &r)),
+            Err(e) if verdicts.iter().all(Option::is_none) => {
+                return Err(Skip::Next(format!("451 4.4.2 {remote}: {e}")));
+            }
             Err(e) => {
                 let v = lost(e);
-                return verdicts
+                return Ok(verdicts
                     .into_iter()
                     .map(|x| x.unwrap_or_else(|| v.clone()))
-                    .collect();
+                    .collect());
             }
         }
     }
@@ -273,21 +282,27 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
                 Ok(r) => from_reply(remote, &r),
                 Err(e) => lost(e),
             },
+            // Anything but 354 sent no message: it can't count as delivered.
+            Ok(r) if r.code < 400 => deferred(Some(remote), text(&r)),
             Ok(r) => from_reply(remote, &r),
             Err(e) => lost(e),
         })
     };
     let _ = c.cmd("QUIT\r\n").await;
-    verdicts
+    Ok(verdicts
         .into_iter()
         .map(|v| {
             v.or_else(|| outcome.clone())
                 .unwrap_or_else(|| deferred(Some(remote), "451 4.4.2 not sent".into()))
         })
-        .collect()
+        .collect())
 }
 
-/// The message with dot-stuffing and the final `.`, then the server's reply.
+/// How long the server may take to answer the final `.` (RFC 5321 §4.5.3.2.6).
+const FINAL_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The message with dot-stuffing and the final `.`, then the server's reply. Each 64 KiB
+/// written has the command timeout, so a large message on a slow link is not cut off.
 async fn send_body<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
     body: &[u8],
@@ -306,11 +321,15 @@ async fn send_body<T: AsyncRead + AsyncWrite + Unpin>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-    tokio::time::timeout(timeout, async {
-        c.stream.write_all(&out).await?;
-        c.stream.flush().await?;
-        c.read().await
-    })
-    .await
-    .map_err(|_| mail_send::Error::Timeout)?
+    for chunk in out.chunks(64 * 1024) {
+        tokio::time::timeout(timeout, c.stream.write_all(chunk))
+            .await
+            .map_err(|_| mail_send::Error::Timeout)??;
+    }
+    tokio::time::timeout(timeout, c.stream.flush())
+        .await
+        .map_err(|_| mail_send::Error::Timeout)??;
+    tokio::time::timeout(FINAL_REPLY_TIMEOUT, c.read())
+        .await
+        .map_err(|_| mail_send::Error::Timeout)?
 }

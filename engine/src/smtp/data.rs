@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc2822;
 
 use super::reply::Reply;
 use super::session::{Core, Flow, Transaction};
-use crate::delivery::{Outbound, Outcome, Recipient};
+use crate::delivery::{BounceTo, Outbound, Outcome, Recipient};
 
 impl Core {
     pub(super) fn data(&mut self) -> Flow {
@@ -128,7 +128,18 @@ impl Core {
         let delivered = match self
             .server
             .deliverer
-            .deliver_and_queue(message, recipients, now, outbound)
+            .deliver_and_queue(
+                message,
+                recipients,
+                now,
+                outbound,
+                Some(BounceTo {
+                    sender: tx.from.clone(),
+                    hostname: self.server.settings.hostname.clone(),
+                    id: tx.id.clone(),
+                    addresses: tx.emails.clone(),
+                }),
+            )
             .await
         {
             Ok(d) => d,
@@ -160,8 +171,7 @@ impl Core {
             if stored < outcomes.len() {
                 // One reply covers the whole message: it is accepted for those who got it, and
                 // the sender hears about the rest in a bounce.
-                tracing::warn!(id = %tx.id, stored, over_quota = over_quota.len(), failed = outcomes.len() - stored, "some recipients did not get the message");
-                self.bounce_over_quota(&tx, &over_quota, &body).await;
+                tracing::warn!(id = %tx.id, stored, over_quota = over_quota.len(), failed = outcomes.len() - stored, bounce = ?delivered.bounced, "some recipients did not get the message");
             }
             if stored > 0 {
                 tracing::info!(id = %tx.id, from = %tx.from, rcpts = tx.rcpts.len(), stored, "message stored");
@@ -237,38 +247,6 @@ impl Core {
             sender,
             source,
             recipients: tx.remote.clone(),
-        }
-    }
-
-    /// Tells the sender about local recipients whose quota the message did not fit.
-    async fn bounce_over_quota(&self, tx: &Transaction, accounts: &[u64], body: &[u8]) {
-        if tx.from.is_empty() || accounts.is_empty() {
-            return;
-        }
-        let addresses = accounts
-            .iter()
-            .filter_map(|&id| self.server.directory.account(id).ok())
-            .map(|a| a.email())
-            .collect::<Vec<_>>();
-        let failures = addresses
-            .into_iter()
-            .map(|address| crate::queue::dsn::Failure {
-                recipient: address,
-                original: None,
-                status: "5.2.2".into(),
-                remote: None,
-                diagnostic:
-                    "552 5.2.2 Mailbox full: the message does not fit in the recipient's quota"
-                        .into(),
-            })
-            .collect::<Vec<_>>();
-        if let Err(e) = self
-            .server
-            .queue
-            .bounce(&tx.from, &tx.id, &failures, body)
-            .await
-        {
-            tracing::error!(id = %tx.id, error = %e, "could not queue the bounce for over-quota recipients");
         }
     }
 

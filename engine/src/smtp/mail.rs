@@ -45,6 +45,7 @@ impl Core {
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
             rcpts: Vec::new(),
             accounts: Vec::new(),
+            emails: Vec::new(),
             remote: Vec::new(),
             chunking: false,
         });

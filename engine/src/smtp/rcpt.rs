@@ -22,6 +22,18 @@ impl Core {
             return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
         }
         let rcpt = to.address.trim().to_string();
+        // A bounce coming back to an address this server rewrote when forwarding (SRS). Before
+        // the syntax check: SRS local parts may be longer than 64 characters.
+        if let Some(original) = self.server.queue.srs().reverse(&rcpt)
+            && rcpt.rsplit_once('@').is_some_and(|(_, d)| {
+                self.server
+                    .directory
+                    .is_local_domain(&d.to_ascii_lowercase())
+                    .unwrap_or(false)
+            })
+        {
+            return self.accept_remote(original, Some(rcpt));
+        }
         if address::address(&rcpt).is_none() {
             // Not an address an account could have (quoted or non-ASCII local part, address
             // literal): unknown in a local domain, a relay attempt elsewhere.
@@ -46,17 +58,6 @@ impl Core {
                     format!("<{rcpt}>: Relay access denied"),
                 ))
             };
-        }
-        // A bounce coming back to an address this server rewrote when forwarding (SRS).
-        if let Some(original) = self.server.queue.srs().reverse(&rcpt)
-            && rcpt.rsplit_once('@').is_some_and(|(_, d)| {
-                self.server
-                    .directory
-                    .is_local_domain(&d.to_ascii_lowercase())
-                    .unwrap_or(false)
-            })
-        {
-            return self.accept_remote(original, Some(rcpt));
         }
         let (accounts, remote) = match self.server.directory.resolve(&rcpt) {
             Ok(Resolution::Foreign) if self.port != Port::Mx => {
@@ -100,6 +101,7 @@ impl Core {
             for a in enabled.iter().filter(|a| !full(a)) {
                 if !tx.accounts.contains(&a.id) {
                     tx.accounts.push(a.id);
+                    tx.emails.push(a.email());
                 }
             }
             for r in remote {

@@ -46,6 +46,8 @@ pub(super) struct Transaction {
     pub rcpts: Vec<String>,
     /// The accounts that get a copy, each once.
     pub accounts: Vec<u64>,
+    /// Their addresses, in the same order (for a bounce naming those who did not get it).
+    pub emails: Vec<String>,
     /// Addresses in other domains, each once, with the address the client gave when it was
     /// a forwarder: they go out through the queue.
     pub remote: Vec<(String, Option<String>)>,
