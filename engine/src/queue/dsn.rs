@@ -117,7 +117,7 @@ pub fn build(
          This is the mail system at host {hostname}.\r\n\
          \r\n\
          I'm sorry to have to inform you that your message could not\r\n\
-         be delivered to one or more recipients. It's attached below.\r\n\
+         be delivered to one or more recipients. Its headers are attached below.\r\n\
          \r\n\
          {human}\
          \r\n\
