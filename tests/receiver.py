@@ -35,6 +35,7 @@ class Handler:
             "tls": session.ssl is not None,
             "helo": session.host_name,
             "peer": session.peer[0],
+            "session": "%s:%s" % tuple(session.peer[:2]),  # one per connection
         }
         tmp = os.path.join(self.directory, f".{self.n}.tmp")
         with open(tmp, "w") as f:

@@ -455,3 +455,19 @@ def test_kill_9_while_delivering_loses_no_acknowledged_message(make_wispd, recei
     assert wait_until(lambda: acknowledged <= arrived(), timeout=90), \
         f"missing {len(acknowledged - arrived())} of {len(acknowledged)}: {sorted(acknowledged - arrived())[:5]}"
     assert wait_until(lambda: queue(w) == [], timeout=30)
+
+
+def test_connections_are_reused_for_the_next_message(make_wispd, receivers, tmp_path):
+    port = free_port()
+    dest = receivers(tmp_path / "dest", f"127.0.0.1:{port}").start()
+    w = start(make_wispd, relay=f"127.0.0.1:{port}", destination_concurrency=1)
+    assert w.request("POST", "/api/v1/email/forwarders", body={"source": "fwd@example.com", "destination": "far@remote.example"}).status == 201
+    mx, _, _ = ports(w)
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as c:
+        for i in range(6):
+            assert c.sendmail("a@origin.example", ["fwd@example.com"], f"Subject: n{i}\r\n\r\nx\r\n".encode()) == {}
+    got = dest.wait(6)
+    assert sorted(email.message_from_string(m["data"])["Subject"] for m in got) == [f"n{i}" for i in range(6)]
+    sessions = {m["session"] for m in got}
+    assert len(sessions) < 6, "one destination slot: later messages ride the cached connection"
+    assert wait_until(lambda: queue(w) == [])

@@ -112,6 +112,8 @@ pub struct Queue {
     inflight: Mutex<HashSet<(u64, String)>>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     slots: Arc<Semaphore>,
+    /// Idle connections by destination, for the next message there.
+    connections: Mutex<HashMap<String, Vec<remote::Cached>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -179,6 +181,7 @@ impl Queue {
             inflight: Mutex::default(),
             destinations: Mutex::default(),
             slots,
+            connections: Mutex::default(),
         })
     }
 
@@ -243,7 +246,17 @@ impl Queue {
                     Some(now() + 5)
                 }
             };
-            let wait = next.map_or(60, |t| (t - now()).clamp(0, 60));
+            self.prune_connections();
+            let mut wait = next.map_or(60, |t| (t - now()).clamp(0, 60));
+            if !self
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+            {
+                // Come back to close idle connections.
+                wait = wait.min(remote::CACHE_TIME.as_secs().try_into().unwrap_or(2));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notify.notified() => {}
@@ -333,6 +346,62 @@ impl Queue {
             .unwrap_or_else(|| sender.to_string())
     }
 
+    /// What deliveries are grouped and limited by: the relay, or the recipient domain.
+    fn destination_key(&self, domain: &str) -> String {
+        match &self.settings.relay {
+            Some((h, p)) => format!("{h}:{p}"),
+            None => domain.to_string(),
+        }
+    }
+
+    /// A cached connection to `key` young enough to reuse (older ones are dropped).
+    fn cached_connection(&self, key: &str) -> Option<remote::Cached> {
+        let mut all = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let list = all.get_mut(key)?;
+        let found = loop {
+            match list.pop() {
+                Some(c) if c.fresh() => break Some(c),
+                Some(_) => {}
+                None => break None,
+            }
+        };
+        if list.is_empty() {
+            all.remove(key);
+        }
+        found
+    }
+
+    /// Keeps `c` for the next message to `key` unless enough are kept already (then it is
+    /// handed back).
+    fn cache_connection(&self, key: &str, c: remote::Cached) -> Result<(), remote::Cached> {
+        let mut all = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let list = all.entry(key.to_string()).or_default();
+        list.retain(remote::Cached::fresh);
+        if list.len() >= self.settings.per_destination {
+            return Err(c);
+        }
+        list.push(c);
+        Ok(())
+    }
+
+    /// Drops cached connections nobody reused in time.
+    fn prune_connections(&self) {
+        let mut all = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.retain(|_, list| {
+            list.retain(remote::Cached::fresh);
+            !list.is_empty()
+        });
+    }
+
     /// Rebuilds the schedule from the store on the next dispatch.
     fn reload(&self) {
         self.schedule
@@ -354,11 +423,7 @@ impl Queue {
 
     /// One delivery attempt of message `id` to `rcpts` in `domain`, then its record.
     async fn attempt(&self, id: u64, domain: &str, rcpts: Vec<String>) {
-        let key = match &self.settings.relay {
-            Some((h, p)) => format!("{h}:{p}"),
-            None => domain.to_string(),
-        };
-        let slot = self.destination_slot(&key);
+        let slot = self.destination_slot(&self.destination_key(domain));
         // The destination's slot first: a backlog for one domain must not hold the global slots
         // other domains need.
         let Ok(_one) = slot.acquire_owned().await else {

@@ -2,15 +2,92 @@
 //! in preference order (its A/AAAA records when it has no MX), each address in turn until one
 //! takes the transaction. STARTTLS is used whenever offered (opportunistic, certificates not
 //! verified, as Postfix's `may` level); a failed handshake is retried once in clear text.
+//! A connection that ends a transaction cleanly is kept for the next message to the same
+//! destination for [`CACHE_TIME`] (as Postfix's connection cache), checked with RSET before
+//! reuse.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::rr::RData;
 use mail_send::SmtpClient;
 use smtp_proto::{EXT_8BIT_MIME, EXT_SIZE, EXT_START_TLS, EhloResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::{Queue, Verdict};
+
+/// How long an idle connection is kept for reuse.
+pub(super) const CACHE_TIME: Duration = Duration::from_secs(2);
+
+/// An open session, clear or TLS.
+enum Conn {
+    Plain(SmtpClient<TcpStream>),
+    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
+}
+
+/// A connection waiting in the cache.
+pub(super) struct Cached {
+    conn: Conn,
+    ehlo: EhloResponse<String>,
+    remote: String,
+    since: Instant,
+}
+
+impl Conn {
+    async fn transaction(
+        &mut self,
+        ehlo: &EhloResponse<String>,
+        remote: &str,
+        sender: &str,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> Result<(Vec<Verdict>, bool), Skip> {
+        match self {
+            Conn::Plain(c) => transaction(c, ehlo, remote, sender, rcpts, body).await,
+            Conn::Tls(c) => transaction(c, ehlo, remote, sender, rcpts, body).await,
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> Option<Response<String>> {
+        match self {
+            Conn::Plain(c) => c.cmd(line).await.ok(),
+            Conn::Tls(c) => c.cmd(line).await.ok(),
+        }
+    }
+}
+
+impl Cached {
+    pub(super) fn fresh(&self) -> bool {
+        self.since.elapsed() < CACHE_TIME
+    }
+}
+
+/// After a transaction: keep the connection for the next message to `key`, or say goodbye.
+async fn release(
+    q: &Queue,
+    key: &str,
+    conn: Conn,
+    ehlo: EhloResponse<String>,
+    remote: String,
+    reusable: bool,
+) {
+    let mut conn = conn;
+    if reusable {
+        let cached = Cached {
+            conn,
+            ehlo,
+            remote,
+            since: Instant::now(),
+        };
+        match q.cache_connection(key, cached) {
+            Ok(()) => return,
+            Err(c) => conn = c.conn,
+        }
+    }
+    let _ = conn.cmd("QUIT\r\n").await;
+}
 
 /// Why an address did not take the transaction: try the next one.
 enum Skip {
@@ -71,6 +148,28 @@ pub(super) async fn deliver(
     rcpts: &[String],
     body: &[u8],
 ) -> Vec<Verdict> {
+    let key = q.destination_key(domain);
+    // A connection kept from an earlier message to this destination, if it still answers.
+    while let Some(mut cached) = q.cached_connection(&key) {
+        if !cached
+            .conn
+            .cmd("RSET\r\n")
+            .await
+            .is_some_and(|r| r.code == 250)
+        {
+            continue;
+        }
+        let Cached {
+            mut conn,
+            ehlo,
+            remote,
+            ..
+        } = cached;
+        if let Ok((v, reusable)) = conn.transaction(&ehlo, &remote, sender, rcpts, body).await {
+            release(q, &key, conn, ehlo, remote, reusable).await;
+            return v;
+        }
+    }
     let hosts = match &q.settings.relay {
         Some((h, p)) => vec![(h.clone(), *p)],
         None => match mx_hosts(q, domain).await {
@@ -96,12 +195,12 @@ pub(super) async fn deliver(
         for ip in ips {
             let addr = SocketAddr::new(ip, port);
             let remote = format!("{host}[{ip}]:{port}");
-            match session(q, &host, addr, &remote, sender, rcpts, body, true).await {
+            match session(q, &key, &host, addr, &remote, sender, rcpts, body, true).await {
                 Ok(v) => return v,
                 Err(Skip::Next(why)) => last = deferred(Some(&remote), why),
                 Err(Skip::Tls(why)) => {
                     tracing::warn!(%remote, %why, "TLS failed; retrying in clear text");
-                    match session(q, &host, addr, &remote, sender, rcpts, body, false).await {
+                    match session(q, &key, &host, addr, &remote, sender, rcpts, body, false).await {
                         Ok(v) => return v,
                         Err(Skip::Next(why) | Skip::Tls(why)) => {
                             last = deferred(Some(&remote), why)
@@ -184,6 +283,7 @@ async fn lookup_ips(q: &Queue, host: &str) -> Result<Vec<IpAddr>, String> {
 #[expect(clippy::too_many_arguments, reason = "one connection's whole context")]
 async fn session(
     q: &Queue,
+    key: &str,
     host: &str,
     addr: SocketAddr,
     remote: &str,
@@ -220,14 +320,20 @@ async fn session(
             .ehlo(&s.hostname)
             .await
             .map_err(|e| Skip::Next(format!("451 4.4.2 {remote} refused EHLO after TLS: {e}")))?;
-        return transaction(&mut c, &ehlo, remote, sender, rcpts, body).await;
+        let mut conn = Conn::Tls(Box::new(c));
+        let (v, reusable) = conn.transaction(&ehlo, remote, sender, rcpts, body).await?;
+        release(q, key, conn, ehlo, remote.to_string(), reusable).await;
+        return Ok(v);
     }
-    transaction(&mut c, &ehlo, remote, sender, rcpts, body).await
+    let mut conn = Conn::Plain(c);
+    let (v, reusable) = conn.transaction(&ehlo, remote, sender, rcpts, body).await?;
+    release(q, key, conn, ehlo, remote.to_string(), reusable).await;
+    Ok(v)
 }
 
-/// MAIL, RCPT for each recipient, DATA: a verdict per recipient. A temporary refusal of MAIL
-/// or a connection lost before any recipient has a verdict sends the caller to the next
-/// address (a backup MX may take it).
+/// MAIL, RCPT for each recipient, DATA: a verdict per recipient, and whether the connection
+/// can carry another message. A temporary refusal of MAIL or a connection lost before any
+/// recipient has a verdict sends the caller to the next address (a backup MX may take it).
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
     ehlo: &EhloResponse<String>,
@@ -235,7 +341,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     sender: &str,
     rcpts: &[String],
     body: &[u8],
-) -> Result<Vec<Verdict>, Skip> {
+) -> Result<(Vec<Verdict>, bool), Skip> {
     let lost = |e: mail_send::Error| deferred(Some(remote), format!("451 4.4.2 {remote}: {e}"));
     let mut params = String::new();
     if ehlo.has_capability(EXT_SIZE) {
@@ -247,8 +353,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     match c.cmd(format!("MAIL FROM:<{sender}>{params}\r\n")).await {
         Ok(r) if (200..300).contains(&r.code) => {}
         Ok(r) if r.code >= 500 => {
-            let _ = c.cmd("QUIT\r\n").await;
-            return Ok(vec![from_reply(remote, &r); rcpts.len()]);
+            return Ok((vec![from_reply(remote, &r); rcpts.len()], false));
         }
         Ok(r) => {
             let _ = c.cmd("QUIT\r\n").await;
@@ -266,36 +371,50 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => {
                 let v = lost(e);
-                return Ok(verdicts
-                    .into_iter()
-                    .map(|x| x.unwrap_or_else(|| v.clone()))
-                    .collect());
+                return Ok((
+                    verdicts
+                        .into_iter()
+                        .map(|x| x.unwrap_or_else(|| v.clone()))
+                        .collect(),
+                    false,
+                ));
             }
         }
     }
     let accepted = verdicts.iter().filter(|v| v.is_none()).count();
+    // Reusable only after a clean end: the DATA reply read, or nothing sent (RSET on reuse).
+    let mut reusable = true;
     let outcome = if accepted == 0 {
         None
     } else {
         Some(match c.cmd("DATA\r\n").await {
             Ok(r) if r.code == 354 => match send_body(c, body).await {
                 Ok(r) => from_reply(remote, &r),
-                Err(e) => lost(e),
+                Err(e) => {
+                    reusable = false;
+                    lost(e)
+                }
             },
             // Anything but 354 sent no message: it can't count as delivered.
-            Ok(r) if r.code < 400 => deferred(Some(remote), text(&r)),
+            Ok(r) if r.code < 400 => {
+                reusable = false;
+                deferred(Some(remote), text(&r))
+            }
             Ok(r) => from_reply(remote, &r),
-            Err(e) => lost(e),
+            Err(e) => {
+                reusable = false;
+                lost(e)
+            }
         })
     };
-    let _ = c.cmd("QUIT\r\n").await;
-    Ok(verdicts
+    let verdicts = verdicts
         .into_iter()
         .map(|v| {
             v.or_else(|| outcome.clone())
                 .unwrap_or_else(|| deferred(Some(remote), "451 4.4.2 not sent".into()))
         })
-        .collect())
+        .collect();
+    Ok((verdicts, reusable))
 }
 
 /// How long the server may take to answer the final `.` (RFC 5321 §4.5.3.2.6).
