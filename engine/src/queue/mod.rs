@@ -376,7 +376,7 @@ impl Queue {
 
     /// Keeps `c` for the next message to `key` unless enough are kept already (then it is
     /// handed back).
-    fn cache_connection(&self, key: &str, c: remote::Cached) -> Result<(), remote::Cached> {
+    fn cache_connection(&self, key: &str, c: remote::Cached) -> Option<remote::Cached> {
         let mut all = self
             .connections
             .lock()
@@ -384,10 +384,10 @@ impl Queue {
         let list = all.entry(key.to_string()).or_default();
         list.retain(remote::Cached::fresh);
         if list.len() >= self.settings.per_destination {
-            return Err(c);
+            return Some(c);
         }
         list.push(c);
-        Ok(())
+        None
     }
 
     /// Drops cached connections nobody reused in time.

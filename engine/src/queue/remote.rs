@@ -82,8 +82,8 @@ async fn release(
             since: Instant::now(),
         };
         match q.cache_connection(key, cached) {
-            Ok(()) => return,
-            Err(c) => conn = c.conn,
+            None => return,
+            Some(c) => conn = c.conn,
         }
     }
     let _ = conn.cmd("QUIT\r\n").await;
@@ -151,11 +151,11 @@ pub(super) async fn deliver(
     let key = q.destination_key(domain);
     // A connection kept from an earlier message to this destination, if it still answers.
     while let Some(mut cached) = q.cached_connection(&key) {
-        if !cached
+        if cached
             .conn
             .cmd("RSET\r\n")
             .await
-            .is_some_and(|r| r.code == 250)
+            .is_none_or(|r| r.code != 250)
         {
             continue;
         }
