@@ -247,7 +247,8 @@ impl Queue {
                 }
             };
             self.prune_connections();
-            let mut wait = next.map_or(60, |t| (t - now()).clamp(0, 60));
+            let mut wait =
+                Duration::from_secs(next.map_or(60, |t| (t - now()).clamp(0, 60)).unsigned_abs());
             if !self
                 .connections
                 .lock()
@@ -255,12 +256,12 @@ impl Queue {
                 .is_empty()
             {
                 // Come back to close idle connections.
-                wait = wait.min(remote::CACHE_TIME.as_secs().try_into().unwrap_or(2));
+                wait = wait.min(remote::CACHE_TIME / 2);
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notify.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }

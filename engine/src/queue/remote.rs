@@ -20,6 +20,13 @@ use super::{Queue, Verdict};
 
 /// How long an idle connection is kept for reuse.
 pub(super) const CACHE_TIME: Duration = Duration::from_secs(2);
+/// A connection is retired after this long or this many messages even if mail keeps coming
+/// (Postfix's `smtp_connection_reuse_time_limit`/`_count_limit`): a fresh one may get TLS
+/// back, or a preferred MX that was down.
+const REUSE_TIME: Duration = Duration::from_secs(300);
+const REUSE_COUNT: u32 = 100;
+/// How long a goodbye may take.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An open session, clear or TLS.
 enum Conn {
@@ -33,6 +40,8 @@ pub(super) struct Cached {
     ehlo: EhloResponse<String>,
     remote: String,
     since: Instant,
+    opened: Instant,
+    uses: u32,
 }
 
 impl Conn {
@@ -65,6 +74,22 @@ impl Cached {
 }
 
 /// After a transaction: keep the connection for the next message to `key`, or say goodbye.
+/// A connection's history: when it was opened and how many messages it carried.
+#[derive(Clone, Copy)]
+struct Age {
+    opened: Instant,
+    uses: u32,
+}
+
+impl Age {
+    fn new() -> Age {
+        Age {
+            opened: Instant::now(),
+            uses: 1,
+        }
+    }
+}
+
 async fn release(
     q: &Queue,
     key: &str,
@@ -72,21 +97,24 @@ async fn release(
     ehlo: EhloResponse<String>,
     remote: String,
     reusable: bool,
+    age: Age,
 ) {
     let mut conn = conn;
-    if reusable {
+    if reusable && age.uses < REUSE_COUNT && age.opened.elapsed() < REUSE_TIME {
         let cached = Cached {
             conn,
             ehlo,
             remote,
             since: Instant::now(),
+            opened: age.opened,
+            uses: age.uses,
         };
         match q.cache_connection(key, cached) {
             None => return,
             Some(c) => conn = c.conn,
         }
     }
-    let _ = conn.cmd("QUIT\r\n").await;
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.cmd("QUIT\r\n")).await;
 }
 
 /// Why an address did not take the transaction: try the next one.
@@ -163,10 +191,16 @@ pub(super) async fn deliver(
             mut conn,
             ehlo,
             remote,
+            opened,
+            uses,
             ..
         } = cached;
         if let Ok((v, reusable)) = conn.transaction(&ehlo, &remote, sender, rcpts, body).await {
-            release(q, &key, conn, ehlo, remote, reusable).await;
+            let age = Age {
+                opened,
+                uses: uses.saturating_add(1),
+            };
+            release(q, &key, conn, ehlo, remote, reusable, age).await;
             return v;
         }
     }
@@ -322,12 +356,22 @@ async fn session(
             .map_err(|e| Skip::Next(format!("451 4.4.2 {remote} refused EHLO after TLS: {e}")))?;
         let mut conn = Conn::Tls(Box::new(c));
         let (v, reusable) = conn.transaction(&ehlo, remote, sender, rcpts, body).await?;
-        release(q, key, conn, ehlo, remote.to_string(), reusable).await;
+        release(q, key, conn, ehlo, remote.to_string(), reusable, Age::new()).await;
         return Ok(v);
     }
     let mut conn = Conn::Plain(c);
     let (v, reusable) = conn.transaction(&ehlo, remote, sender, rcpts, body).await?;
-    release(q, key, conn, ehlo, remote.to_string(), reusable).await;
+    // A clear-text fallback after a failed handshake is not kept: the next message tries TLS.
+    release(
+        q,
+        key,
+        conn,
+        ehlo,
+        remote.to_string(),
+        reusable && tls,
+        Age::new(),
+    )
+    .await;
     Ok(v)
 }
 
@@ -356,7 +400,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             return Ok((vec![from_reply(remote, &r); rcpts.len()], false));
         }
         Ok(r) => {
-            let _ = c.cmd("QUIT\r\n").await;
+            let _ = tokio::time::timeout(QUIT_TIMEOUT, c.cmd("QUIT\r\n")).await;
             return Err(Skip::Next(text(&r)));
         }
         Err(e) => return Err(Skip::Next(format!("451 4.4.2 {remote}: {e}"))),
