@@ -214,30 +214,29 @@ pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Result<Option<String
         .decode(&key.private_key)
         .map_err(|e| DkimError::Crypto(format!("stored key for {domain}: {e}")))?;
     let crypto = |e: mail_auth::Error| DkimError::Crypto(format!("signing for {domain}: {e}"));
+    fn signed<T: mail_auth::common::crypto::SigningKey>(
+        pk: T,
+        key: &DkimKey,
+        message: &[u8],
+    ) -> mail_auth::Result<mail_auth::dkim::Signature> {
+        DkimSigner::from_key(pk)
+            .domain(key.domain.as_str())
+            .selector(key.selector.as_str())
+            .headers(SIGNED_HEADERS)
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
+            .sign(message)
+    }
     let signature = match Algorithm::parse(&key.algorithm) {
         Some(Algorithm::RsaSha256) => {
             let pk =
                 RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))
                     .map_err(crypto)?;
-            DkimSigner::from_key(pk)
-                .domain(key.domain.as_str())
-                .selector(key.selector.as_str())
-                .headers(SIGNED_HEADERS)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed)
-                .sign(message)
-                .map_err(crypto)?
+            signed(pk, &key, message).map_err(crypto)?
         }
         Some(Algorithm::Ed25519Sha256) => {
             let pk = Ed25519Key::from_pkcs8_der(&der).map_err(crypto)?;
-            DkimSigner::from_key(pk)
-                .domain(key.domain.as_str())
-                .selector(key.selector.as_str())
-                .headers(SIGNED_HEADERS)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed)
-                .sign(message)
-                .map_err(crypto)?
+            signed(pk, &key, message).map_err(crypto)?
         }
         None => {
             return Err(DkimError::Crypto(format!(
