@@ -17,6 +17,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def smtp_source(port, n, sessions, size, to, sender="sender@remote.example"):
+    """Postfix's smtp-source: n messages of size bytes over sessions connections (-d: one
+    session sends many); returns the seconds it took."""
+    t = time.monotonic()
+    r = subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", str(size),
+                        "-f", sender, "-t", to, f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"smtp-source: {r.stderr[:500]}")
+    return time.monotonic() - t
+
+
 def wait_port(port, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

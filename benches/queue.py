@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import conftest  # noqa: E402
+import peers  # noqa: E402
 from peers import Postfix, free_port, wait_port  # noqa: E402
 
 
@@ -63,13 +64,7 @@ class Sink:
 
 
 def smtp_source(port, n, sessions, size, to):
-    t = time.monotonic()
-    r = subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", str(size),
-                        "-f", "sender@origin.example", "-t", to, f"127.0.0.1:{port}"],
-                       capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        raise RuntimeError(f"smtp-source: {r.stderr[:500]}")
-    return time.monotonic() - t
+    return peers.smtp_source(port, n, sessions, size, to, sender="sender@origin.example")
 
 
 def bench_wispd(work, binary, n, sessions, size):

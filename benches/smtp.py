@@ -24,19 +24,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import conftest  # noqa: E402
+import peers  # noqa: E402
 from peers import Dovecot, Postfix, free_port, wait_port  # noqa: E402
 
 DOMAIN, USER = "example.com", "bench"
 
 
 def smtp_source(port, n, sessions, size):
-    t = time.monotonic()
-    r = subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", str(size),
-                        "-f", "sender@remote.example", "-t", f"{USER}@{DOMAIN}", f"127.0.0.1:{port}"],
-                       capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        raise RuntimeError(f"smtp-source: {r.stderr[:500]}")
-    return time.monotonic() - t
+    return peers.smtp_source(port, n, sessions, size, f"{USER}@{DOMAIN}")
 
 
 def bench_wispd(work, binary, n, sessions, size):
