@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use wispd_store::schema::{
     MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_ENTRIES, MAIL_FORWARDERS, MAIL_MAILBOXES,
     MAIL_META, MailAccount, MailCatchall, MailForwarder, Mailbox,
@@ -57,64 +57,6 @@ pub struct NewAccount {
 pub struct Directory {
     store: Store,
     routing: Arc<Mutex<RoutingCache>>,
-    logins: Arc<LoginCache>,
-}
-
-/// Successful logins, remembered for an hour so a client that reconnects often doesn't pay
-/// the Argon2 cost every time (Dovecot's `auth_cache`). Keyed by the stored hash, so a
-/// password change forgets them; holds only a keyed SHA-256 of the password, never the
-/// password. Failures are never cached.
-#[derive(Debug)]
-struct LoginCache {
-    key: [u8; 32],
-    entries: Mutex<HashMap<String, ([u8; 32], std::time::Instant)>>,
-}
-
-const LOGIN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
-const LOGIN_CACHE_MAX: usize = 100_000;
-
-impl LoginCache {
-    fn new() -> LoginCache {
-        let mut key = [0u8; 32];
-        // Without randomness the cache can't be keyed safely: it then never matches.
-        let _ = getrandom::fill(&mut key);
-        LoginCache {
-            key,
-            entries: Mutex::default(),
-        }
-    }
-
-    fn digest(&self, password: &str) -> [u8; 32] {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(self.key);
-        h.update(password.as_bytes());
-        h.finalize().into()
-    }
-
-    fn hit(&self, stored_hash: &str, password: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        if self.key == [0u8; 32] {
-            return false;
-        }
-        let digest = self.digest(password);
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
-            .get(stored_hash)
-            .is_some_and(|(d, at)| at.elapsed() < LOGIN_CACHE_TTL && bool::from(d.ct_eq(&digest)))
-    }
-
-    fn remember(&self, stored_hash: &str, password: &str) {
-        let digest = self.digest(password);
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= LOGIN_CACHE_MAX {
-            entries.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);
-            if entries.len() >= LOGIN_CACHE_MAX {
-                entries.clear();
-            }
-        }
-        entries.insert(stored_hash.to_string(), (digest, std::time::Instant::now()));
-    }
 }
 
 /// Where mail for a recipient address goes.
@@ -155,7 +97,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn hash(password: &str) -> Result<String, DirError> {
+pub(crate) fn hash(password: &str) -> Result<String, DirError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| DirError::Hash(format!("OS randomness: {e}")))?;
     let salt = SaltString::encode_b64(&bytes).map_err(|e| DirError::Hash(e.to_string()))?;
@@ -171,6 +113,13 @@ fn check_password(password: &str) -> Result<(), DirError> {
         return Err(DirError::Invalid(format!(
             "Password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
         )));
+    }
+    // SASL PLAIN separates fields with NUL and IMAP/SMTP lines end at CR/LF: a password with
+    // control characters could never be typed into a client.
+    if password.chars().any(char::is_control) {
+        return Err(DirError::Invalid(
+            "Password must not contain control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -195,7 +144,6 @@ impl Directory {
         Directory {
             store,
             routing: Arc::default(),
-            logins: Arc::new(LoginCache::new()),
         }
     }
 
@@ -481,38 +429,19 @@ impl Directory {
         })
     }
 
-    /// Checks a login (full address and password); `None` for a wrong password, an unknown
-    /// address or a disabled account.
-    pub fn verify_login(
-        &self,
-        email: &str,
-        password: &str,
-    ) -> Result<Option<MailAccount>, DirError> {
+    /// The account a login names (full address, any case), enabled or not; `None` when no
+    /// account has that address. Passwords are checked by [`crate::login::Logins`].
+    pub fn login_account(&self, email: &str) -> Result<Option<MailAccount>, DirError> {
         let Some((l, d)) = address::address(email) else {
             return Ok(None);
         };
         let key = format!("{l}@{d}");
-        let account = self.store.read(|r| {
+        Ok(self.store.read(|r| {
             let Some(id) = r.get(&MAIL_ADDRESSES, key.as_str())? else {
                 return Ok::<_, StoreError>(None);
             };
             r.get(&MAIL_ACCOUNTS, id)
-        })?;
-        let Some(account) = account.filter(|a| a.enabled) else {
-            return Ok(None);
-        };
-        if self.logins.hit(&account.password_hash, password) {
-            return Ok(Some(account));
-        }
-        let parsed =
-            PasswordHash::new(&account.password_hash).map_err(|e| DirError::Hash(e.to_string()))?;
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        if ok {
-            self.logins.remember(&account.password_hash, password);
-        }
-        Ok(ok.then_some(account))
+        })?)
     }
 
     /// Adds a forwarder. The destination is a local account, another forwarder, or an address
@@ -663,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn accounts_get_mailboxes_unique_addresses_and_verified_logins() {
+    fn accounts_get_mailboxes_unique_addresses_and_login_lookups() {
         let d = dir("acct");
         let a = d
             .create_account(req("Example.com", "Info", "correct horse"))
@@ -680,44 +609,28 @@ mod tests {
             d.create_account(req("example.com", "INFO", "another pw")),
             Err(DirError::Conflict(_))
         ));
-        assert!(
-            d.verify_login("Info@Example.com", "correct horse")
-                .expect("verify")
-                .is_some()
+        assert_eq!(
+            d.login_account("Info@Example.com")
+                .expect("lookup")
+                .map(|a| a.id),
+            Some(a.id)
         );
         assert!(
-            d.verify_login("info@example.com", "wrong horse")
-                .expect("verify")
+            d.login_account("nobody@example.com")
+                .expect("lookup")
                 .is_none()
         );
-        // remembered now; a new password forgets the old one at once
-        assert!(
-            d.verify_login("info@example.com", "correct horse")
-                .expect("verify")
-                .is_some()
-        );
-        d.update_account(a.id, Some("new horse!".into()), None)
-            .expect("update");
-        assert!(
-            d.verify_login("info@example.com", "correct horse")
-                .expect("verify")
-                .is_none(),
-            "old password after a change"
-        );
-        assert!(
-            d.verify_login("info@example.com", "new horse!")
-                .expect("verify")
-                .is_some()
-        );
-        d.toggle_account(a.id).expect("toggle");
-        assert!(
-            d.verify_login("info@example.com", "new horse!")
-                .expect("verify")
-                .is_none(),
-            "disabled, even when remembered"
-        );
+        assert!(matches!(
+            d.update_account(a.id, Some("bad\0password".into()), None),
+            Err(DirError::Invalid(m)) if m.contains("control characters")
+        ));
         d.delete_account(a.id).expect("delete");
         assert!(d.mailboxes(a.id).expect("mailboxes").is_empty());
+        assert!(
+            d.login_account("info@example.com")
+                .expect("lookup")
+                .is_none()
+        );
         assert!(
             d.create_account(req("example.com", "info", "correct horse"))
                 .is_ok(),

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod dkim;
 pub mod imap;
 pub mod limits;
+pub mod login;
 pub mod mailbox;
 pub mod mailstore;
 pub mod queue;

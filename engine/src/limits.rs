@@ -1,12 +1,11 @@
 //! Connection admission shared by the SMTP and IMAP listeners: a cap per client address and in
-//! all; a slot is freed when its session ends. Also the login-failure record that the firewall's
-//! login-failure bans will read.
+//! all; a slot is freed when its session ends.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Accepts connections on `listener` until `shutdown`, running `serve` for each in `tracker`.
 /// Accept errors (EMFILE and friends) back off instead of spinning.
@@ -35,6 +34,8 @@ pub async fn accept_loop<F, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
+        // a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they are IPv4 clients
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let span = tracing::info_span!("conn", protocol, %peer, local = ?local);
         tracker.spawn(serve(stream, peer).instrument(span));
     }
@@ -109,42 +110,5 @@ impl ConnectionLimits {
             limits: self.clone(),
             ip,
         })
-    }
-}
-
-/// Failed logins per client address over a sliding window, for delaying the next attempt
-/// (and, later, for the firewall's login-failure bans).
-#[derive(Debug, Default)]
-pub struct LoginFailures {
-    inner: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-}
-
-/// Failures older than this are forgotten.
-const FAILURE_WINDOW: Duration = Duration::from_secs(600);
-
-impl LoginFailures {
-    /// Records a failure; returns how many this address has in the window.
-    pub fn record(&self, ip: IpAddr) -> u32 {
-        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        m.retain(|_, (_, at)| now.duration_since(*at) < FAILURE_WINDOW);
-        let e = m.entry(ip).or_insert((0, now));
-        e.0 += 1;
-        e.1 = now;
-        e.0
-    }
-
-    /// Failures of `ip` in the window.
-    pub fn count(&self, ip: IpAddr) -> u32 {
-        let m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        m.get(&ip)
-            .filter(|(_, at)| at.elapsed() < FAILURE_WINDOW)
-            .map_or(0, |(n, _)| *n)
-    }
-
-    /// How long to hold the answer to a failed login: a second, growing with repeated
-    /// failures up to five (what Dovecot's auth penalty does).
-    pub fn delay(failures: u32) -> Duration {
-        Duration::from_secs(u64::from(failures.clamp(1, 5)))
     }
 }

@@ -17,7 +17,7 @@ use wispd_store::{Store, StoreError};
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
 use crate::imap::{self, ImapSettings};
-use crate::limits::LoginFailures;
+use crate::login::Logins;
 use crate::queue::{Queue, QueueSettings};
 use crate::smtp::{self, Port, SmtpSettings};
 
@@ -77,7 +77,7 @@ pub struct Mail {
     tracker: TaskTracker,
     /// Bound (SMTP, IMAP) addresses once started.
     running: tokio::sync::Mutex<(Vec<SocketAddr>, Vec<SocketAddr>)>,
-    failures: Arc<LoginFailures>,
+    logins: Arc<Logins>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -105,6 +105,7 @@ impl Mail {
             deliverer.clone(),
             &config.nameservers,
         )?);
+        let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
         Ok(Mail {
             config,
             store,
@@ -114,7 +115,7 @@ impl Mail {
             shutdown,
             tracker,
             running: tokio::sync::Mutex::new((Vec::new(), Vec::new())),
-            failures: Arc::default(),
+            logins,
         })
     }
 
@@ -167,7 +168,7 @@ impl Mail {
             self.queue.clone(),
             self.config.tls.clone(),
             self.shutdown.clone(),
-            self.failures.clone(),
+            self.logins.clone(),
         ));
         let mut bound = Vec::new();
         let all = listeners
@@ -184,12 +185,11 @@ impl Mail {
         }
         let imap = Arc::new(imap::Server::new(
             self.config.imap.clone(),
-            self.directory.clone(),
             self.store.clone(),
             self.deliverer.changes().clone(),
             self.config.tls.clone(),
             self.shutdown.clone(),
-            self.failures.clone(),
+            self.logins.clone(),
         ));
         let mut imap_bound = Vec::new();
         for (l, implicit) in imap_listeners
@@ -208,9 +208,9 @@ impl Mail {
         Ok(())
     }
 
-    /// Login failures per client address (IMAP now, submission later).
-    pub fn login_failures(&self) -> &Arc<LoginFailures> {
-        &self.failures
+    /// The login gate (failures per client address, for the firewall's bans to read).
+    pub fn logins(&self) -> &Arc<Logins> {
+        &self.logins
     }
 
     /// Installs the stack: starts the listeners, then records that it is installed. Idempotent.

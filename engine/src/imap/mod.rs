@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wispd_store::Store;
 
-use crate::directory::Directory;
-use crate::limits::{ConnectionLimits, LoginFailures};
+use crate::limits::ConnectionLimits;
+use crate::login::Logins;
 use crate::mailbox::Changes;
 
 /// Limits and identity of the IMAP service.
@@ -57,36 +57,33 @@ impl ImapSettings {
 /// What every IMAP session shares.
 pub struct Server {
     settings: ImapSettings,
-    directory: Directory,
     store: Store,
     changes: Changes,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     limits: Arc<ConnectionLimits>,
-    failures: Arc<LoginFailures>,
+    logins: Arc<Logins>,
 }
 
 impl Server {
     pub fn new(
         settings: ImapSettings,
-        directory: Directory,
         store: Store,
         changes: Changes,
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
-        failures: Arc<LoginFailures>,
+        logins: Arc<Logins>,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
         Server {
             settings,
-            directory,
             store,
             changes,
             tls: tls.map(TlsAcceptor::from),
             shutdown,
             limits,
-            failures,
+            logins,
         }
     }
 

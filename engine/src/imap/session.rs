@@ -20,7 +20,8 @@ use super::Server;
 use super::condstore::{self, Modifiers};
 use super::framing::{Frame, Framer};
 use super::selected::Selected;
-use crate::limits::{LoginFailures, Refusal};
+use crate::limits::Refusal;
+use crate::login::Verdict;
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 
 /// Largest literal accepted before login.
@@ -574,27 +575,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn verify(&mut self, tag: &str, user: String, pass: String) {
-        let dir = self.server.directory.clone();
-        let result = tokio::task::spawn_blocking(move || dir.verify_login(&user, &pass)).await;
-        match result {
-            Ok(Ok(Some(account))) => {
+        match self.server.logins.check(self.peer.ip(), &user, &pass).await {
+            Verdict::Accepted(account) => {
                 tracing::info!(user = %account.email(), "imap login");
                 self.account = Some(account);
                 let caps = self.capabilities();
                 self.tagged(tag, "OK", &format!("[CAPABILITY {caps}] Logged in"));
             }
-            Ok(Ok(None)) => {
-                let n = self.server.failures.record(self.peer.ip());
+            Verdict::Refused => {
+                let n = self.server.logins.failures(self.peer.ip());
                 tracing::info!(failures = n, "imap login failed");
-                tokio::time::sleep(LoginFailures::delay(n)).await;
                 self.tagged(tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed.");
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "login check failed");
+            Verdict::Busy => {
+                tracing::warn!("imap login refused: too many logins being checked");
                 self.tagged(tag, "NO", "[UNAVAILABLE] Temporary authentication failure");
             }
-            Err(e) => {
-                tracing::error!(error = %e, "login task failed");
+            Verdict::Failed(e) => {
+                tracing::error!(error = %e, "login check failed");
                 self.tagged(tag, "NO", "[UNAVAILABLE] Temporary authentication failure");
             }
         }

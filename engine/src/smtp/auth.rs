@@ -8,7 +8,7 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use super::Port;
 use super::reply::Reply;
 use super::session::{Core, Flow};
-use crate::limits::LoginFailures;
+use crate::login::Verdict;
 
 /// Where an AUTH exchange stands while it waits for the client's next line.
 pub(super) enum AuthStep {
@@ -128,29 +128,27 @@ impl Core {
     }
 
     async fn verify(&mut self, user: String, pass: String) -> Flow {
-        let dir = self.server.directory.clone();
-        match tokio::task::spawn_blocking(move || dir.verify_login(&user, &pass)).await {
-            Ok(Ok(Some(account))) => {
+        match self.server.logins.check(self.peer.ip(), &user, &pass).await {
+            Verdict::Accepted(account) => {
                 tracing::info!(user = %account.email(), "smtp authenticated");
                 self.account = Some(account);
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"))
             }
-            Ok(Ok(None)) => {
-                let n = self.server.failures.record(self.peer.ip());
+            Verdict::Refused => {
+                let n = self.server.logins.failures(self.peer.ip());
                 tracing::info!(failures = n, "smtp authentication failed");
-                tokio::time::sleep(LoginFailures::delay(n)).await;
                 self.reply(Reply::new(
                     535,
                     "5.7.8",
                     "Authentication credentials invalid",
                 ))
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "login check failed");
+            Verdict::Busy => {
+                tracing::warn!("smtp authentication refused: too many logins being checked");
                 self.reply(Reply::new(454, "4.7.0", "Temporary authentication failure"))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "login task failed");
+            Verdict::Failed(e) => {
+                tracing::error!(error = %e, "login check failed");
                 self.reply(Reply::new(454, "4.7.0", "Temporary authentication failure"))
             }
         }

@@ -1,14 +1,14 @@
-//! The SMTP codec, sans-IO: bytes in, typed events out. Commands are parsed by smtp-proto; DATA
-//! is un-dot-stuffed until `CRLF.CRLF` (a bare-LF dot line does not end it, so SMTP smuggling
-//! can't split a message); BDAT chunks are counted. Line length and message size are bounded
-//! here: an oversize line is skipped up to its end, an oversize message is read to its end and
-//! dropped, holding at most one read buffer beyond the limit.
+//! The SMTP codec, sans-IO: bytes in, typed events out. Command lines are cut and bounded here,
+//! checked for numbers that overflow, then parsed by smtp-proto; DATA is un-dot-stuffed by our
+//! own receiver and ends only at exactly `CRLF . CRLF` (a dot line ended by a bare LF, by
+//! `CR CR LF` or by anything else is data, so SMTP smuggling can't split a message); BDAT chunks
+//! are counted. Line length and message size are bounded here: an oversize line is skipped up
+//! to its end, an oversize message is read to its end and dropped, holding at most one read
+//! buffer beyond the limit.
 
 use std::slice::Iter;
 
-use smtp_proto::request::receiver::{
-    BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
-};
+use smtp_proto::request::receiver::{BdatReceiver, DummyDataReceiver, RequestReceiver};
 use smtp_proto::{Error, Request};
 
 /// Longest command line accepted, CRLF included (Postfix's `line_length_limit`).
@@ -22,6 +22,8 @@ pub enum Event {
     Invalid(Error),
     /// A command line longer than [`MAX_COMMAND_LINE`] (skipped to its end).
     LineTooLong,
+    /// A command carrying a number too large for any message (`BDAT`, `SIZE=`).
+    NumberTooLarge,
     /// The end of DATA; the message is in [`Codec::take_message`] unless it was too big.
     DataEnd {
         too_big: bool,
@@ -41,8 +43,11 @@ enum Mode {
     Line(Vec<u8>),
     /// Inside an over-long command line: skip to the next LF.
     SkipLine,
-    Data(DataReceiver),
-    Discard(DummyDataReceiver),
+    /// A DATA body; `keep` false once it is over the limit (read to its end, not stored).
+    Data {
+        rx: DataReceiver,
+        keep: bool,
+    },
     Bdat(BdatReceiver),
     BdatDiscard {
         rx: DummyDataReceiver,
@@ -52,6 +57,8 @@ enum Mode {
 
 pub struct Codec {
     mode: Mode,
+    /// The command line read so far.
+    line: Vec<u8>,
     requests: RequestReceiver,
     message: Vec<u8>,
     limit: usize,
@@ -64,6 +71,7 @@ impl Default for Codec {
     fn default() -> Codec {
         Codec {
             mode: Mode::Command,
+            line: Vec::new(),
             requests: RequestReceiver::default(),
             message: Vec::new(),
             limit: 0,
@@ -79,7 +87,10 @@ impl Codec {
         self.message.clear();
         self.limit = limit;
         self.too_big = false;
-        self.mode = Mode::Data(DataReceiver::new());
+        self.mode = Mode::Data {
+            rx: DataReceiver::default(),
+            keep: true,
+        };
     }
 
     /// Switches to reading a BDAT chunk of `size` bytes. The first chunk of a message starts
@@ -141,32 +152,41 @@ impl Codec {
             }
             match &mut self.mode {
                 Mode::Command => {
-                    // smtp-proto bounds only lines split across reads; bound every line here.
-                    let pending = self.requests.buf().len();
                     let rest = input.as_slice();
-                    match rest.iter().position(|&b| b == b'\n') {
-                        Some(p) if pending + p + 1 > MAX_COMMAND_LINE => {
-                            *input = rest[p + 1..].iter();
-                            self.requests = RequestReceiver::default();
-                            return Some(Event::LineTooLong);
-                        }
-                        None if pending + rest.len() > MAX_COMMAND_LINE => {
-                            self.requests = RequestReceiver::default();
+                    let Some(p) = rest.iter().position(|&b| b == b'\n') else {
+                        if self.line.len() + rest.len() > MAX_COMMAND_LINE {
+                            self.line.clear();
                             self.mode = Mode::SkipLine;
-                            continue;
+                        } else {
+                            self.line.extend_from_slice(rest);
+                            *input = [].iter();
                         }
-                        _ => {}
-                    }
-                    return match self.requests.ingest(input) {
-                        Ok(r) => Some(Event::Request(r.into_owned())),
-                        Err(Error::NeedsMoreData { .. }) => None,
-                        Err(Error::ResponseTooLong) => {
-                            self.requests = RequestReceiver::default();
-                            self.mode = Mode::SkipLine;
-                            continue;
-                        }
-                        Err(e) => Some(Event::Invalid(e)),
+                        continue;
                     };
+                    *input = rest[p + 1..].iter();
+                    if self.line.len() + p + 1 > MAX_COMMAND_LINE {
+                        self.line.clear();
+                        return Some(Event::LineTooLong);
+                    }
+                    self.line.extend_from_slice(&rest[..=p]);
+                    let line = std::mem::take(&mut self.line);
+                    if overflowing_number(&line) {
+                        return Some(Event::NumberTooLarge);
+                    }
+                    let event = match self.requests.ingest(&mut line.iter()) {
+                        Ok(r) => Event::Request(r.into_owned()),
+                        Err(Error::NeedsMoreData { .. } | Error::ResponseTooLong) => {
+                            Event::Invalid(Error::SyntaxError {
+                                syntax: "a command line ended by CRLF",
+                            })
+                        }
+                        Err(e) => Event::Invalid(e),
+                    };
+                    // one whole line went in: nothing of it may linger in the parser
+                    self.requests = RequestReceiver::default();
+                    self.line = line;
+                    self.line.clear();
+                    return Some(event);
                 }
                 Mode::Line(buf) => {
                     let rest = input.as_slice();
@@ -208,22 +228,20 @@ impl Codec {
                         }
                     }
                 }
-                Mode::Data(rx) => {
+                Mode::Data { rx, keep } => {
                     let done = rx.ingest(input, &mut self.message);
-                    if done {
-                        self.mode = Mode::Command;
-                        return Some(Event::DataEnd { too_big: false });
+                    if !*keep {
+                        self.message.clear();
                     }
-                    if self.message.len() > self.limit {
-                        self.mode = Mode::Discard(DummyDataReceiver::new_data(rx));
+                    if done {
+                        let too_big = !*keep;
+                        self.mode = Mode::Command;
+                        return Some(Event::DataEnd { too_big });
+                    }
+                    if *keep && self.message.len() > self.limit {
+                        *keep = false;
                         self.message = Vec::new();
                         self.too_big = true;
-                    }
-                }
-                Mode::Discard(rx) => {
-                    if rx.ingest(input) {
-                        self.mode = Mode::Command;
-                        return Some(Event::DataEnd { too_big: true });
                     }
                 }
                 Mode::Bdat(rx) => {
@@ -249,6 +267,110 @@ impl Codec {
             }
         }
     }
+}
+
+/// Where a DATA body stands between bytes. Lines end only at CRLF; a bare CR or LF is data.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum DataState {
+    /// At the start of a line (after CRLF, or right after the DATA command).
+    #[default]
+    LineStart,
+    /// A line that started with a dot.
+    Dot,
+    /// A line that is `.` then CR so far: LF ends the message, anything else is data.
+    DotCr,
+    /// Inside a line.
+    Text,
+    /// Inside a line, right after a CR.
+    Cr,
+}
+
+/// Un-dot-stuffs a DATA body (RFC 5321 §4.5.2) until exactly `CRLF . CRLF`. The CRLF before
+/// the dot belongs to the message.
+#[derive(Debug, Default)]
+struct DataReceiver {
+    state: DataState,
+}
+
+impl DataReceiver {
+    /// Appends what `input` holds of the message to `out`; true at the end of the data (the
+    /// rest of `input` is what the client sent after it).
+    fn ingest(&mut self, input: &mut Iter<'_, u8>, out: &mut Vec<u8>) -> bool {
+        let mut rest = input.as_slice();
+        let mut done = false;
+        while !rest.is_empty() {
+            if self.state == DataState::Text {
+                // the bulk of a message: copy up to the next CR at once
+                let n = rest.iter().position(|&b| b == b'\r').unwrap_or(rest.len());
+                out.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            let b = rest[0];
+            rest = &rest[1..];
+            self.state = match (self.state, b) {
+                (DataState::LineStart, b'.') => DataState::Dot,
+                (DataState::DotCr, b'\n') => {
+                    self.state = DataState::LineStart;
+                    done = true;
+                    break;
+                }
+                // `.` CR then something else: the stuffed dot goes, the CR stays
+                (DataState::DotCr, b) => {
+                    out.push(b'\r');
+                    Self::after_cr(out, b)
+                }
+                (DataState::Dot, b'\r') => DataState::DotCr,
+                (DataState::Cr, b) => Self::after_cr(out, b),
+                // a dot line with more on it: the first dot was stuffing
+                (DataState::LineStart | DataState::Dot | DataState::Text, b'\r') => {
+                    out.push(b'\r');
+                    DataState::Cr
+                }
+                (DataState::LineStart | DataState::Dot | DataState::Text, b) => {
+                    out.push(b);
+                    DataState::Text
+                }
+            };
+        }
+        *input = rest.iter();
+        done
+    }
+
+    /// The state after byte `b` that follows a CR inside a line (the CR is already out).
+    fn after_cr(out: &mut Vec<u8>, b: u8) -> DataState {
+        out.push(b);
+        match b {
+            b'\n' => DataState::LineStart,
+            b'\r' => DataState::Cr,
+            _ => DataState::Text,
+        }
+    }
+}
+
+/// Whether a command line carries a number no message could have: a `BDAT` chunk size or a
+/// `SIZE=` value that does not fit 64 bits (smtp-proto would saturate or wrap it).
+fn overflowing_number(line: &[u8]) -> bool {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let mut words = text.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let Some(verb) = words.next() else {
+        return false;
+    };
+    let too_big = |digits: &[u8]| {
+        !digits.is_empty()
+            && digits.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .is_none()
+    };
+    if verb.eq_ignore_ascii_case(b"BDAT") {
+        return words.next().is_some_and(too_big);
+    }
+    words.any(|w| w.len() > 5 && w[..5].eq_ignore_ascii_case(b"SIZE=") && too_big(&w[5..]))
 }
 
 #[cfg(test)]
@@ -424,5 +546,100 @@ mod tests {
             "{ev:?}"
         );
         assert!(matches!(ev[1], Event::Request(Request::Noop { .. })));
+    }
+
+    /// The end-of-data variants published for SMTP smuggling (SEC Consult, 2023, and the
+    /// `\r\n.\r\r\n` an outside probe found here): none may end DATA, in any split of the input.
+    #[test]
+    fn smuggled_end_of_data_variants_are_data_in_every_split() {
+        let variants: [&[u8]; 14] = [
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r",
+            b"\r\n.\r",
+            b"\r.\r\n",
+            b"\n.\r",
+            b"\r\n.\r\r\n",
+            b"\r\r\n.\r\r\n",
+            b"\r\n\x00.\r\n",
+            b"\r\n.\x00\r\n",
+            b"\r\n .\r\n",
+            b"\r\n.\n\r\n",
+            b"\r.\n",
+        ];
+        for v in variants {
+            let mut input = b"Subject: a\r\n\r\nhello".to_vec();
+            input.extend_from_slice(v);
+            input.extend_from_slice(
+                b"MAIL FROM:<ceo@a.test>\r\nRCPT TO:<x@a.test>\r\nDATA\r\nforged\r\n.\r\nQUIT\r\n",
+            );
+            for split in 0..=input.len() {
+                let mut c = Codec::default();
+                c.start_data(100_000);
+                let ev = events(&mut c, &[&input[..split], &input[split..]]);
+                assert_eq!(ev.len(), 2, "{v:?} split {split}: {ev:?}");
+                assert!(matches!(ev[0], Event::DataEnd { too_big: false }), "{v:?}");
+                assert!(matches!(ev[1], Event::Request(Request::Quit)), "{v:?}");
+                let m = c.take_message();
+                assert!(m.ends_with(b"forged\r\n"), "{v:?} split {split}: {m:?}");
+                assert!(
+                    m.windows(22).any(|w| w == b"MAIL FROM:<ceo@a.test>"),
+                    "{v:?}: the smuggled command is data"
+                );
+            }
+            // and byte by byte
+            let mut c = Codec::default();
+            c.start_data(100_000);
+            let parts: Vec<&[u8]> = input.chunks(1).collect();
+            let ev = events(&mut c, &parts);
+            assert_eq!(ev.len(), 2, "{v:?} bytewise: {ev:?}");
+        }
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_data_and_stuffed_dots_are_removed() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b".\r\n", b""),
+            (b"a\r\n.\r\n", b"a\r\n"),
+            (b"..\r\n.\r\n", b".\r\n"),
+            (b"a\r\n.\r\r\nb\r\n.\r\n", b"a\r\n\r\r\nb\r\n"),
+            (b"a\r\n..x\rb\r\n.\r\n", b"a\r\n.x\rb\r\n"),
+        ];
+        for (input, want) in cases {
+            let mut c = Codec::default();
+            c.start_data(1000);
+            let ev = events(&mut c, &[input]);
+            assert!(
+                matches!(ev[..], [Event::DataEnd { too_big: false }]),
+                "{input:?}: {ev:?}"
+            );
+            assert_eq!(c.take_message(), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn overflowing_numbers_are_refused_before_parsing() {
+        let mut c = Codec::default();
+        let ev = events(
+            &mut c,
+            &[b"BDAT 184467440737095516160000000021 LAST\r\nMAIL FROM:<> SIZE=99999999999999999999999\r\nMAIL FROM:<> SIZE=1000\r\nBDAT 21 LAST\r\n"],
+        );
+        assert!(matches!(ev[0], Event::NumberTooLarge), "{ev:?}");
+        assert!(matches!(ev[1], Event::NumberTooLarge), "{ev:?}");
+        assert!(
+            matches!(&ev[2], Event::Request(Request::Mail { .. })),
+            "{ev:?}"
+        );
+        assert!(
+            matches!(
+                ev[3],
+                Event::Request(Request::Bdat {
+                    chunk_size: 21,
+                    is_last: true
+                })
+            ),
+            "{ev:?}"
+        );
     }
 }

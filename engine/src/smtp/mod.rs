@@ -24,7 +24,8 @@ use wispd_store::Store;
 
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
-use crate::limits::{ConnectionLimits, LoginFailures, Refusal, Slot};
+use crate::limits::{ConnectionLimits, Refusal, Slot};
+use crate::login::Logins;
 use crate::queue::Queue;
 use reply::Reply;
 
@@ -82,7 +83,7 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     limits: Arc<ConnectionLimits>,
-    failures: Arc<LoginFailures>,
+    logins: Arc<Logins>,
 }
 
 impl Server {
@@ -98,7 +99,7 @@ impl Server {
         queue: Arc<Queue>,
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
-        failures: Arc<LoginFailures>,
+        logins: Arc<Logins>,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
@@ -111,7 +112,7 @@ impl Server {
             tls: tls.map(TlsAcceptor::from),
             shutdown,
             limits,
-            failures,
+            logins,
         }
     }
 

@@ -112,6 +112,7 @@ impl Core {
             Event::Request(r) => self.dispatch(r).await,
             Event::Invalid(e) => self.reply(invalid(&e)),
             Event::LineTooLong => self.reply(Reply::new(500, "5.5.0", "Line too long")),
+            Event::NumberTooLarge => self.reply(Reply::new(501, "5.5.4", "Number too large")),
             Event::DataEnd { too_big } => self.data_end(too_big).await,
             Event::ChunkEnd { last, too_big } => self.chunk_end(last, too_big).await,
             Event::Line(line) => self.auth_line(line).await,
