@@ -324,11 +324,11 @@ impl DataReceiver {
                 }
                 (DataState::Dot, b'\r') => DataState::DotCr,
                 (DataState::Cr, b) => Self::after_cr(out, b),
-                // a dot line with more on it: the first dot was stuffing
-                (DataState::LineStart | DataState::Dot | DataState::Text, b'\r') => {
+                (DataState::LineStart | DataState::Text, b'\r') => {
                     out.push(b'\r');
                     DataState::Cr
                 }
+                // a dot line with more on it: the first dot was stuffing
                 (DataState::LineStart | DataState::Dot | DataState::Text, b) => {
                     out.push(b);
                     DataState::Text
