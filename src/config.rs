@@ -45,6 +45,9 @@ pub struct RawSmtp {
     pub max_retry_seconds: i64,
     pub queue_lifetime_seconds: i64,
     pub destination_concurrency: i64,
+    pub data_timeout_seconds: i64,
+    pub max_inflight_mb: i64,
+    pub postmaster: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +114,9 @@ impl Default for RawSmtp {
             max_retry_seconds: 4000,
             queue_lifetime_seconds: 5 * 86_400,
             destination_concurrency: 4,
+            data_timeout_seconds: 600,
+            max_inflight_mb: 256,
+            postmaster: String::new(),
         }
     }
 }
@@ -173,6 +179,12 @@ pub struct SmtpConfig {
     pub max_retry: std::time::Duration,
     pub queue_lifetime: std::time::Duration,
     pub destination_concurrency: usize,
+    /// A message must be transferred within this from DATA on.
+    pub data_timeout: std::time::Duration,
+    /// Message bytes in flight (SMTP and IMAP APPEND) held in memory at most.
+    pub max_inflight_bytes: usize,
+    /// Where postmaster mail goes when the domain has no such account (empty: the domain's first).
+    pub postmaster: String,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +408,16 @@ impl RawConfig {
             },
         };
 
+        let postmaster = match self.smtp.postmaster.trim() {
+            "" => String::new(),
+            p => match wispd_engine::address::address(p) {
+                Some((l, d)) => format!("{l}@{d}"),
+                None => {
+                    errors.push(format!("`smtp.postmaster`: {p:?} is not an email address"));
+                    String::new()
+                }
+            },
+        };
         let mut bounded = |key: &str, v: i64, lo: i64, hi: i64| {
             if !(lo..=hi).contains(&v) {
                 errors.push(format!("`{key}`: must be between {lo} and {hi}, not {v}"));
@@ -433,6 +455,18 @@ impl RawConfig {
             self.smtp.destination_concurrency,
             1,
             100,
+        );
+        let data_timeout = bounded(
+            "smtp.data_timeout_seconds",
+            self.smtp.data_timeout_seconds,
+            10,
+            86_400,
+        );
+        let inflight = bounded(
+            "smtp.max_inflight_mb",
+            self.smtp.max_inflight_mb,
+            1,
+            1 << 20,
         );
         let imap_idle = bounded(
             "imap.idle_timeout_seconds",
@@ -520,6 +554,11 @@ impl RawConfig {
                 max_retry: std::time::Duration::from_secs(max_retry.max(retry)),
                 queue_lifetime: std::time::Duration::from_secs(lifetime),
                 destination_concurrency: usize::try_from(concurrency).unwrap_or(4),
+                data_timeout: std::time::Duration::from_secs(data_timeout),
+                max_inflight_bytes: usize::try_from(inflight)
+                    .unwrap_or(256)
+                    .saturating_mul(1 << 20),
+                postmaster,
             },
             imap: ImapConfig {
                 listen: imap_listen,

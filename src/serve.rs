@@ -141,6 +141,8 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
     smtp.max_recipients = cfg.smtp.max_recipients;
     smtp.max_connections_per_ip = cfg.smtp.max_connections_per_ip;
     smtp.idle_timeout = cfg.smtp.idle_timeout;
+    smtp.data_timeout = cfg.smtp.data_timeout;
+    smtp.postmaster = cfg.smtp.postmaster.clone();
     MailConfig {
         smtp,
         smtp_listen: cfg.smtp.listen.clone(),
@@ -168,6 +170,10 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
             q.per_destination = cfg.smtp.destination_concurrency;
             q
         },
+        memory_budget: cfg
+            .smtp
+            .max_inflight_bytes
+            .max(usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX)),
     }
 }
 

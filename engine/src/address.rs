@@ -25,6 +25,22 @@ pub fn domain(input: &str) -> Option<String> {
     {
         return None;
     }
+    // A-labels (`xn--…`) must be valid punycode of a valid IDN that converts back to
+    // itself; other labels with `--` in third and fourth place are reserved (RFC 5891 §4.2.3.1).
+    for l in &labels {
+        if l.len() >= 4 && &l[2..4] == "--" {
+            if !l.starts_with("xn--") {
+                return None;
+            }
+            let (unicode, checked) = idna::domain_to_unicode(l);
+            if checked.is_err()
+                || unicode.is_ascii()
+                || idna::domain_to_ascii_strict(&unicode).ok().as_deref() != Some(*l)
+            {
+                return None;
+            }
+        }
+    }
     Some(d)
 }
 
@@ -62,9 +78,18 @@ mod tests {
             "a_b.com",
             "1.2.3.4",
             "a b.com",
+            "xn--zz.test",
+            "xn--.test",
+            "ab--cd.test",
+            "xn--abc-.test",
         ] {
             assert!(domain(bad).is_none(), "{bad:?}");
         }
+        // a real IDN in its A-label form
+        assert_eq!(
+            domain("xn--bcher-kva.de").as_deref(),
+            Some("xn--bcher-kva.de")
+        );
         assert_eq!(
             local_part("Info.Sales+tag").as_deref(),
             Some("info.sales+tag")

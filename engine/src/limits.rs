@@ -112,3 +112,130 @@ impl ConnectionLimits {
         })
     }
 }
+
+/// Bytes of message data the mail listeners may hold in memory at once (DATA and BDAT bodies,
+/// APPEND literals), in all and per client address, so that many large transfers at once get a
+/// temporary failure instead of the server's memory.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    total: usize,
+    per_ip: usize,
+    used: Mutex<Used>,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Bytes held by one session; grows as its message does, given back when dropped or reset.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<MemoryBudget>,
+    ip: IpAddr,
+    bytes: usize,
+}
+
+impl MemoryBudget {
+    /// `total` bytes in all; one client address may hold a quarter of it (at least
+    /// `min_per_ip`, so one largest message always fits when the server is otherwise idle).
+    pub fn new(total: usize, min_per_ip: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            total,
+            per_ip: (total / 4).max(min_per_ip).min(total),
+            used: Mutex::default(),
+        })
+    }
+
+    /// An empty reservation for a session of `ip`.
+    pub fn reservation(self: &Arc<Self>, ip: IpAddr) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            ip,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held in all now.
+    pub fn used(&self) -> usize {
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+}
+
+impl Reservation {
+    /// Grows the reservation to `bytes` (never shrinks it); false when the budget can't hold
+    /// that, and then nothing changes.
+    pub fn grow_to(&mut self, bytes: usize) -> bool {
+        if bytes <= self.bytes {
+            return true;
+        }
+        let more = bytes - self.bytes;
+        let b = &self.budget;
+        let mut used = b.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = used.per_ip.get(&self.ip).copied().unwrap_or(0);
+        if used.total.saturating_add(more) > b.total || mine.saturating_add(more) > b.per_ip {
+            return false;
+        }
+        used.total += more;
+        *used.per_ip.entry(self.ip).or_insert(0) += more;
+        self.bytes = bytes;
+        true
+    }
+
+    /// Gives everything back.
+    pub fn release(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut used = self
+            .budget
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        used.total = used.total.saturating_sub(self.bytes);
+        if let Some(n) = used.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                used.per_ip.remove(&self.ip);
+            }
+        }
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_holds_in_all_and_per_address_and_is_given_back() {
+        let b = MemoryBudget::new(1000, 100);
+        let ip = |n: u8| IpAddr::from([192, 0, 2, n]);
+        let mut a = b.reservation(ip(1));
+        assert!(a.grow_to(250));
+        assert!(!a.grow_to(251), "a quarter per address");
+        let mut others: Vec<_> = (2..5).map(|n| b.reservation(ip(n))).collect();
+        for r in &mut others {
+            assert!(r.grow_to(250));
+        }
+        let mut late = b.reservation(ip(9));
+        assert!(!late.grow_to(1), "all of it is held");
+        drop(others.pop());
+        assert!(late.grow_to(250));
+        a.release();
+        assert_eq!(b.used(), 750);
+        drop(late);
+        drop(others);
+        assert_eq!(b.used(), 0);
+    }
+}

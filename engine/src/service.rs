@@ -17,6 +17,7 @@ use wispd_store::{Store, StoreError};
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
 use crate::imap::{self, ImapSettings};
+use crate::limits::MemoryBudget;
 use crate::login::Logins;
 use crate::queue::{Queue, QueueSettings};
 use crate::smtp::{self, Port, SmtpSettings};
@@ -43,6 +44,8 @@ pub struct MailConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The outbound queue.
     pub queue: QueueSettings,
+    /// Bytes of message data (SMTP bodies, IMAP APPEND literals) held in memory at once.
+    pub memory_budget: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,7 @@ pub struct Mail {
     /// Bound (SMTP, IMAP) addresses once started.
     running: tokio::sync::Mutex<(Vec<SocketAddr>, Vec<SocketAddr>)>,
     logins: Arc<Logins>,
+    memory: Arc<MemoryBudget>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -106,6 +110,7 @@ impl Mail {
             &config.nameservers,
         )?);
         let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
+        let memory = MemoryBudget::new(config.memory_budget, config.smtp.max_message_size);
         Ok(Mail {
             config,
             store,
@@ -116,6 +121,7 @@ impl Mail {
             tracker,
             running: tokio::sync::Mutex::new((Vec::new(), Vec::new())),
             logins,
+            memory,
         })
     }
 
@@ -169,6 +175,7 @@ impl Mail {
             self.config.tls.clone(),
             self.shutdown.clone(),
             self.logins.clone(),
+            self.memory.clone(),
         ));
         let mut bound = Vec::new();
         let all = listeners
@@ -190,6 +197,7 @@ impl Mail {
             self.config.tls.clone(),
             self.shutdown.clone(),
             self.logins.clone(),
+            self.memory.clone(),
         ));
         let mut imap_bound = Vec::new();
         for (l, implicit) in imap_listeners

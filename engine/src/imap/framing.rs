@@ -1,7 +1,8 @@
 //! IMAP framing, sans-IO: splits the byte stream into whole commands (a line, plus the literals
 //! it announces and the lines after them). Synchronising literals need a `+` continuation
 //! from the server first; LITERAL+ (`{n+}`) ones don't. Line length and literal size are
-//! bounded here; an oversize literal is skipped without buffering it.
+//! bounded here, and every literal must be admitted by the caller (the memory budget); a
+//! refused literal is skipped without buffering it, and so is the rest of its command.
 
 /// What the framer found.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,9 +15,14 @@ pub enum Frame {
     /// A line longer than the limit (skipped to its end); the tag, if one was seen.
     TooLong(Option<String>),
     /// A literal larger than the limit; `sync` says whether the client waits for a `+` (if
-    /// not, its bytes are skipped).
+    /// not, its bytes and the rest of the command are skipped).
     LiteralTooBig { tag: Option<String>, sync: bool },
+    /// A literal the caller did not admit (no memory for it now), skipped as a too-big one.
+    LiteralRefused { tag: Option<String>, sync: bool },
 }
+
+/// The end of a skipped line kept to see whether it announces another literal.
+const TAIL: usize = 32;
 
 pub struct Framer {
     buf: Vec<u8>,
@@ -25,6 +31,9 @@ pub struct Framer {
     literal_left: usize,
     skip_left: usize,
     skipping_line: bool,
+    /// The rest of a refused command is being skipped; `tail` ends its current line.
+    discarding: bool,
+    tail: Vec<u8>,
     line_limit: usize,
     literal_limit: usize,
     max_literal: usize,
@@ -38,6 +47,8 @@ impl Framer {
             literal_left: 0,
             skip_left: 0,
             skipping_line: false,
+            discarding: false,
+            tail: Vec::new(),
             line_limit,
             literal_limit,
             max_literal: literal_limit,
@@ -54,7 +65,13 @@ impl Framer {
     }
 
     /// The next frame from `input`, consuming what it used; `None` when more bytes are needed.
-    pub fn next(&mut self, input: &mut &[u8], literal_limit: usize) -> Option<Frame> {
+    /// `admit` is asked before a literal is read, with the bytes the command will then hold.
+    pub fn next(
+        &mut self,
+        input: &mut &[u8],
+        literal_limit: usize,
+        admit: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<Frame> {
         self.literal_limit = literal_limit.min(self.max_literal);
         loop {
             if input.is_empty() {
@@ -64,6 +81,28 @@ impl Framer {
                 let n = self.skip_left.min(input.len());
                 self.skip_left -= n;
                 *input = &input[n..];
+                continue;
+            }
+            if self.discarding {
+                let (line, end) = match input.iter().position(|&b| b == b'\n') {
+                    Some(p) => (&input[..=p], true),
+                    None => (*input, false),
+                };
+                self.tail
+                    .extend_from_slice(&line[line.len().saturating_sub(TAIL)..]);
+                if self.tail.len() > TAIL {
+                    self.tail.drain(..self.tail.len() - TAIL);
+                }
+                *input = &input[line.len()..];
+                if end {
+                    match literal_announced(&self.tail) {
+                        Some((n, false)) => self.skip_left = n,
+                        // the command is over (a synchronising literal waits for a `+` that
+                        // does not come, and the client gives up on it)
+                        _ => self.discarding = false,
+                    }
+                    self.tail.clear();
+                }
                 continue;
             }
             if self.literal_left > 0 {
@@ -130,13 +169,10 @@ impl Framer {
                         || self.buf.len().saturating_add(n)
                             > self.literal_limit.saturating_add(4 * self.line_limit) =>
                 {
-                    let tag = self.tag();
-                    self.buf.clear();
-                    self.line_start = 0;
-                    if !sync {
-                        self.skip_left = n;
-                    }
-                    return Some(Frame::LiteralTooBig { tag, sync });
+                    return Some(self.refuse(n, sync, false));
+                }
+                Some((n, sync)) if !admit(self.buf.len().saturating_add(n)) => {
+                    return Some(self.refuse(n, sync, true));
                 }
                 Some((n, sync)) => {
                     self.literal_left = n;
@@ -153,6 +189,25 @@ impl Framer {
                     return Some(Frame::Command(std::mem::take(&mut self.buf)));
                 }
             }
+        }
+    }
+}
+
+impl Framer {
+    /// Drops the command whose literal of `n` bytes can't be taken; a LITERAL+ one is on its
+    /// way, so it and the rest of its command are skipped.
+    fn refuse(&mut self, n: usize, sync: bool, busy: bool) -> Frame {
+        let tag = self.tag();
+        self.buf.clear();
+        self.line_start = 0;
+        if !sync {
+            self.skip_left = n;
+            self.discarding = true;
+        }
+        if busy {
+            Frame::LiteralRefused { tag, sync }
+        } else {
+            Frame::LiteralTooBig { tag, sync }
         }
     }
 }
@@ -190,7 +245,7 @@ mod tests {
         let mut out = Vec::new();
         for p in parts {
             let mut input = *p;
-            while let Some(fr) = f.next(&mut input, usize::MAX) {
+            while let Some(fr) = f.next(&mut input, usize::MAX, &mut |_| true) {
                 out.push(fr);
             }
             assert!(input.is_empty());
@@ -231,7 +286,7 @@ mod tests {
                 &long[..30],
                 &long[30..],
                 b"t2 APPEND x {11}\r\n",
-                b"t3 APPEND x {11+}\r\nhello world",
+                b"t3 APPEND x {11+}\r\nhello world\r\n",
                 b"t4 NOOP\r\n",
             ],
         );
@@ -258,5 +313,45 @@ mod tests {
         assert_eq!(literal_announced(b"a {0+}\r\n"), Some((0, false)));
         assert_eq!(literal_announced(b"a \"{12}\"\r\n"), None);
         assert_eq!(literal_announced(b"a {x}\r\n"), None);
+    }
+
+    /// After a refused LITERAL+ literal the rest of its command was once parsed as a new one.
+    #[test]
+    fn a_refused_nonsync_literal_skips_the_rest_of_its_command() {
+        let mut f = Framer::new(100, 10);
+        let out = frames(
+            &mut f,
+            &[
+                b"t1 LOGIN {20+}\r\n01234567890123456789",
+                b" {3+}\r\nabc FOO\r\nt2 NOOP\r\n",
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Frame::LiteralTooBig {
+                    tag: Some("t1".into()),
+                    sync: false
+                },
+                Frame::Command(b"t2 NOOP\r\n".to_vec()),
+            ]
+        );
+        // a literal the memory budget refuses is skipped the same way
+        let mut f = Framer::new(100, 1000);
+        let mut input: &[u8] = b"t3 APPEND x {5+}\r\nhello\r\nt4 NOOP\r\n";
+        let mut out = Vec::new();
+        while let Some(fr) = f.next(&mut input, 1000, &mut |_| false) {
+            out.push(fr);
+        }
+        assert_eq!(
+            out,
+            vec![
+                Frame::LiteralRefused {
+                    tag: Some("t3".into()),
+                    sync: false
+                },
+                Frame::Command(b"t4 NOOP\r\n".to_vec()),
+            ]
+        );
     }
 }

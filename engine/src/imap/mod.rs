@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wispd_store::Store;
 
-use crate::limits::ConnectionLimits;
+use crate::limits::{ConnectionLimits, MemoryBudget};
 use crate::login::Logins;
 use crate::mailbox::Changes;
 
@@ -63,6 +63,7 @@ pub struct Server {
     shutdown: CancellationToken,
     limits: Arc<ConnectionLimits>,
     logins: Arc<Logins>,
+    memory: Arc<MemoryBudget>,
 }
 
 impl Server {
@@ -73,6 +74,7 @@ impl Server {
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
         logins: Arc<Logins>,
+        memory: Arc<MemoryBudget>,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
@@ -84,6 +86,7 @@ impl Server {
             shutdown,
             limits,
             logins,
+            memory,
         }
     }
 

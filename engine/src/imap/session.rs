@@ -26,6 +26,8 @@ use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 
 /// Largest literal accepted before login.
 const PREAUTH_LITERAL: usize = 8 * 1024;
+/// Invalid commands a client may send before login; then it is disconnected.
+const MAX_PREAUTH_BAD: u32 = 10;
 /// Bytes read at a time.
 const READ_CHUNK: usize = 32 * 1024;
 /// Output is written out once this much is pending (large FETCHes stream).
@@ -57,6 +59,8 @@ pub(super) struct Session<S> {
     pub condstore: bool,
     /// The CONDSTORE modifiers of the command being run.
     pub modifiers: Modifiers,
+    /// `BAD` answers given before login.
+    pub bad_commands: u32,
 }
 
 /// Text after the tag: `name` in upper case and the rest.
@@ -183,6 +187,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub fn tagged(&mut self, tag: &str, status: &str, text: &str) {
+        if status == "BAD" && self.account.is_none() {
+            self.bad_commands += 1;
+        }
         let t = if tag.is_empty() { "*" } else { tag };
         self.line(&format!("{t} {status} {text}"));
     }
@@ -223,6 +230,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.tagged(&tag, "NO", "[TOOBIG] Literal too large");
                 Ok(Flow::Continue)
             }
+            Frame::LiteralRefused { tag, .. } => {
+                let tag = tag.filter(|t| valid_tag(t)).unwrap_or_else(|| "*".into());
+                tracing::warn!("literal refused: memory budget for messages in flight is full");
+                self.tagged(
+                    &tag,
+                    "NO",
+                    "[UNAVAILABLE] Too many messages in transfer, try again later",
+                );
+                Ok(Flow::Continue)
+            }
             Frame::Command(bytes) => self.command(bytes).await,
         }
     }
@@ -247,7 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let (tag, name, rest) = split_command(&bytes);
         if !valid_tag(&tag) {
-            self.line("* BAD Invalid tag");
+            self.tagged("*", "BAD", "Invalid tag");
             return Ok(Flow::Continue);
         }
         // Commands imap-codec 1.0 doesn't know.
@@ -608,6 +625,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(session: &mut Session<S>) -> std
         session.server.settings.max_literal,
     );
     let mut chunk = vec![0u8; READ_CHUNK];
+    // the memory the command being read holds (its literals), from the server's budget
+    let mut memory = session.server.memory.reservation(session.peer.ip());
     loop {
         session.flush().await?;
         let n = tokio::select! {
@@ -642,10 +661,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(session: &mut Session<S>) -> std
             } else {
                 PREAUTH_LITERAL
             };
-            let Some(frame) = framer.next(&mut input, limit) else {
+            let Some(frame) = framer.next(&mut input, limit, &mut |n| memory.grow_to(n)) else {
                 break;
             };
-            match session.frame(frame).await? {
+            let whole = !matches!(frame, Frame::Continue);
+            let flow = session.frame(frame).await?;
+            if whole {
+                memory.release();
+            }
+            if session.account.is_none() && session.bad_commands >= MAX_PREAUTH_BAD {
+                session.line("* BYE Too many invalid commands");
+                session.flush().await?;
+                let _ = session.stream.shutdown().await;
+                return Ok(false);
+            }
+            match flow {
                 Flow::Continue => {
                     if session.idling.is_some() {
                         // IDLE starts with any pending updates
@@ -677,6 +707,11 @@ pub(super) async fn connection(
 ) {
     let _slot = match server.limits.admit(peer.ip()) {
         Ok(s) => s,
+        Err(_) if implicit_tls => {
+            // the client expects a TLS handshake, not a plaintext BYE: just close
+            tracing::info!("imaps connection refused: over the limit");
+            return;
+        }
         Err(r) => {
             let mut stream = stream;
             let msg: &[u8] = match r {
@@ -723,6 +758,7 @@ fn new_session<S>(server: Arc<Server>, stream: S, peer: SocketAddr, tls: bool) -
         synced_version: u64::MAX,
         condstore: false,
         modifiers: Modifiers::default(),
+        bad_commands: 0,
     }
 }
 

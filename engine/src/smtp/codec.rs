@@ -8,7 +8,7 @@
 
 use std::slice::Iter;
 
-use smtp_proto::request::receiver::{BdatReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::request::receiver::RequestReceiver;
 use smtp_proto::{Error, Request};
 
 /// Longest command line accepted, CRLF included (Postfix's `line_length_limit`).
@@ -48,10 +48,11 @@ enum Mode {
         rx: DataReceiver,
         keep: bool,
     },
-    Bdat(BdatReceiver),
-    BdatDiscard {
-        rx: DummyDataReceiver,
+    /// A BDAT chunk with `left` bytes to come; `keep` false skips them.
+    Chunk {
+        left: usize,
         last: bool,
+        keep: bool,
     },
 }
 
@@ -63,6 +64,8 @@ pub struct Codec {
     message: Vec<u8>,
     limit: usize,
     too_big: bool,
+    /// The message was dropped because the server's memory budget could not hold it.
+    starved: bool,
     /// An event due without input (a zero-length BDAT chunk).
     pending: Option<Event>,
 }
@@ -76,6 +79,7 @@ impl Default for Codec {
             message: Vec::new(),
             limit: 0,
             too_big: false,
+            starved: false,
             pending: None,
         }
     }
@@ -87,6 +91,7 @@ impl Codec {
         self.message.clear();
         self.limit = limit;
         self.too_big = false;
+        self.starved = false;
         self.mode = Mode::Data {
             rx: DataReceiver::default(),
             keep: true,
@@ -99,6 +104,7 @@ impl Codec {
         if first {
             self.message.clear();
             self.too_big = false;
+            self.starved = false;
         }
         self.limit = limit;
         if size == 0 {
@@ -110,19 +116,38 @@ impl Codec {
             });
             return;
         }
-        if keep && !self.too_big && self.message.len().saturating_add(size) <= limit {
-            self.message.reserve(size.min(1 << 20));
-            self.mode = Mode::Bdat(BdatReceiver::new(size, last));
-        } else {
-            if keep {
-                self.too_big = true;
-                self.message = Vec::new();
-            }
-            self.mode = Mode::BdatDiscard {
-                rx: DummyDataReceiver::new_bdat(size),
-                last,
-            };
+        let fits = self.message.len().saturating_add(size) <= limit;
+        if keep && !self.too_big && !fits {
+            self.too_big = true;
+            self.message = Vec::new();
         }
+        self.mode = Mode::Chunk {
+            left: size,
+            last,
+            keep: keep && !self.too_big,
+        };
+    }
+
+    /// Drops the message being read (it goes on being read to its end): the memory budget
+    /// can't hold it. Its end is reported as too big, and [`Codec::starved`] says why.
+    pub fn starve(&mut self) {
+        match &mut self.mode {
+            Mode::Data { keep, .. } | Mode::Chunk { keep, .. } => *keep = false,
+            _ => {}
+        }
+        self.message = Vec::new();
+        self.too_big = true;
+        self.starved = true;
+    }
+
+    /// Whether the last message was dropped for want of memory rather than for its size.
+    pub fn starved(&self) -> bool {
+        self.starved
+    }
+
+    /// Memory the message being read holds.
+    pub fn message_capacity(&self) -> usize {
+        self.message.capacity()
     }
 
     /// Reads the next line raw (an AUTH response) instead of a command.
@@ -244,18 +269,15 @@ impl Codec {
                         self.too_big = true;
                     }
                 }
-                Mode::Bdat(rx) => {
-                    if rx.ingest(input, &mut self.message) {
-                        let last = rx.is_last;
-                        self.mode = Mode::Command;
-                        return Some(Event::ChunkEnd {
-                            last,
-                            too_big: false,
-                        });
+                Mode::Chunk { left, last, keep } => {
+                    let rest = input.as_slice();
+                    let n = (*left).min(rest.len());
+                    if *keep {
+                        self.message.extend_from_slice(&rest[..n]);
                     }
-                }
-                Mode::BdatDiscard { rx, last } => {
-                    if rx.ingest(input) {
+                    *input = rest[n..].iter();
+                    *left -= n;
+                    if *left == 0 {
                         let last = *last;
                         self.mode = Mode::Command;
                         return Some(Event::ChunkEnd {

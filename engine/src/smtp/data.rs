@@ -21,6 +21,10 @@ impl Core {
         if tx.accounts.is_empty() && tx.remote.is_empty() {
             return self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
         }
+        let deadline = tokio::time::Instant::now() + self.server.settings.data_timeout;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.deadline = Some(deadline);
+        }
         self.codec.start_data(self.server.settings.max_message_size);
         self.reply(Reply::plain(
             354,
@@ -34,6 +38,7 @@ impl Core {
             return self.too_big();
         }
         let reply = self.deliver().await;
+        self.memory.release();
         self.reply(reply)
     }
 
@@ -49,6 +54,10 @@ impl Core {
             Some(tx) => {
                 let first = !tx.chunking;
                 tx.chunking = true;
+                if first {
+                    tx.deadline =
+                        Some(tokio::time::Instant::now() + self.server.settings.data_timeout);
+                }
                 Ok(first)
             }
         };
@@ -77,10 +86,19 @@ impl Core {
             return self.reply(Reply::new(250, "2.0.0", format!("{n} octets received")));
         }
         let reply = self.deliver().await;
+        self.memory.release();
         self.reply(reply)
     }
 
     fn too_big(&mut self) -> Flow {
+        self.memory.release();
+        if self.codec.starved() {
+            return self.reply(Reply::new(
+                452,
+                "4.3.1",
+                "Insufficient system storage: too many messages in transfer, try again later",
+            ));
+        }
         let limit = self.server.settings.max_message_size;
         self.reply(Reply::new(
             552,
@@ -100,16 +118,12 @@ impl Core {
             tracing::warn!(id = %tx.id, from = %tx.from, "mail forwarding loop refused");
             return Reply::new(554, "5.4.6", "Too many hops: mail forwarding loop");
         }
-        // Submission: the From: header must be the account's own too.
+        // Submission: the From: header (and Sender:) must be the account's own too.
         if let Some(account) = &self.account
-            && let Some(from) = header_from(&body)
-            && !super::mail::owns(&account.email(), &from)
+            && let Err(why) = check_authors(&account.email(), &body)
         {
-            return Reply::new(
-                553,
-                "5.7.1",
-                format!("From: <{from}> rejected: not owned by {}", account.email()),
-            );
+            tracing::info!(id = %tx.id, user = %account.email(), %why, "submission refused");
+            return Reply::new(553, "5.7.1", why);
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -301,9 +315,83 @@ fn hops(message: &[u8]) -> usize {
         .count()
 }
 
+/// Whether the authors a submitted message names are the account's own: exactly one From:
+/// header, every mailbox in it (and in a Sender: header, of which there may be one) with an
+/// address the account owns. Says what is wrong otherwise.
+fn check_authors(account: &str, message: &[u8]) -> Result<(), String> {
+    use mail_parser::HeaderName;
+    let Some(parsed) = mail_parser::MessageParser::default().parse_headers(message) else {
+        return Err("Message has no header".into());
+    };
+    for (name, what) in [(HeaderName::From, "From:"), (HeaderName::Sender, "Sender:")] {
+        let headers: Vec<_> = parsed.headers().iter().filter(|h| h.name == name).collect();
+        match headers.len() {
+            0 if name == HeaderName::From => {
+                return Err("Message has no From: header".into());
+            }
+            0 | 1 => {}
+            _ => return Err(format!("Message has more than one {what} header")),
+        }
+        for h in headers {
+            let Some(list) = h.value().as_address() else {
+                return Err(format!("{what} header has no address"));
+            };
+            let mut any = false;
+            for a in list.iter() {
+                any = true;
+                let Some(address) = a.address() else {
+                    return Err(format!("{what} header has a mailbox without an address"));
+                };
+                if !super::mail::owns(account, address) {
+                    return Err(format!(
+                        "{what} <{address}> rejected: not owned by {account}"
+                    ));
+                }
+            }
+            if !any {
+                return Err(format!("{what} header has no address"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The first address of the message's From: header, if it has one.
 fn header_from(message: &[u8]) -> Option<String> {
     let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
     let from = parsed.from()?;
     from.first()?.address().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_authors;
+
+    /// The From: forms an outside probe got through submission as alice@a.test.
+    #[test]
+    fn submitted_authors_must_all_be_the_accounts_own() {
+        let me = "alice@a.test";
+        let ok = [
+            "From: alice@a.test\r\n\r\nx",
+            "From: Alice <alice+news@a.test>\r\nSender: alice@a.test\r\n\r\nx",
+            "From: =?utf-8?q?Al=C3=AFce?= <alice@a.test>\r\n\r\nx",
+        ];
+        for m in ok {
+            assert_eq!(check_authors(me, m.as_bytes()), Ok(()), "{m}");
+        }
+        let refused = [
+            "From: alice@a.test, ceo@a.test\r\n\r\nx",
+            "From: <alice@a.test>, <bob@b.test>\r\n\r\nx",
+            "From: alice@a.test\r\nFrom: ceo@a.test\r\n\r\nx",
+            "Subject: no author\r\n\r\nx",
+            "From: =?utf-8?q?ceo=40a=2Etest?=\r\n\r\nx",
+            "From: team: alice@a.test, ceo@a.test;\r\n\r\nx",
+            "From: alice@a.test\r\nSender: ceo@a.test\r\n\r\nx",
+            "From: \"alice@a.test\" <ceo@a.test>\r\n\r\nx",
+            "From:\r\n\r\nx",
+        ];
+        for m in refused {
+            assert!(check_authors(me, m.as_bytes()).is_err(), "{m}");
+        }
+    }
 }

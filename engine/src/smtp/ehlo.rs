@@ -13,6 +13,7 @@ impl Core {
         if name.is_empty() || name.chars().any(|c| c.is_control()) {
             return self.reply(Reply::new(501, "5.5.4", "Syntax: EHLO hostname"));
         }
+        let name = sanitize(&name);
         // A new greeting resets any transaction (RFC 5321 §4.1.4).
         self.tx = None;
         self.helo = Some(Helo { name, extended });
@@ -37,5 +38,33 @@ impl Core {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         self.reply(Reply::plain(250, lines))
+    }
+}
+
+/// The client's name as it may stand in a `Received:` header: characters of host names and
+/// address literals kept, anything else (comment or header syntax, 8-bit) as `?`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_:[]".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn helo_names_cannot_forge_received_syntax() {
+        assert_eq!(super::sanitize("mail.example.com"), "mail.example.com");
+        assert_eq!(super::sanitize("[192.0.2.1]"), "[192.0.2.1]");
+        assert_eq!(
+            super::sanitize("x (by trusted.example); Fri"),
+            "x??by?trusted.example???Fri"
+        );
+        assert_eq!(super::sanitize("bücher.de"), "b?cher.de");
     }
 }

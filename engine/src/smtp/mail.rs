@@ -1,6 +1,6 @@
 //! MAIL FROM: opens a transaction.
 
-use smtp_proto::{MAIL_SMTPUTF8, MailFrom};
+use smtp_proto::{MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom};
 
 use super::Port;
 use super::reply::Reply;
@@ -23,9 +23,23 @@ impl Core {
                 format!("Message size exceeds fixed limit of {limit} bytes"),
             ));
         }
+        if let Some(param) = unadvertised(&from) {
+            return self.reply(Reply::new(
+                555,
+                "5.5.4",
+                format!("MAIL parameter {param} is not supported"),
+            ));
+        }
         let sender = from.address.trim().to_string();
         if !sender.is_empty() && !valid_sender(&sender) {
             return self.reply(Reply::new(501, "5.1.7", "Bad sender address syntax"));
+        }
+        if !sender.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
+            return self.reply(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII sender address needs the SMTPUTF8 parameter",
+            ));
         }
         if self.port != Port::Mx {
             let Some(account) = self.account.as_ref() else {
@@ -48,9 +62,45 @@ impl Core {
             emails: Vec::new(),
             remote: Vec::new(),
             chunking: false,
+            deadline: None,
         });
         self.reply(Reply::new(250, "2.1.0", "Ok"))
     }
+}
+
+/// The first MAIL parameter that EHLO did not advertise (only SIZE, BODY=7BIT/8BITMIME,
+/// SMTPUTF8 and AUTH= are offered), by name.
+fn unadvertised(from: &MailFrom<String>) -> Option<&'static str> {
+    let offered = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+    let extra = from.flags & !offered;
+    if extra != 0 {
+        return Some(match extra.trailing_zeros() {
+            2 => "BODY=BINARYMIME",
+            3 | 4 => "RET",
+            6 => "REQUIRETLS",
+            7 => "CONPERM",
+            _ => "BY",
+        });
+    }
+    if from.env_id.is_some() {
+        return Some("ENVID");
+    }
+    if from.trans_id.is_some() || from.mtrk.is_some() {
+        return Some("MTRK");
+    }
+    if from.solicit.is_some() {
+        return Some("SOLICIT");
+    }
+    if from.by != 0 {
+        return Some("BY");
+    }
+    if from.hold_for != 0 || from.hold_until != 0 {
+        return Some("HOLDFOR");
+    }
+    if from.mt_priority != 0 {
+        return Some("MT-PRIORITY");
+    }
+    None
 }
 
 /// `local@domain` with a sane domain (or an address literal); the local part is the sender's

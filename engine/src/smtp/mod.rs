@@ -24,7 +24,7 @@ use wispd_store::Store;
 
 use crate::delivery::Deliverer;
 use crate::directory::Directory;
-use crate::limits::{ConnectionLimits, Refusal, Slot};
+use crate::limits::{ConnectionLimits, MemoryBudget, Refusal, Slot};
 use crate::login::Logins;
 use crate::queue::Queue;
 use reply::Reply;
@@ -46,6 +46,11 @@ pub struct SmtpSettings {
     pub idle_timeout: Duration,
     /// Rejected commands before the session is ended with `421 4.7.0`.
     pub max_errors: u32,
+    /// A message must be transferred within this from DATA (or the first BDAT) on.
+    pub data_timeout: Duration,
+    /// Where mail to `postmaster@` a local domain without such an account goes, and mail to
+    /// a bare `<postmaster>`; empty: the domain's first account (the server's, for the bare one).
+    pub postmaster: String,
 }
 
 impl SmtpSettings {
@@ -58,6 +63,8 @@ impl SmtpSettings {
             max_connections: 1000,
             idle_timeout: Duration::from_secs(300),
             max_errors: 20,
+            data_timeout: Duration::from_secs(600),
+            postmaster: String::new(),
         }
     }
 }
@@ -84,6 +91,7 @@ pub struct Server {
     shutdown: CancellationToken,
     limits: Arc<ConnectionLimits>,
     logins: Arc<Logins>,
+    memory: Arc<MemoryBudget>,
 }
 
 impl Server {
@@ -100,6 +108,7 @@ impl Server {
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
         logins: Arc<Logins>,
+        memory: Arc<MemoryBudget>,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
@@ -113,6 +122,7 @@ impl Server {
             shutdown,
             limits,
             logins,
+            memory,
         }
     }
 

@@ -21,7 +21,37 @@ impl Core {
         if tx.rcpts.len() >= self.server.settings.max_recipients {
             return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
         }
-        let rcpt = to.address.trim().to_string();
+        if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
+            let param = if to.orcpt.is_some() {
+                "ORCPT"
+            } else if to.rrvs != 0 {
+                "RRVS"
+            } else {
+                "NOTIFY"
+            };
+            return self.reply(Reply::new(
+                555,
+                "5.5.4",
+                format!("RCPT parameter {param} is not supported"),
+            ));
+        }
+        let mut rcpt = to.address.trim().to_string();
+        if !rcpt.is_ascii() && !tx.smtputf8 {
+            return self.reply(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII recipient address needs the SMTPUTF8 parameter on MAIL",
+            ));
+        }
+        // RFC 5321 §4.5.1: postmaster is always accepted, bare or at a local domain.
+        match self.postmaster(&rcpt) {
+            Ok(Some(target)) => rcpt = target,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "recipient lookup failed");
+                return self.reply(Reply::new(451, "4.3.0", "Temporary lookup failure"));
+            }
+        }
         // A bounce coming back to an address this server rewrote when forwarding (SRS). Before
         // the syntax check: SRS local parts may be longer than 64 characters.
         if let Some(original) = self.server.queue.srs().reverse(&rcpt)
@@ -116,6 +146,42 @@ impl Core {
 }
 
 impl Core {
+    /// Where mail for `rcpt` goes when it is a postmaster address this server must accept
+    /// but no account or forwarder has: the configured `smtp.postmaster`, else the domain's
+    /// first account (the server's first for a bare `<postmaster>`). `None`: not such an
+    /// address, or it resolves by itself.
+    fn postmaster(&self, rcpt: &str) -> Result<Option<String>, crate::directory::DirError> {
+        let dir = &self.server.directory;
+        let domain = match rcpt.rsplit_once('@') {
+            None if rcpt.eq_ignore_ascii_case("postmaster") => None,
+            Some((l, d)) if l.eq_ignore_ascii_case("postmaster") => {
+                let Some(d) = address::domain(d) else {
+                    return Ok(None);
+                };
+                if !dir.is_local_domain(&d)?
+                    || !matches!(
+                        dir.resolve(&format!("postmaster@{d}"))?,
+                        Resolution::Unknown
+                    )
+                {
+                    return Ok(None);
+                }
+                Some(d)
+            }
+            _ => return Ok(None),
+        };
+        let configured = &self.server.settings.postmaster;
+        if !configured.is_empty() {
+            return Ok(Some(configured.clone()));
+        }
+        let scope = domain.map(|d| vec![d]);
+        Ok(dir
+            .accounts(scope.as_deref())?
+            .into_iter()
+            .find(|a| a.enabled)
+            .map(|a| a.email()))
+    }
+
     /// Accepts `address` in another domain for the outbound queue (`original`: what the
     /// client wrote, when that was an SRS address).
     fn accept_remote(&mut self, address: String, original: Option<String>) -> Flow {

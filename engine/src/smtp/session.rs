@@ -14,6 +14,7 @@ use super::auth::AuthStep;
 use super::codec::{Codec, Event};
 use super::reply::Reply;
 use super::{Port, Server};
+use crate::limits::Reservation;
 use wispd_store::schema::MailAccount;
 
 /// Bytes read from the socket at a time.
@@ -53,6 +54,9 @@ pub(super) struct Transaction {
     pub remote: Vec<(String, Option<String>)>,
     /// BDAT chunks have started (DATA is then out of sequence).
     pub chunking: bool,
+    /// When the message must be in (set at DATA or the first BDAT): trickling bytes can't
+    /// stretch a transfer past it.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// The protocol state of a session, independent of the stream it runs over.
@@ -73,12 +77,13 @@ pub(super) struct Core {
     /// A reply owed for a BDAT chunk that is being skipped.
     pub bdat_rejected: Option<Reply>,
     pub errors: u32,
+    /// The memory the message being received holds, from the server's budget.
+    pub memory: Reservation,
 }
 
 impl Core {
     fn new(server: Arc<Server>, peer: SocketAddr, port: Port, tls: Option<String>) -> Core {
         Core {
-            server,
             peer,
             port,
             account: None,
@@ -90,6 +95,8 @@ impl Core {
             tx: None,
             bdat_rejected: None,
             errors: 0,
+            memory: server.memory.reservation(peer.ip()),
+            server,
         }
     }
 
@@ -169,6 +176,30 @@ impl Core {
         }
     }
 
+    /// Grows the memory reservation with the message being read; when the budget can't hold
+    /// it, the message is dropped (read on to its end, then answered `452 4.3.1`).
+    fn hold_message_memory(&mut self) {
+        let held = self.codec.message_capacity();
+        if !self.memory.grow_to(held) {
+            tracing::warn!(
+                bytes = held,
+                "message dropped: memory budget for messages in flight is full"
+            );
+            self.codec.starve();
+            self.memory.release();
+        }
+    }
+
+    /// Until when the next read may wait: the idle timeout, or the transaction's deadline
+    /// when that comes first.
+    fn read_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        let idle = tokio::time::Instant::now() + idle;
+        match self.tx.as_ref().and_then(|t| t.deadline) {
+            Some(d) => d.min(idle),
+            None => idle,
+        }
+    }
+
     fn starttls(&mut self) -> Flow {
         if self.tls.is_some() {
             return self.reply(Reply::new(503, "5.5.1", "TLS is already active"));
@@ -233,7 +264,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&core.out)).await;
                 return Ok(Ended::Closed);
             }
-            read = tokio::time::timeout(idle, stream.read(&mut chunk)) => match read {
+            read = tokio::time::timeout_at(core.read_deadline(idle), stream.read(&mut chunk)) => match read {
                 Ok(r) => r?,
                 Err(_) => {
                     Reply::new(421, "4.4.2", "Timeout exceeded, closing connection")
@@ -247,7 +278,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Ended::Closed);
         }
         let mut input = chunk[..n].iter();
-        while let Some(event) = core.codec.decode(&mut input) {
+        loop {
+            let event = core.codec.decode(&mut input);
+            core.hold_message_memory();
+            let Some(event) = event else {
+                break;
+            };
             match core.handle(event).await {
                 Flow::Continue => {}
                 Flow::Close => {
@@ -277,11 +313,14 @@ pub(super) async fn connection(
     let _slot = match server.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(reply) => {
-            let mut out = Vec::new();
-            reply.write_to(&mut out);
-            let mut stream = stream;
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;
             tracing::info!(%reply.code, "connection refused: over the limit");
+            // On the implicit-TLS port the client expects a handshake, not plaintext: close.
+            if port != Port::Submissions {
+                let mut out = Vec::new();
+                reply.write_to(&mut out);
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;
+            }
             return;
         }
     };
