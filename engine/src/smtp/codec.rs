@@ -199,6 +199,15 @@ impl Codec {
                         return Some(Event::NumberTooLarge);
                     }
                     let event = match self.requests.ingest(&mut line.iter()) {
+                        // smtp-proto reads the bare `<Postmaster>` (RFC 5321 §4.1.1.3) as an
+                        // empty address, as it does `<>`: tell the two apart
+                        Ok(Request::Rcpt { to }) if to.address.is_empty() => {
+                            let mut to = to.into_owned();
+                            if line.to_ascii_lowercase().windows(12).any(|w| w == b"<postmaster>") {
+                                to.address = "postmaster".into();
+                            }
+                            Event::Request(Request::Rcpt { to })
+                        }
                         Ok(r) => Event::Request(r.into_owned()),
                         Err(Error::NeedsMoreData { .. } | Error::ResponseTooLong) => {
                             Event::Invalid(Error::SyntaxError {
@@ -254,6 +263,9 @@ impl Codec {
                     }
                 }
                 Mode::Data { rx, keep } => {
+                    if *keep {
+                        make_room(&mut self.message, input.as_slice().len(), self.limit);
+                    }
                     let done = rx.ingest(input, &mut self.message);
                     if !*keep {
                         self.message.clear();
@@ -273,6 +285,7 @@ impl Codec {
                     let rest = input.as_slice();
                     let n = (*left).min(rest.len());
                     if *keep {
+                        make_room(&mut self.message, n, self.limit);
                         self.message.extend_from_slice(&rest[..n]);
                     }
                     *input = rest[n..].iter();
@@ -289,6 +302,20 @@ impl Codec {
             }
         }
     }
+}
+
+/// Makes room in `message` for `incoming` more bytes, growing by half (not doubling) and never
+/// far past `limit`, so the memory a message holds stays close to its size (the budget counts
+/// capacity).
+fn make_room(message: &mut Vec<u8>, incoming: usize, limit: usize) {
+    if message.capacity() - message.len() >= incoming {
+        return;
+    }
+    let want = (message.len() / 2).max(64 * 1024);
+    let room = limit
+        .saturating_add(incoming)
+        .saturating_sub(message.len());
+    message.reserve_exact(want.min(room).max(incoming));
 }
 
 /// Where a DATA body stands between bytes. Lines end only at CRLF; a bare CR or LF is data.
