@@ -9,7 +9,7 @@ on to another server, `smtp-sink` (which counts what arrives):
 Both at 20 connections per destination. Printed: msg/s accepted (smtp-source done) and end to
 end (the sink has all N), and ratios.
 
-Usage: benches/queue.py [--bin target/release/wispd] [--messages 5000] [--sessions 20] [--size 10240]
+Usage: benches/outbound.py [--bin target/release/wispd] [--messages 5000] [--sessions 20] [--size 10240]
 """
 
 import argparse
