@@ -9,6 +9,10 @@ password from 127.0.0.2 every second. Printed per server: failed logins answered
 (wispd: the process's VmHWM; Dovecot: the peak of the summed RSS of all its processes, sampled
 every 0.2 s), and the legitimate user's login latency (median, p95, max).
 
+Before the flood, account probing by timing: 10 wrong passwords for an existing account and 10
+for an unknown one, each from a fresh source address (127.0.1.N / 127.0.2.N, so no earlier failure
+delays it); printed: the median answer time of each and their difference.
+
 Usage: benches/authflood.py [--bin target/release/wispd] [--connections 50] [--seconds 60]
 """
 
@@ -75,6 +79,18 @@ def dovecot_pids(base):
     return [master] + [int(p) for p in out.stdout.split()]
 
 
+def probe_timing(port):
+    """Median answer time of a wrong password for an existing and for an unknown account."""
+    times = {"existing": [], "unknown": []}
+    for i in range(10):
+        for kind, user, net in (("existing", "info@example.com", 1), ("unknown", "nobody@example.com", 2)):
+            t = time.monotonic()
+            answer = login(port, user, f"wrong{i}", source=f"127.0.{net}.{i + 1}")
+            assert answer.startswith(b"a NO"), answer
+            times[kind].append(time.monotonic() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def flood(port, connections, seconds, pids_of):
     stop = time.monotonic() + seconds
     counts = {"refused": 0, "busy": 0, "errors": 0}
@@ -132,7 +148,7 @@ def main():
     os.chmod(work, 0o755)
     print(f"{args.connections} connections failing IMAP LOGIN for {args.seconds} s; "
           f"the owner logs in from another address every second\n", flush=True)
-    results = {}
+    results, timing = {}, {}
     try:
         wdir = work / "wispd"
         wdir.mkdir()
@@ -144,6 +160,7 @@ def main():
             mailutil.account(w, "bench", "example.com", password=PASSWORD)
             _, imap, _ = mailutil.ports(w)
             login(imap, "bench@example.com", PASSWORD, source="127.0.0.2")
+            timing["wispd"] = probe_timing(imap)
             idle = rss_kib([w.proc.pid])
             counts, _, legit = flood(imap, args.connections, args.seconds, lambda: [w.proc.pid])
             hwm = next(int(x.split()[1]) for x in open(f"/proc/{w.proc.pid}/status") if x.startswith("VmHWM:"))
@@ -155,6 +172,7 @@ def main():
         try:
             pids = lambda: dovecot_pids(dovecot.dir)  # noqa: E731
             login(dovecot.imap_port, "bench@example.com", PASSWORD, source="127.0.0.2")
+            timing["Dovecot"] = probe_timing(dovecot.imap_port)
             idle = rss_kib(pids())
             counts, peak, legit = flood(dovecot.imap_port, args.connections, args.seconds, pids)
             results["Dovecot"] = (counts, peak, legit, idle)
@@ -171,6 +189,10 @@ def main():
         print(f"{name:<9} {counts['refused']:9d} {counts['busy']:5d} {counts['errors']:6d} "
               f"{idle / 1024:7.0f} MB {peak / 1024:7.0f} MB {med * 1000:16.1f} ms {p95 * 1000:6.0f} ms "
               f"{mx * 1000:6.0f} ms")
+    print(f"\n{'server':<9} {'wrong password, existing':>25} {'unknown account':>16} {'difference':>11}")
+    for name, t in timing.items():
+        print(f"{name:<9} {t['existing'] * 1000:22.1f} ms {t['unknown'] * 1000:13.1f} ms "
+              f"{(t['existing'] - t['unknown']) * 1000:8.1f} ms")
     w_, d_ = results["wispd"], results["Dovecot"]
     print(f"\npeak memory under the flood: wispd {w_[1] / 1024:.0f} MB, Dovecot {d_[1] / 1024:.0f} MB")
     print(f"owner login median under the flood: wispd {statistics.median(w_[2]) * 1000:.1f} ms, "
