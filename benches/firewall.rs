@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wispd_firewall::{EntryRequest, Firewall, FirewallConfig, ListKind};
+use wispd_firewall::{EntryRequest, Firewall, FirewallConfig, ListKind, Origin};
 use wispd_store::Store;
 
 const SINGLE: u32 = 1_000;
@@ -57,6 +57,7 @@ fn main() {
             table: "wispd".into(),
             kernel: true,
             protected_tcp_ports: vec![],
+            api_port: None,
         },
     )
     .expect("firewall");
@@ -69,6 +70,7 @@ fn main() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
+        Origin::default(),
     )
     .expect("settings");
 

@@ -208,6 +208,7 @@ async fn start_firewall(cfg: &Config, store: &Store, api_port: u16) -> Result<Fi
         table: cfg.firewall.table.clone(),
         kernel: cfg.firewall.enabled,
         protected_tcp_ports: protected,
+        api_port: Some(api_port),
     };
     let store = store.clone();
     tokio::task::spawn_blocking(move || Firewall::start(store, fw_cfg))

@@ -342,3 +342,22 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+@pytest.mark.parametrize("order", ["valid first", "valid second"])
+def test_two_authorization_headers_are_400_not_the_first_one(wispd, order):
+    from conftest import Response
+    headers = [f"Bearer {wispd.admin_token}", "Bearer wsp_" + "A" * 48]
+    if order == "valid second":
+        headers.reverse()
+    conn = wispd.connection()
+    try:
+        conn.putrequest("GET", "/api/v1/tokens")
+        for h in headers:
+            conn.putheader("Authorization", h)
+        conn.endheaders()
+        r = conn.getresponse()
+        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+    assert_envelope(resp, 400, "VALIDATION_ERROR", "Send one Authorization header, not 2")

@@ -356,3 +356,180 @@ def test_testing_mode_lifts_the_restrictive_policy_after_the_interval(net, make_
     # turning TESTING off makes the restrictive policy permanent
     assert w.request("PUT", "/api/v1/csf/config", body={"TESTING": "0"}).status == 200
     assert not net.can_connect(APP_PORT)
+
+
+# -- regressions from the outside security probe -------------------------------------------------
+
+def remote_wispd(net, make_wispd):
+    """wispd whose API listens on the server's veth address, so a client namespace can call it: a
+    caller the firewall filters (loopback callers are accepted before any rule)."""
+    w = make_wispd(config=FW_CONFIG.replace('listen = "127.0.0.1:0"', f'listen = "{net.srv4}:0"'), firewall=True)
+    token = w.admin_token
+
+    def call(method, path, body=None):
+        args = ["curl", "-sk", "-m", "3", "-X", method, "-H", f"Authorization: Bearer {token}"]
+        if body is not None:
+            args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+        r = sh(*args, f"https://{net.srv4}:{w.port}{path}", ns=net.cli, check=False)
+        return json.loads(r.stdout) if r.stdout else None
+
+    return w, call
+
+
+def assert_needs_force(r, *parts):
+    assert r is not None and r["status"] == 400 and r["code"] == "VALIDATION_ERROR", r
+    assert '"force": true' in r["message"], r
+    for p in parts:
+        assert p in r["message"], r
+
+
+def test_ipv4_mapped_ban_drops_the_ipv4_client(net, fw):
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": f"::ffff:{net.cli4}"})
+    assert r.status == 201, r
+    assert r.json["data"]["ip"] == net.cli4
+    assert set_elements("blacklist4") and not set_elements("blacklist6")
+    assert not net.can_connect(APP_PORT), "the mapped ban must drop the IPv4 client"
+    assert net.can_connect(APP_PORT, v6=True)
+    check = fw.request("GET", f"/api/v1/csf/check-ip?ip=::ffff:{net.cli4}").json["data"]
+    assert check["ip"] == net.cli4 and check["blacklisted"] and check["blocked"], check
+    assert fw.request("DELETE", f"/api/v1/csf/blacklist/::ffff:{net.cli4}").status == 200
+    assert net.can_connect(APP_PORT)
+    # a mapped CIDR is the IPv4 CIDR with prefix - 96
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": f"::ffff:10.231.{net.n}.2/127"})
+    assert r.status == 201 and r.json["data"]["ip"] == f"10.231.{net.n}.2/31", r
+    assert not net.can_connect(APP_PORT)
+    # and the whitelist, the same way
+    assert fw.request("POST", "/api/v1/csf/whitelist", body={"ip": f"::ffff:{net.cli4}"}).status == 201
+    assert net.can_connect(APP_PORT)
+    assert [e["ip"] for e in fw.request("GET", "/api/v1/csf/whitelist").json["data"]] == [net.cli4]
+
+
+def test_ipv4_mapped_loopback_is_refused_like_loopback(net, fw):
+    for ip in ["::ffff:127.0.0.1", "::ffff:127.0.0.0/104", f"::ffff:{net.srv4}"]:
+        r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": ip, "force": True})
+        assert_envelope(r, 400, "VALIDATION_ERROR")
+        assert "loopback" in r.json["message"] or "own address" in r.json["message"], r.json
+
+
+def test_ipv4_mapped_rule_source_matches_ipv4_traffic(net, fw):
+    r = fw.request("POST", "/api/v1/firewall/rules",
+                   body={"chain": "INPUT", "protocol": "tcp", "port": APP_PORT, "source": f"::ffff:{net.cli4}", "action": "DROP"})
+    assert r.status == 201, r
+    assert r.json["data"]["source"] == net.cli4
+    assert not net.can_connect(APP_PORT)
+    assert net.can_connect(APP_PORT, v6=True)
+
+
+def test_config_that_closes_the_api_port_to_the_caller_needs_force(net, make_wispd):
+    w, call = remote_wispd(net, make_wispd)
+    port = str(w.port)
+    assert_needs_force(call("PUT", "/api/v1/csf/config", {"TCP_IN": "22", "TESTING": "0"}), "TCP_IN", port, net.cli4)
+    # TESTING 1 re-arms the drop policy for TESTING_INTERVAL minutes with every change: a lockout too
+    assert_needs_force(call("PUT", "/api/v1/csf/config", {"TCP_IN": "22"}), "until TESTING lifts")
+    assert_needs_force(call("DELETE", f"/api/v1/csf/ports/{port}?protocol=tcp&direction=in"), port)
+    assert port in call("GET", "/api/v1/csf/config")["data"]["TCP_IN"].split(","), "nothing changed"
+    # turning the firewall restrictive while the port is closed is caught as well
+    assert call("POST", "/api/v1/firewall/toggle", {"enabled": False})["success"] is True
+    assert call("PUT", "/api/v1/csf/config", {"TCP_IN": "22", "TESTING": "0"})["success"] is True, "off: nobody is shut out"
+    assert_needs_force(call("POST", "/api/v1/firewall/toggle", {"enabled": True}), "TCP_IN", port)
+    # forced: its own answer may already be dropped (the connection predates the table, so
+    # conntrack never saw it established)
+    call("POST", "/api/v1/firewall/toggle", {"enabled": True, "force": True})
+    st = w.request("GET", "/api/v1/firewall/status").json["data"]
+    assert st["enabled"] is True and st["policy"] == "drop", st
+    assert call("GET", "/api/v1/csf/config") is None, "the caller really is locked out now"
+    # a loopback caller can't be shut out (lo is accepted first), so it needs no force
+    assert w.request("PUT", "/api/v1/csf/config", body={"TCP_IN": "22,8088"}).status == 200
+
+
+def test_rule_that_shuts_the_caller_out_needs_force(net, make_wispd):
+    w, call = remote_wispd(net, make_wispd)
+    api = w.port
+    for body, part in [
+        ({"chain": "INPUT", "protocol": "tcp", "port": api, "source": net.cli4, "action": "DROP"}, "your own address"),
+        ({"chain": "INPUT", "protocol": "tcp", "port": api, "source": f"10.231.{net.n}.0/24", "action": "REJECT"}, "your own address"),
+        ({"chain": "INPUT", "protocol": "tcp", "port": api, "action": "DROP"}, "every API client"),
+        ({"chain": "INPUT", "protocol": "tcp", "source": "0.0.0.0/0", "action": "DROP"}, "every TCP port"),
+        ({"chain": "INPUT", "protocol": "all", "source": "::/0", "action": "REJECT"}, "every API client"),
+        ({"chain": "OUTPUT", "protocol": "all", "source": "0.0.0.0/0", "action": "DROP"}, "cuts the server off"),
+    ]:
+        assert_needs_force(call("POST", "/api/v1/firewall/rules", body), part)
+    assert call("GET", "/api/v1/firewall/rules")["data"] == []
+    # narrow rules need no force
+    r = call("POST", "/api/v1/firewall/rules", {"chain": "INPUT", "protocol": "tcp", "port": APP_PORT, "action": "DROP"})
+    assert r["success"] is True, r
+    r = call("POST", "/api/v1/firewall/rules",
+             {"chain": "INPUT", "protocol": "tcp", "port": api, "source": net.cli4, "action": "REJECT", "force": True})
+    assert r["success"] is True, r
+    assert call("GET", "/api/v1/firewall/rules") is None, "forced: the caller is rejected now"
+    assert len(w.request("GET", "/api/v1/firewall/rules").json["data"]) == 2
+
+
+def test_very_short_prefix_ban_needs_force(net, fw):
+    for ip, bound in [("128.0.0.0/1", "/8"), ("32.0.0.0/7", "/8"), ("4000::/2", "/32"), ("2001:d00::/24", "/32"),
+                      ("::ffff:128.0.0.0/97", "/8")]:
+        r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": ip})
+        assert_envelope(r, 400, "VALIDATION_ERROR")
+        assert f"wider than {bound}" in r.json["message"] and '"force": true' in r.json["message"], r.json
+    # 8000::/1 also covers this server's fd00:: address: refused for that, force or not
+    assert_envelope(fw.request("POST", "/api/v1/csf/blacklist", body={"ip": "8000::/1", "force": True}), 400, "VALIDATION_ERROR")
+    assert fw.request("GET", "/api/v1/csf/blacklist").json["data"] == []
+    r = fw.request("POST", "/api/v1/csf/blacklist", body={"ip": "128.0.0.0/1", "force": True})
+    assert r.status == 201 and r.json["data"]["ip"] == "128.0.0.0/1", r
+    assert net.can_connect(APP_PORT), "10.231.x is outside 128.0.0.0/1"
+
+
+def test_whitelisting_everything_needs_force(net, fw):
+    closed = 8099
+    extra = Listener(closed)
+    try:
+        assert not net.can_connect(closed)
+        for ip in ["0.0.0.0/0", "::/0", "10.0.0.0/7", "::ffff:0:0/96"]:
+            r = fw.request("POST", "/api/v1/csf/whitelist", body={"ip": ip})
+            assert_envelope(r, 400, "VALIDATION_ERROR")
+            assert "Refusing to whitelist" in r.json["message"] and '"force": true' in r.json["message"], r.json
+        assert fw.request("GET", "/api/v1/csf/whitelist").json["data"] == []
+        assert not net.can_connect(closed)
+        assert fw.request("POST", "/api/v1/csf/whitelist", body={"ip": "0.0.0.0/0", "force": True}).status == 201
+        assert net.can_connect(closed), "the whitelist accepts before the policy drops"
+        assert fw.request("DELETE", "/api/v1/csf/whitelist/0.0.0.0/0").status == 200
+        assert not net.can_connect(closed)
+    finally:
+        extra.close()
+
+
+def ports_text(*parts):
+    """A port list as wispd stores it: sorted by first port."""
+    return ",".join(sorted((str(p) for p in parts), key=lambda p: int(p.split(":")[0])))
+
+
+def test_overlapping_port_ranges_merge_instead_of_eexist(net, fw):
+    a, b = 8095, 8099
+    la, lb = Listener(a), Listener(b)
+    try:
+        r = fw.request("POST", "/api/v1/csf/ports/", body={"port": "20:25", "protocol": "tcp", "direction": "in"})
+        assert r.status == 201, r
+        tcp_in = fw.request("GET", "/api/v1/csf/config").json["data"]["TCP_IN"].split(",")
+        assert "20:25" in tcp_in and "22" not in tcp_in, tcp_in
+        assert fw.request("POST", "/api/v1/csf/ports/", body={"port": "8090:8100", "protocol": "tcp", "direction": "in"}).status == 201
+        r = fw.request("POST", "/api/v1/csf/ports/", body={"port": a, "protocol": "tcp", "direction": "in"})
+        assert r.status == 201, r
+        assert net.can_connect(a) and net.can_connect(b) and net.can_connect(b, v6=True)
+        # a csf.conf-style list with overlaps goes in merged, in one PUT
+        r = fw.request("PUT", "/api/v1/csf/config",
+                       body={"TCP_IN": f"22,20:25,{fw.port},{APP_PORT},8090:8100,{a},8099:8105", "TCP6_IN": f"{APP_PORT},8090:8100,{b}"})
+        assert r.status == 200, r
+        assert r.json["data"]["TCP_IN"] == ports_text("20:25", fw.port, APP_PORT, "8090:8105")
+        assert r.json["data"]["TCP6_IN"] == f"{APP_PORT},8090:8100"
+        elems = json.dumps(set_elements("tcp_in"))
+        assert "8105" in elems
+        # closing one port inside a range splits it
+        r = fw.request("DELETE", f"/api/v1/csf/ports/{a}?protocol=tcp&direction=in")
+        assert r.status == 200 and r.json["data"]["removed_from"] == 2, r
+        tcp_in = fw.request("GET", "/api/v1/csf/config").json["data"]["TCP_IN"]
+        assert tcp_in == ports_text("20:25", fw.port, APP_PORT, "8090:8094", "8096:8105")
+        assert not net.can_connect(a) and not net.can_connect(a, v6=True)
+        assert net.can_connect(b) and net.can_connect(b, v6=True)
+    finally:
+        la.close()
+        lb.close()

@@ -121,10 +121,26 @@ pub fn verify(store: &Store, presented: &str) -> Result<Option<Principal>, Store
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The bearer token, if the request carries one. More than one `Authorization` header is a
+/// client error, not "use the first": a proxy or client that adds its own header in front of the
+/// caller's would otherwise decide who the caller is.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    let extra = all.count();
+    if extra > 0 {
+        return Err(ApiError::Validation(format!(
+            "Send one Authorization header, not {}",
+            extra + 1
+        )));
+    }
+    let token = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    Ok(token)
 }
 
 /// Authenticates the request (all but `/api/v1/health`), applies the token's rate limit and puts
@@ -133,11 +149,15 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if req.uri().path() == crate::HEALTH_PATH {
         return next.run(req).await;
     }
-    let Some(token) = bearer(req.headers()) else {
-        return ApiError::Unauthorized(
-            "Missing API token: send Authorization: Bearer wsp_…".into(),
-        )
-        .into_response();
+    let token = match bearer(req.headers()) {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            return ApiError::Unauthorized(
+                "Missing API token: send Authorization: Bearer wsp_…".into(),
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
     };
     let principal = match verify(&state.store, token) {
         Ok(Some(p)) => p,
@@ -176,6 +196,36 @@ mod tests {
         assert_eq!(sha256(secret.as_bytes()), m.record.secret_sha256);
         let other = mint("t", TokenRole::Admin, vec![], 0).expect("mint");
         assert_ne!(m.token, other.token);
+    }
+
+    #[test]
+    fn two_authorization_headers_are_a_validation_error_not_the_first_one() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(bearer(&h), Ok(None)));
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wsp_a"),
+        );
+        assert!(matches!(bearer(&h), Ok(Some("wsp_a"))));
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wsp_b"),
+        );
+        match bearer(&h) {
+            Err(ApiError::Validation(m)) => assert_eq!(m, "Send one Authorization header, not 2"),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        // the same token twice is still two headers
+        let mut same = HeaderMap::new();
+        same.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wsp_a"),
+        );
+        same.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wsp_a"),
+        );
+        assert!(bearer(&same).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use wispd_store::schema::{
 };
 use wispd_store::{Store, StoreError, Table};
 
+use crate::lockout::{self, Origin};
 use crate::model::{self, Interval, PortRange, SettingError, Settings, intervals, parse_net};
 use crate::msg::Batch;
 use crate::netlink::{Netlink, NetlinkError};
@@ -33,6 +34,8 @@ pub struct FirewallConfig {
     pub kernel: bool,
     /// Ports a fresh install keeps open in TCP_IN besides ssh (the API and wispd's listeners).
     pub protected_tcp_ports: Vec<u16>,
+    /// The API's TCP port: changes that would close it to the caller need `force`.
+    pub api_port: Option<u16>,
 }
 
 /// Why a firewall request failed.
@@ -112,6 +115,10 @@ pub struct RuleRequest {
     pub port: Option<String>,
     pub source: Option<String>,
     pub action: String,
+    /// Add it even though it would shut API clients or the server's own traffic out.
+    pub force: bool,
+    /// The API caller's address, protected unless `force`.
+    pub caller: Option<IpAddr>,
 }
 
 /// How the loaded lists map onto the table for a given set of settings.
@@ -276,8 +283,8 @@ impl Firewall {
             refreshing: tokio::sync::Mutex::new(()),
         };
         let state = fw.state()?;
-        Settings::parse(&state.settings).map_err(FwError::Settings)?;
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        fw.canonicalise_entries()?;
         fw.load_blocklists(state)?;
         for gone in fw.sync_countries(&settings)? {
             fw.forget_ranges(&gone);
@@ -317,6 +324,51 @@ impl Firewall {
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Re-keys list entries stored under a name that is no longer canonical: IPv4-mapped entries
+    /// (`::ffff:1.2.3.4/128`) stored before they were normalised would otherwise stay in the IPv6
+    /// sets, where they match nothing, and could not be deleted by the address they now show.
+    /// Where both spellings exist, the longer-lived entry is kept.
+    fn canonicalise_entries(&self) -> Result<(), FwError> {
+        for kind in [ListKind::Black, ListKind::White] {
+            let moved: Vec<(String, FwEntry)> = self
+                .entries(kind)?
+                .into_iter()
+                .filter_map(|e| {
+                    let canonical = parse_net(&e.net)?.to_string();
+                    (canonical != e.net).then_some((canonical, e))
+                })
+                .collect();
+            if moved.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                list = kind.name(),
+                count = moved.len(),
+                "re-keying list entries under their canonical address"
+            );
+            self.store.write(|w| {
+                for (canonical, old) in &moved {
+                    w.remove(kind.table(), old.net.as_str())?;
+                    let mut entry = old.clone();
+                    entry.net = canonical.clone();
+                    let keep = match w.get(kind.table(), canonical.as_str())? {
+                        Some(there)
+                            if there
+                                .expires_at
+                                .is_none_or(|x| entry.expires_at.is_some_and(|y| y <= x)) =>
+                        {
+                            there
+                        }
+                        _ => entry,
+                    };
+                    w.put(kind.table(), canonical.as_str(), &keep)?;
+                }
+                Ok::<_, StoreError>(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Seeds the preconfigured blocklists once, and loads every list's last good copy.
@@ -507,6 +559,28 @@ impl Firewall {
             .collect()
     }
 
+    /// The caller, if the firewall filters its packets at all: loopback and the server's own
+    /// addresses arrive over `lo`, and whitelisted ones are accepted before anything can drop
+    /// them, so no change can lock those out.
+    fn exposed_caller(
+        &self,
+        inner: &mut Inner,
+        caller: Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, FwError> {
+        let Some(c) = caller.map(|c| c.to_canonical()) else {
+            return Ok(None);
+        };
+        if c.is_loopback() || local_addresses().contains(&c) {
+            return Ok(None);
+        }
+        let t = now();
+        let white = self.cached(inner, ListKind::White)?;
+        let whitelisted = white.values().any(|e| {
+            e.expires_at.is_none_or(|x| x > t) && parse_net(&e.net).is_some_and(|n| n.contains(&c))
+        });
+        Ok((!whitelisted).then_some(c))
+    }
+
     fn policy_for(&self, settings: &Settings, applied_at: i64, t: i64) -> bool {
         !(settings.testing && t >= applied_at + i64::from(settings.testing_interval) * 60)
     }
@@ -605,10 +679,22 @@ impl Firewall {
             created_at: t,
             expires_at: (ttl > 0).then(|| t + req.ttl),
         };
+        let caller = req.caller.map(|c| c.to_canonical());
         let mut inner = self.lock();
-        if kind == ListKind::Black {
-            let white = self.cached(&mut inner, ListKind::White)?;
-            refuse_unsafe_ban(white, &net, req.force, req.caller, t)?;
+        match kind {
+            ListKind::Black => {
+                let white = self.cached(&mut inner, ListKind::White)?;
+                refuse_unsafe_ban(white, &net, req.force, caller, t)?;
+            }
+            ListKind::White if model::is_broad(&net) && !req.force => {
+                return Err(FwError::Invalid(format!(
+                    "Refusing to whitelist {}: it is wider than /{} and would let a large part of \
+                     the internet past the firewall; send \"force\": true to whitelist it anyway",
+                    display_net(&net),
+                    model::min_prefix(&net)
+                )));
+            }
+            ListKind::White => {}
         }
         let state = self.state()?;
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
@@ -849,9 +935,11 @@ impl Firewall {
         if ip.is_empty() {
             return Err(FwError::Invalid("IP address is required".into()));
         }
+        // `::ffff:1.2.3.4` is checked as the IPv4 address it stands for, as lists store it
         let addr: IpAddr = ip
-            .parse()
-            .map_err(|_| FwError::Invalid(format!("Invalid IP address: {ip:?}")))?;
+            .parse::<IpAddr>()
+            .map_err(|_| FwError::Invalid(format!("Invalid IP address: {ip:?}")))?
+            .to_canonical();
         let mut out = Vec::new();
         for kind in [ListKind::White, ListKind::Black] {
             for e in self.list(kind)? {
@@ -893,10 +981,12 @@ impl Firewall {
     }
 
     /// Merges `changes` into the settings, validates the result (every bad key reported) and
-    /// applies it in one transaction; nothing changes if either step fails.
+    /// applies it in one transaction; nothing changes if either step fails. A change that would
+    /// close the API port to `origin`'s caller is refused unless `origin.force`.
     pub fn update_settings(
         &self,
         changes: BTreeMap<String, String>,
+        origin: Origin,
     ) -> Result<BTreeMap<String, String>, FwError> {
         let mut inner = self.lock();
         let mut state = self.state()?;
@@ -914,6 +1004,20 @@ impl Firewall {
         }
         state.settings.extend(changes);
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
+        if !origin.force {
+            // the stored settings were valid when stored; unparsable ones protect nothing
+            if let (Ok(old), Some(caller)) = (
+                Settings::parse(&before.settings),
+                self.exposed_caller(&mut inner, origin.caller)?,
+            ) {
+                refuse_settings_lockout(
+                    &self.cfg,
+                    (&old, before.enabled),
+                    (&settings, state.enabled),
+                    caller,
+                )?;
+            }
+        }
         for key in model::PORT_KEYS {
             state
                 .settings
@@ -990,15 +1094,18 @@ impl Firewall {
                 },
             );
         }
-        self.update_settings(changes).map(|_| ())
+        // opening ports never shuts anyone out
+        self.update_settings(changes, Origin::default()).map(|_| ())
     }
 
-    /// Closes a port everywhere it is open, or only for `protocol`/`direction`.
+    /// Closes a port (or range) everywhere it is open, or only for `protocol`/`direction`; a range
+    /// it cuts into is split (`20:25` without 22 is `20:21,23:25`).
     pub fn remove_port(
         &self,
         port: &str,
         protocol: Option<&str>,
         direction: Option<&str>,
+        origin: Origin,
     ) -> Result<usize, FwError> {
         let range = PortRange::parse(port)
             .ok_or_else(|| FwError::Invalid(format!("Invalid port {port:?}")))?;
@@ -1014,9 +1121,7 @@ impl Firewall {
                     let list =
                         model::parse_ports(key, current.get(key).map(String::as_str).unwrap_or(""))
                             .map_err(|e| FwError::Settings(vec![e]))?;
-                    let kept: Vec<PortRange> =
-                        list.iter().filter(|p| **p != range).copied().collect();
-                    if kept.len() != list.len() {
+                    if let Some(kept) = model::subtract_ports(&list, range) {
                         removed += 1;
                         changes.insert(key.to_string(), model::format_ports(&kept));
                     }
@@ -1026,7 +1131,7 @@ impl Firewall {
         if removed == 0 {
             return Err(FwError::NotFound(format!("Port {range} is not open")));
         }
-        self.update_settings(changes)?;
+        self.update_settings(changes, origin)?;
         Ok(removed)
     }
 
@@ -1060,6 +1165,14 @@ impl Firewall {
             rule.source = Some(display_net(&n));
         }
         let mut inner = self.lock();
+        if !req.force {
+            let caller = self.exposed_caller(&mut inner, req.caller)?;
+            if let Some(why) = lockout::rule_lockout(&typed, self.cfg.api_port, caller) {
+                return Err(FwError::Invalid(format!(
+                    "Refusing to add the rule: {why}; send \"force\": true to add it anyway"
+                )));
+            }
+        }
         let stored = self.store.write(|w| {
             let mut state = w.get(&FW_STATE, STATE_KEY)?.unwrap_or_default();
             rule.id = state.next_rule_id.max(1);
@@ -1088,12 +1201,24 @@ impl Firewall {
         Ok(rule)
     }
 
-    /// Turns filtering on or off (off removes the table; everything stays in the store).
-    pub fn toggle(&self, enabled: bool) -> Result<Status, FwError> {
+    /// Turns filtering on or off (off removes the table; everything stays in the store). Turning
+    /// it on with settings that close the API port to `origin`'s caller needs `origin.force`.
+    pub fn toggle(&self, enabled: bool, origin: Origin) -> Result<Status, FwError> {
         let mut inner = self.lock();
         let before = self.state()?;
         let mut state = before.clone();
         state.enabled = enabled;
+        if !origin.force
+            && let Some(caller) = self.exposed_caller(&mut inner, origin.caller)?
+            && let Ok(settings) = Settings::parse(&state.settings)
+        {
+            refuse_settings_lockout(
+                &self.cfg,
+                (&settings, before.enabled),
+                (&settings, enabled),
+                caller,
+            )?;
+        }
         self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &state))?;
         if let Err(e) = self.apply_full(&mut inner) {
             self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before))?;
@@ -1237,7 +1362,34 @@ fn refuse_unsafe_ban(
             display_net(net)
         )));
     }
+    if model::is_broad(net) && !force {
+        return Err(FwError::Invalid(format!(
+            "Refusing to blacklist {}: it is wider than /{} and would drop a large part of the \
+             internet; send \"force\": true to ban it anyway",
+            display_net(net),
+            model::min_prefix(net)
+        )));
+    }
     Ok(())
+}
+
+/// Refuses a settings change that newly shuts `caller` out of the API (see
+/// [`lockout::settings_lockout`]).
+fn refuse_settings_lockout(
+    cfg: &FirewallConfig,
+    before: (&Settings, bool),
+    after: (&Settings, bool),
+    caller: IpAddr,
+) -> Result<(), FwError> {
+    let Some(port) = cfg.api_port else {
+        return Ok(());
+    };
+    match lockout::settings_lockout(before, after, port, caller) {
+        Some(why) => Err(FwError::Invalid(format!(
+            "Refusing the change: {why}; send \"force\": true to apply it anyway"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn e_is_permission(e: &FwError) -> bool {
@@ -1334,6 +1486,265 @@ pub fn typed_rule(r: &FwRule) -> Result<Rule, FwError> {
 }
 
 #[cfg(test)]
+mod tests {
+    //! The engine's rules without the kernel (`kernel: false`): store and validation only.
+    use super::*;
+
+    fn engine(name: &str) -> Firewall {
+        let dir = std::env::temp_dir().join(format!("wispd-fw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        Firewall::start(Store::open(&dir).expect("store"), config()).expect("start")
+    }
+
+    fn config() -> FirewallConfig {
+        FirewallConfig {
+            table: "wispd".into(),
+            kernel: false,
+            protected_tcp_ports: vec![2083],
+            api_port: Some(2083),
+        }
+    }
+
+    fn entry(ip: &str, force: bool, caller: Option<&str>) -> EntryRequest {
+        EntryRequest {
+            ip: ip.into(),
+            comment: String::new(),
+            ttl: 0,
+            force,
+            caller: caller.map(|c| c.parse().expect("caller")),
+        }
+    }
+
+    fn refusal(r: Result<impl std::fmt::Debug, FwError>) -> String {
+        match r {
+            Err(FwError::Invalid(m)) => m,
+            other => panic!("expected a 400 refusal, got {other:?}"),
+        }
+    }
+
+    const REMOTE: &str = "203.0.113.5";
+
+    /// Whether `net` leaves every address of the machine running the test alone (a ban covering
+    /// one is refused for that reason first).
+    fn off_this_host(net: &str) -> bool {
+        let net = parse_net(net).expect("net");
+        !local_addresses().iter().any(|a| net.contains(a))
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_are_stored_checked_and_removed_as_ipv4() {
+        let fw = engine("mapped");
+        let e = fw
+            .add(ListKind::Black, entry("::ffff:198.51.100.7", false, None))
+            .expect("ban");
+        assert_eq!(e.net, "198.51.100.7/32");
+        let e = fw
+            .add(
+                ListKind::Black,
+                entry("::ffff:203.0.113.0/120", false, None),
+            )
+            .expect("ban");
+        assert_eq!(e.net, "203.0.113.0/24");
+        for probe in ["198.51.100.7", "::ffff:198.51.100.7", "::FFFF:203.0.113.9"] {
+            let hits = fw.check(probe).expect("check");
+            assert_eq!(hits.len(), 1, "{probe}");
+            assert_eq!(hits[0].list, "blacklist");
+        }
+        fw.remove(ListKind::Black, "::ffff:198.51.100.7")
+            .expect("unban by the mapped form");
+        assert!(fw.check("198.51.100.7").expect("check").is_empty());
+    }
+
+    #[test]
+    fn mapped_loopback_and_mapped_caller_are_protected_like_ipv4() {
+        let fw = engine("mappedlo");
+        let why = refusal(fw.add(ListKind::Black, entry("::ffff:127.0.0.1", true, None)));
+        assert!(why.contains("loopback"), "{why}");
+        let why = refusal(fw.add(
+            ListKind::Black,
+            entry(REMOTE, false, Some(&format!("::ffff:{REMOTE}"))),
+        ));
+        assert!(why.contains("your own address"), "{why}");
+    }
+
+    #[test]
+    fn entries_stored_under_a_mapped_key_are_rekeyed_at_start() {
+        let dir = std::env::temp_dir().join(format!("wispd-fw-rekey-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Store::open(&dir).expect("store");
+        let legacy = FwEntry {
+            net: "::ffff:198.51.100.7/128".into(),
+            comment: "old".into(),
+            ttl: 0,
+            created_at: 1,
+            expires_at: None,
+        };
+        store
+            .write(|w| w.put(&FW_BLACKLIST, legacy.net.as_str(), &legacy))
+            .expect("seed");
+        let fw = Firewall::start(store, config()).expect("start");
+        let list = fw.list(ListKind::Black).expect("list");
+        assert_eq!(
+            list.iter().map(|e| e.net.as_str()).collect::<Vec<_>>(),
+            ["198.51.100.7/32"]
+        );
+        assert_eq!(fw.check("198.51.100.7").expect("check").len(), 1);
+        fw.remove(ListKind::Black, "198.51.100.7").expect("unban");
+    }
+
+    #[test]
+    fn broad_blacklist_and_whitelist_entries_need_force() {
+        let fw = engine("broad");
+        let wide = [
+            "32.0.0.0/3",
+            "128.0.0.0/1",
+            "4000::/2",
+            "2001:d00::/24",
+            "::ffff:32.0.0.0/99",
+        ];
+        let wide: Vec<&str> = wide.into_iter().filter(|n| off_this_host(n)).collect();
+        assert!(!wide.is_empty());
+        for ip in &wide {
+            let why = refusal(fw.add(ListKind::Black, entry(ip, false, None)));
+            assert!(
+                why.contains("wider than /") && why.contains("\"force\": true"),
+                "{why}"
+            );
+        }
+        for ip in ["0.0.0.0/0", "::/0", "10.0.0.0/7"] {
+            let why = refusal(fw.add(ListKind::White, entry(ip, false, None)));
+            assert!(why.contains("Refusing to whitelist"), "{why}");
+        }
+        fw.add(ListKind::Black, entry(wide[0], true, None))
+            .expect("forced ban");
+        fw.add(ListKind::White, entry("0.0.0.0/0", true, None))
+            .expect("forced whitelist");
+        fw.add(ListKind::Black, entry("2001:db8::/32", false, None))
+            .expect("a /32 is not broad");
+    }
+
+    #[test]
+    fn settings_that_close_the_api_port_to_the_caller_need_force() {
+        let fw = engine("settings");
+        let remote = Origin {
+            caller: Some(REMOTE.parse().expect("ip")),
+            force: false,
+        };
+        let change = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect()
+        };
+        let closing = change(&[("TCP_IN", "22"), ("TESTING", "0")]);
+        let why = refusal(fw.update_settings(closing.clone(), remote));
+        assert!(
+            why.contains("TCP_IN") && why.contains("2083") && why.contains("\"force\": true"),
+            "{why}"
+        );
+        // the mapped form of the same caller is the same caller
+        let mapped = Origin {
+            caller: Some(format!("::ffff:{REMOTE}").parse().expect("ip")),
+            force: false,
+        };
+        refusal(fw.update_settings(closing.clone(), mapped));
+        refusal(fw.remove_port("2083", None, None, remote));
+        // loopback callers can't be locked out (lo is accepted first); nor whitelisted ones
+        let lo = Origin {
+            caller: Some("127.0.0.1".parse().expect("ip")),
+            force: false,
+        };
+        fw.update_settings(change(&[("TCP_IN", "22,2083")]), lo)
+            .expect("unchanged port");
+        fw.add(ListKind::White, entry(REMOTE, false, None))
+            .expect("whitelist");
+        fw.update_settings(change(&[("TCP_IN", "22")]), remote)
+            .expect("whitelisted caller");
+        fw.remove(ListKind::White, REMOTE).expect("unlist");
+        // TESTING 1 -> 0 with the port already closed makes the lockout permanent
+        let why = refusal(fw.update_settings(change(&[("TESTING", "0")]), remote));
+        assert!(why.contains("TESTING is 0"), "{why}");
+        let forced = Origin {
+            force: true,
+            ..remote
+        };
+        fw.update_settings(change(&[("TESTING", "0")]), forced)
+            .expect("forced");
+        // nothing gets worse: unrelated changes pass
+        fw.update_settings(change(&[("DENY_IP_LIMIT", "10")]), remote)
+            .expect("unrelated change");
+        fw.toggle(false, remote).expect("off");
+        refusal(fw.toggle(true, remote));
+        fw.toggle(true, forced).expect("forced on");
+    }
+
+    #[test]
+    fn rules_that_shut_the_caller_out_need_force() {
+        let fw = engine("rules");
+        let req = |port: Option<&str>, source: Option<&str>, force: bool| RuleRequest {
+            chain: "INPUT".into(),
+            protocol: "tcp".into(),
+            port: port.map(Into::into),
+            source: source.map(Into::into),
+            action: "DROP".into(),
+            force,
+            caller: Some(REMOTE.parse().expect("ip")),
+        };
+        for (port, source) in [
+            (Some("2083"), None),
+            (Some("2083"), Some(REMOTE)),
+            (Some("2083"), Some("::ffff:203.0.113.0/120")),
+            (None, Some("0.0.0.0/0")),
+        ] {
+            let why = refusal(fw.add_rule(req(port, source, false)));
+            assert!(why.contains("\"force\": true"), "{why}");
+        }
+        let out = RuleRequest {
+            chain: "OUTPUT".into(),
+            protocol: "all".into(),
+            source: Some("0.0.0.0/0".into()),
+            ..req(None, None, false)
+        };
+        refusal(fw.add_rule(out));
+        let r = fw
+            .add_rule(req(Some("2083"), Some("::ffff:203.0.113.5"), true))
+            .expect("forced");
+        assert_eq!(r.source.as_deref(), Some("203.0.113.5"));
+        fw.add_rule(req(Some("8088"), None, false))
+            .expect("another port");
+    }
+
+    #[test]
+    fn opening_a_range_over_an_open_port_merges_instead_of_eexist() {
+        let fw = engine("ports");
+        let open = |port: &str| {
+            fw.add_port(PortRequest {
+                port: port.into(),
+                protocol: "tcp".into(),
+                direction: "in".into(),
+            })
+        };
+        open("20:25").expect("range over 22");
+        open("40000:40010").expect("range");
+        open("40005").expect("port inside the range");
+        let tcp_in = fw.settings().expect("settings")["TCP_IN"].clone();
+        assert_eq!(tcp_in, "20:25,2083,40000:40010");
+        assert_eq!(fw.settings().expect("settings")["TCP6_IN"], tcp_in);
+        assert_eq!(
+            fw.remove_port("22", Some("tcp"), Some("in"), Origin::default())
+                .expect("close"),
+            2
+        );
+        assert_eq!(
+            fw.settings().expect("settings")["TCP_IN"],
+            "20:21,23:25,2083,40000:40010"
+        );
+    }
+}
+
+#[cfg(test)]
 mod kernel_tests {
     //! Needs root: each test moves its thread into a fresh network namespace.
     use super::*;
@@ -1360,6 +1771,7 @@ mod kernel_tests {
                 table: "wispd".into(),
                 kernel: true,
                 protected_tcp_ports: vec![],
+                api_port: None,
             },
         )
         .expect("start");

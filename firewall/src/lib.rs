@@ -7,6 +7,7 @@
 
 pub mod blocklist;
 mod engine;
+mod lockout;
 pub mod model;
 mod msg;
 mod netlink;
@@ -16,4 +17,5 @@ pub use engine::{
     Backend, CheckResult, EntryRequest, Firewall, FirewallConfig, FwError, ListKind, PortRequest,
     RuleRequest, Status,
 };
+pub use lockout::Origin;
 pub use netlink::NetlinkError;

@@ -1,10 +1,10 @@
 //! The desired ruleset: settings parsed from csf.conf-style keys, list entries, port sets and
 //! basic rules, and the disjoint intervals the kernel's interval sets hold.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// A CSF setting that failed validation.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +52,13 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-/// A comma-separated CSF port list (`"22,25,30000:35000"`).
+/// A comma-separated CSF port list (`"22,25,30000:35000"`), sorted, with overlapping ranges merged
+/// (`"20:25,22"` is `20:25`): a kernel interval set refuses overlapping elements (EEXIST), while
+/// CSF users expect a port listed twice, or inside a range, to simply be open. Ranges that only
+/// touch (`20,21,22`) stay as written: the kernel takes adjacent intervals, and CSF lists are read
+/// port by port.
 pub fn parse_ports(key: &str, s: &str) -> Result<Vec<PortRange>, SettingError> {
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let r = PortRange::parse(part).ok_or_else(|| {
             bad(
@@ -62,9 +66,54 @@ pub fn parse_ports(key: &str, s: &str) -> Result<Vec<PortRange>, SettingError> {
                 format!("{part:?} is not a port (1-65535) or range lo:hi"),
             )
         })?;
-        out.insert(r);
+        out.push(r);
     }
-    Ok(out.into_iter().collect())
+    Ok(merge_ports(out))
+}
+
+/// Sorts `ports` and merges the ranges that overlap.
+pub fn merge_ports(mut ports: Vec<PortRange>) -> Vec<PortRange> {
+    ports.sort_unstable();
+    let mut out: Vec<PortRange> = Vec::with_capacity(ports.len());
+    for r in ports {
+        match out.last_mut() {
+            Some(last) if r.lo <= last.hi => last.hi = last.hi.max(r.hi),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// `ports` without the ports of `gone` (a range partly covered is split); `None` when no port of
+/// `gone` was in `ports`.
+pub fn subtract_ports(ports: &[PortRange], gone: PortRange) -> Option<Vec<PortRange>> {
+    let mut hit = false;
+    let mut out = Vec::with_capacity(ports.len() + 1);
+    for r in ports {
+        if r.hi < gone.lo || r.lo > gone.hi {
+            out.push(*r);
+            continue;
+        }
+        hit = true;
+        if r.lo < gone.lo {
+            out.push(PortRange {
+                lo: r.lo,
+                hi: gone.lo - 1,
+            });
+        }
+        if r.hi > gone.hi {
+            out.push(PortRange {
+                lo: gone.hi + 1,
+                hi: r.hi,
+            });
+        }
+    }
+    hit.then_some(out)
+}
+
+/// Whether `port` is in one of `ports`.
+pub fn covers(ports: &[PortRange], port: u16) -> bool {
+    ports.iter().any(|r| r.lo <= port && port <= r.hi)
 }
 
 pub fn format_ports(ports: &[PortRange]) -> String {
@@ -388,13 +437,53 @@ impl Settings {
     }
 }
 
-/// Parses an address or CIDR into its canonical network (`10.1.2.3/8` -> `10.0.0.0/8`).
+/// Parses an address or CIDR into its canonical network (`10.1.2.3/8` -> `10.0.0.0/8`,
+/// `::ffff:1.2.3.4` -> `1.2.3.4/32`; see [`unmap`]).
 pub fn parse_net(s: &str) -> Option<IpNet> {
     let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(IpNet::from(ip));
+    let net = match s.parse::<IpAddr>() {
+        Ok(ip) => IpNet::from(ip),
+        Err(_) => s.parse::<IpNet>().ok()?.trunc(),
+    };
+    Some(unmap(net))
+}
+
+/// An IPv4-mapped IPv6 address or network (`::ffff:1.2.3.4`, `::ffff:1.2.3.0/120`) as the IPv4
+/// it stands for (`1.2.3.4/32`, `1.2.3.0/24`: prefix minus 96). Packets never carry mapped
+/// addresses (a dual-stack socket shows IPv4 peers that way), so kept as IPv6 such an entry would
+/// match nothing — a ban that never bans — and `::ffff:127.0.0.1` would slip past loopback checks.
+/// Networks shorter than /96 are not mapped ones and stay as they are.
+pub fn unmap(net: IpNet) -> IpNet {
+    let IpNet::V6(n) = net else {
+        return net;
+    };
+    let Some(v4) = n.network().to_ipv4_mapped() else {
+        return net;
+    };
+    match n.prefix_len().checked_sub(96).map(|p| Ipv4Net::new(v4, p)) {
+        Some(Ok(v4net)) => IpNet::V4(v4net.trunc()),
+        _ => net,
     }
-    s.parse::<IpNet>().ok().map(|n| n.trunc())
+}
+
+/// Shortest IPv4 prefix a list entry may have without `force`: /8 is the largest block IANA ever
+/// assigned to a single holder, so anything wider spans many unrelated networks and is far more
+/// often a typo (`/1` for `/21`) than an intent.
+pub const MIN_PREFIX_V4: u8 = 8;
+/// The IPv6 counterpart: /32 is the standard minimum allocation to an ISP (LIR).
+pub const MIN_PREFIX_V6: u8 = 32;
+
+/// The bound above for `net`'s family.
+pub fn min_prefix(net: &IpNet) -> u8 {
+    match net {
+        IpNet::V4(_) => MIN_PREFIX_V4,
+        IpNet::V6(_) => MIN_PREFIX_V6,
+    }
+}
+
+/// Whether `net` is wider than [`min_prefix`] allows without `force`.
+pub fn is_broad(net: &IpNet) -> bool {
+    net.prefix_len() < min_prefix(net)
 }
 
 /// A closed interval of addresses, as u128 (IPv4 in the low 32 bits), with an expiry.
@@ -567,6 +656,38 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_addresses_and_networks_are_stored_as_ipv4() {
+        let p = |s: &str| parse_net(s).map(|n| n.to_string());
+        assert_eq!(p("::ffff:5.6.7.8"), Some("5.6.7.8/32".into()));
+        assert_eq!(p("::FFFF:5.6.7.8/128"), Some("5.6.7.8/32".into()));
+        assert_eq!(p("::ffff:1.2.3.4/120"), Some("1.2.3.0/24".into()));
+        assert_eq!(p("::ffff:127.0.0.1"), Some("127.0.0.1/32".into()));
+        assert_eq!(p("::ffff:128.0.0.0/97"), Some("128.0.0.0/1".into()));
+        assert_eq!(p("::ffff:0:0/96"), Some("0.0.0.0/0".into()));
+        // not mapped: shorter than /96, or outside ::ffff:0:0/96
+        assert_eq!(p("::ffff:0:0/64"), Some("::/64".into()));
+        assert_eq!(p("::5.6.7.8"), Some("::506:708/128".into()));
+        assert_eq!(p("2001:db8::1"), Some("2001:db8::1/128".into()));
+    }
+
+    #[test]
+    fn prefixes_wider_than_a_slash_8_or_slash_32_are_broad() {
+        for (s, broad) in [
+            ("128.0.0.0/1", true),
+            ("0.0.0.0/0", true),
+            ("10.0.0.0/7", true),
+            ("10.0.0.0/8", false),
+            ("8000::/1", true),
+            ("::/0", true),
+            ("2001:d00::/24", true),
+            ("2001:db8::/32", false),
+            ("::ffff:128.0.0.0/97", true),
+        ] {
+            assert_eq!(is_broad(&net(s)), broad, "{s}");
+        }
+    }
+
+    #[test]
     fn overlapping_entries_merge_with_longest_expiry_winning() {
         let a = net("10.0.0.0/8");
         let b = net("10.1.0.0/16");
@@ -636,6 +757,34 @@ mod tests {
         assert!(parse_ports("TCP_IN", "0").is_err());
         assert!(parse_ports("TCP_IN", "70000").is_err());
         assert!(parse_ports("TCP_IN", "5:3").is_err());
+    }
+
+    #[test]
+    fn overlapping_port_ranges_merge_instead_of_reaching_the_kernel_twice() {
+        let merged = |s: &str| format_ports(&parse_ports("TCP_IN", s).expect("ok"));
+        assert_eq!(merged("22,20:25"), "20:25");
+        assert_eq!(merged("40000:40010,40005"), "40000:40010");
+        assert_eq!(merged("1:10,5:20,20:30,22"), "1:30");
+        assert_eq!(merged("22,22,22"), "22");
+        // touching ranges are not overlapping: the kernel takes them, the list stays readable
+        assert_eq!(merged("20,21,22,25"), "20,21,22,25");
+        assert_eq!(merged("20:25,26"), "20:25,26");
+        assert_eq!(merged("65535,1:65535"), "1:65535");
+    }
+
+    #[test]
+    fn removing_a_port_inside_a_range_splits_the_range() {
+        let list = parse_ports("TCP_IN", "20:25,80,8000:8010").expect("ok");
+        let cut = |s: &str| {
+            subtract_ports(&list, PortRange::parse(s).expect("port")).map(|v| format_ports(&v))
+        };
+        assert_eq!(cut("22").as_deref(), Some("20:21,23:25,80,8000:8010"));
+        assert_eq!(cut("20").as_deref(), Some("21:25,80,8000:8010"));
+        assert_eq!(cut("80").as_deref(), Some("20:25,8000:8010"));
+        assert_eq!(cut("8005:9000").as_deref(), Some("20:25,80,8000:8004"));
+        assert_eq!(cut("1:65535").as_deref(), Some(""));
+        assert_eq!(cut("81"), None);
+        assert!(covers(&list, 8003) && !covers(&list, 79));
     }
 
     #[test]

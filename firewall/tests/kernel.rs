@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use wispd_firewall::{EntryRequest, Firewall, FirewallConfig, ListKind};
+use wispd_firewall::{EntryRequest, Firewall, FirewallConfig, ListKind, Origin};
 use wispd_store::Store;
 use wispd_store::schema::{FW_BLACKLIST, FwEntry};
 
@@ -44,6 +44,7 @@ fn config() -> FirewallConfig {
         table: "wispd".into(),
         kernel: true,
         protected_tcp_ports: vec![2083],
+        api_port: Some(2083),
     }
 }
 
@@ -112,7 +113,10 @@ fn invalid_settings_change_leaves_the_ruleset_as_it_was() {
         .expect("nft")
         .stdout;
     let err = fw
-        .update_settings([("TCP_IN".to_string(), "22,99999".to_string())].into())
+        .update_settings(
+            [("TCP_IN".to_string(), "22,99999".to_string())].into(),
+            Origin::default(),
+        )
         .expect_err("invalid");
     assert!(err.to_string().contains("TCP_IN"), "{err}");
     let after = Command::new("nft")

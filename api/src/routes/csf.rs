@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wispd_firewall::blocklist::BlocklistRequest;
-use wispd_firewall::{EntryRequest, Firewall, FwError, ListKind, PortRequest, Status};
+use wispd_firewall::{EntryRequest, Firewall, FwError, ListKind, Origin, PortRequest, Status};
 use wispd_store::schema::{FwBlocklist, FwEntry};
 
 use crate::error::ApiError;
@@ -194,6 +194,11 @@ pub async fn check_ip(
     let ip = q.ip.unwrap_or_default();
     let probe = ip.clone();
     let found = on_fw(&s, move |fw| fw.check(&probe)).await?;
+    // the address as it was checked: `::ffff:1.2.3.4` is 1.2.3.4
+    let ip = ip
+        .trim()
+        .parse::<std::net::IpAddr>()
+        .map_or_else(|_| ip.trim().to_string(), |a| a.to_canonical().to_string());
     let t = unix_now();
     let matches: Vec<Value> = found
         .iter()
@@ -214,7 +219,7 @@ pub async fn check_ip(
     Ok(Json(json!({
         "success": true,
         "data": {
-            "ip": ip.trim(),
+            "ip": ip,
             "whitelisted": whitelisted,
             "blacklisted": blacklisted,
             // the whitelist wins: a whitelisted address is never dropped by a list
@@ -275,14 +280,26 @@ pub async fn port_add(
 pub struct PortFilter {
     protocol: Option<String>,
     direction: Option<String>,
+    /// `?force=true`: close it even if that shuts the caller out of the API.
+    force: Option<bool>,
+}
+
+/// The lockout guards' view of a request: the caller's address as the firewall sees it.
+pub(crate) fn origin(peer: SocketAddr, force: Option<bool>) -> Origin {
+    Origin {
+        caller: Some(peer.ip().to_canonical()),
+        force: force.unwrap_or(false),
+    }
 }
 
 pub async fn port_remove(
     State(s): State<AppState>,
     _a: Admin,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(port): Path<String>,
     Query(f): Query<PortFilter>,
 ) -> Result<Json<Value>, ApiError> {
+    let origin = origin(peer, f.force);
     let proto = f.protocol.map(|p| p.to_ascii_lowercase());
     let dir = f.direction.map(|d| d.to_ascii_lowercase());
     if proto.as_deref().is_some_and(|p| p != "tcp" && p != "udp") {
@@ -293,7 +310,7 @@ pub async fn port_remove(
     }
     let p = port.clone();
     let removed = on_fw(&s, move |fw| {
-        fw.remove_port(&p, proto.as_deref(), dir.as_deref())
+        fw.remove_port(&p, proto.as_deref(), dir.as_deref(), origin)
     })
     .await?;
     Ok(Json(
@@ -309,13 +326,25 @@ pub async fn config(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>,
 pub async fn config_update(
     State(s): State<AppState>,
     _a: Admin,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let Value::Object(map) = body else {
+    let Value::Object(mut map) = body else {
         return Err(ApiError::Validation(
             "Invalid JSON body: expected an object of csf.conf keys".into(),
         ));
     };
+    // `force` rides along with the csf.conf keys (none of which is lowercase)
+    let force = match map.remove("force") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(b),
+        Some(_) => {
+            return Err(ApiError::Validation(
+                "Invalid value for field `force`: expected true or false".into(),
+            ));
+        }
+    };
+    let origin = origin(peer, force);
     let mut changes = BTreeMap::new();
     for (k, v) in map {
         let v = match v {
@@ -330,7 +359,7 @@ pub async fn config_update(
         };
         changes.insert(k, v);
     }
-    let settings = on_fw(&s, move |fw| fw.update_settings(changes)).await?;
+    let settings = on_fw(&s, move |fw| fw.update_settings(changes, origin)).await?;
     Ok(Json(json!({ "success": true, "data": settings })))
 }
 

@@ -1,14 +1,16 @@
 //! `/api/v1/firewall/*`: the basic firewall (rules, status, on/off). Admin only.
 
+use std::net::SocketAddr;
+
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wispd_firewall::RuleRequest;
 use wispd_store::schema::FwRule;
 
-use super::csf::{on_fw, port_field, port_json, status_view};
+use super::csf::{on_fw, origin, port_field, port_json, status_view};
 use crate::error::ApiError;
 use crate::extract::{Admin, JsonBody};
 use crate::{AppState, rfc3339};
@@ -40,20 +42,26 @@ pub struct RuleBody {
     port: Option<Value>,
     source: Option<String>,
     action: Option<String>,
+    /// Add it even if it shuts API clients (or the server's own traffic) out.
+    force: Option<bool>,
 }
 
 pub async fn rule_add(
     State(s): State<AppState>,
     _a: Admin,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(b): JsonBody<RuleBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let port = port_field(b.port)?;
+    let origin = origin(peer, b.force);
     let req = RuleRequest {
         chain: b.chain.unwrap_or_default(),
         protocol: b.protocol.unwrap_or_default(),
         port,
         source: b.source,
         action: b.action.unwrap_or_default(),
+        force: origin.force,
+        caller: origin.caller,
     };
     let rule = on_fw(&s, move |fw| fw.add_rule(req)).await?;
     Ok((
@@ -82,18 +90,22 @@ pub async fn status(State(s): State<AppState>, _a: Admin) -> Result<Json<Value>,
 #[derive(Debug, Deserialize)]
 pub struct ToggleBody {
     enabled: Option<bool>,
+    /// Turn it on even if the settings shut the caller out of the API.
+    force: Option<bool>,
 }
 
 pub async fn toggle(
     State(s): State<AppState>,
     _a: Admin,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(b): JsonBody<ToggleBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let origin = origin(peer, b.force);
     let Some(enabled) = b.enabled else {
         return Err(ApiError::Validation(
             "enabled is required (true or false)".into(),
         ));
     };
-    let st = on_fw(&s, move |fw| fw.toggle(enabled)).await?;
+    let st = on_fw(&s, move |fw| fw.toggle(enabled, origin)).await?;
     Ok(Json(json!({ "success": true, "data": status_view(&st) })))
 }

@@ -203,7 +203,11 @@ impl Codec {
                         // empty address, as it does `<>`: tell the two apart
                         Ok(Request::Rcpt { to }) if to.address.is_empty() => {
                             let mut to = to.into_owned();
-                            if line.to_ascii_lowercase().windows(12).any(|w| w == b"<postmaster>") {
+                            if line
+                                .to_ascii_lowercase()
+                                .windows(12)
+                                .any(|w| w == b"<postmaster>")
+                            {
                                 to.address = "postmaster".into();
                             }
                             Event::Request(Request::Rcpt { to })
@@ -312,9 +316,7 @@ fn make_room(message: &mut Vec<u8>, incoming: usize, limit: usize) {
         return;
     }
     let want = (message.len() / 2).max(64 * 1024);
-    let room = limit
-        .saturating_add(incoming)
-        .saturating_sub(message.len());
+    let room = limit.saturating_add(incoming).saturating_sub(message.len());
     message.reserve_exact(want.min(room).max(incoming));
 }
 

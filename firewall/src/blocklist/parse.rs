@@ -43,7 +43,8 @@ impl Ranges {
 
     /// The range containing `ip`, if any (binary search).
     pub fn find(&self, ip: IpAddr) -> Option<(IpAddr, IpAddr)> {
-        match ip {
+        // the lists hold IPv4-mapped entries as IPv4
+        match ip.to_canonical() {
             IpAddr::V4(a) => {
                 let x = u32::from(a);
                 let i = self.v4.partition_point(|r| r.0 <= x);
@@ -265,12 +266,20 @@ fn json_cidr(line: &str) -> JsonLine {
     }
 }
 
-/// A single address or a network; host bits set in a network are tolerated (truncated).
+/// A single address or a network; host bits set in a network are tolerated (truncated). An
+/// IPv4-mapped entry (`::ffff:1.2.3.4`) is the IPv4 it stands for, as everywhere an address
+/// enters, but only down to IPv4 /8: a wider mapped network in a list (`::ffff:0:0/96`, the
+/// mapped range itself, as bogon lists carry it) names IPv6 packets with such sources and must
+/// not become "all of IPv4".
 fn parse(s: &str) -> Option<IpNet> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(IpNet::from(ip));
-    }
-    s.parse::<IpNet>().ok().map(|n| n.trunc())
+    let net = match s.parse::<IpAddr>() {
+        Ok(ip) => IpNet::from(ip),
+        Err(_) => s.parse::<IpNet>().ok()?.trunc(),
+    };
+    Some(match crate::model::unmap(net) {
+        v4 @ IpNet::V4(n) if n.prefix_len() >= crate::model::MIN_PREFIX_V4 => v4,
+        _ => net,
+    })
 }
 
 /// Sorts and merges overlapping and adjacent ranges.
@@ -324,6 +333,32 @@ mod tests {
             assert_eq!(r.v6.len(), 1);
             assert_eq!(r.v4[0], (v4("1.10.16.0"), v4("1.10.31.255")));
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_feed_entries_land_in_the_ipv4_ranges() {
+        let (r, entries, invalid) = parse_all(
+            &[b"::ffff:198.51.100.7
+::ffff:203.0.113.0/120 ; SBL1
+::ffff:0:0/96
+"],
+            0,
+        );
+        assert_eq!((entries, invalid), (3, 0));
+        assert_eq!(
+            r.v4,
+            vec![
+                (v4("198.51.100.7"), v4("198.51.100.7")),
+                (v4("203.0.113.0"), v4("203.0.113.255"))
+            ]
+        );
+        // the mapped range as a whole stays IPv6 (a bogon), never "all of IPv4"
+        assert_eq!(r.v6, vec![(0xffff_0000_0000, 0xffff_ffff_ffff)]);
+        let hit = r.find("::ffff:198.51.100.7".parse().expect("ip"));
+        assert_eq!(
+            hit.map(|(a, _)| a.to_string()).as_deref(),
+            Some("198.51.100.7")
+        );
     }
 
     #[test]
