@@ -7,8 +7,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use wispd_store::StoreError;
+
+use crate::view::{ErrorCode, ErrorEnvelope};
 
 /// A failed API request.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         code_for(self.status())
     }
 
@@ -89,19 +90,30 @@ impl ApiError {
 }
 
 /// The envelope's `code` for an HTTP status.
-pub fn code_for(status: StatusCode) -> &'static str {
+pub fn code_for(status: StatusCode) -> ErrorCode {
     match status {
-        StatusCode::BAD_REQUEST => "VALIDATION_ERROR",
-        StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
-        StatusCode::FORBIDDEN => "FORBIDDEN",
-        StatusCode::NOT_FOUND => "NOT_FOUND",
-        StatusCode::CONFLICT => "CONFLICT",
-        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
-        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
-        StatusCode::TOO_MANY_REQUESTS => "RATE_LIMITED",
-        StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
-        _ => "INTERNAL_ERROR",
+        StatusCode::BAD_REQUEST => ErrorCode::ValidationError,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::CONFLICT => ErrorCode::Conflict,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        _ => ErrorCode::InternalError,
     }
+}
+
+/// The envelope for `status` with `message` as both `error` and `message`.
+pub fn envelope(status: StatusCode, message: String) -> Json<ErrorEnvelope> {
+    Json(ErrorEnvelope {
+        success: false,
+        code: code_for(status),
+        error: message.clone(),
+        message,
+        status: status.as_u16(),
+    })
 }
 
 impl IntoResponse for ApiError {
@@ -110,15 +122,8 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error answered with 500");
         }
-        let message = self.to_string();
-        let body = json!({
-            "success": false,
-            "code": code_for(status),
-            "error": message,
-            "message": message,
-            "status": status.as_u16(),
-        });
-        let mut resp = (status, Json(body)).into_response();
+        let body = envelope(status, self.to_string());
+        let mut resp = (status, body).into_response();
         if let ApiError::RateLimited { retry_after_secs } = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

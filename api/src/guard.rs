@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
-use crate::error::{ApiError, code_for};
+use crate::error::{self, ApiError};
 
 pub async fn envelope(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
@@ -30,18 +30,7 @@ pub async fn envelope(req: Request, next: Next) -> Response {
         Err(_) => String::new(),
     };
     let err = ApiError::from_status(status, &text);
-    let message = err.to_string();
-    let mut out = (
-        status,
-        axum::Json(serde_json::json!({
-            "success": false,
-            "code": code_for(status),
-            "error": message,
-            "message": message,
-            "status": status.as_u16(),
-        })),
-    )
-        .into_response();
+    let mut out = (status, error::envelope(status, err.to_string())).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());

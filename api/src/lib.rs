@@ -5,10 +5,12 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod guard;
+pub mod openapi;
 pub mod ratelimit;
 mod routes;
 pub mod server;
 mod validate;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,7 +28,7 @@ use crate::ratelimit::RateLimit;
 /// Largest request body accepted (1 MiB); larger bodies get 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// The one path that needs no token.
+/// Liveness; needs no token (nor does [`openapi::OPENAPI_PATH`]).
 pub const HEALTH_PATH: &str = "/api/v1/health";
 
 /// What every handler can reach.
@@ -43,6 +45,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(HEALTH_PATH, get(routes::health::get))
+        .route(openapi::OPENAPI_PATH, get(routes::openapi::get))
         .route(
             "/api/v1/tokens",
             get(routes::tokens::list).post(routes::tokens::create),

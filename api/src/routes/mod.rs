@@ -1,7 +1,13 @@
-//! One module per resource group.
+//! One module per resource group; each documents its operations in an OpenAPI part of its own.
 
 pub mod csf;
 pub mod email;
 pub mod firewall;
 pub mod health;
+pub mod openapi;
 pub mod tokens;
+
+/// The OpenAPI parts of the resource groups, merged into the whole document.
+pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
+    Vec::new()
+}

@@ -4,40 +4,91 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use wispd_store::schema::{TOKENS, TokenRecord, TokenRole};
 
 use crate::auth::mint;
 use crate::error::ApiError;
 use crate::extract::{Admin, JsonBody};
 use crate::validate::domain;
+use crate::view::Data;
 use crate::{AppState, rfc3339, unix_now};
 
 const NAME_MAX: usize = 64;
 
-#[derive(Debug, Deserialize)]
+/// `POST /tokens`: a name (unique, at most 64 printable characters), a role, and for a user
+/// token the domains it reaches.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateToken {
+    #[schema(example = "panel")]
     name: Option<String>,
+    /// `admin` (everything) or `user` (the email endpoints of `domains`).
+    #[schema(example = "user")]
     role: Option<String>,
+    /// For a user token: the domains it manages. Empty for an admin token.
+    #[schema(example = json!(["example.com"]))]
     domains: Option<Vec<String>>,
 }
 
-fn view(t: &TokenRecord) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "role": t.role,
-        "domains": t.domains,
-        "created_at": rfc3339(t.created_at),
-    })
+/// What a token may do.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
 }
 
-pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+impl From<TokenRole> for Role {
+    fn from(r: TokenRole) -> Role {
+        match r {
+            TokenRole::Admin => Role::Admin,
+            TokenRole::User => Role::User,
+        }
+    }
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub domains: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The secret, `wsp_…`: only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+fn view(t: &TokenRecord) -> TokenView {
+    TokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role.into(),
+        domains: t.domains.clone(),
+        created_at: rfc3339(t.created_at),
+        token: None,
+    }
+}
+
+/// The API tokens, oldest first, without secrets.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    operation_id = "tokens_list",
+    tag = "tokens",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "Every token", body = Data<Vec<TokenView>>))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Data<Vec<TokenView>>>, ApiError> {
     let mut tokens = state.store.read(|r| r.all(&TOKENS))?;
     tokens.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
-    let data: Vec<Value> = tokens.iter().map(view).collect();
-    Ok(Json(json!({ "success": true, "data": data })))
+    Ok(Json(Data::new(tokens.iter().map(view).collect())))
 }
 
 fn validate(req: CreateToken) -> Result<(String, TokenRole, Vec<String>), ApiError> {
@@ -82,11 +133,21 @@ fn validate(req: CreateToken) -> Result<(String, TokenRole, Vec<String>), ApiErr
     }
 }
 
+/// Creates a token; its secret is in this answer only (`data.token`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    operation_id = "tokens_create",
+    tag = "tokens",
+    security(("bearer" = ["admin"])),
+    request_body = CreateToken,
+    responses((status = 201, description = "Created, with its secret", body = Data<TokenView>))
+)]
 pub async fn create(
     State(state): State<AppState>,
     _admin: Admin,
     JsonBody(req): JsonBody<CreateToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Data<TokenView>>), ApiError> {
     let (name, role, domains) = validate(req)?;
     let minted = mint(&name, role, domains, unix_now())?;
     let store = state.store.clone();
@@ -105,18 +166,25 @@ pub async fn create(
     })
     .await??;
     let mut data = view(&stored);
-    data["token"] = Value::String(minted.token);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "success": true, "data": data })),
-    ))
+    data.token = Some(minted.token);
+    Ok((StatusCode::CREATED, Json(Data::new(data))))
 }
 
+/// Deletes a token; the last admin token can't be deleted (409).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    operation_id = "tokens_delete",
+    tag = "tokens",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "The token's id")),
+    responses((status = 200, description = "The deleted token", body = Data<TokenView>))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<TokenView>>, ApiError> {
     let store = state.store.clone();
     let removed = tokio::task::spawn_blocking(move || {
         store.write(|w| {
@@ -141,5 +209,5 @@ pub async fn delete(
         })
     })
     .await??;
-    Ok(Json(json!({ "success": true, "data": view(&removed) })))
+    Ok(Json(Data::new(view(&removed))))
 }
