@@ -533,3 +533,8 @@ pub async fn bogon_status(State(s): State<AppState>, _a: Admin) -> Result<Json<V
         }
     })))
 }
+
+/// The OpenAPI part of this group (merged into the whole document in `crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths())]
+pub struct CsfApi;

@@ -477,3 +477,8 @@ pub async fn queue_delete(
         "data": queue_view(&m),
     })))
 }
+
+/// The OpenAPI part of this group (merged into the whole document in `crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths())]
+pub struct EmailApi;

@@ -109,3 +109,8 @@ pub async fn toggle(
     let st = on_fw(&s, move |fw| fw.toggle(enabled, origin)).await?;
     Ok(Json(json!({ "success": true, "data": status_view(&st) })))
 }
+
+/// The OpenAPI part of this group (merged into the whole document in `crate::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths())]
+pub struct FirewallApi;

@@ -9,5 +9,10 @@ pub mod tokens;
 
 /// The OpenAPI parts of the resource groups, merged into the whole document.
 pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
-    Vec::new()
+    use utoipa::OpenApi;
+    vec![
+        email::EmailApi::openapi(),
+        csf::CsfApi::openapi(),
+        firewall::FirewallApi::openapi(),
+    ]
 }
