@@ -84,7 +84,8 @@ fn generate(
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with the given mode.
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the directory so
+/// the rename itself survives a crash) with the given mode.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
@@ -98,5 +99,12 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
     Ok(())
 }

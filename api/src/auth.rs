@@ -5,7 +5,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use wispd_store::schema::{TOKENS, TokenRecord, TokenRole};
 use wispd_store::{Store, StoreError};
@@ -85,7 +84,9 @@ fn random_base62(len: usize) -> Result<String, ApiError> {
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 /// Splits a presented token into (id, secret) if it has the right shape.

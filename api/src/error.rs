@@ -169,7 +169,12 @@ impl From<wispd_engine::directory::DirError> for ApiError {
             DirError::Invalid(m) => ApiError::Validation(m),
             DirError::NotFound(m) => ApiError::NotFound(m),
             DirError::Conflict(m) => ApiError::Conflict(m),
-            DirError::Hash(_) => ApiError::Internal(e.to_string()),
+            DirError::Hash(_)
+            | DirError::Argon2(_)
+            | DirError::Randomness(_)
+            | DirError::HashTask(_)
+            | DirError::StoredHash(_)
+            | DirError::TooCostly(_) => ApiError::Internal(e.to_string()),
             DirError::Store(s) => ApiError::from(s),
         }
     }
@@ -192,7 +197,14 @@ impl From<wispd_engine::dkim::DkimError> for ApiError {
             DkimError::Invalid(m) => ApiError::Validation(m),
             DkimError::NotFound(m) => ApiError::NotFound(m),
             DkimError::Dns(_) => ApiError::Unavailable(e.to_string()),
-            DkimError::Crypto(_) => ApiError::Internal(e.to_string()),
+            DkimError::Rsa(_)
+            | DkimError::Pkcs8(_)
+            | DkimError::Spki(_)
+            | DkimError::Ed25519(_)
+            | DkimError::Ed25519Rejected(_)
+            | DkimError::StoredKey { .. }
+            | DkimError::UnknownAlgorithm { .. }
+            | DkimError::Sign { .. } => ApiError::Internal(e.to_string()),
             DkimError::Store(s) => ApiError::from(s),
         }
     }
@@ -204,7 +216,6 @@ impl From<wispd_engine::queue::QueueError> for ApiError {
         match e {
             QueueError::NotFound(m) => ApiError::NotFound(m),
             QueueError::Store(s) => ApiError::from(s),
-            QueueError::Task(m) => ApiError::Internal(m),
         }
     }
 }

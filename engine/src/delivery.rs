@@ -53,7 +53,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeliverError {
     #[error("the store could not commit the delivery: {0}")]
-    Store(String),
+    Store(#[source] std::sync::Arc<StoreError>),
+    #[error("the delivery writer dropped the transaction")]
+    Dropped,
     #[error("the delivery writer has stopped")]
     Stopped,
 }
@@ -254,7 +256,7 @@ impl Deliverer {
             .map_err(|_| DeliverError::Stopped)?;
         answer
             .await
-            .map_err(|_| DeliverError::Store("the transaction failed".into()))?
+            .map_err(|_| DeliverError::Dropped)?
     }
 
     /// Where committed queue ids are announced.
@@ -353,14 +355,15 @@ fn writer(
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "delivery transaction failed; nothing of it was stored");
+                let e = std::sync::Arc::new(e);
                 for work in batch {
                     match work {
                         Work::Deliver(job) => {
-                            let _ = job.reply.send(Err(DeliverError::Store(e.to_string())));
+                            let _ = job.reply.send(Err(DeliverError::Store(e.clone())));
                         }
                         Work::Apply { finish, .. } => {
                             if let Some(f) = finish {
-                                f(Err(DeliverError::Store(e.to_string())));
+                                f(Err(DeliverError::Store(e.clone())));
                             }
                         }
                     }

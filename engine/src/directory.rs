@@ -36,8 +36,18 @@ pub enum DirError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("password hashing: {0}")]
-    Hash(String),
+    #[error("password hash: {0}")]
+    Hash(#[from] argon2::password_hash::Error),
+    #[error("Argon2: {0}")]
+    Argon2(#[from] argon2::Error),
+    #[error("OS randomness: {0}")]
+    Randomness(#[from] getrandom::Error),
+    #[error("password hashing task: {0}")]
+    HashTask(#[from] tokio::task::JoinError),
+    #[error("stored password hash has no {0}")]
+    StoredHash(&'static str),
+    #[error("stored password hash needs {0} KiB of memory, more than allowed")]
+    TooCostly(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -90,21 +100,16 @@ struct Routes {
     catchall: HashMap<String, String>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use wispd_store::unix_now as now;
 
 pub(crate) fn hash(password: &str) -> Result<String, DirError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| DirError::Hash(format!("OS randomness: {e}")))?;
-    let salt = SaltString::encode_b64(&bytes).map_err(|e| DirError::Hash(e.to_string()))?;
+    getrandom::fill(&mut bytes)?;
+    let salt = SaltString::encode_b64(&bytes)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| DirError::Hash(e.to_string()))
+        .map_err(DirError::from)
 }
 
 fn check_password(password: &str) -> Result<(), DirError> {

@@ -20,10 +20,30 @@ pub enum DkimError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("key generation failed: {0}")]
-    Crypto(String),
-    #[error("DNS: {0}")]
-    Dns(String),
+    #[error("RSA key generation failed: {0}")]
+    Rsa(#[from] rsa::Error),
+    #[error("key encoding failed: {0}")]
+    Pkcs8(#[from] rsa::pkcs8::Error),
+    #[error("public key encoding failed: {0}")]
+    Spki(#[from] rsa::pkcs8::spki::Error),
+    #[error("Ed25519 key generation failed: {0}")]
+    Ed25519(#[from] ring::error::Unspecified),
+    #[error("Ed25519 key rejected: {0}")]
+    Ed25519Rejected(#[from] ring::error::KeyRejected),
+    #[error("stored key for {domain} is not base64: {source}")]
+    StoredKey {
+        domain: String,
+        source: base64::DecodeError,
+    },
+    #[error("stored key for {domain} has unknown algorithm {algorithm:?}")]
+    UnknownAlgorithm { domain: String, algorithm: String },
+    #[error("signing for {domain}: {source}")]
+    Sign {
+        domain: String,
+        source: mail_auth::Error,
+    },
+    #[error("DNS resolver: {0}")]
+    Dns(#[from] hickory_resolver::net::NetError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,24 +108,16 @@ fn generate(algorithm: Algorithm) -> Result<(Vec<u8>, String), DkimError> {
         Algorithm::RsaSha256 => {
             use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
             let mut rng = rsa::rand_core::OsRng;
-            let private = rsa::RsaPrivateKey::new(&mut rng, 2048)
-                .map_err(|e| DkimError::Crypto(e.to_string()))?;
-            let der = private
-                .to_pkcs8_der()
-                .map_err(|e| DkimError::Crypto(e.to_string()))?;
-            let public = private
-                .to_public_key()
-                .to_public_key_der()
-                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            let private = rsa::RsaPrivateKey::new(&mut rng, 2048)?;
+            let der = private.to_pkcs8_der()?;
+            let public = private.to_public_key().to_public_key_der()?;
             Ok((der.as_bytes().to_vec(), STANDARD.encode(public.as_bytes())))
         }
         Algorithm::Ed25519Sha256 => {
             use ring::signature::KeyPair;
             let rng = ring::rand::SystemRandom::new();
-            let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|e| DkimError::Crypto(e.to_string()))?;
-            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-                .map_err(|e| DkimError::Crypto(e.to_string()))?;
+            let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)?;
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())?;
             // RFC 8463: the raw 32-byte public key
             Ok((
                 pkcs8.as_ref().to_vec(),
@@ -150,9 +162,7 @@ pub fn create(
         algorithm: algorithm.name().into(),
         private_key: STANDARD.encode(private),
         public_key: public,
-        created_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(0)),
+        created_at: wispd_store::unix_now(),
     };
     store.write(|w| w.put(&DKIM_KEYS, d.as_str(), &key))?;
     Ok(key)
@@ -212,8 +222,14 @@ pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Result<Option<String
     };
     let der = STANDARD
         .decode(&key.private_key)
-        .map_err(|e| DkimError::Crypto(format!("stored key for {domain}: {e}")))?;
-    let crypto = |e: mail_auth::Error| DkimError::Crypto(format!("signing for {domain}: {e}"));
+        .map_err(|source| DkimError::StoredKey {
+            domain: domain.to_string(),
+            source,
+        })?;
+    let crypto = |source: mail_auth::Error| DkimError::Sign {
+        domain: domain.to_string(),
+        source,
+    };
     fn signed<T: mail_auth::common::crypto::SigningKey>(
         pk: T,
         key: &DkimKey,
@@ -239,10 +255,10 @@ pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Result<Option<String
             signed(pk, &key, message).map_err(crypto)?
         }
         None => {
-            return Err(DkimError::Crypto(format!(
-                "stored key for {domain} has unknown algorithm {:?}",
-                key.algorithm
-            )));
+            return Err(DkimError::UnknownAlgorithm {
+                domain: domain.to_string(),
+                algorithm: key.algorithm.clone(),
+            });
         }
     };
     Ok(Some(signature.to_header()))
@@ -253,7 +269,7 @@ pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, DkimError> 
     if nameservers.is_empty() {
         return TokioResolver::builder_tokio()
             .and_then(|b| b.build())
-            .map_err(|e| DkimError::Dns(e.to_string()));
+            .map_err(DkimError::from);
     }
     let servers = nameservers
         .iter()
@@ -270,7 +286,7 @@ pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, DkimError> 
         TokioRuntimeProvider::default(),
     )
     .build()
-    .map_err(|e| DkimError::Dns(e.to_string()))
+    .map_err(DkimError::from)
 }
 
 /// What DNS says about a key.

@@ -76,7 +76,7 @@ impl Logins {
         // A hash of a random password with the parameters new accounts get: checking a login
         // against it costs what checking a real account costs.
         let mut secret = [0u8; 24];
-        getrandom::fill(&mut secret).map_err(|e| DirError::Hash(format!("OS randomness: {e}")))?;
+        getrandom::fill(&mut secret)?;
         let dummy = crate::directory::hash(&base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
             secret,
@@ -251,7 +251,7 @@ impl Hashing {
         });
         Some(match run.await {
             Ok(r) => r,
-            Err(e) => Err(DirError::Hash(format!("hashing task: {e}"))),
+            Err(e) => Err(DirError::HashTask(e)),
         })
     }
 }
@@ -259,41 +259,39 @@ impl Hashing {
 /// Verifies `password` against an Argon2 PHC string on `memory`, growing it only when this
 /// hash needs more than it has.
 fn verify_phc(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bool, DirError> {
-    let bad = |e: &dyn std::fmt::Display| DirError::Hash(format!("stored hash: {e}"));
-    let parsed = PasswordHash::new(hash).map_err(|e| bad(&e))?;
-    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(|e| bad(&e))?;
+    let parsed = PasswordHash::new(hash)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm)?;
     let version = parsed
         .version
         .map(Version::try_from)
-        .transpose()
-        .map_err(|e| bad(&e))?
+        .transpose()?
         .unwrap_or_default();
-    let params = Params::try_from(&parsed).map_err(|e| bad(&e))?;
-    let salt = parsed.salt.ok_or_else(|| bad(&"no salt"))?;
+    let params = Params::try_from(&parsed)?;
+    let salt = parsed.salt.ok_or(DirError::StoredHash("salt"))?;
     let mut salt_buf = [0u8; 64];
-    let salt = salt.decode_b64(&mut salt_buf).map_err(|e| bad(&e))?;
-    let expected = parsed.hash.ok_or_else(|| bad(&"no hash"))?;
+    let salt = salt.decode_b64(&mut salt_buf)?;
+    let expected = parsed.hash.ok_or(DirError::StoredHash("hash"))?;
     let blocks = params.block_count();
     if blocks > MAX_HASH_BLOCKS {
-        return Err(bad(&format!("needs {blocks} KiB of memory")));
+        return Err(DirError::TooCostly(blocks));
     }
     if memory.len() < blocks {
         memory.resize(blocks, Block::default());
     }
     let mut out = vec![0u8; expected.len()];
     Argon2::new(algorithm, version, params)
-        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
-        .map_err(|e| bad(&e))?;
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])?;
     Ok(bool::from(out.ct_eq(expected.as_bytes())))
 }
 
 /// Successful logins, remembered for an hour so a client that reconnects often doesn't pay
 /// the Argon2 cost every time (Dovecot's `auth_cache`). Keyed by the stored hash, so a
-/// password change forgets them; holds only a keyed SHA-256 of the password, never the
-/// password. Failures are never cached.
+/// password change forgets them; holds only an HMAC-SHA256 of the password under a key made
+/// at start, never the password. Failures are never cached.
 #[derive(Debug)]
 struct LoginCache {
-    key: [u8; 32],
+    /// `None` without OS randomness: the cache then never matches.
+    key: Option<ring::hmac::Key>,
     entries: Mutex<HashMap<String, ([u8; 32], Instant)>>,
 }
 
@@ -303,27 +301,26 @@ const LOGIN_CACHE_MAX: usize = 100_000;
 impl LoginCache {
     fn new() -> LoginCache {
         let mut key = [0u8; 32];
-        // Without randomness the cache can't be keyed safely: it then never matches.
-        let _ = getrandom::fill(&mut key);
+        let key = getrandom::fill(&mut key)
+            .ok()
+            .map(|()| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
         LoginCache {
             key,
             entries: Mutex::default(),
         }
     }
 
-    fn digest(&self, password: &str) -> [u8; 32] {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(self.key);
-        h.update(password.as_bytes());
-        h.finalize().into()
+    fn digest(&self, password: &str) -> Option<[u8; 32]> {
+        let tag = ring::hmac::sign(self.key.as_ref()?, password.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        Some(out)
     }
 
     fn hit(&self, stored_hash: &str, password: &str) -> bool {
-        if self.key == [0u8; 32] {
+        let Some(digest) = self.digest(password) else {
             return false;
-        }
-        let digest = self.digest(password);
+        };
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(stored_hash)
@@ -331,7 +328,9 @@ impl LoginCache {
     }
 
     fn remember(&self, stored_hash: &str, password: &str) {
-        let digest = self.digest(password);
+        let Some(digest) = self.digest(password) else {
+            return;
+        };
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= LOGIN_CACHE_MAX {
             entries.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);

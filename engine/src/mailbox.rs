@@ -154,13 +154,7 @@ pub fn account(store: &Store, account: u64) -> Result<Option<MailAccount>, Store
 
 fn new_uidvalidity(w: &Write<'_>) -> Result<u32, StoreError> {
     // Seconds since the epoch, as Dovecot does, but never repeating within this store.
-    let now = u32::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-            & 0x7fff_ffff,
-    )
-    .unwrap_or(1);
+    let now = u32::try_from(wispd_store::unix_now() & 0x7fff_ffff).unwrap_or(1);
     let last = u32::try_from(w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0)).unwrap_or(0);
     let v = now.max(last.saturating_add(1)).max(1);
     w.put(&MAIL_META, "last_uidvalidity", &u64::from(v))?;

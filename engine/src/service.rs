@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -225,9 +225,7 @@ impl Mail {
     pub async fn install(&self) -> Result<MailStatus, MailError> {
         self.start().await?;
         if !self.installed()? {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = u64::try_from(wispd_store::unix_now()).unwrap_or(0);
             self.store
                 .write(|w| w.put(&MAIL_META, INSTALLED_AT, &now))?;
             tracing::info!("mail stack installed");

@@ -30,10 +30,7 @@ impl std::fmt::Debug for Srs {
 }
 
 fn today() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0)
+    u64::try_from(wispd_store::unix_now()).unwrap_or(0) / 86_400
 }
 
 impl Srs {

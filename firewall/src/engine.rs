@@ -49,9 +49,9 @@ pub enum FwError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Kernel(#[from] NetlinkError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -246,12 +246,7 @@ impl std::fmt::Debug for Firewall {
     }
 }
 
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use wispd_store::unix_now as now;
 
 /// `1.2.3.4` for a host entry, `10.0.0.0/8` for a network.
 pub fn display_net(net: &IpNet) -> String {

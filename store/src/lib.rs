@@ -143,3 +143,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+/// Now, in unix seconds: what every stored timestamp counts in (0 before 1970, saturating far
+/// in the future).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -246,11 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         date: Option<i64>,
         message: &[u8],
     ) {
-        let date = date.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-        });
+        let date = date.unwrap_or_else(wispd_store::unix_now);
         let flags: Vec<String> = flags
             .into_iter()
             .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))

@@ -91,8 +91,6 @@ pub enum QueueError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the store task failed: {0}")]
-    Task(String),
 }
 
 pub struct Queue {
@@ -130,12 +128,7 @@ struct Schedule {
     due: BTreeSet<(i64, u64)>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use wispd_store::unix_now as now;
 
 fn domain_of(address: &str) -> String {
     address

@@ -1,8 +1,6 @@
 //! DATA and BDAT: the message itself, then its durable delivery. The final `250` is sent only
 //! after the store has committed the message for every recipient that got it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
@@ -125,10 +123,7 @@ impl Core {
             tracing::info!(id = %tx.id, user = %account.email(), %why, "submission refused");
             return Reply::new(553, "5.7.1", why);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let now = wispd_store::unix_now();
         let received = self.received(&tx);
         let outbound = (!tx.remote.is_empty()).then(|| self.outbound(&tx, &received, &body));
         let mut message = Vec::new();
