@@ -42,6 +42,24 @@ fn line(s: &str) -> String {
     out
 }
 
+/// An address for a `*-Recipient:` field: `rfc822; a@b` when it is ASCII, else RFC 6533's
+/// `utf-8; ` with the address as utf-8-addr-xtext (non-ASCII, `+`, `=`, `\` and controls as
+/// `\x{HEX}`), which stays ASCII inside message/delivery-status.
+fn recipient_field(address: &str) -> String {
+    if address.is_ascii() && !address.chars().any(|c| c.is_ascii_control()) {
+        return format!("rfc822; {}", line(address));
+    }
+    let mut out = String::from("utf-8; ");
+    for c in address.chars().take(400) {
+        if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:02X}}}", u32::from(c)));
+        }
+    }
+    out
+}
+
 /// The header block of `message` (up to the blank line).
 fn headers(message: &[u8]) -> &[u8] {
     let end = message
@@ -68,11 +86,12 @@ pub fn build(
     let today = date(i64::try_from(now / 1_000_000_000).unwrap_or(0));
     let mut human = String::new();
     for f in failures {
-        human.push_str(&format!(
-            "<{}>: {}\r\n",
-            line(&f.recipient),
-            line(&f.diagnostic)
-        ));
+        let shown = if f.recipient.is_ascii() {
+            line(&f.recipient)
+        } else {
+            recipient_field(&f.recipient)["utf-8; ".len()..].to_string()
+        };
+        human.push_str(&format!("<{shown}>: {}\r\n", line(&f.diagnostic)));
     }
     let mut report = format!(
         "Reporting-MTA: dns; {hostname}\r\nX-Wispd-Queue-ID: {queue_id}\r\nArrival-Date: {}\r\n",
@@ -80,11 +99,11 @@ pub fn build(
     );
     for f in failures {
         report.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\n",
-            line(&f.recipient)
+            "\r\nFinal-Recipient: {}\r\n",
+            recipient_field(&f.recipient)
         ));
         if let Some(o) = &f.original {
-            report.push_str(&format!("Original-Recipient: rfc822; {}\r\n", line(o)));
+            report.push_str(&format!("Original-Recipient: {}\r\n", recipient_field(o)));
         }
         report.push_str(&format!(
             "Action: failed\r\nStatus: {}\r\n",
@@ -172,5 +191,32 @@ mod tests {
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("body text"), "headers only");
         assert_eq!(parsed.parts.len(), 4, "report, text, status, headers");
+    }
+
+    /// Non-ASCII recipients were written with their letters turned into spaces.
+    #[test]
+    fn smtputf8_recipients_get_the_utf8_address_type() {
+        let m = build(
+            "mail.x.example",
+            "8",
+            0,
+            "a@x.example",
+            &[Failure {
+                recipient: "jörg+x@bücher.example".into(),
+                original: Some("fwd@x.example".into()),
+                status: "5.1.1".into(),
+                remote: None,
+                diagnostic: "550 5.1.1 unknown".into(),
+            }],
+            b"Subject: hi\r\n\r\n",
+        );
+        let text = String::from_utf8(m).expect("ascii");
+        assert!(text.is_ascii());
+        assert!(
+            text.contains("Final-Recipient: utf-8; j\\x{F6}rg\\x{2B}x@b\\x{FC}cher.example\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Original-Recipient: rfc822; fwd@x.example\r\n"));
+        assert!(text.contains("<j\\x{F6}rg\\x{2B}x@b\\x{FC}cher.example>: 550 5.1.1 unknown"));
     }
 }
