@@ -177,6 +177,14 @@ impl std::fmt::Debug for Deliverer {
 impl Deliverer {
     /// Starts the writer thread. It ends when every handle is dropped, after answering what it has.
     pub fn start(store: Store) -> std::io::Result<Deliverer> {
+        Deliverer::start_with_metrics(store, crate::metrics::MailMetrics::default())
+    }
+
+    /// [`Deliverer::start`], counting batch sizes and commit times in `metrics`.
+    pub fn start_with_metrics(
+        store: Store,
+        metrics: crate::metrics::MailMetrics,
+    ) -> std::io::Result<Deliverer> {
         let (tx, rx) = mpsc::channel::<Work>();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
@@ -186,7 +194,7 @@ impl Deliverer {
         let wake = queued.clone();
         let handle = std::thread::Builder::new()
             .name("wispd-deliver".into())
-            .spawn(move || writer(store, rx, counter, notify, wake))?;
+            .spawn(move || writer(store, rx, counter, notify, wake, metrics))?;
         Ok(Deliverer {
             tx,
             commits,
@@ -254,9 +262,7 @@ impl Deliverer {
                 finish: None,
             })
             .map_err(|_| DeliverError::Stopped)?;
-        answer
-            .await
-            .map_err(|_| DeliverError::Dropped)?
+        answer.await.map_err(|_| DeliverError::Dropped)?
     }
 
     /// Where committed queue ids are announced.
@@ -291,6 +297,7 @@ fn writer(
     commits: Arc<AtomicU64>,
     changes: Changes,
     queued: Arc<NewlyQueued>,
+    metrics: crate::metrics::MailMetrics,
 ) {
     let mut delivered = 0u64;
     let started = std::time::Instant::now();
@@ -323,7 +330,10 @@ fn writer(
             }
             Ok::<_, StoreError>(out)
         });
-        commit_time += t.elapsed();
+        let took = t.elapsed();
+        commit_time += took;
+        metrics.delivery_commit_seconds.observe(took.as_secs_f64());
+        metrics.delivery_batch_size.observe(batch.len() as f64);
         delivered += batch
             .iter()
             .filter(|w| matches!(w, Work::Deliver(_)))

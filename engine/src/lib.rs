@@ -11,6 +11,7 @@ pub mod limits;
 pub mod login;
 pub mod mailbox;
 pub mod mailstore;
+pub mod metrics;
 pub mod queue;
 pub mod service;
 pub mod smtp;

@@ -174,6 +174,18 @@ impl Logins {
     }
 }
 
+impl From<&Verdict> for crate::metrics::LoginResult {
+    fn from(v: &Verdict) -> Self {
+        use crate::metrics::LoginResult;
+        match v {
+            Verdict::Accepted(_) => LoginResult::Accepted,
+            Verdict::Refused => LoginResult::Refused,
+            Verdict::Busy => LoginResult::Busy,
+            Verdict::Failed(_) => LoginResult::Failed,
+        }
+    }
+}
+
 /// Answers are held a second per recent failure, up to this many (what Dovecot's auth
 /// penalty does).
 const MAX_DELAY_STEPS: u32 = 5;
@@ -279,8 +291,12 @@ fn verify_phc(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bo
         memory.resize(blocks, Block::default());
     }
     let mut out = vec![0u8; expected.len()];
-    Argon2::new(algorithm, version, params)
-        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])?;
+    Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password,
+        salt,
+        &mut out,
+        &mut memory[..],
+    )?;
     Ok(bool::from(out.ct_eq(expected.as_bytes())))
 }
 

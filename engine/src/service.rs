@@ -19,6 +19,7 @@ use crate::directory::Directory;
 use crate::imap::{self, ImapSettings};
 use crate::limits::MemoryBudget;
 use crate::login::Logins;
+use crate::metrics::MailMetrics;
 use crate::queue::{Queue, QueueSettings};
 use crate::smtp::{self, Port, SmtpSettings};
 
@@ -82,6 +83,7 @@ pub struct Mail {
     running: tokio::sync::Mutex<(Vec<SocketAddr>, Vec<SocketAddr>)>,
     logins: Arc<Logins>,
     memory: Arc<MemoryBudget>,
+    metrics: MailMetrics,
 }
 
 impl std::fmt::Debug for Mail {
@@ -101,14 +103,18 @@ impl Mail {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> std::io::Result<Mail> {
-        let deliverer = Deliverer::start(store.clone())?;
-        let queue = Arc::new(Queue::new(
-            config.queue.clone(),
-            store.clone(),
-            directory.clone(),
-            deliverer.clone(),
-            &config.nameservers,
-        )?);
+        let metrics = MailMetrics::new();
+        let deliverer = Deliverer::start_with_metrics(store.clone(), metrics.clone())?;
+        let queue = Arc::new(
+            Queue::new(
+                config.queue.clone(),
+                store.clone(),
+                directory.clone(),
+                deliverer.clone(),
+                &config.nameservers,
+            )?
+            .with_metrics(metrics.clone()),
+        );
         let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
         let memory = MemoryBudget::new(config.memory_budget, config.smtp.max_message_size);
         Ok(Mail {
@@ -122,6 +128,7 @@ impl Mail {
             running: tokio::sync::Mutex::new((Vec::new(), Vec::new())),
             logins,
             memory,
+            metrics,
         })
     }
 
@@ -176,6 +183,7 @@ impl Mail {
             self.shutdown.clone(),
             self.logins.clone(),
             self.memory.clone(),
+            self.metrics.clone(),
         ));
         let mut bound = Vec::new();
         let all = listeners
@@ -198,6 +206,7 @@ impl Mail {
             self.shutdown.clone(),
             self.logins.clone(),
             self.memory.clone(),
+            self.metrics.clone(),
         ));
         let mut imap_bound = Vec::new();
         for (l, implicit) in imap_listeners
@@ -214,6 +223,11 @@ impl Mail {
         tracing::info!(smtp = ?bound, imap = ?imap_bound, "mail listeners started");
         *running = (bound, imap_bound);
         Ok(())
+    }
+
+    /// What the engine counts, for `/api/v1/metrics`.
+    pub fn metrics(&self) -> &MailMetrics {
+        &self.metrics
     }
 
     /// The login gate (failures per client address, for the firewall's bans to read).

@@ -236,6 +236,27 @@ pub struct Firewall {
     cfg: FirewallConfig,
     store: Store,
     inner: Mutex<Inner>,
+    counters: Counters,
+}
+
+/// What the firewall counts for operators (read at scrape time by `/api/v1/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Blacklist entries added, by where they came from (`api` today; lfd and scans later).
+    pub bans: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed refreshes per blocklist.
+    pub blocklist_errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    pub(crate) fn ban(&self, source: &'static str) {
+        *self
+            .bans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(source)
+            .or_insert(0) += 1;
+    }
 }
 
 impl std::fmt::Debug for Firewall {
@@ -262,6 +283,7 @@ impl Firewall {
     /// CAP_NET_ADMIN the engine still starts, keeping everything in the store.
     pub fn start(store: Store, cfg: FirewallConfig) -> Result<Firewall, FwError> {
         let fw = Firewall {
+            counters: Counters::default(),
             inner: Mutex::new(Inner {
                 nl: None,
                 backend: Backend::Unavailable("not started".into()),
@@ -744,7 +766,15 @@ impl Firewall {
             map.remove(k);
         }
         map.insert(entry.net.clone(), entry.clone());
+        if kind == ListKind::Black {
+            self.counters.ban("api");
+        }
         Ok(entry)
+    }
+
+    /// What the firewall has counted.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The common case of a ban: the new network neither overlaps nor touches anything in its

@@ -26,6 +26,7 @@ use wispd_store::Store;
 use crate::limits::{ConnectionLimits, MemoryBudget};
 use crate::login::Logins;
 use crate::mailbox::Changes;
+use crate::metrics::MailMetrics;
 
 /// Limits and identity of the IMAP service.
 #[derive(Debug, Clone)]
@@ -64,6 +65,7 @@ pub struct Server {
     limits: Arc<ConnectionLimits>,
     logins: Arc<Logins>,
     memory: Arc<MemoryBudget>,
+    metrics: MailMetrics,
 }
 
 impl Server {
@@ -75,6 +77,7 @@ impl Server {
         shutdown: CancellationToken,
         logins: Arc<Logins>,
         memory: Arc<MemoryBudget>,
+        metrics: MailMetrics,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
@@ -87,6 +90,7 @@ impl Server {
             limits,
             logins,
             memory,
+            metrics,
         }
     }
 

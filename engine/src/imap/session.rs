@@ -22,6 +22,7 @@ use super::framing::{Frame, Framer};
 use super::selected::Selected;
 use crate::limits::Refusal;
 use crate::login::Verdict;
+use crate::metrics::{LoginResult, Protocol};
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 
 /// Largest literal accepted before login.
@@ -240,7 +241,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 );
                 Ok(Flow::Continue)
             }
-            Frame::Command(bytes) => self.command(bytes).await,
+            Frame::Command(bytes) => {
+                let (_, name, rest) = split_command(&bytes);
+                let verb = if name == "UID" {
+                    let rest = String::from_utf8_lossy(&rest[..rest.len().min(16)]).into_owned();
+                    rest.split(' ').next().unwrap_or_default().to_string()
+                } else {
+                    name
+                };
+                let t = std::time::Instant::now();
+                let flow = self.command(bytes).await;
+                self.server
+                    .metrics
+                    .imap_command(&verb, t.elapsed().as_secs_f64());
+                flow
+            }
         }
     }
 
@@ -592,7 +607,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn verify(&mut self, tag: &str, user: String, pass: String) {
-        match self.server.logins.check(self.peer.ip(), &user, &pass).await {
+        let verdict = self.server.logins.check(self.peer.ip(), &user, &pass).await;
+        self.server
+            .metrics
+            .login(Protocol::Imap, LoginResult::from(&verdict));
+        match verdict {
             Verdict::Accepted(account) => {
                 tracing::info!(user = %account.email(), "imap login");
                 self.account = Some(account);
@@ -722,6 +741,7 @@ pub(super) async fn connection(
             return;
         }
     };
+    server.metrics.imap_sessions.inc();
     if implicit_tls {
         let Some(tls) = handshake(&server, stream).await else {
             return;

@@ -108,6 +108,7 @@ pub struct Queue {
     schedule: Mutex<Schedule>,
     /// (queue id, destination) being delivered now.
     inflight: Mutex<HashSet<(u64, String)>>,
+    metrics: crate::metrics::MailMetrics,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     slots: Arc<Semaphore>,
     /// Idle connections by destination, for the next message there.
@@ -142,6 +143,12 @@ fn secs(d: Duration) -> i64 {
 }
 
 impl Queue {
+    /// Counts delivery outcomes in `metrics` (a queue counts into its own until given these).
+    pub fn with_metrics(mut self, metrics: crate::metrics::MailMetrics) -> Queue {
+        self.metrics = metrics;
+        self
+    }
+
     /// `nameservers` as in `[dns]`; empty means the system resolver.
     pub fn new(
         settings: QueueSettings,
@@ -172,6 +179,7 @@ impl Queue {
             wake,
             schedule: Mutex::default(),
             inflight: Mutex::default(),
+            metrics: crate::metrics::MailMetrics::default(),
             destinations: Mutex::default(),
             slots,
             connections: Mutex::default(),
@@ -445,6 +453,12 @@ impl Queue {
             remote::deliver(self, domain, &entry.sender, &rcpts, &body).await
         };
         for (r, v) in rcpts.iter().zip(&verdicts) {
+            use crate::metrics::QueueOutcome;
+            self.metrics.queue_outcome(match v {
+                Verdict::Delivered { .. } => QueueOutcome::Delivered,
+                Verdict::Deferred { .. } => QueueOutcome::Deferred,
+                Verdict::Failed { .. } => QueueOutcome::Bounced,
+            });
             match v {
                 Verdict::Delivered { remote, reply } => {
                     tracing::info!(queue_id = id, to = %r, relay = remote.as_deref().unwrap_or("local"), %reply, "delivered")

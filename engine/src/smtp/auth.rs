@@ -9,6 +9,7 @@ use super::Port;
 use super::reply::Reply;
 use super::session::{Core, Flow};
 use crate::login::Verdict;
+use crate::metrics::{LoginResult, Protocol};
 
 /// Where an AUTH exchange stands while it waits for the client's next line.
 pub(super) enum AuthStep {
@@ -128,7 +129,11 @@ impl Core {
     }
 
     async fn verify(&mut self, user: String, pass: String) -> Flow {
-        match self.server.logins.check(self.peer.ip(), &user, &pass).await {
+        let verdict = self.server.logins.check(self.peer.ip(), &user, &pass).await;
+        self.server
+            .metrics
+            .login(Protocol::Smtp, LoginResult::from(&verdict));
+        match verdict {
             Verdict::Accepted(account) => {
                 tracing::info!(user = %account.email(), "smtp authenticated");
                 self.account = Some(account);

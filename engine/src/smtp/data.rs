@@ -7,6 +7,7 @@ use time::format_description::well_known::Rfc2822;
 use super::reply::Reply;
 use super::session::{Core, Flow, Transaction};
 use crate::delivery::{BounceTo, Outbound, Outcome, Recipient};
+use crate::metrics::MessageOutcome;
 
 impl Core {
     pub(super) fn data(&mut self) -> Flow {
@@ -91,12 +92,14 @@ impl Core {
     fn too_big(&mut self) -> Flow {
         self.memory.release();
         if self.codec.starved() {
+            self.count_message(MessageOutcome::NoMemory);
             return self.reply(Reply::new(
                 452,
                 "4.3.1",
                 "Insufficient system storage: too many messages in transfer, try again later",
             ));
         }
+        self.count_message(MessageOutcome::TooBig);
         let limit = self.server.settings.max_message_size;
         self.reply(Reply::new(
             552,
@@ -114,6 +117,7 @@ impl Core {
         // A message that has passed this many servers is looping (Postfix's hopcount_limit).
         if hops(&body) >= MAX_HOPS {
             tracing::warn!(id = %tx.id, from = %tx.from, "mail forwarding loop refused");
+            self.count_message(MessageOutcome::Loop);
             return Reply::new(554, "5.4.6", "Too many hops: mail forwarding loop");
         }
         // Submission: the From: header (and Sender:) must be the account's own too.
@@ -121,6 +125,7 @@ impl Core {
             && let Err(why) = check_authors(&account.email(), &body)
         {
             tracing::info!(id = %tx.id, user = %account.email(), %why, "submission refused");
+            self.count_message(MessageOutcome::Authors);
             return Reply::new(553, "5.7.1", why);
         }
         let now = wispd_store::unix_now();
@@ -154,6 +159,7 @@ impl Core {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(id = %tx.id, error = %e, "delivery failed");
+                self.count_message(MessageOutcome::StoreFailed);
                 return Reply::new(
                     451,
                     "4.3.0",
@@ -176,6 +182,11 @@ impl Core {
         if let Some(q) = delivered.queued {
             tracing::info!(id = %tx.id, queue_id = q, from = %tx.from, remote = tx.remote.len(), "message queued for other domains");
         }
+        self.count_message(if stored > 0 || delivered.queued.is_some() {
+            MessageOutcome::Accepted
+        } else {
+            MessageOutcome::NoRecipient
+        });
         if stored > 0 || delivered.queued.is_some() {
             if stored < outcomes.len() {
                 // One reply covers the whole message: it is accepted for those who got it, and

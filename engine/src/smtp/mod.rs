@@ -26,6 +26,7 @@ use crate::delivery::Deliverer;
 use crate::directory::Directory;
 use crate::limits::{ConnectionLimits, MemoryBudget, Refusal, Slot};
 use crate::login::Logins;
+use crate::metrics::MailMetrics;
 use crate::queue::Queue;
 use reply::Reply;
 
@@ -69,6 +70,16 @@ impl SmtpSettings {
     }
 }
 
+impl Port {
+    fn listener(self) -> crate::metrics::Listener {
+        match self {
+            Port::Mx => crate::metrics::Listener::Mx,
+            Port::Submission => crate::metrics::Listener::Submission,
+            Port::Submissions => crate::metrics::Listener::Submissions,
+        }
+    }
+}
+
 /// Which service a listener offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
@@ -92,6 +103,7 @@ pub struct Server {
     limits: Arc<ConnectionLimits>,
     logins: Arc<Logins>,
     memory: Arc<MemoryBudget>,
+    metrics: MailMetrics,
 }
 
 impl Server {
@@ -109,6 +121,7 @@ impl Server {
         shutdown: CancellationToken,
         logins: Arc<Logins>,
         memory: Arc<MemoryBudget>,
+        metrics: MailMetrics,
     ) -> Server {
         let limits =
             ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
@@ -123,6 +136,7 @@ impl Server {
             limits,
             logins,
             memory,
+            metrics,
         }
     }
 

@@ -9,6 +9,7 @@ use super::reply::Reply;
 use super::session::{Core, Flow};
 use crate::address;
 use crate::directory::Resolution;
+use crate::metrics::RcptRefusal;
 
 impl Core {
     pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
@@ -19,7 +20,10 @@ impl Core {
             return self.reply(Reply::new(503, "5.5.1", "RCPT after BDAT"));
         }
         if tx.rcpts.len() >= self.server.settings.max_recipients {
-            return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return self.refuse_rcpt(
+                RcptRefusal::TooMany,
+                Reply::new(452, "4.5.3", "Too many recipients"),
+            );
         }
         if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
             let param = if to.orcpt.is_some() {
@@ -29,19 +33,25 @@ impl Core {
             } else {
                 "NOTIFY"
             };
-            return self.reply(Reply::new(
-                555,
-                "5.5.4",
-                format!("RCPT parameter {param} is not supported"),
-            ));
+            return self.refuse_rcpt(
+                RcptRefusal::Syntax,
+                Reply::new(
+                    555,
+                    "5.5.4",
+                    format!("RCPT parameter {param} is not supported"),
+                ),
+            );
         }
         let mut rcpt = to.address.trim().to_string();
         if !rcpt.is_ascii() && !tx.smtputf8 {
-            return self.reply(Reply::new(
-                553,
-                "5.6.7",
-                "Non-ASCII recipient address needs the SMTPUTF8 parameter on MAIL",
-            ));
+            return self.refuse_rcpt(
+                RcptRefusal::Syntax,
+                Reply::new(
+                    553,
+                    "5.6.7",
+                    "Non-ASCII recipient address needs the SMTPUTF8 parameter on MAIL",
+                ),
+            );
         }
         // RFC 5321 §4.5.1: postmaster is always accepted, bare or at a local domain.
         match self.postmaster(&rcpt) {
@@ -49,7 +59,10 @@ impl Core {
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "recipient lookup failed");
-                return self.reply(Reply::new(451, "4.3.0", "Temporary lookup failure"));
+                return self.refuse_rcpt(
+                    RcptRefusal::Lookup,
+                    Reply::new(451, "4.3.0", "Temporary lookup failure"),
+                );
             }
         }
         // A bounce coming back to an address this server rewrote when forwarding (SRS). Before
@@ -70,23 +83,28 @@ impl Core {
             let Some((l, d)) = rcpt.rsplit_once('@').filter(|(l, d)| {
                 !l.is_empty() && !d.is_empty() && !rcpt.chars().any(|c| c.is_control() || c == ' ')
             }) else {
-                return self.reply(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
+                return self.refuse_rcpt(
+                    RcptRefusal::Syntax,
+                    Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+                );
             };
             let _ = l;
             let local = address::domain(d)
                 .is_some_and(|d| self.server.directory.is_local_domain(&d).unwrap_or(false));
             return if local {
-                self.reply(Reply::new(
-                    550,
-                    "5.1.1",
-                    format!("<{rcpt}>: Recipient address rejected: User unknown"),
-                ))
+                self.refuse_rcpt(
+                    RcptRefusal::UnknownUser,
+                    Reply::new(
+                        550,
+                        "5.1.1",
+                        format!("<{rcpt}>: Recipient address rejected: User unknown"),
+                    ),
+                )
             } else {
-                self.reply(Reply::new(
-                    554,
-                    "5.7.1",
-                    format!("<{rcpt}>: Relay access denied"),
-                ))
+                self.refuse_rcpt(
+                    RcptRefusal::RelayDenied,
+                    Reply::new(554, "5.7.1", format!("<{rcpt}>: Relay access denied")),
+                )
             };
         }
         let (accounts, remote) = match self.server.directory.resolve(&rcpt) {
@@ -94,38 +112,45 @@ impl Core {
                 return self.accept_remote(rcpt, None);
             }
             Ok(Resolution::Foreign) => {
-                return self.reply(Reply::new(
-                    554,
-                    "5.7.1",
-                    format!("<{rcpt}>: Relay access denied"),
-                ));
+                return self.refuse_rcpt(
+                    RcptRefusal::RelayDenied,
+                    Reply::new(554, "5.7.1", format!("<{rcpt}>: Relay access denied")),
+                );
             }
             Ok(Resolution::Unknown) => {
-                return self.reply(Reply::new(
-                    550,
-                    "5.1.1",
-                    format!("<{rcpt}>: Recipient address rejected: User unknown"),
-                ));
+                return self.refuse_rcpt(
+                    RcptRefusal::UnknownUser,
+                    Reply::new(
+                        550,
+                        "5.1.1",
+                        format!("<{rcpt}>: Recipient address rejected: User unknown"),
+                    ),
+                );
             }
             Ok(Resolution::Local { accounts, remote }) => (accounts, remote),
             Err(e) => {
                 tracing::error!(error = %e, "recipient lookup failed");
-                return self.reply(Reply::new(451, "4.3.0", "Temporary lookup failure"));
+                return self.refuse_rcpt(
+                    RcptRefusal::Lookup,
+                    Reply::new(451, "4.3.0", "Temporary lookup failure"),
+                );
             }
         };
         let enabled: Vec<_> = accounts.into_iter().filter(|a| a.enabled).collect();
         if enabled.is_empty() && remote.is_empty() {
-            return self.reply(Reply::new(
-                550,
-                "5.2.1",
-                format!("<{rcpt}>: Mailbox disabled"),
-            ));
+            return self.refuse_rcpt(
+                RcptRefusal::Disabled,
+                Reply::new(550, "5.2.1", format!("<{rcpt}>: Mailbox disabled")),
+            );
         }
         let full = |a: &wispd_store::schema::MailAccount| {
             a.quota_mb > 0 && a.used_bytes >= a.quota_mb.saturating_mul(1 << 20)
         };
         if remote.is_empty() && enabled.iter().all(full) {
-            return self.reply(Reply::new(452, "4.2.2", format!("<{rcpt}>: Mailbox full")));
+            return self.refuse_rcpt(
+                RcptRefusal::MailboxFull,
+                Reply::new(452, "4.2.2", format!("<{rcpt}>: Mailbox full")),
+            );
         }
         if let Some(tx) = self.tx.as_mut() {
             for a in enabled.iter().filter(|a| !full(a)) {

@@ -176,6 +176,17 @@ impl Core {
         }
     }
 
+    /// Counts what became of a message at the end of its data.
+    pub fn count_message(&self, outcome: crate::metrics::MessageOutcome) {
+        self.server.metrics.message(self.port.listener(), outcome);
+    }
+
+    /// Refuses a recipient, counted by reason.
+    pub fn refuse_rcpt(&mut self, reason: crate::metrics::RcptRefusal, reply: Reply) -> Flow {
+        self.server.metrics.rcpt_refused(reason);
+        self.reply(reply)
+    }
+
     /// Grows the memory reservation with the message being read; when the budget can't hold
     /// it, the message is dropped (read on to its end, then answered `452 4.3.1`).
     fn hold_message_memory(&mut self) {
@@ -324,6 +335,7 @@ pub(super) async fn connection(
             return;
         }
     };
+    server.metrics.session(port.listener());
     let greeting = Reply::plain(
         220,
         vec![format!("{} ESMTP wispd", server.settings.hostname).into()],

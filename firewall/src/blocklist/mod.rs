@@ -410,6 +410,13 @@ impl Firewall {
     /// Records a failed refresh; the previous entries stay in force.
     pub fn blocklist_failed(&self, name: &str, error: &str) -> Result<FwBlocklist, FwError> {
         let error: String = error.chars().take(500).collect();
+        *self
+            .counters()
+            .blocklist_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.to_string())
+            .or_insert(0) += 1;
         self.store().write(|w| {
             let Some(mut def) = w.get(&FW_BLOCKLISTS, name)? else {
                 return Err(FwError::NotFound(format!("No blocklist named {name:?}")));
