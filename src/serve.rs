@@ -88,6 +88,11 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         firewall: firewall.clone(),
         directory: mail.directory().clone(),
         mail: mail.clone(),
+        metrics: Arc::new(wispd_api::metrics::Metrics::new(
+            mail.metrics(),
+            firewall.clone(),
+            mail.queue().clone(),
+        )),
     };
     tasks.spawn(wispd_api::server::serve(
         api_listener,

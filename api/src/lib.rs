@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod guard;
+pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 mod routes;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub firewall: Arc<wispd_firewall::Firewall>,
     pub directory: wispd_engine::directory::Directory,
     pub mail: Arc<wispd_engine::service::Mail>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The whole `/api/v1` router.
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(HEALTH_PATH, get(routes::health::get))
         .route(openapi::OPENAPI_PATH, get(routes::openapi::get))
+        .route("/api/v1/metrics", get(metrics::get))
         .route(
             "/api/v1/tokens",
             get(routes::tokens::list).post(routes::tokens::create),
@@ -111,7 +114,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/csf/blocklists/",
-            get(csf::blocklists).post(csf::blocklist_add),
+            get(csf::blocklists_slash).post(csf::blocklist_add_slash),
         )
         .route(
             "/api/v1/csf/blocklists/{name}",
@@ -122,14 +125,17 @@ pub fn router(state: AppState) -> Router {
             post(csf::blocklist_refresh),
         )
         .route("/api/v1/csf/ports", get(csf::ports).post(csf::port_add))
-        .route("/api/v1/csf/ports/", get(csf::ports).post(csf::port_add))
+        .route(
+            "/api/v1/csf/ports/",
+            get(csf::ports_slash).post(csf::port_add_slash),
+        )
         .route("/api/v1/csf/ports/{port}", delete(csf::port_remove))
         .route(
             "/api/v1/csf/config",
             get(csf::config).put(csf::config_update),
         )
         .route("/api/v1/csf/reload", post(csf::reload))
-        .route("/api/v1/csf/apply", post(csf::reload))
+        .route("/api/v1/csf/apply", post(csf::apply))
         .route(
             "/api/v1/firewall/rules",
             get(firewall::rules).post(firewall::rule_add),
@@ -140,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(from_fn(guard::envelope))
+        .layer(from_fn_with_state(state.clone(), metrics::count))
         .with_state(state)
 }
 

@@ -32,6 +32,7 @@ domains bound to the token). Every error is the envelope (ErrorEnvelope) with th
     paths(
         routes::health::get,
         routes::openapi::get,
+        crate::metrics::get,
         routes::tokens::list,
         routes::tokens::create,
         routes::tokens::delete,
@@ -101,7 +102,7 @@ impl Modify for Conventions {
         components
             .schemas
             .entry("ErrorEnvelope".into())
-            .or_insert_with(|| <ErrorEnvelope as utoipa::PartialSchema>::schema());
+            .or_insert_with(<ErrorEnvelope as utoipa::PartialSchema>::schema);
         let int = || ObjectBuilder::new().schema_type(Type::Integer).build();
         let rate_headers = [
             (

@@ -5,16 +5,20 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use wispd_engine::address;
 use wispd_engine::directory::{DirError, Directory, NewAccount};
-use wispd_engine::dkim;
-use wispd_store::schema::{DkimKey, MailAccount, MailCatchall, MailForwarder};
+use wispd_engine::dkim::{self, Published};
+use wispd_engine::service::{Clamd, MailStatus};
+use wispd_store::schema::{
+    DkimKey, MailAccount, MailCatchall, MailForwarder, QueuedMessage, QueuedRecipient,
+};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{Admin, Caller, JsonBody};
+use crate::view::Data;
 use crate::{AppState, rfc3339};
 
 async fn on_dir<R: Send + 'static>(
@@ -25,25 +29,135 @@ async fn on_dir<R: Send + 'static>(
     Ok(tokio::task::spawn_blocking(move || f(&dir)).await??)
 }
 
-fn account_view(a: &MailAccount) -> Value {
-    json!({
-        "id": a.id,
-        "domain": a.domain,
-        "username": a.username,
-        "email": a.email(),
-        "quota_mb": a.quota_mb,
-        "used_bytes": a.used_bytes,
-        "enabled": a.enabled,
-        "created_at": rfc3339(a.created_at),
-    })
+/// A successful action that also says what it did: `{"success": true, "message": …, "data": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Notice<T> {
+    /// Always `true`.
+    pub success: bool,
+    /// What was done, for people.
+    pub message: String,
+    pub data: T,
 }
 
-fn forwarder_view(f: &MailForwarder) -> Value {
-    json!({ "id": f.id, "source": f.source, "destination": f.destination, "created_at": rfc3339(f.created_at) })
+impl<T> Notice<T> {
+    fn new(message: impl Into<String>, data: T) -> Notice<T> {
+        Notice {
+            success: true,
+            message: message.into(),
+            data,
+        }
+    }
 }
 
-fn catchall_view(c: &MailCatchall) -> Value {
-    json!({ "domain": c.domain, "enabled": c.enabled, "destination": c.destination })
+/// A mail account (mailbox owner), never with its password or hash.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": 1, "domain": "example.com", "username": "info", "email": "info@example.com",
+    "quota_mb": 1024, "used_bytes": 0, "enabled": true, "created_at": "2026-05-11T10:15:03+00:00"
+}))]
+pub struct AccountView {
+    /// The account's id, as in `/email/accounts/{id}`.
+    #[schema(example = 1)]
+    pub id: u64,
+    /// Lowercase.
+    #[schema(example = "example.com")]
+    pub domain: String,
+    /// The local part, lowercase.
+    #[schema(example = "info")]
+    pub username: String,
+    /// `username@domain`.
+    #[schema(example = "info@example.com")]
+    pub email: String,
+    /// Quota in MiB; 0 = unlimited.
+    #[schema(example = 1024)]
+    pub quota_mb: u64,
+    /// Bytes the account's mail takes up.
+    #[schema(example = 0)]
+    pub used_bytes: u64,
+    /// A disabled account can't log in and receives no mail.
+    #[schema(example = true)]
+    pub enabled: bool,
+    /// RFC 3339.
+    #[schema(example = "2026-05-11T10:15:03+00:00")]
+    pub created_at: String,
+}
+
+impl From<&MailAccount> for AccountView {
+    fn from(a: &MailAccount) -> AccountView {
+        AccountView {
+            id: a.id,
+            domain: a.domain.clone(),
+            username: a.username.clone(),
+            email: a.email(),
+            quota_mb: a.quota_mb,
+            used_bytes: a.used_bytes,
+            enabled: a.enabled,
+            created_at: rfc3339(a.created_at),
+        }
+    }
+}
+
+/// The seed's listing shape, without the success wrapper: `accounts` is `null` when there are
+/// none.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"accounts": null, "total": 0}))]
+pub struct AccountList {
+    /// The accounts, by id; `null` (not `[]`) when there are none.
+    #[schema(required = true)]
+    pub accounts: Option<Vec<AccountView>>,
+    /// How many accounts there are.
+    #[schema(example = 0)]
+    pub total: usize,
+}
+
+/// A forwarder: mail for `source` goes to `destination`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForwarderView {
+    /// The forwarder's id, as in `/email/forwarders/{id}`.
+    #[schema(example = 1)]
+    pub id: u64,
+    /// The address that forwards, on a local domain.
+    #[schema(example = "sales@example.com")]
+    pub source: String,
+    /// Where its mail goes: a local account or forwarder, or any remote address.
+    #[schema(example = "info@example.com")]
+    pub destination: String,
+    /// RFC 3339.
+    #[schema(example = "2026-05-11T10:15:03+00:00")]
+    pub created_at: String,
+}
+
+impl From<&MailForwarder> for ForwarderView {
+    fn from(f: &MailForwarder) -> ForwarderView {
+        ForwarderView {
+            id: f.id,
+            source: f.source.clone(),
+            destination: f.destination.clone(),
+            created_at: rfc3339(f.created_at),
+        }
+    }
+}
+
+/// A domain's catch-all: when enabled, mail for unknown local parts goes to `destination`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"domain": "example.com", "enabled": false, "destination": ""}))]
+pub struct CatchallView {
+    #[schema(example = "example.com")]
+    pub domain: String,
+    pub enabled: bool,
+    /// An address on the same domain; empty when never set.
+    #[schema(example = "info@example.com")]
+    pub destination: String,
+}
+
+impl From<&MailCatchall> for CatchallView {
+    fn from(c: &MailCatchall) -> CatchallView {
+        CatchallView {
+            domain: c.domain.clone(),
+            enabled: c.enabled,
+            destination: c.destination.clone(),
+        }
+    }
 }
 
 /// The domains a caller is limited to (`None` for admin).
@@ -76,29 +190,109 @@ fn parse_id(id: &str, what: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("No {what} with id {id:?}")))
 }
 
-/// `GET /email/status`, in the seed's shape: `postfix` is wispd's SMTP engine, `dovecot` its
-/// IMAP engine, `mta_path` this binary.
+/// One engine of the stack in `/email/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EngineStatus {
+    pub installed: bool,
+    /// Listening now.
+    pub running: bool,
+}
+
+/// The mail stack, in the seed's shape (without the success wrapper): `postfix` is wispd's SMTP
+/// engine, `dovecot` its IMAP engine, `mta_path` this binary.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "installed": false, "mta_installed": false, "mta_path": "",
+    "postfix": {"installed": false, "running": false},
+    "dovecot": {"installed": false, "running": false},
+    "dovecot_installed": false, "dovecot_running": false,
+    "clamav_installed": false, "clamav_running": false
+}))]
+pub struct StatusView {
+    /// `POST /email/install` has been done.
+    pub installed: bool,
+    /// The same as `installed`: wispd is its own MTA.
+    pub mta_installed: bool,
+    /// This binary's path once installed, else empty.
+    #[schema(example = "/usr/local/bin/wispd")]
+    pub mta_path: String,
+    /// The SMTP engine.
+    pub postfix: EngineStatus,
+    /// The IMAP engine.
+    pub dovecot: EngineStatus,
+    /// `dovecot.installed`.
+    pub dovecot_installed: bool,
+    /// `dovecot.running`.
+    pub dovecot_running: bool,
+    /// A clamd binary or socket exists.
+    pub clamav_installed: bool,
+    /// clamd answers `PING`.
+    pub clamav_running: bool,
+}
+
+impl StatusView {
+    fn new(mail: &MailStatus, clamd: &Clamd, mta_path: String) -> StatusView {
+        let smtp_running = !mail.smtp.is_empty();
+        let imap_running = !mail.imap.is_empty();
+        let imap_installed = mail.installed;
+        StatusView {
+            installed: mail.installed,
+            mta_installed: mail.installed,
+            mta_path,
+            postfix: EngineStatus {
+                installed: mail.installed,
+                running: smtp_running,
+            },
+            dovecot: EngineStatus {
+                installed: imap_installed,
+                running: imap_running,
+            },
+            dovecot_installed: imap_installed,
+            dovecot_running: imap_running,
+            clamav_installed: clamd.installed,
+            clamav_running: clamd.running,
+        }
+    }
+}
+
+/// The state of the mail stack (SMTP, IMAP, ClamAV).
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/status",
+    operation_id = "email_status",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    responses((status = 200, description = "The stack's state, in the seed's shape (no success wrapper)", body = StatusView))
+)]
 pub async fn status(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusView>, ApiError> {
     Ok(Json(status_view(&state).await?))
 }
 
-/// `POST /email/install` (admin): starts the mail listeners and records the stack as installed,
-/// so it listens again after a restart. Installing an installed stack changes nothing.
+/// Installs the mail stack: starts the listeners, and again after every restart.
+///
+/// Installing an installed stack changes nothing. A listen address in use answers 503 and installs
+/// nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/install",
+    operation_id = "email_install",
+    tag = "email",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "Installed; the stack's state", body = Notice<StatusView>))
+)]
 pub async fn install(
     State(state): State<AppState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Notice<StatusView>>, ApiError> {
     state.mail.install().await?;
     let status = status_view(&state).await?;
-    Ok(Json(
-        json!({ "success": true, "message": "Mail stack installed", "data": status }),
-    ))
+    Ok(Json(Notice::new("Mail stack installed", status)))
 }
 
-async fn status_view(state: &AppState) -> Result<Value, ApiError> {
+async fn status_view(state: &AppState) -> Result<StatusView, ApiError> {
     let mail = state.mail.status().await?;
     let clamd = wispd_engine::service::probe_clamd().await;
     let mta_path = if mail.installed {
@@ -108,49 +302,63 @@ async fn status_view(state: &AppState) -> Result<Value, ApiError> {
     } else {
         String::new()
     };
-    let smtp_running = !mail.smtp.is_empty();
-    let imap_running = !mail.imap.is_empty();
-    let imap_installed = mail.installed;
-    Ok(json!({
-        "installed": mail.installed,
-        "mta_installed": mail.installed,
-        "mta_path": mta_path,
-        "postfix": { "installed": mail.installed, "running": smtp_running },
-        "dovecot": { "installed": imap_installed, "running": imap_running },
-        "dovecot_installed": imap_installed,
-        "dovecot_running": imap_running,
-        "clamav_installed": clamd.installed,
-        "clamav_running": clamd.running,
-    }))
+    Ok(StatusView::new(&mail, &clamd, mta_path))
 }
 
+/// The mail accounts of the caller's domains.
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/accounts",
+    operation_id = "email_accounts_list",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    responses((status = 200, description = "The accounts, in the seed's shape (no success wrapper)", body = AccountList))
+)]
 pub async fn accounts(
     State(s): State<AppState>,
     Caller(p): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AccountList>, ApiError> {
     let domains = scope(&p);
     let list = on_dir(&s, move |d| d.accounts(domains.as_deref())).await?;
-    let accounts = if list.is_empty() {
-        Value::Null
-    } else {
-        list.iter().map(account_view).collect()
-    };
-    Ok(Json(json!({ "accounts": accounts, "total": list.len() })))
+    let total = list.len();
+    let accounts = (!list.is_empty()).then(|| list.iter().map(AccountView::from).collect());
+    Ok(Json(AccountList { accounts, total }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /email/accounts`: a new mailbox. Missing fields are named in the 400 ("Domain is
+/// required").
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"domain": "example.com", "username": "info", "password": "S3cure•pass", "quota_mb": 1024}))]
 pub struct AccountBody {
+    /// A domain the token manages.
+    #[schema(value_type = String, required = true, example = "example.com")]
     domain: Option<String>,
+    /// The local part; stored lowercase.
+    #[schema(value_type = String, required = true, example = "info")]
     username: Option<String>,
+    /// 8 to 256 characters, no control characters.
+    #[schema(value_type = String, required = true, example = "S3cure•pass", min_length = 8, max_length = 256)]
     password: Option<String>,
+    /// Quota in MiB, 0 (unlimited, the default) to 1073741824.
+    #[schema(example = 1024, minimum = 0, maximum = 1_073_741_824)]
     quota_mb: Option<i64>,
 }
 
+/// Creates a mail account with its standard mailboxes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/accounts",
+    operation_id = "email_accounts_create",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    request_body = AccountBody,
+    responses((status = 201, description = "Created", body = Data<AccountView>))
+)]
 pub async fn account_create(
     State(s): State<AppState>,
     Caller(p): Caller,
     JsonBody(b): JsonBody<AccountBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Data<AccountView>>), ApiError> {
     if let Some(d) = b.domain.as_deref().and_then(address::domain) {
         require_domain(&p, &d)?;
     }
@@ -161,10 +369,7 @@ pub async fn account_create(
         quota_mb: b.quota_mb,
     };
     let a = on_dir(&s, move |d| d.create_account(req)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "success": true, "data": account_view(&a) })),
-    ))
+    Ok((StatusCode::CREATED, Json(Data::new(AccountView::from(&a)))))
 }
 
 /// Runs `f` on account `id` once it is known to be the caller's, and answers with the account.
@@ -173,80 +378,153 @@ async fn on_owned_account(
     p: Principal,
     id: &str,
     f: impl FnOnce(&Directory, u64) -> Result<MailAccount, DirError> + Send + 'static,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<AccountView>>, ApiError> {
     let id = parse_id(id, "account")?;
     let a = on_dir(s, move |d| {
         owned_account(d, &p, id)?;
         f(d, id)
     })
     .await?;
-    Ok(Json(json!({ "success": true, "data": account_view(&a) })))
+    Ok(Json(Data::new(AccountView::from(&a))))
 }
 
+/// One mail account.
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/accounts/{id}",
+    operation_id = "email_accounts_get",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("id" = u64, Path, description = "The account's id")),
+    responses((status = 200, description = "The account", body = Data<AccountView>))
+)]
 pub async fn account_get(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<AccountView>>, ApiError> {
     on_owned_account(&s, p, &id, |d, id| d.account(id)).await
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /email/accounts/{id}`: a new password and/or quota; at least one of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"password": "n3w-password", "quota_mb": 2048}))]
 pub struct AccountUpdate {
+    /// 8 to 256 characters, no control characters; empty or absent keeps the password.
+    #[schema(example = "n3w-password", max_length = 256)]
     password: Option<String>,
+    /// Quota in MiB, 0 (unlimited) to 1073741824; absent keeps the quota.
+    #[schema(example = 2048, minimum = 0, maximum = 1_073_741_824)]
     quota_mb: Option<i64>,
 }
 
+/// Changes an account's password and/or quota.
+#[utoipa::path(
+    put,
+    path = "/api/v1/email/accounts/{id}",
+    operation_id = "email_accounts_update",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("id" = u64, Path, description = "The account's id")),
+    request_body = AccountUpdate,
+    responses((status = 200, description = "The account as changed", body = Data<AccountView>))
+)]
 pub async fn account_update(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<AccountUpdate>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<AccountView>>, ApiError> {
     on_owned_account(&s, p, &id, move |d, id| {
         d.update_account(id, b.password.filter(|p| !p.is_empty()), b.quota_mb)
     })
     .await
 }
 
+/// Enables a disabled account or disables an enabled one.
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/accounts/{id}/toggle",
+    operation_id = "email_accounts_toggle",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("id" = u64, Path, description = "The account's id")),
+    responses((status = 200, description = "The account with `enabled` flipped", body = Data<AccountView>))
+)]
 pub async fn account_toggle(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<AccountView>>, ApiError> {
     on_owned_account(&s, p, &id, |d, id| d.toggle_account(id)).await
 }
 
+/// Deletes a mail account and its mail.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/email/accounts/{id}",
+    operation_id = "email_accounts_delete",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("id" = u64, Path, description = "The account's id")),
+    responses((status = 200, description = "The deleted account", body = Data<AccountView>))
+)]
 pub async fn account_delete(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<AccountView>>, ApiError> {
     on_owned_account(&s, p, &id, |d, id| d.delete_account(id)).await
 }
 
+/// The forwarders of the caller's domains.
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/forwarders",
+    operation_id = "email_forwarders_list",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    responses((status = 200, description = "Every forwarder the caller may see", body = Data<Vec<ForwarderView>>))
+)]
 pub async fn forwarders(
     State(s): State<AppState>,
     Caller(p): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<Vec<ForwarderView>>>, ApiError> {
     let domains = scope(&p);
     let list = on_dir(&s, move |d| d.forwarders(domains.as_deref())).await?;
-    Ok(Json(
-        json!({ "success": true, "data": list.iter().map(forwarder_view).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(Data::new(
+        list.iter().map(ForwarderView::from).collect(),
+    )))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /email/forwarders`: both addresses are required; a local destination must exist and
+/// a forwarder may not close a loop.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"source": "sales@example.com", "destination": "info@example.com"}))]
 pub struct ForwarderBody {
+    /// An address on a domain the token manages.
+    #[schema(value_type = String, required = true, example = "sales@example.com")]
     source: Option<String>,
+    /// A local account or forwarder (of a domain the token manages), or a remote address.
+    #[schema(value_type = String, required = true, example = "info@example.com")]
     destination: Option<String>,
 }
 
+/// Creates a forwarder.
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/forwarders",
+    operation_id = "email_forwarders_create",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    request_body = ForwarderBody,
+    responses((status = 201, description = "Created", body = Data<ForwarderView>))
+)]
 pub async fn forwarder_create(
     State(s): State<AppState>,
     Caller(p): Caller,
     JsonBody(b): JsonBody<ForwarderBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Data<ForwarderView>>), ApiError> {
     let source = b.source.unwrap_or_default();
     let destination = b.destination.unwrap_or_default();
     for addr in [&source, &destination] {
@@ -257,15 +535,25 @@ pub async fn forwarder_create(
     let f = on_dir(&s, move |d| d.create_forwarder(&source, &destination)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "success": true, "data": forwarder_view(&f) })),
+        Json(Data::new(ForwarderView::from(&f))),
     ))
 }
 
+/// Deletes a forwarder.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/email/forwarders/{id}",
+    operation_id = "email_forwarders_delete",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("id" = u64, Path, description = "The forwarder's id")),
+    responses((status = 200, description = "The deleted forwarder", body = Data<ForwarderView>))
+)]
 pub async fn forwarder_delete(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<ForwarderView>>, ApiError> {
     let id = parse_id(&id, "forwarder")?;
     let f = on_dir(&s, move |d| {
         let visible = d
@@ -278,33 +566,59 @@ pub async fn forwarder_delete(
         d.delete_forwarder(id)
     })
     .await?;
-    Ok(Json(json!({ "success": true, "data": forwarder_view(&f) })))
+    Ok(Json(Data::new(ForwarderView::from(&f))))
 }
 
+/// A domain's catch-all (disabled, with an empty destination, until set).
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/catchall/{domain}",
+    operation_id = "email_catchall_get",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("domain" = String, Path, description = "A domain the token manages", example = "example.com")),
+    responses((status = 200, description = "The domain's catch-all", body = Data<CatchallView>))
+)]
 pub async fn catchall(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(domain): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<CatchallView>>, ApiError> {
     let d = address::domain(&domain)
         .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
     require_domain(&p, &d)?;
     let c = on_dir(&s, move |dir| dir.catchall(&d)).await?;
-    Ok(Json(json!({ "success": true, "data": catchall_view(&c) })))
+    Ok(Json(Data::new(CatchallView::from(&c))))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /email/catchall/{domain}`: `enabled` is required, and so is `destination` to enable.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"enabled": true, "destination": "info@example.com"}))]
 pub struct CatchallBody {
+    #[schema(value_type = bool, required = true, example = true)]
     enabled: Option<bool>,
+    /// An existing address on the same domain; required to enable.
+    #[schema(example = "info@example.com")]
     destination: Option<String>,
 }
 
+/// Sets a domain's catch-all.
+#[utoipa::path(
+    put,
+    path = "/api/v1/email/catchall/{domain}",
+    operation_id = "email_catchall_set",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("domain" = String, Path, description = "A domain the token manages", example = "example.com")),
+    request_body = CatchallBody,
+    responses((status = 200, description = "The catch-all as set", body = Data<CatchallView>))
+)]
 pub async fn catchall_set(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(domain): Path<String>,
     JsonBody(b): JsonBody<CatchallBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<CatchallView>>, ApiError> {
     let d = address::domain(&domain)
         .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
     require_domain(&p, &d)?;
@@ -318,19 +632,46 @@ pub async fn catchall_set(
         dir.set_catchall(&d, enabled, b.destination.as_deref())
     })
     .await?;
-    Ok(Json(json!({ "success": true, "data": catchall_view(&c) })))
+    Ok(Json(Data::new(CatchallView::from(&c))))
 }
 
-fn dkim_view(k: &DkimKey) -> Value {
-    json!({
-        "domain": k.domain,
-        "selector": k.selector,
-        "algorithm": k.algorithm,
-        "public_key": k.public_key,
-        "dns_name": dkim::dns_name(k),
-        "dns_record": dkim::dns_record(k),
-        "created_at": rfc3339(k.created_at),
-    })
+/// A domain's DKIM key: its public half and the DNS record to publish. The private half never
+/// leaves the store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DkimKeyView {
+    #[schema(example = "example.com")]
+    pub domain: String,
+    #[schema(example = "wispd")]
+    pub selector: String,
+    /// `rsa-sha256` (RSA 2048) or `ed25519-sha256`.
+    #[schema(example = "rsa-sha256")]
+    pub algorithm: String,
+    /// The public key, base64 (what follows `p=` in the record).
+    #[schema(example = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA…")]
+    pub public_key: String,
+    /// Where the TXT record goes: `selector._domainkey.domain`.
+    #[schema(example = "wispd._domainkey.example.com")]
+    pub dns_name: String,
+    /// The TXT record's value.
+    #[schema(example = "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA…")]
+    pub dns_record: String,
+    /// RFC 3339.
+    #[schema(example = "2026-05-11T10:15:03+00:00")]
+    pub created_at: String,
+}
+
+impl From<&DkimKey> for DkimKeyView {
+    fn from(k: &DkimKey) -> DkimKeyView {
+        DkimKeyView {
+            domain: k.domain.clone(),
+            selector: k.selector.clone(),
+            algorithm: k.algorithm.clone(),
+            public_key: k.public_key.clone(),
+            dns_name: dkim::dns_name(k),
+            dns_record: dkim::dns_record(k),
+            created_at: rfc3339(k.created_at),
+        }
+    }
 }
 
 /// The domain of a DKIM path, checked against the caller's domains.
@@ -341,34 +682,58 @@ fn dkim_domain(p: &Principal, domain: &str) -> Result<String, ApiError> {
     Ok(d)
 }
 
-/// `GET /email/dkim`: every domain's key the caller may see (public halves only).
+/// The DKIM keys of the caller's domains (public halves only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/dkim",
+    operation_id = "email_dkim_list",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    responses((status = 200, description = "Every key the caller may see, by domain", body = Data<Vec<DkimKeyView>>))
+)]
 pub async fn dkim_list(
     State(s): State<AppState>,
     Caller(p): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<Vec<DkimKeyView>>>, ApiError> {
     let domains = scope(&p);
     let store = s.store.clone();
     let keys =
         tokio::task::spawn_blocking(move || dkim::list(&store, domains.as_deref())).await??;
-    let data: Vec<Value> = keys.iter().map(dkim_view).collect();
-    Ok(Json(json!({ "success": true, "data": data })))
+    Ok(Json(Data::new(
+        keys.iter().map(DkimKeyView::from).collect(),
+    )))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /email/dkim/{domain}`: both fields optional (an empty body is fine).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"selector": "s2026", "algorithm": "ed25519-sha256"}))]
 pub struct DkimBody {
+    /// Dot-separated labels of letters, digits and hyphens; `wispd` when absent.
+    #[schema(example = "s2026", max_length = 63)]
     selector: Option<String>,
+    /// `rsa-sha256` (the default, RSA 2048) or `ed25519-sha256`.
+    #[schema(example = "ed25519-sha256")]
     algorithm: Option<String>,
 }
 
-/// `POST /email/dkim/:domain {selector, algorithm}`: generates the domain's key (a new one
-/// replaces the old: key rotation) and returns the record to publish.
+/// Generates a domain's DKIM key; a new key replaces the old one (rotation).
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/dkim/{domain}",
+    operation_id = "email_dkim_create",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("domain" = String, Path, description = "A domain the token manages", example = "example.com")),
+    request_body = DkimBody,
+    responses((status = 201, description = "The new key and the record to publish", body = Data<DkimKeyView>))
+)]
 pub async fn dkim_create(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(domain): Path<String>,
     JsonBody(b): JsonBody<DkimBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Data<DkimKeyView>>), ApiError> {
     let d = dkim_domain(&p, &domain)?;
     let store = s.store.clone();
     let key = tokio::task::spawn_blocking(move || {
@@ -377,108 +742,427 @@ pub async fn dkim_create(
     .await??;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "success": true, "data": dkim_view(&key) })),
+        Json(Data::new(DkimKeyView::from(&key))),
     ))
 }
 
+/// Deletes a domain's DKIM key; its mail goes out unsigned.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/email/dkim/{domain}",
+    operation_id = "email_dkim_delete",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("domain" = String, Path, description = "A domain the token manages", example = "example.com")),
+    responses((status = 200, description = "The deleted key", body = Data<DkimKeyView>))
+)]
 pub async fn dkim_delete(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(domain): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<DkimKeyView>>, ApiError> {
     let d = dkim_domain(&p, &domain)?;
     let store = s.store.clone();
     let key = tokio::task::spawn_blocking(move || dkim::delete(&store, &d)).await??;
-    Ok(Json(json!({ "success": true, "data": dkim_view(&key) })))
+    Ok(Json(Data::new(DkimKeyView::from(&key))))
 }
 
-/// `GET /email/dkim/:domain/verify`: is the record published (through `[dns].nameservers`)?
+/// Whether a domain's DKIM record is published, as looked up through `[dns].nameservers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DkimVerification {
+    #[schema(example = "example.com")]
+    pub domain: String,
+    /// The name looked up.
+    #[schema(example = "wispd._domainkey.example.com")]
+    pub dns_name: String,
+    /// The record that should be there.
+    #[schema(example = "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA…")]
+    pub expected: String,
+    /// A TXT record exists at `dns_name`.
+    pub found: bool,
+    /// One of them has the stored public key as its `p=`.
+    pub matches: bool,
+    /// The matching TXT record, else the first one found (its strings joined); `null` when none.
+    #[schema(required = true)]
+    pub record: Option<String>,
+    /// Why nothing was found (NXDOMAIN, timeout, …); `null` otherwise.
+    #[schema(required = true)]
+    pub error: Option<String>,
+}
+
+impl DkimVerification {
+    fn new(key: &DkimKey, published: Published) -> DkimVerification {
+        DkimVerification {
+            domain: key.domain.clone(),
+            dns_name: dkim::dns_name(key),
+            expected: dkim::dns_record(key),
+            found: published.found,
+            matches: published.matches,
+            record: published.record,
+            error: published.error,
+        }
+    }
+}
+
+/// Checks that a domain's DKIM record is published in DNS.
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/dkim/{domain}/verify",
+    operation_id = "email_dkim_verify",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("domain" = String, Path, description = "A domain the token manages", example = "example.com")),
+    responses((status = 200, description = "What DNS has, against what it should have", body = Data<DkimVerification>))
+)]
 pub async fn dkim_verify(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(domain): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Data<DkimVerification>>, ApiError> {
     let d = dkim_domain(&p, &domain)?;
     let store = s.store.clone();
     let key = tokio::task::spawn_blocking(move || dkim::get(&store, &d)).await??;
     let resolver = dkim::resolver(s.mail.nameservers())?;
     let published = dkim::verify(&resolver, &key).await;
-    Ok(Json(json!({ "success": true, "data": {
-        "domain": key.domain,
-        "dns_name": dkim::dns_name(&key),
-        "expected": dkim::dns_record(&key),
-        "found": published.found,
-        "matches": published.matches,
-        "record": published.record,
-        "error": published.error,
-    }})))
+    Ok(Json(Data::new(DkimVerification::new(&key, published))))
 }
 
-fn queue_view(m: &wispd_store::schema::QueuedMessage) -> Value {
-    json!({
-        "id": m.id,
-        "sender": m.sender,
-        "created_at": m.created_at,
-        "size": m.size,
-        "source": m.source,
-        "recipients": m.recipients.iter().map(|r| json!({
-            "address": r.address,
-            "original": r.original,
-            "status": r.status,
-            "attempts": r.attempts,
-            "next_attempt": if r.status == "queued" { Some(r.next_attempt) } else { None },
-            "last_attempt": r.last_attempt,
-            "last_error": r.last_error,
-            "remote": r.remote,
-        })).collect::<Vec<_>>(),
-    })
+/// One recipient of a queued message and where its delivery stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedRecipientView {
+    #[schema(example = "friend@remote.example")]
+    pub address: String,
+    /// The address the sender used when it differs (a forwarder's source); else `null`.
+    #[schema(required = true, example = json!(null))]
+    pub original: Option<String>,
+    /// `queued`, `delivered` or `failed`.
+    #[schema(example = "queued")]
+    pub status: String,
+    /// Delivery attempts so far.
+    #[schema(example = 0)]
+    pub attempts: u32,
+    /// Unix seconds of the next attempt while `queued`; else `null`.
+    #[schema(required = true, example = 1_778_519_800)]
+    pub next_attempt: Option<i64>,
+    /// Unix seconds of the last attempt; `null` before the first.
+    #[schema(required = true, example = json!(null))]
+    pub last_attempt: Option<i64>,
+    /// The last answer: the remote server's reply, or why it could not be reached.
+    #[schema(required = true, example = json!(null))]
+    pub last_error: Option<String>,
+    /// The server that gave `last_error`.
+    #[schema(required = true, example = json!(null))]
+    pub remote: Option<String>,
 }
 
-/// `GET /email/queue` (admin): every message waiting for delivery to other servers, with each
-/// recipient's state (like `mailq`).
-pub async fn queue_list(State(s): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+impl From<&QueuedRecipient> for QueuedRecipientView {
+    fn from(r: &QueuedRecipient) -> QueuedRecipientView {
+        QueuedRecipientView {
+            address: r.address.clone(),
+            original: r.original.clone(),
+            status: r.status.clone(),
+            attempts: r.attempts,
+            next_attempt: (r.status == "queued").then_some(r.next_attempt),
+            last_attempt: r.last_attempt,
+            last_error: r.last_error.clone(),
+            remote: r.remote.clone(),
+        }
+    }
+}
+
+/// A message waiting for delivery to other servers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedMessageView {
+    /// The queue id, as in `/email/queue/{id}`.
+    #[schema(example = 1)]
+    pub id: u64,
+    /// The envelope sender (`MAIL FROM`); empty for a bounce.
+    #[schema(example = "info@example.com")]
+    pub sender: String,
+    /// Unix seconds the message entered the queue.
+    #[schema(example = 1_778_519_703)]
+    pub created_at: i64,
+    /// Bytes.
+    #[schema(example = 1024)]
+    pub size: u64,
+    /// What queued it: `submission`, `forward` or `bounce`.
+    #[schema(example = "submission")]
+    pub source: String,
+    pub recipients: Vec<QueuedRecipientView>,
+}
+
+impl From<&QueuedMessage> for QueuedMessageView {
+    fn from(m: &QueuedMessage) -> QueuedMessageView {
+        QueuedMessageView {
+            id: m.id,
+            sender: m.sender.clone(),
+            created_at: m.created_at,
+            size: m.size,
+            source: m.source.clone(),
+            recipients: m.recipients.iter().map(QueuedRecipientView::from).collect(),
+        }
+    }
+}
+
+/// The outbound queue, with each recipient's state (like `mailq`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/queue",
+    operation_id = "email_queue_list",
+    tag = "email",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "Every queued message", body = Data<Vec<QueuedMessageView>>))
+)]
+pub async fn queue_list(
+    State(s): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Data<Vec<QueuedMessageView>>>, ApiError> {
     let queue = s.mail.queue().clone();
     let all = tokio::task::spawn_blocking(move || queue.list()).await??;
-    Ok(Json(json!({
-        "success": true,
-        "data": all.iter().map(queue_view).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Data::new(
+        all.iter().map(QueuedMessageView::from).collect(),
+    )))
 }
 
-/// `POST /email/queue/flush` (admin): retry every waiting recipient now (like `postqueue -f`).
+/// What a queue flush did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Flushed {
+    /// Recipients scheduled for delivery now.
+    #[schema(example = 1)]
+    pub scheduled: usize,
+}
+
+/// Retries every waiting recipient now (like `postqueue -f`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/queue/flush",
+    operation_id = "email_queue_flush",
+    tag = "email",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "How many recipients were scheduled", body = Notice<Flushed>))
+)]
 pub async fn queue_flush(
     State(s): State<AppState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Notice<Flushed>>, ApiError> {
     let queue = s.mail.queue().clone();
     let n = tokio::task::spawn_blocking(move || queue.flush()).await??;
-    Ok(Json(json!({
-        "success": true,
-        "message": format!("{n} recipient(s) scheduled for delivery now"),
-        "data": { "scheduled": n },
-    })))
+    Ok(Json(Notice::new(
+        format!("{n} recipient(s) scheduled for delivery now"),
+        Flushed { scheduled: n },
+    )))
 }
 
-/// `DELETE /email/queue/:id` (admin): drop a queued message without a bounce (like
-/// `postsuper -d`).
+/// Drops a queued message without a bounce (like `postsuper -d`).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/email/queue/{id}",
+    operation_id = "email_queue_delete",
+    tag = "email",
+    security(("bearer" = ["admin"])),
+    params(("id" = u64, Path, description = "The queue id")),
+    responses((status = 200, description = "The removed message", body = Notice<QueuedMessageView>))
+)]
 pub async fn queue_delete(
     State(s): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Notice<QueuedMessageView>>, ApiError> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::Validation(format!("Invalid queue id: {id:?}")))?;
     let queue = s.mail.queue().clone();
     let m = tokio::task::spawn_blocking(move || queue.delete(id)).await??;
-    Ok(Json(json!({
-        "success": true,
-        "message": format!("Message {id} removed from the queue"),
-        "data": queue_view(&m),
-    })))
+    Ok(Json(Notice::new(
+        format!("Message {id} removed from the queue"),
+        QueuedMessageView::from(&m),
+    )))
 }
 
 /// The OpenAPI part of this group (merged into the whole document in `crate::openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths())]
+#[openapi(paths(
+    status,
+    install,
+    accounts,
+    account_create,
+    account_get,
+    account_update,
+    account_toggle,
+    account_delete,
+    forwarders,
+    forwarder_create,
+    forwarder_delete,
+    catchall,
+    catchall_set,
+    dkim_list,
+    dkim_create,
+    dkim_delete,
+    dkim_verify,
+    queue_list,
+    queue_flush,
+    queue_delete,
+))]
 pub struct EmailApi;
+
+#[cfg(test)]
+mod tests {
+    //! The views serialize to exactly what the `json!` literals they replaced produced (field
+    //! order, `null` vs absent): panel clients compare these bytes.
+
+    use wispd_engine::dkim::Published;
+    use wispd_engine::service::{Clamd, MailStatus};
+    use wispd_store::schema::{
+        DkimKey, MailAccount, MailCatchall, MailForwarder, QueuedMessage, QueuedRecipient,
+    };
+
+    use super::*;
+
+    fn json<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).expect("serializes")
+    }
+
+    const NOW: i64 = 1_778_519_703;
+
+    fn dkim_key() -> DkimKey {
+        DkimKey {
+            domain: "example.com".into(),
+            selector: "wispd".into(),
+            algorithm: "ed25519-sha256".into(),
+            private_key: "PRIV".into(),
+            public_key: "PUB".into(),
+            created_at: NOW,
+        }
+    }
+
+    #[test]
+    fn an_account_shows_no_password_hash() {
+        let a = MailAccount {
+            id: 7,
+            domain: "example.com".into(),
+            username: "info".into(),
+            password_hash: "$argon2id$x".into(),
+            quota_mb: 1024,
+            used_bytes: 12,
+            enabled: true,
+            created_at: NOW,
+        };
+        assert_eq!(
+            json(&Data::new(AccountView::from(&a))),
+            r#"{"success":true,"data":{"id":7,"domain":"example.com","username":"info","email":"info@example.com","quota_mb":1024,"used_bytes":12,"enabled":true,"created_at":"2026-05-11T17:15:03+00:00"}}"#
+        );
+    }
+
+    #[test]
+    fn an_empty_account_listing_has_the_seed_shape() {
+        let empty = AccountList {
+            accounts: None,
+            total: 0,
+        };
+        assert_eq!(json(&empty), r#"{"accounts":null,"total":0}"#);
+    }
+
+    #[test]
+    fn forwarder_and_catchall_views() {
+        let f = MailForwarder {
+            id: 3,
+            source: "sales@example.com".into(),
+            destination: "a@example.com".into(),
+            created_at: NOW,
+        };
+        assert_eq!(
+            json(&ForwarderView::from(&f)),
+            r#"{"id":3,"source":"sales@example.com","destination":"a@example.com","created_at":"2026-05-11T17:15:03+00:00"}"#
+        );
+        let c = MailCatchall {
+            domain: "example.com".into(),
+            enabled: false,
+            destination: String::new(),
+        };
+        assert_eq!(
+            json(&CatchallView::from(&c)),
+            r#"{"domain":"example.com","enabled":false,"destination":""}"#
+        );
+    }
+
+    #[test]
+    fn status_has_the_seed_shape() {
+        let mail = MailStatus {
+            installed: true,
+            smtp: vec!["127.0.0.1:2525".parse().expect("addr")],
+            imap: vec![],
+        };
+        let clamd = Clamd {
+            installed: true,
+            running: false,
+        };
+        assert_eq!(
+            json(&StatusView::new(&mail, &clamd, "/usr/bin/wispd".into())),
+            r#"{"installed":true,"mta_installed":true,"mta_path":"/usr/bin/wispd","postfix":{"installed":true,"running":true},"dovecot":{"installed":true,"running":false},"dovecot_installed":true,"dovecot_running":false,"clamav_installed":true,"clamav_running":false}"#
+        );
+        let flushed = Notice::new(
+            "1 recipient(s) scheduled for delivery now",
+            Flushed { scheduled: 1 },
+        );
+        assert_eq!(
+            json(&flushed),
+            r#"{"success":true,"message":"1 recipient(s) scheduled for delivery now","data":{"scheduled":1}}"#
+        );
+    }
+
+    #[test]
+    fn dkim_views_show_the_record_and_not_the_private_key() {
+        let k = dkim_key();
+        assert_eq!(
+            json(&DkimKeyView::from(&k)),
+            r#"{"domain":"example.com","selector":"wispd","algorithm":"ed25519-sha256","public_key":"PUB","dns_name":"wispd._domainkey.example.com","dns_record":"v=DKIM1; k=ed25519; p=PUB","created_at":"2026-05-11T17:15:03+00:00"}"#
+        );
+        let missing = Published {
+            found: false,
+            matches: false,
+            record: None,
+            error: Some("NXDOMAIN".into()),
+        };
+        assert_eq!(
+            json(&DkimVerification::new(&k, missing)),
+            r#"{"domain":"example.com","dns_name":"wispd._domainkey.example.com","expected":"v=DKIM1; k=ed25519; p=PUB","found":false,"matches":false,"record":null,"error":"NXDOMAIN"}"#
+        );
+    }
+
+    #[test]
+    fn next_attempt_is_null_unless_queued() {
+        let m = QueuedMessage {
+            id: 9,
+            sender: "info@example.com".into(),
+            created_at: NOW,
+            size: 321,
+            source: "submission".into(),
+            recipients: vec![
+                QueuedRecipient {
+                    address: "friend@remote.example".into(),
+                    original: None,
+                    status: "queued".into(),
+                    attempts: 0,
+                    next_attempt: NOW + 97,
+                    last_attempt: None,
+                    last_error: None,
+                    remote: None,
+                },
+                QueuedRecipient {
+                    address: "b@remote.example".into(),
+                    original: Some("sales@example.com".into()),
+                    status: "failed".into(),
+                    attempts: 3,
+                    next_attempt: NOW + 197,
+                    last_attempt: Some(NOW + 147),
+                    last_error: Some("550 5.1.1 no".into()),
+                    remote: Some("mx.remote.example".into()),
+                },
+            ],
+        };
+        assert_eq!(
+            json(&QueuedMessageView::from(&m)),
+            r#"{"id":9,"sender":"info@example.com","created_at":1778519703,"size":321,"source":"submission","recipients":[{"address":"friend@remote.example","original":null,"status":"queued","attempts":0,"next_attempt":1778519800,"last_attempt":null,"last_error":null,"remote":null},{"address":"b@remote.example","original":"sales@example.com","status":"failed","attempts":3,"next_attempt":null,"last_attempt":1778519850,"last_error":"550 5.1.1 no","remote":"mx.remote.example"}]}"#
+        );
+    }
+}

@@ -69,6 +69,10 @@ pub struct Server {
 }
 
 impl Server {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every part a session shares, once"
+    )]
     pub fn new(
         settings: ImapSettings,
         store: Store,
