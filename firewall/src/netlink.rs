@@ -103,8 +103,7 @@ impl Netlink {
         // Acknowledgements of a large batch arrive together; FORCE needs CAP_NET_ADMIN.
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, 8 << 20)
             .or_else(|_| rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 8 << 20));
-        let seq = u32::try_from(wispd_store::unix_now() & 0xffff_ffff)
-        .unwrap_or(1);
+        let seq = u32::try_from(wispd_store::unix_now() & 0xffff_ffff).unwrap_or(1);
         Ok(Netlink {
             unknown: false,
             fd,
