@@ -361,3 +361,16 @@ def test_two_authorization_headers_are_400_not_the_first_one(wispd, order):
     finally:
         conn.close()
     assert_envelope(resp, 400, "VALIDATION_ERROR", "Send one Authorization header, not 2")
+
+
+def test_wrong_method_with_a_body_gets_its_405_not_a_reset(wispd):
+    """A 405 (or 401) answered without reading the request body closed the connection with
+    unread input: the kernel's RST could destroy the answer before the client read it."""
+    body = b'{"x": "' + b"y" * 600_000 + b'"}'
+    for _ in range(20):
+        r = wispd.request("POST", "/api/v1/health", raw=body, token=None,
+                          headers={"Content-Type": "application/json"})
+        assert_envelope(r, 405, "METHOD_NOT_ALLOWED")
+        r = wispd.request("POST", "/api/v1/email/accounts", raw=body, token="wsp_nope",
+                          headers={"Content-Type": "application/json"})
+        assert_envelope(r, 401, "UNAUTHORIZED")

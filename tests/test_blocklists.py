@@ -303,3 +303,76 @@ def test_https_source_verified_against_trusted_roots(net, make_wispd, tmp_path):
         assert not net.can_connect(APP_PORT)
     finally:
         src.close()
+
+
+class Proxy:
+    """A forward proxy on loopback that records the request lines it gets and answers them itself:
+    a GET with `body`, a CONNECT (the start of an https:// tunnel) with 403."""
+
+    def __init__(self, body):
+        self.lines = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.lines.append(self.requestline)
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_CONNECT(self):
+                outer.lines.append(self.requestline)
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, fmt, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_proxy_https_proxy_and_no_proxy_from_the_environment_are_used(net, make_wispd, source, tmp_path):
+    """The old client ignored the proxy variables and always connected directly."""
+    import subprocess
+    ca = tmp_path / "ca.pem"  # a root store of its own, so https:// doesn't depend on the host's
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(tmp_path / "ca.key"), "-out", str(ca), "-days", "2", "-subj", "/CN=test CA"],
+                   check=True, capture_output=True)
+    proxy = Proxy(f"10.231.{net.n}.2/31 ; via the proxy\n")
+    source.write("direct.txt", "192.0.2.0/24\n")
+    try:
+        w = make_wispd(config=FW_CONFIG, firewall=True, start=False)
+        w.env = {"HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "NO_PROXY": "127.0.0.1",
+                 "SSL_CERT_FILE": str(ca)}
+        w.start()
+
+        # a name only the proxy can reach (.invalid never resolves): the list comes through it
+        create(w, "viaproxy", "http://lists.invalid/drop.txt")
+        d = refresh(w, "viaproxy")
+        assert d["entry_count"] == 1 and d["last_error"] == "", d
+        assert "GET http://lists.invalid/drop.txt HTTP/1.1" in proxy.lines, proxy.lines
+
+        # NO_PROXY: fetched directly from the source
+        create(w, "direct", source.url("direct.txt"))
+        d = refresh(w, "direct")
+        assert d["entry_count"] == 1 and d["last_error"] == "", d
+        assert source.log[-1] == ("/direct.txt", "200"), source.log
+        assert not any("direct.txt" in line for line in proxy.lines), proxy.lines
+
+        # HTTPS_PROXY: a tunnel is asked for; this proxy refuses it, and the list says so
+        create(w, "tunnel", "https://lists.invalid/drop.txt")
+        d = refresh(w, "tunnel")
+        assert d["entry_count"] == 0 and "lists.invalid" in d["last_error"], d
+        assert "CONNECT lists.invalid:443 HTTP/1.1" in proxy.lines, proxy.lines
+        print("tunnel refused:", d["last_error"])
+    finally:
+        proxy.close()

@@ -147,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(from_fn(guard::envelope))
         .layer(from_fn_with_state(state.clone(), metrics::count))
+        .layer(from_fn(extract::buffer_body))
         .with_state(state)
 }
 

@@ -784,9 +784,12 @@ impl utoipa::PartialSchema for ConfigUpdate {
             .property(
                 "force",
                 ObjectBuilder::new()
-                    .schema_type(Type::Boolean)
+                    .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+                        Type::Boolean,
+                        Type::Null,
+                    ]))
                     .description(Some(
-                        "Apply the change even if it shuts the caller out of the API",
+                        "Apply the change even if it shuts the caller out of the API (null: false)",
                     )),
             )
             .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::OneOf(
@@ -806,7 +809,7 @@ impl ToSchema for ConfigUpdate {}
     operation_id = "csf_config_update",
     tag = "csf",
     security(("bearer" = ["admin"])),
-    request_body = ConfigUpdate,
+    request_body = Option<ConfigUpdate>,
     responses((status = 200, description = "Every setting, as changed", body = Data<CsfConfig>))
 )]
 pub async fn config_update(
@@ -1023,7 +1026,7 @@ pub async fn blocklist_add_slash(
     tag = "csf",
     security(("bearer" = ["admin"])),
     params(("name" = String, Path, description = "The blocklist's name", example = "spamhaus_drop")),
-    request_body = BlocklistChange,
+    request_body = Option<BlocklistChange>,
     responses((status = 200, description = "As changed", body = Data<Blocklist>))
 )]
 pub async fn blocklist_update(

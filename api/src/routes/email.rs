@@ -725,7 +725,7 @@ pub struct DkimBody {
     tag = "email",
     security(("bearer" = ["admin", "user"])),
     params(("domain" = String, Path, description = "A domain the token manages", example = "example.com")),
-    request_body = DkimBody,
+    request_body = Option<DkimBody>,
     responses((status = 201, description = "The new key and the record to publish", body = Data<DkimKeyView>))
 )]
 pub async fn dkim_create(
