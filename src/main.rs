@@ -1,6 +1,8 @@
 //! The `wispd` binary: CLI -> config -> tracing -> build -> serve -> drain.
 
+mod admin;
 mod cli;
+mod client;
 mod config;
 mod serve;
 mod tls;
@@ -26,11 +28,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status { target } => admin::run(&target, admin::Job::Status),
+        Command::Queue { target } => admin::run(&target, admin::Job::Queue),
+        Command::Ban {
+            ip,
+            ttl,
+            comment,
+            force,
+            target,
+        } => admin::run(
+            &target,
+            admin::Job::Ban {
+                ip,
+                ttl,
+                comment,
+                force,
+            },
+        ),
         Command::Messages {
-            data_dir,
             address,
             raw,
-        } => list_messages(&data_dir, &address, raw),
+            target,
+        } => admin::messages(&target, &address, raw),
         Command::Serve { config, data_dir } => {
             init_tracing();
             let cfg = match &config {
@@ -75,43 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_messages(data_dir: &std::path::Path, address: &str, raw: bool) -> ExitCode {
-    let listed = wispd_store::Store::open(data_dir)
-        .map_err(|e| e.to_string())
-        .and_then(|store| {
-            wispd_engine::mailstore::list(&store, address, raw).map_err(|e| e.to_string())
-        });
-    match listed {
-        Ok(Some(messages)) => {
-            for m in messages {
-                let mut line = serde_json::json!({
-                    "mailbox": m.mailbox,
-                    "uid": m.entry.uid,
-                    "size": m.entry.size,
-                    "internal_date": m.entry.internal_date,
-                    "flags": m.entry.flags,
-                    "message_id": m.message_id,
-                    "subject": m.subject,
-                });
-                if let Some(bytes) = &m.raw {
-                    line["raw"] = String::from_utf8_lossy(bytes).into();
-                }
-                println!("{line}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(None) => {
-            eprintln!("no account {address:?} in {}", data_dir.display());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("{}: {e}", data_dir.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn report(file: &str, errors: &[String]) {
+pub(crate) fn report(file: &str, errors: &[String]) {
     eprintln!("{file}: {} problem(s) in the config:", errors.len());
     for e in errors {
         eprintln!("  {e}");

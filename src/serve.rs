@@ -107,6 +107,18 @@ pub async fn run(mut cfg: Config) -> Result<()> {
 
     tracing::debug!(smtp = ?cfg.smtp, imap = ?cfg.imap, dns = ?cfg.dns, "engine settings");
     let scheme = if api_tls.is_some() { "https" } else { "http" };
+    // for the admin commands (`wispd status`, …): where this server's API answers
+    let local = match api_addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], api_addr.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, api_addr.port()))
+        }
+        _ => api_addr,
+    };
+    let url_file = cfg.data_dir.join(crate::client::API_URL_FILE);
+    crate::tls::write_file(&url_file, format!("{scheme}://{local}\n").as_bytes(), 0o644)?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         hostname = %cfg.hostname,
@@ -114,6 +126,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     );
 
     wait_for_signal().await?;
+    let _ = std::fs::remove_file(&url_file);
     tracing::info!("stopping: draining connections");
     shutdown.cancel();
     tasks.close();

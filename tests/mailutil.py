@@ -88,7 +88,7 @@ def account(w, username, domain="example.com", quota_mb=0, password="password123
 
 def stored(w, address, raw=False):
     """The account's messages straight from the store (wispd must be stopped)."""
-    args = [WISPD_BIN, "messages", "--data-dir", str(w.data_dir), address]
+    args = [WISPD_BIN, "messages", "--json", "--data-dir", str(w.data_dir), address]
     if raw:
         args.append("--raw")
     out = subprocess.run(args, capture_output=True, text=True, timeout=30)

@@ -6,6 +6,8 @@ pub mod address;
 pub mod delivery;
 pub mod directory;
 pub mod dkim;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imap;
 pub mod limits;
 pub mod login;

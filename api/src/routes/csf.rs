@@ -732,7 +732,7 @@ pub struct ConfigUpdate(Value);
 
 impl ConfigUpdate {
     /// `force`, and the changes as csf.conf strings (`true` is `"1"`, numbers as written).
-    fn into_changes(self) -> Result<(Option<bool>, BTreeMap<String, String>), ApiError> {
+    pub(crate) fn into_changes(self) -> Result<(Option<bool>, BTreeMap<String, String>), ApiError> {
         let Value::Object(mut map) = self.0 else {
             return Err(ApiError::Validation(
                 "Invalid JSON body: expected an object of csf.conf keys".into(),

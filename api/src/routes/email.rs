@@ -406,6 +406,64 @@ pub async fn account_get(
     on_owned_account(&s, p, &id, |d, id| d.account(id)).await
 }
 
+/// One stored message of an account, as `wispd messages` prints it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    #[schema(example = "INBOX")]
+    pub mailbox: String,
+    pub uid: u32,
+    /// Bytes.
+    pub size: u64,
+    /// Unix seconds.
+    pub internal_date: i64,
+    #[schema(example = json!(["\\Seen"]))]
+    pub flags: Vec<String>,
+    /// The `Message-ID:` header, if it has one.
+    #[schema(required = true)]
+    pub message_id: Option<String>,
+    /// The `Subject:` header, if it has one.
+    #[schema(required = true)]
+    pub subject: Option<String>,
+}
+
+/// The messages of an account, mailbox by mailbox in UID order (metadata, not the messages).
+#[utoipa::path(
+    get,
+    path = "/api/v1/email/accounts/{id}/messages",
+    operation_id = "email_accounts_messages",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    params(("id" = u64, Path, description = "The account's id")),
+    responses((status = 200, description = "Its messages", body = Data<Vec<MessageView>>))
+)]
+pub async fn account_messages(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Data<Vec<MessageView>>>, ApiError> {
+    let id = parse_id(&id, "account")?;
+    let store = s.store.clone();
+    let listed = on_dir(&s, move |d| {
+        let a = owned_account(d, &p, id)?;
+        Ok(wispd_engine::mailstore::list(&store, &a.email(), false)?.unwrap_or_default())
+    })
+    .await?;
+    Ok(Json(Data::new(
+        listed
+            .into_iter()
+            .map(|m| MessageView {
+                mailbox: m.mailbox,
+                uid: m.entry.uid,
+                size: m.entry.size,
+                internal_date: m.entry.internal_date,
+                flags: m.entry.flags,
+                message_id: m.message_id,
+                subject: m.subject,
+            })
+            .collect(),
+    )))
+}
+
 /// `PUT /email/accounts/{id}`: a new password and/or quota; at least one of them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"password": "n3w-password", "quota_mb": 2048}))]
@@ -990,6 +1048,7 @@ pub async fn queue_delete(
     account_update,
     account_toggle,
     account_delete,
+    account_messages,
     forwarders,
     forwarder_create,
     forwarder_delete,

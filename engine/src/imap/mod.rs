@@ -6,7 +6,7 @@
 mod bodystructure;
 mod condstore;
 mod fetch;
-mod framing;
+pub(crate) mod framing;
 mod mailboxes;
 mod search;
 mod selected;

@@ -3,7 +3,7 @@
 //! the per-address and total limits.
 
 mod auth;
-mod codec;
+pub(crate) mod codec;
 mod data;
 mod ehlo;
 mod mail;
