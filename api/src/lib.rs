@@ -182,15 +182,6 @@ pub fn rfc3339(unix: i64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_has_explicit_offset() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00+00:00");
-        assert_eq!(super::rfc3339(1_778_519_703), "2026-05-11T17:15:03+00:00");
-    }
-}
-
 /// For the fuzz target in `fuzz/` (not an API): every request body type the API reads, from
 /// arbitrary bytes, through the same parser the handlers use. Errors are fine; panics are not.
 #[doc(hidden)]
@@ -210,5 +201,14 @@ pub fn fuzz_json_bodies(data: &[u8]) {
     let _ = parse_json::<firewall::FirewallToggle>(data);
     if let Ok(c) = parse_json::<csf::ConfigUpdate>(data) {
         let _ = c.into_changes();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_has_explicit_offset() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(super::rfc3339(1_778_519_703), "2026-05-11T17:15:03+00:00");
     }
 }
