@@ -374,3 +374,16 @@ def test_wrong_method_with_a_body_gets_its_405_not_a_reset(wispd):
         r = wispd.request("POST", "/api/v1/email/accounts", raw=body, token="wsp_nope",
                           headers={"Content-Type": "application/json"})
         assert_envelope(r, 401, "UNAUTHORIZED")
+
+
+def test_served_openapi_document_is_the_committed_one(wispd):
+    """GET /api/v1/openapi.json needs no token and is byte for byte api/openapi.json."""
+    from pathlib import Path
+    r = wispd.request("GET", "/api/v1/openapi.json", token=None)
+    assert r.status == 200 and r.header("content-type").startswith("application/json"), r
+    committed = (Path(__file__).resolve().parent.parent / "api" / "openapi.json").read_bytes()
+    assert r.raw == committed, "api/openapi.json is stale: UPDATE_OPENAPI=1 cargo test -p wispd-api openapi"
+    assert r.json["openapi"] == "3.1.0"
+    assert r.header("x-ratelimit-limit") is None
+    ops = [(p, m) for p, item in r.json["paths"].items() for m in item]
+    assert len(ops) >= 56 and ("/api/v1/metrics", "get") in ops

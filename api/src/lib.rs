@@ -14,7 +14,6 @@ mod validate;
 pub mod view;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::http::Uri;
@@ -159,13 +158,7 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("No such endpoint: {}", uri.path()))
 }
 
-/// Now, in unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use wispd_store::unix_now;
 
 /// RFC 3339 with an explicit offset, e.g. `2026-05-11T10:15:03+00:00`.
 pub fn rfc3339(unix: i64) -> String {

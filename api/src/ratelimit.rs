@@ -2,7 +2,7 @@
 //! `X-RateLimit-*` headers.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -87,10 +87,7 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    u64::try_from(wispd_store::unix_now()).unwrap_or(0)
 }
 
 #[cfg(test)]
