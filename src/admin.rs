@@ -86,8 +86,13 @@ async fn answer(api: &Api, job: Job, as_json: bool) -> Result<()> {
                 }
             };
             println!("mail stack installed: {}", yes(&email["installed"]));
-            println!("  SMTP (postfix):     {}", text(&email["postfix"]));
-            println!("  IMAP (dovecot):     {}", text(&email["dovecot"]));
+            let engine = |v: &Value| match (v["installed"].as_bool(), v["running"].as_bool()) {
+                (_, Some(true)) => "running",
+                (Some(true), _) => "installed, not running",
+                _ => "not installed",
+            };
+            println!("  SMTP (postfix):     {}", engine(&email["postfix"]));
+            println!("  IMAP (dovecot):     {}", engine(&email["dovecot"]));
             println!("  clamd running:      {}", yes(&email["clamav_running"]));
             let fw = &firewall["data"];
             println!("firewall:             {}", summary(fw));
