@@ -70,7 +70,8 @@ bench: deps-build deps-test release
 	if [ -n "$$failed" ]; then echo "benches that failed:$$failed"; exit 1; fi
 
 # Coverage-guided fuzzing with cargo-fuzz (libFuzzer) on the stable toolchain (`-s none`: no
-# sanitizer, which would need nightly). Each target runs FUZZ_SECONDS; a crash is kept under
+# sanitizer, which would need nightly), from the committed seeds (fuzz/seeds/) and the corpus
+# it grows (fuzz/corpus/, not committed). Each target runs FUZZ_SECONDS; a crash is kept under
 # fuzz/artifacts/<target>/ and the target is named at the end (exit 1).
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS := smtp_codec imap_framing blocklist_parse config_load api_json
@@ -79,6 +80,7 @@ fuzz: deps-build
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@failed=""; for t in $(FUZZ_TARGETS); do \
 	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
-	  (cd fuzz && $(CARGO) fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048) || failed="$$failed $$t"; \
+	  mkdir -p fuzz/corpus/$$t; \
+	  (cd fuzz && $(CARGO) fuzz run -s none $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048) || failed="$$failed $$t"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz targets that found a crash:$$failed (see fuzz/artifacts/)"; exit 1; fi
