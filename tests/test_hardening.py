@@ -35,6 +35,17 @@ def mail(make_wispd):
     return w, smtp, imap, imaps
 
 
+def open_data(smtp, timeout=10):
+    """A raw MX session past `DATA 354`, from a@remote.example to info@example.com."""
+    r = Raw(smtp, timeout=timeout)
+    r.reply()
+    assert r.cmd("EHLO client.example")[0] == 250
+    assert r.cmd("MAIL FROM:<a@remote.example>")[0] == 250
+    assert r.cmd("RCPT TO:<info@example.com>")[0] == 250
+    assert r.cmd("DATA")[0] == 354
+    return r
+
+
 def imap_line(sock, buf=b""):
     while b"\r\n" not in buf:
         chunk = sock.recv(65536)
@@ -224,12 +235,7 @@ def test_bodies_in_flight_are_bounded_by_the_memory_budget(make_wispd):
     chunk = (b"x" * 998 + b"\r\n") * 1000  # 1 MB
     sessions = []
     for _ in range(16):
-        r = Raw(smtp, timeout=60)
-        r.reply()
-        r.cmd("EHLO client.example")
-        r.cmd("MAIL FROM:<a@remote.example>")
-        r.cmd("RCPT TO:<info@example.com>")
-        assert r.cmd("DATA")[0] == 354
+        r = open_data(smtp, timeout=60)
         r.send(b"Subject: big\r\n\r\n")
         sessions.append(r)
     for _ in range(8):
@@ -269,12 +275,7 @@ def test_bodies_in_flight_are_bounded_by_the_memory_budget(make_wispd):
     assert any(b"[UNAVAILABLE]" in a for a in answers), answers
     m.logout()
     # the budget is given back: one large message alone goes through
-    r = Raw(smtp, timeout=60)
-    r.reply()
-    r.cmd("EHLO client.example")
-    r.cmd("MAIL FROM:<a@remote.example>")
-    r.cmd("RCPT TO:<info@example.com>")
-    assert r.cmd("DATA")[0] == 354
+    r = open_data(smtp, timeout=60)
     r.send(b"Subject: big alone\r\n\r\n" + chunk * 8 + b"\r\n.\r\n")
     assert r.reply()[0] == 250
 
@@ -285,12 +286,7 @@ def test_trickled_body_cannot_outlast_the_transfer_deadline(make_wispd):
     assert w.request("POST", "/api/v1/email/install").status == 200
     account(w, "info")
     smtp, _, _ = ports(w)
-    r = Raw(smtp, timeout=30)
-    r.reply()
-    r.cmd("EHLO client.example")
-    r.cmd("MAIL FROM:<a@remote.example>")
-    r.cmd("RCPT TO:<info@example.com>")
-    assert r.cmd("DATA")[0] == 354
+    r = open_data(smtp, timeout=30)
     t0 = time.monotonic()
     with pytest.raises((ConnectionError, BrokenPipeError)):
         while time.monotonic() - t0 < 25:
@@ -360,3 +356,16 @@ def test_passwords_with_control_characters_and_bad_punycode_are_refused(mail):
     r = w.request("POST", "/api/v1/email/accounts",
                   body={"domain": "xn--bcher-kva.de", "username": "a", "password": "password123"})
     assert r.status == 201, r
+
+
+def test_a_user_token_cannot_list_another_domains_messages(mail):
+    """GET /email/accounts/:id/messages is new: a user token reaches only its own domains."""
+    w, _, _, _ = mail
+    other = account(w, "boss", domain="other.example")
+    mine = w.request("GET", "/api/v1/email/accounts").json["accounts"][0]
+    r = w.request("POST", "/api/v1/tokens", body={"name": "t", "role": "user", "domains": ["example.com"]})
+    user = r.json["data"]["token"]
+    assert w.request("GET", f"/api/v1/email/accounts/{mine['id']}/messages", token=user).status == 200
+    for bad in (other["id"], 99999, "x", "18446744073709551616"):
+        r = w.request("GET", f"/api/v1/email/accounts/{bad}/messages", token=user)
+        assert r.status == 404 and r.json["code"] == "NOT_FOUND", r
