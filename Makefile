@@ -54,12 +54,12 @@ clean:
 	rm -rf $(VENV)
 
 # Every bench runs even when one fails; the failed ones are named at the end (exit 1).
-BENCHES := firewall blocklist smtp outbound imap authflood
+BENCHES := firewall blocklist smtp sieve outbound imap authflood
 
 bench: deps-build deps-test release
 	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
 	@echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections
-	$(call apt_install,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd)
+	$(call apt_install,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-sieve)
 	@-$(SUDO) systemctl disable --now dovecot >/dev/null 2>&1 || true
 	@$(PY) -m pip install -q --disable-pip-version-check argon2-cffi
 	@failed=""; for b in $(BENCHES); do \

@@ -29,6 +29,31 @@ def smtp_source(port, n, sessions, size, to, sender="sender@remote.example"):
     return time.monotonic() - t
 
 
+def smtp_sources(port, jobs, sender="sender@remote.example", timeout=3600):
+    """Several smtp-source processes at once, one per job `(to, count, message_file)`, each one
+    session sending `count` pre-formatted messages (`-F`: the file is the whole message, header
+    and body, LF line ends); returns the seconds until the last one finished."""
+    t = time.monotonic()
+    procs = [subprocess.Popen(["smtp-source", "-d", "-s", "1", "-m", str(count), "-F", str(message_file),
+                               "-f", sender, "-t", to, f"127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for to, count, message_file in jobs if count]
+    try:
+        errors = []
+        for p in procs:
+            _, err = p.communicate(timeout=max(1, timeout - (time.monotonic() - t)))
+            if p.returncode != 0:
+                errors.append(err[:300])
+        if errors:
+            raise RuntimeError(f"smtp-source: {len(errors)} of {len(procs)} failed: {errors[0]}")
+        return time.monotonic() - t
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def wait_port(port, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -43,10 +68,13 @@ def wait_port(port, timeout=20):
 class Dovecot:
     """Dovecot with LMTP (and IMAP for the IMAP bench) over Maildir, static users, password 'password123'."""
 
-    def __init__(self, work: Path, imap=False, passdb_hash=None):
+    def __init__(self, work: Path, imap=False, passdb_hash=None, sieve=None):
         """`passdb_hash`: a `{SCHEME}hash` every user's password must match (a passwd-file);
-        without it a static passdb accepts 'password123'."""
+        without it a static passdb accepts 'password123'. `sieve`: {"user@domain": script} turns
+        on Pigeonhole (Debian package dovecot-sieve) for LMTP, each user filtered by their script
+        (users not named get no filtering)."""
         self.passdb_hash = passdb_hash
+        self.sieve = sieve
         self.dir = work / "dovecot"
         self.mail = self.dir / "mail"
         self.lmtp_port = free_port()
@@ -108,6 +136,24 @@ service imap {{
 }}
 {imap}
 """
+        if self.sieve:
+            if not Path("/usr/lib/dovecot/modules/lib90_sieve_plugin.so").exists():
+                raise RuntimeError("Pigeonhole is missing: apt-get install dovecot-sieve")
+            scripts = self.dir / "sieve"
+            for address, script in self.sieve.items():
+                user, domain = address.split("@")
+                (scripts / domain).mkdir(parents=True, exist_ok=True)
+                (scripts / domain / f"{user}.sieve").write_text(script)
+            for d in (scripts, *scripts.iterdir()):  # writable: Pigeonhole caches the compiled .svbin
+                shutil.chown(d, "mail", "mail")
+            conf += f"""
+protocol lmtp {{
+  mail_plugins = $mail_plugins sieve
+}}
+plugin {{
+  sieve = file:{scripts}/%d/%n.sieve
+}}
+"""
         (self.dir / "dovecot.conf").write_text(conf)
         subprocess.run(["dovecot", "-c", str(self.dir / "dovecot.conf")], check=True)
         wait_port(self.lmtp_port)
@@ -115,10 +161,21 @@ service imap {{
             wait_port(self.imap_port)
         return self
 
-    def delivered(self, domain, user):
-        new = self.mail / domain / user / "new"
-        cur = self.mail / domain / user / "cur"
-        return sum(len(os.listdir(d)) for d in (new, cur) if d.exists())
+    def delivered(self, domain, user, folder="INBOX"):
+        """Messages in one folder (Maildir++: INBOX is the root, folder X is `.X`)."""
+        root = self.mail / domain / user
+        if folder != "INBOX":
+            root = root / ("." + folder.replace("/", "."))
+        return sum(len(os.listdir(d)) for d in (root / "new", root / "cur") if d.exists())
+
+    def folders(self, domain, user):
+        """{folder: messages} over every folder of the user that exists (INBOX always)."""
+        root = self.mail / domain / user
+        names = ["INBOX"]
+        if root.exists():
+            names += sorted(e.name[1:] for e in os.scandir(root) if e.is_dir() and e.name.startswith(".")
+                            and (root / e.name / "cur").exists())
+        return {f: self.delivered(domain, user, f) for f in names}
 
     def stop(self):
         subprocess.run(["doveadm", "-c", str(self.dir / "dovecot.conf"), "stop"], capture_output=True)

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub api: RawApi,
     pub smtp: RawSmtp,
     pub imap: RawImap,
+    pub sieve: RawSieve,
     pub dns: RawDns,
     pub firewall: RawFirewall,
 }
@@ -59,6 +60,37 @@ pub struct RawImap {
     pub max_connections_per_ip: i64,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSieve {
+    /// ManageSieve listeners.
+    pub listen: Vec<String>,
+    pub max_script_size: i64,
+    pub max_scripts: i64,
+    pub cpu_limit: i64,
+    pub max_redirects: i64,
+    pub max_out_messages: i64,
+    pub max_includes: i64,
+    /// Directory of `include :global` scripts; empty = none.
+    pub global_dir: String,
+}
+
+impl Default for RawSieve {
+    fn default() -> Self {
+        let d = wispd_engine::sieve::SieveSettings::default();
+        RawSieve {
+            listen: vec!["127.0.0.1:4190".into()],
+            max_script_size: d.max_script_size as i64,
+            max_scripts: d.max_scripts as i64,
+            cpu_limit: d.cpu_limit as i64,
+            max_redirects: d.max_redirects as i64,
+            max_out_messages: d.max_out_messages as i64,
+            max_includes: d.max_includes as i64,
+            global_dir: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawDns {
@@ -81,6 +113,7 @@ impl Default for RawConfig {
             api: RawApi::default(),
             smtp: RawSmtp::default(),
             imap: RawImap::default(),
+            sieve: RawSieve::default(),
             dns: RawDns::default(),
             firewall: RawFirewall::default(),
         }
@@ -150,6 +183,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
+    pub sieve: SieveConfig,
     pub dns: DnsConfig,
     pub firewall: FirewallConfig,
 }
@@ -193,6 +227,13 @@ pub struct ImapConfig {
     pub imaps: Vec<SocketAddr>,
     pub idle_timeout: std::time::Duration,
     pub max_connections_per_ip: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SieveConfig {
+    /// ManageSieve listeners.
+    pub listen: Vec<SocketAddr>,
+    pub settings: wispd_engine::sieve::SieveSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -480,7 +521,25 @@ impl RawConfig {
             1,
             10_000,
         );
+        let sieve_sizes = [
+            bounded("sieve.max_script_size", self.sieve.max_script_size, 256, 1 << 20),
+            bounded("sieve.max_scripts", self.sieve.max_scripts, 1, 1000),
+            bounded("sieve.cpu_limit", self.sieve.cpu_limit, 100, 10_000_000),
+            bounded("sieve.max_redirects", self.sieve.max_redirects, 0, 100),
+            bounded("sieve.max_out_messages", self.sieve.max_out_messages, 0, 100),
+            bounded("sieve.max_includes", self.sieve.max_includes, 0, 10),
+        ]
+        .map(|v| usize::try_from(v).unwrap_or(usize::MAX));
         let imap_listen = addrs("imap.listen", &self.imap.listen, &mut errors);
+        let sieve_listen = addrs("sieve.listen", &self.sieve.listen, &mut errors);
+        let global_dir = match self.sieve.global_dir.trim() {
+            "" => None,
+            d if Path::new(d).is_absolute() => Some(PathBuf::from(d)),
+            d => {
+                errors.push(format!("`sieve.global_dir`: {d:?} must be an absolute path"));
+                None
+            }
+        };
         let imaps = addrs("imap.imaps", &self.imap.imaps, &mut errors);
 
         let nameservers = self
@@ -514,7 +573,8 @@ impl RawConfig {
             .chain(submission.iter().map(|a| (*a, "smtp.submission")))
             .chain(submissions.iter().map(|a| (*a, "smtp.submissions")))
             .chain(imap_listen.iter().map(|a| (*a, "imap.listen")))
-            .chain(imaps.iter().map(|a| (*a, "imap.imaps")));
+            .chain(imaps.iter().map(|a| (*a, "imap.imaps")))
+            .chain(sieve_listen.iter().map(|a| (*a, "sieve.listen")));
         for (a, key) in listeners {
             if a.port() == 0 {
                 continue;
@@ -565,6 +625,19 @@ impl RawConfig {
                 imaps,
                 idle_timeout: std::time::Duration::from_secs(imap_idle),
                 max_connections_per_ip: u32::try_from(imap_per_ip).unwrap_or(50),
+            },
+            sieve: SieveConfig {
+                listen: sieve_listen,
+                settings: wispd_engine::sieve::SieveSettings {
+                    max_script_size: sieve_sizes[0],
+                    max_scripts: sieve_sizes[1],
+                    cpu_limit: sieve_sizes[2],
+                    max_redirects: sieve_sizes[3],
+                    max_out_messages: sieve_sizes[4],
+                    max_includes: sieve_sizes[5],
+                    global_dir,
+                    hostname: String::new(),
+                },
             },
             dns: DnsConfig { nameservers },
             firewall: FirewallConfig {

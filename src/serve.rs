@@ -192,6 +192,11 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
             .smtp
             .max_inflight_bytes
             .max(usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX)),
+        sieve: wispd_engine::sieve::SieveSettings {
+            hostname: cfg.hostname.clone(),
+            ..cfg.sieve.settings.clone()
+        },
+        sieve_listen: cfg.sieve.listen.clone(),
     }
 }
 

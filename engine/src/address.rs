@@ -63,6 +63,15 @@ pub fn address(input: &str) -> Option<(String, String)> {
     Some((local_part(l)?, domain(d)?))
 }
 
+/// Whether `address` is the account's own (also as `user+tag@domain`).
+pub fn owns(account_email: &str, address: &str) -> bool {
+    let Some((l, d)) = self::address(address) else {
+        return false;
+    };
+    let plain = l.split_once('+').map_or(l.as_str(), |(base, _)| base);
+    format!("{plain}@{d}") == account_email
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

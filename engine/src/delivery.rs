@@ -9,7 +9,8 @@ use std::sync::mpsc;
 
 use wispd_store::schema::{
     MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES, MAIL_META,
-    MAIL_QUEUE, MAIL_QUEUE_DATA, MailEntry, MessageMeta, QueuedMessage, QueuedRecipient,
+    MAIL_QUEUE, MAIL_QUEUE_DATA, MailEntry, Mailbox, MessageMeta, QueuedMessage, QueuedRecipient,
+    SIEVE_SEEN,
 };
 use wispd_store::{Store, StoreError, Write};
 
@@ -21,20 +22,60 @@ const MAX_BATCH: usize = 512;
 /// Most message bytes applied in one transaction.
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
-/// Where one copy goes.
+/// One local recipient of a message and where its copies go: INBOX unless a Sieve script
+/// said otherwise; no copies when the script discarded or rejected it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     pub account_id: u64,
+    pub copies: Vec<Copy>,
+}
+
+/// One copy of the message in one of the recipient's mailboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
     pub mailbox: String,
+    /// RFC 6154 attribute (`fileinto :specialuse`): the account's mailbox with it wins.
+    pub special_use: Option<String>,
+    /// IMAP flags the copy starts with.
+    pub flags: Vec<String>,
+    /// Create the mailbox when it does not exist (`fileinto :create`); otherwise a missing
+    /// mailbox means INBOX (RFC 5228 §2.10.6: an action that can't be done is a keep).
+    pub create: bool,
+    /// Index into the delivery's edited variants (`editheader`); `None`: the message itself.
+    pub variant: Option<usize>,
+}
+
+impl Copy {
+    pub fn inbox() -> Copy {
+        Copy {
+            mailbox: "INBOX".into(),
+            special_use: None,
+            flags: Vec::new(),
+            create: false,
+            variant: None,
+        }
+    }
 }
 
 impl Recipient {
     pub fn inbox(account_id: u64) -> Recipient {
         Recipient {
             account_id,
-            mailbox: "INBOX".into(),
+            copies: vec![Copy::inbox()],
         }
     }
+}
+
+/// Something a Sieve script sends (a redirect, a vacation reply, a rejection notice) and what
+/// it remembers (`duplicate` ids, vacation replies per sender), committed with the delivery.
+#[derive(Debug, Clone)]
+pub struct Effect {
+    pub account_id: u64,
+    /// Remember this id until the given unix time. With an outbound message, the message is
+    /// sent only when the id is not remembered already (so concurrent deliveries from one
+    /// sender get one vacation reply between them).
+    pub seen: Option<(String, i64)>,
+    pub outbound: Option<Outbound>,
 }
 
 /// What happened to one recipient's copy.
@@ -48,6 +89,15 @@ pub enum Outcome {
     Disabled,
     /// No such account or mailbox (deleted meanwhile).
     Missing,
+    /// The account's Sieve script discarded (or rejected) it: delivered, with no copy kept.
+    Discarded,
+}
+
+impl Outcome {
+    /// The message reached the recipient (stored, or disposed of by the recipient's filter).
+    pub fn delivered(self) -> bool {
+        matches!(self, Outcome::Stored { .. } | Outcome::Discarded)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,6 +145,21 @@ pub struct Delivered {
     pub queued: Option<u64>,
     /// The queue id of the DSN about local recipients that did not get it, if one was sent.
     pub bounced: Option<u64>,
+    /// Queue ids of what the recipients' filters sent.
+    pub sent: Vec<u64>,
+}
+
+/// Everything one message's delivery commits together.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    pub message: Vec<u8>,
+    /// Edited copies (Sieve `editheader`) that [`Copy::variant`] points at.
+    pub variants: Vec<Vec<u8>>,
+    pub recipients: Vec<Recipient>,
+    pub internal_date: i64,
+    pub outbound: Option<Outbound>,
+    pub bounce: Option<BounceTo>,
+    pub effects: Vec<Effect>,
 }
 
 /// Queue ids committed by the writer, for the queue's scheduler, and its wake-up call.
@@ -140,7 +205,9 @@ impl Work {
     fn bytes(&self) -> usize {
         match self {
             Work::Deliver(job) => {
-                job.message.len() + job.outbound.as_ref().map_or(0, |o| o.message.len())
+                job.message.len()
+                    + job.variants.iter().map(Vec::len).sum::<usize>()
+                    + job.outbound.as_ref().map_or(0, |o| o.message.len())
             }
             Work::Apply { .. } => 0,
         }
@@ -149,10 +216,12 @@ impl Work {
 
 struct Job {
     message: Vec<u8>,
+    variants: Vec<Vec<u8>>,
     recipients: Vec<Recipient>,
     internal_date: i64,
     outbound: Option<Outbound>,
     bounce: Option<BounceTo>,
+    effects: Vec<Effect>,
     reply: tokio::sync::oneshot::Sender<Result<Delivered, DeliverError>>,
 }
 
@@ -228,14 +297,30 @@ impl Deliverer {
         outbound: Option<Outbound>,
         bounce: Option<BounceTo>,
     ) -> Result<Delivered, DeliverError> {
+        self.deliver_all(Delivery {
+            message,
+            recipients,
+            internal_date,
+            outbound,
+            bounce,
+            ..Delivery::default()
+        })
+        .await
+    }
+
+    /// Commits `d` whole: the local copies, the outbound part, the DSN it asks for and what
+    /// the recipients' filters sent and remembered.
+    pub async fn deliver_all(&self, d: Delivery) -> Result<Delivered, DeliverError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
             .send(Work::Deliver(Box::new(Job {
-                message,
-                recipients,
-                internal_date,
-                outbound: outbound.filter(|o| !o.recipients.is_empty()),
-                bounce,
+                message: d.message,
+                variants: d.variants,
+                recipients: d.recipients,
+                internal_date: d.internal_date,
+                outbound: d.outbound.filter(|o| !o.recipients.is_empty()),
+                bounce: d.bounce,
+                effects: d.effects,
                 reply,
             })))
             .map_err(|_| DeliverError::Stopped)?;
@@ -345,7 +430,12 @@ fn writer(
                 for id in all
                     .iter()
                     .flatten()
-                    .flat_map(|d| d.queued.into_iter().chain(d.bounced))
+                    .flat_map(|d| {
+                        d.queued
+                            .into_iter()
+                            .chain(d.bounced)
+                            .chain(d.sent.iter().copied())
+                    })
                 {
                     queued.push(id);
                 }
@@ -400,10 +490,32 @@ fn apply(w: &Write<'_>, job: &Job) -> Result<Delivered, StoreError> {
         Some(b) => bounce(w, job, b, &outcomes, queued.is_some())?,
         None => None,
     };
+    let mut sent = Vec::new();
+    for e in &job.effects {
+        if let Some((id, expires)) = &e.seen {
+            let key = (e.account_id, id.as_str());
+            let remembered = w
+                .get(&SIEVE_SEEN, key)?
+                .is_some_and(|until: i64| until > job.internal_date);
+            if remembered && e.outbound.is_some() {
+                // Another delivery sent it meanwhile.
+                continue;
+            }
+            if !remembered || e.outbound.is_none() {
+                w.put(&SIEVE_SEEN, key, expires)?;
+            }
+        }
+        if let Some(o) = &e.outbound
+            && !o.recipients.is_empty()
+        {
+            sent.push(enqueue(w, o, job.internal_date)?);
+        }
+    }
     Ok(Delivered {
         outcomes,
         queued,
         bounced,
+        sent,
     })
 }
 
@@ -416,7 +528,7 @@ fn bounce(
     outcomes: &[Outcome],
     queued: bool,
 ) -> Result<Option<u64>, StoreError> {
-    let delivered = queued || outcomes.iter().any(|o| matches!(o, Outcome::Stored { .. }));
+    let delivered = queued || outcomes.iter().any(|o| o.delivered());
     if to.sender.is_empty() || !delivered {
         return Ok(None);
     }
@@ -425,7 +537,7 @@ fn bounce(
         .zip(&to.addresses)
         .filter_map(|(o, address)| {
             let (status, reply) = match o {
-                Outcome::Stored { .. } => return None,
+                Outcome::Stored { .. } | Outcome::Discarded => return None,
                 Outcome::OverQuota => (
                     "5.2.2",
                     "552 5.2.2 Mailbox full: the message does not fit in the recipient's quota",
@@ -493,9 +605,15 @@ pub fn enqueue(w: &Write<'_>, o: &Outbound, now: i64) -> Result<u64, StoreError>
 }
 
 fn store_local(w: &Write<'_>, job: &Job) -> Result<Vec<Outcome>, StoreError> {
-    let size = job.message.len() as u64;
     let mut outcomes = Vec::with_capacity(job.recipients.len());
-    let mut message_id = None;
+    // Message ids of the message (index 0) and its variants, stored once each on first use,
+    // with how many entries point at them.
+    let mut stored: Vec<Option<(u64, u32)>> = vec![None; job.variants.len() + 1];
+    let bytes = |variant: Option<usize>| -> &[u8] {
+        variant
+            .and_then(|v| job.variants.get(v))
+            .map_or(job.message.as_slice(), Vec::as_slice)
+    };
     for r in &job.recipients {
         let Some(mut account) = w.get(&MAIL_ACCOUNTS, r.account_id)? else {
             outcomes.push(Outcome::Missing);
@@ -505,61 +623,117 @@ fn store_local(w: &Write<'_>, job: &Job) -> Result<Vec<Outcome>, StoreError> {
             outcomes.push(Outcome::Disabled);
             continue;
         }
+        if r.copies.is_empty() {
+            outcomes.push(Outcome::Discarded);
+            continue;
+        }
+        let size: u64 = r.copies.iter().map(|c| bytes(c.variant).len() as u64).sum();
         let limit = account.quota_mb.saturating_mul(1 << 20);
         if account.quota_mb > 0 && account.used_bytes.saturating_add(size) > limit {
             outcomes.push(Outcome::OverQuota);
             continue;
         }
-        let Some(mut mailbox) = w.get(&MAIL_MAILBOXES, (r.account_id, r.mailbox.as_str()))? else {
-            outcomes.push(Outcome::Missing);
-            continue;
-        };
-        let id = match message_id {
-            Some(id) => id,
-            None => {
-                let id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
-                w.put(&MAIL_META, "next_message_id", &(id + 1))?;
-                w.put_raw(&MAIL_MESSAGES, id, &job.message)?;
-                message_id = Some(id);
-                id
+        let mut first_uid = None;
+        let mut placed: Vec<(String, Option<usize>)> = Vec::new();
+        for copy in &r.copies {
+            let Some((name, mut mailbox)) = target_mailbox(w, r.account_id, copy)? else {
+                continue;
+            };
+            // The same message twice in one mailbox is one copy (RFC 5228 §2.10.3).
+            if placed.contains(&(name.clone(), copy.variant)) {
+                continue;
             }
-        };
-        let uid = mailbox.uidnext;
-        mailbox.uidnext = mailbox.uidnext.saturating_add(1);
-        mailbox.highest_modseq += 1;
-        let entry = MailEntry {
-            message_id: id,
-            uid,
-            flags: Vec::new(),
-            internal_date: job.internal_date,
-            size,
-            modseq: mailbox.highest_modseq,
-        };
-        w.put(
-            &MAIL_ENTRIES,
-            (r.account_id, r.mailbox.as_str(), uid),
-            &entry,
-        )?;
-        w.put(
-            &MAIL_MAILBOXES,
-            (r.account_id, r.mailbox.as_str()),
-            &mailbox,
-        )?;
-        account.used_bytes = account.used_bytes.saturating_add(size);
-        w.put(&MAIL_ACCOUNTS, r.account_id, &account)?;
-        outcomes.push(Outcome::Stored { uid });
+            placed.push((name.clone(), copy.variant));
+            let slot = copy.variant.map_or(0, |v| v + 1).min(job.variants.len());
+            let id = match stored[slot] {
+                Some((id, _)) => id,
+                None => {
+                    let id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
+                    w.put(&MAIL_META, "next_message_id", &(id + 1))?;
+                    w.put_raw(&MAIL_MESSAGES, id, bytes(copy.variant))?;
+                    stored[slot] = Some((id, 0));
+                    id
+                }
+            };
+            if let Some((_, refs)) = stored[slot].as_mut() {
+                *refs = refs.saturating_add(1);
+            }
+            let len = bytes(copy.variant).len() as u64;
+            let uid = mailbox.uidnext;
+            mailbox.uidnext = mailbox.uidnext.saturating_add(1);
+            mailbox.highest_modseq += 1;
+            let entry = MailEntry {
+                message_id: id,
+                uid,
+                flags: copy.flags.clone(),
+                internal_date: job.internal_date,
+                size: len,
+                modseq: mailbox.highest_modseq,
+            };
+            w.put(&MAIL_ENTRIES, (r.account_id, name.as_str(), uid), &entry)?;
+            w.put(&MAIL_MAILBOXES, (r.account_id, name.as_str()), &mailbox)?;
+            account.used_bytes = account.used_bytes.saturating_add(len);
+            first_uid.get_or_insert(uid);
+        }
+        match first_uid {
+            Some(uid) => {
+                w.put(&MAIL_ACCOUNTS, r.account_id, &account)?;
+                outcomes.push(Outcome::Stored { uid });
+            }
+            None => outcomes.push(Outcome::Missing),
+        }
     }
-    if let Some(id) = message_id {
-        let refs = u32::try_from(
-            outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Stored { .. }))
-                .count(),
-        )
-        .unwrap_or(u32::MAX);
-        w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs })?;
+    for (slot, s) in stored.iter().enumerate() {
+        if let Some((id, refs)) = *s {
+            let size = if slot == 0 {
+                job.message.len()
+            } else {
+                job.variants[slot - 1].len()
+            } as u64;
+            w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs })?;
+        }
     }
     Ok(outcomes)
+}
+
+/// The mailbox a copy lands in, by name: the account's mailbox with the copy's special use,
+/// else the named one (created when the copy asks for it), else INBOX. `None`: not even INBOX.
+fn target_mailbox(
+    w: &Write<'_>,
+    account: u64,
+    copy: &Copy,
+) -> Result<Option<(String, Mailbox)>, StoreError> {
+    if let Some(special) = copy.special_use.as_deref() {
+        let all: Vec<Mailbox> = w.values_in(&MAIL_MAILBOXES, (account, "")..(account + 1, ""))?;
+        if let Some(mb) = all
+            .into_iter()
+            .find(|m| m.special_use.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(special)))
+        {
+            return Ok(Some((mb.name.clone(), mb)));
+        }
+    }
+    let name = crate::mailbox::canonical(&copy.mailbox);
+    if let Some(mb) = w.get(&MAIL_MAILBOXES, (account, name.as_str()))? {
+        return Ok(Some((name, mb)));
+    }
+    if copy.create && crate::mailbox::check_name(&name).is_ok() {
+        let mb = Mailbox {
+            name: name.clone(),
+            special_use: None,
+            uidvalidity: crate::mailbox::new_uidvalidity(w)?,
+            uidnext: 1,
+            highest_modseq: 1,
+            subscribed: true,
+        };
+        w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
+        return Ok(Some((name, mb)));
+    }
+    if name != "INBOX" {
+        tracing::info!(account, mailbox = %name, "filter named a mailbox that does not exist; kept in INBOX");
+    }
+    Ok(w
+        .get(&MAIL_MAILBOXES, (account, "INBOX"))?
+        .map(|mb| ("INBOX".to_string(), mb)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use wispd_store::schema::{
     MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_ENTRIES, MAIL_FORWARDERS, MAIL_MAILBOXES,
-    MAIL_META, MailAccount, MailCatchall, MailForwarder, Mailbox,
+    MAIL_META, MailAccount, MailCatchall, MailForwarder, Mailbox, AUTORESPONDERS, SIEVE_SCRIPTS, SIEVE_SEEN,
 };
 use wispd_store::{Store, StoreError, Write};
 
@@ -430,6 +430,10 @@ impl Directory {
                 }
                 w.remove(&MAIL_MAILBOXES, (id, name))?;
             }
+            // Its filters, autoresponder and what they remembered go with it.
+            w.retain_in(&SIEVE_SCRIPTS, (id, "")..(id + 1, ""), |_| false)?;
+            w.retain_in(&SIEVE_SEEN, (id, "")..(id + 1, ""), |_| false)?;
+            w.remove(&AUTORESPONDERS, id)?;
             Ok(a)
         })
     }

@@ -16,5 +16,6 @@ pub mod mailstore;
 pub mod metrics;
 pub mod queue;
 pub mod service;
+pub mod sieve;
 pub mod smtp;
 pub mod srs;

@@ -86,7 +86,7 @@ pub fn canonical(name: &str) -> String {
     }
 }
 
-fn check_name(name: &str) -> Result<(), MailboxError> {
+pub(crate) fn check_name(name: &str) -> Result<(), MailboxError> {
     if name.is_empty()
         || name.len() > MAX_NAME
         || name.starts_with('/')
@@ -152,7 +152,7 @@ pub fn account(store: &Store, account: u64) -> Result<Option<MailAccount>, Store
     store.read(|r| r.get(&MAIL_ACCOUNTS, account))
 }
 
-fn new_uidvalidity(w: &Write<'_>) -> Result<u32, StoreError> {
+pub(crate) fn new_uidvalidity(w: &Write<'_>) -> Result<u32, StoreError> {
     // Seconds since the epoch, as Dovecot does, but never repeating within this store.
     let now = u32::try_from(wispd_store::unix_now() & 0x7fff_ffff).unwrap_or(1);
     let last = u32::try_from(w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0)).unwrap_or(0);

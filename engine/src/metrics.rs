@@ -40,6 +40,8 @@ pub enum MessageOutcome {
     NoRecipient,
     /// The store failed: `451 4.3.0`.
     StoreFailed,
+    /// Every recipient's Sieve filter `ereject`ed it: `550 5.7.1`.
+    Refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -120,6 +122,7 @@ labels! {
     MessageOutcome {
         Accepted => "accepted", TooBig => "too_big", NoMemory => "no_memory", Loop => "loop",
         Authors => "authors", NoRecipient => "no_recipient", StoreFailed => "store_failed",
+        Refused => "filter_refused",
     }
     RcptRefusal {
         RelayDenied => "relay_denied", UnknownUser => "unknown_user", Disabled => "disabled",
@@ -147,6 +150,13 @@ pub struct MailMetrics {
     pub queue_outcomes: Family<QueueLabels, Counter>,
     pub imap_sessions: Counter,
     pub imap_command_seconds: Family<CommandLabels, Histogram, fn() -> Histogram>,
+    /// Sieve runs at delivery (one per recipient with filters), by result (`ok`, `error`).
+    pub sieve_runs: Family<SieveLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SieveLabels {
+    pub result: &'static str,
 }
 
 impl Default for MailMetrics {
@@ -161,6 +171,7 @@ impl Default for MailMetrics {
             queue_outcomes: Family::default(),
             imap_sessions: Counter::default(),
             imap_command_seconds: Family::new_with_constructor(latency),
+            sieve_runs: Family::default(),
         }
     }
 }
@@ -253,6 +264,24 @@ impl MailMetrics {
             "IMAP command latency, by command",
             self.imap_command_seconds.clone(),
         );
+        registry.register(
+            "wispd_sieve_runs",
+            "Sieve filter runs at delivery, by result (error: the message went to INBOX)",
+            self.sieve_runs.clone(),
+        );
+    }
+
+    /// Counts `filtered` filter runs of which `errors` failed.
+    pub fn sieve(&self, filtered: usize, errors: usize) {
+        let ok = filtered.saturating_sub(errors) as u64;
+        if ok > 0 {
+            self.sieve_runs.get_or_create(&SieveLabels { result: "ok" }).inc_by(ok);
+        }
+        if errors > 0 {
+            self.sieve_runs
+                .get_or_create(&SieveLabels { result: "error" })
+                .inc_by(errors as u64);
+        }
     }
 
     pub fn session(&self, listener: Listener) {

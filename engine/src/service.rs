@@ -47,6 +47,10 @@ pub struct MailConfig {
     pub queue: QueueSettings,
     /// Bytes of message data (SMTP bodies, IMAP APPEND literals) held in memory at once.
     pub memory_budget: usize,
+    /// Sieve limits (`[sieve]`).
+    pub sieve: crate::sieve::SieveSettings,
+    /// ManageSieve listeners (`[sieve] listen`).
+    pub sieve_listen: Vec<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,7 @@ pub struct Mail {
     logins: Arc<Logins>,
     memory: Arc<MemoryBudget>,
     metrics: MailMetrics,
+    filters: crate::sieve::Filters,
 }
 
 impl std::fmt::Debug for Mail {
@@ -117,6 +122,7 @@ impl Mail {
         );
         let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
         let memory = MemoryBudget::new(config.memory_budget, config.smtp.max_message_size);
+        let filters = crate::sieve::Filters::new(store.clone(), config.sieve.clone());
         Ok(Mail {
             config,
             store,
@@ -129,7 +135,13 @@ impl Mail {
             logins,
             memory,
             metrics,
+            filters,
         })
+    }
+
+    /// The accounts' Sieve scripts and autoresponders.
+    pub fn filters(&self) -> &crate::sieve::Filters {
+        &self.filters
     }
 
     pub fn nameservers(&self) -> &[SocketAddr] {
@@ -184,7 +196,8 @@ impl Mail {
             self.logins.clone(),
             self.memory.clone(),
             self.metrics.clone(),
-        ));
+        )
+        .with_filters(self.filters.clone()));
         let mut bound = Vec::new();
         let all = listeners
             .into_iter()

@@ -288,3 +288,43 @@ pub struct QueuedRecipient {
 
 /// Secrets the mail engine keeps (the SRS key), by name.
 pub const MAIL_SECRETS: crate::RawTable = crate::RawTable::new("mail_secrets");
+
+/// Sieve scripts by (account id, script name). At most one per account is active.
+pub const SIEVE_SCRIPTS: Table<(u64, &str), SieveScript> = Table::new("sieve_scripts");
+
+/// A user's Sieve script as stored (its source; compiled forms are cached in memory by hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SieveScript {
+    pub name: String,
+    pub source: String,
+    pub active: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Autoresponders by account id, run as a vacation rule beside the account's own script.
+pub const AUTORESPONDERS: Table<u64, Autoresponder> = Table::new("mail_autoresponders");
+
+/// An account's autoresponder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoresponder {
+    pub enabled: bool,
+    pub subject: String,
+    pub body: String,
+    /// The reply's From: (an address the account owns); empty = the account's own address.
+    #[serde(default)]
+    pub from: String,
+    /// Unix seconds; replies only from/until then.
+    #[serde(default)]
+    pub start: Option<i64>,
+    #[serde(default)]
+    pub end: Option<i64>,
+    /// One reply per sender per this many days.
+    pub interval_days: u32,
+    pub updated_at: i64,
+}
+
+/// What Sieve has seen, by (account id, id): vacation replies sent (`_v…`, per sender and
+/// handle) and `duplicate` ids. The value is when the record expires (unix seconds).
+pub const SIEVE_SEEN: Table<(u64, &str), i64> = Table::new("sieve_seen");

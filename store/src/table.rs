@@ -195,6 +195,24 @@ impl<'t> Write<'t> {
         use redb::ReadableTableMetadata;
         Ok(self.txn.open_table(table.def())?.len()?)
     }
+
+    /// Keeps, of the records whose keys fall in `range`, those for which `keep` is true and
+    /// removes the rest (an unreadable record is removed too). Returns how many were removed.
+    pub fn retain_in<'k, K: Key + 'static, V: DeserializeOwned>(
+        &self,
+        table: &Table<K, V>,
+        range: impl std::ops::RangeBounds<K::SelfType<'k>> + 'k,
+        mut keep: impl FnMut(&V) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut t = self.txn.open_table(table.def())?;
+        let mut removed = 0u64;
+        t.retain_in(range, |_, v| {
+            let kept = serde_json::from_slice::<V>(v).is_ok_and(|v| keep(&v));
+            removed += u64::from(!kept);
+            kept
+        })?;
+        Ok(removed)
+    }
 }
 
 /// A table of raw byte values (large binary blobs that JSON would bloat).

@@ -6,7 +6,8 @@ use time::format_description::well_known::Rfc2822;
 
 use super::reply::Reply;
 use super::session::{Core, Flow, Transaction};
-use crate::delivery::{BounceTo, Outbound, Outcome, Recipient};
+use crate::delivery::{BounceTo, Delivery, Outbound, Outcome, Recipient};
+use crate::sieve::{Incoming, Outgoing};
 use crate::metrics::MessageOutcome;
 
 impl Core {
@@ -138,22 +139,80 @@ impl Core {
             message.extend_from_slice(&received);
             message.extend_from_slice(&body);
         }
-        let recipients: Vec<Recipient> = tx.accounts.iter().map(|&a| Recipient::inbox(a)).collect();
+        let mut recipients: Vec<Recipient> =
+            tx.accounts.iter().map(|&a| Recipient::inbox(a)).collect();
+        let mut variants = Vec::new();
+        let mut effects = Vec::new();
+        if let Some(filters) = self.server.filters.clone()
+            && tx.accounts.iter().any(|&a| filters.active(a))
+        {
+            let incoming: Vec<Incoming> = tx
+                .accounts
+                .iter()
+                .zip(&tx.emails)
+                .zip(&tx.envelope_to)
+                .map(|((&account_id, email), to)| Incoming {
+                    account_id,
+                    email: email.clone(),
+                    envelope_to: to.clone(),
+                })
+                .collect();
+            let server = self.server.clone();
+            let (id, from) = (tx.id.clone(), tx.from.clone());
+            let filtered = tokio::task::spawn_blocking(move || {
+                let directory = server.directory.clone();
+                let local = move |d: &str| directory.is_local_domain(d).unwrap_or(false);
+                let f = filters.filter(
+                    &message,
+                    &incoming,
+                    &Outgoing {
+                        store: &server.store,
+                        srs: server.queue.srs(),
+                        hostname: &server.settings.hostname,
+                        id: &id,
+                        from: &from,
+                        local_domain: &local,
+                        now,
+                    },
+                );
+                (message, f)
+            })
+            .await;
+            let Ok((m, f)) = filtered else {
+                tracing::error!(id = %tx.id, "Sieve filtering panicked");
+                self.count_message(MessageOutcome::StoreFailed);
+                return Reply::new(451, "4.3.0", "Temporary failure filtering the message, try again later");
+            };
+            message = m;
+            self.server.metrics.sieve(f.filtered, f.errors);
+            if let Some(reason) = f.refused
+                && tx.remote.is_empty()
+            {
+                tracing::info!(id = %tx.id, from = %tx.from, %reason, "refused by the recipients' filters (ereject)");
+                self.count_message(MessageOutcome::Refused);
+                return Reply::new(550, "5.7.1", clean_reason(&reason));
+            }
+            recipients = f.recipients;
+            variants = f.variants;
+            effects = f.effects;
+        }
         let delivered = match self
             .server
             .deliverer
-            .deliver_and_queue(
+            .deliver_all(Delivery {
                 message,
+                variants,
                 recipients,
-                now,
+                internal_date: now,
                 outbound,
-                Some(BounceTo {
+                bounce: Some(BounceTo {
                     sender: tx.from.clone(),
                     hostname: self.server.settings.hostname.clone(),
                     id: tx.id.clone(),
                     addresses: tx.emails.clone(),
                 }),
-            )
+                effects,
+            })
             .await
         {
             Ok(d) => d,
@@ -168,10 +227,7 @@ impl Core {
             }
         };
         let outcomes = &delivered.outcomes;
-        let stored = outcomes
-            .iter()
-            .filter(|o| matches!(o, Outcome::Stored { .. }))
-            .count();
+        let stored = outcomes.iter().filter(|o| o.delivered()).count();
         let over_quota: Vec<u64> = tx
             .accounts
             .iter()
@@ -303,6 +359,21 @@ impl Core {
         }
         h.push_str(&format!("; {date}\r\n"));
         h.into_bytes()
+    }
+}
+
+/// A filter's reject reason as one line of an SMTP reply: printable ASCII, bounded.
+fn clean_reason(reason: &str) -> String {
+    let line: String = reason
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' })
+        .take(200)
+        .collect();
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        "Rejected by the recipient's filter".into()
+    } else {
+        line
     }
 }
 

@@ -60,6 +60,7 @@ impl Core {
             rcpts: Vec::new(),
             accounts: Vec::new(),
             emails: Vec::new(),
+            envelope_to: Vec::new(),
             remote: Vec::new(),
             chunking: false,
             deadline: None,
@@ -118,14 +119,7 @@ fn valid_sender(s: &str) -> bool {
     local_ok && domain_ok
 }
 
-/// Whether `address` is the account's own (also as `user+tag@domain`).
-pub(super) fn owns(account_email: &str, address: &str) -> bool {
-    let Some((l, d)) = address::address(address) else {
-        return false;
-    };
-    let plain = l.split_once('+').map_or(l.as_str(), |(base, _)| base);
-    format!("{plain}@{d}") == account_email
-}
+pub(super) use crate::address::owns;
 
 /// A random 12-hex-digit transaction id.
 fn new_id() -> String {

@@ -104,9 +104,17 @@ pub struct Server {
     logins: Arc<Logins>,
     memory: Arc<MemoryBudget>,
     metrics: MailMetrics,
+    /// The recipients' Sieve filters, run before the delivery is committed.
+    filters: Option<crate::sieve::Filters>,
 }
 
 impl Server {
+    /// Runs the recipients' Sieve filters at delivery.
+    pub fn with_filters(mut self, filters: crate::sieve::Filters) -> Server {
+        self.filters = Some(filters);
+        self
+    }
+
     #[expect(
         clippy::too_many_arguments,
         reason = "every part a session shares, once"
@@ -137,6 +145,7 @@ impl Server {
             logins,
             memory,
             metrics,
+            filters: None,
         }
     }
 

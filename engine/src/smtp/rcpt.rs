@@ -157,6 +157,7 @@ impl Core {
                 if !tx.accounts.contains(&a.id) {
                     tx.accounts.push(a.id);
                     tx.emails.push(a.email());
+                    tx.envelope_to.push(rcpt.clone());
                 }
             }
             for r in remote {

@@ -49,6 +49,8 @@ pub(super) struct Transaction {
     pub accounts: Vec<u64>,
     /// Their addresses, in the same order (for a bounce naming those who did not get it).
     pub emails: Vec<String>,
+    /// The recipient address that reached each of them (Sieve's envelope `to`), same order.
+    pub envelope_to: Vec<String>,
     /// Addresses in other domains, each once, with the address the client gave when it was
     /// a forwarder: they go out through the queue.
     pub remote: Vec<(String, Option<String>)>,
