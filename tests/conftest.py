@@ -31,6 +31,8 @@ submissions = ["127.0.0.1:0"]
 [imap]
 listen = ["127.0.0.1:0"]
 imaps = ["127.0.0.1:0"]
+[sieve]
+listen = ["127.0.0.1:0"]
 [firewall]
 enabled = {firewall}
 """

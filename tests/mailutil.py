@@ -23,6 +23,8 @@ submissions = ["127.0.0.1:0"]
 listen = {imap_listen}
 imaps = ["127.0.0.1:0"]
 {imap_extra}
+[sieve]
+listen = ["127.0.0.1:0"]
 [firewall]
 enabled = false
 """

@@ -29,6 +29,8 @@ submissions = []
 [imap]
 listen = []
 imaps = []
+[sieve]
+listen = []
 [firewall]
 enabled = true
 table = "wispd"

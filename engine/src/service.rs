@@ -110,6 +110,7 @@ impl Mail {
     ) -> std::io::Result<Mail> {
         let metrics = MailMetrics::new();
         let deliverer = Deliverer::start_with_metrics(store.clone(), metrics.clone())?;
+        let filters = crate::sieve::Filters::new(store.clone(), config.sieve.clone());
         let queue = Arc::new(
             Queue::new(
                 config.queue.clone(),
@@ -118,11 +119,11 @@ impl Mail {
                 deliverer.clone(),
                 &config.nameservers,
             )?
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_filters(filters.clone()),
         );
         let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
         let memory = MemoryBudget::new(config.memory_budget, config.smtp.max_message_size);
-        let filters = crate::sieve::Filters::new(store.clone(), config.sieve.clone());
         Ok(Mail {
             config,
             store,

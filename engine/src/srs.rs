@@ -28,6 +28,7 @@ pub const MAX_AGE_DAYS: u64 = 21;
 const KEY_NAME: &str = "srs_key";
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
+#[derive(Clone)]
 pub struct Srs {
     key: hmac::Key,
 }

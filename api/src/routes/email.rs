@@ -943,7 +943,7 @@ pub struct QueuedMessageView {
     /// Bytes.
     #[schema(example = 1024)]
     pub size: u64,
-    /// What queued it: `submission`, `forward` or `bounce`.
+    /// What queued it: `submission`, `forward`, `bounce`, `redirect` or `vacation` (Sieve).
     #[schema(example = "submission")]
     pub source: String,
     pub recipients: Vec<QueuedRecipientView>,

@@ -113,6 +113,8 @@ pub struct Queue {
     slots: Arc<Semaphore>,
     /// Idle connections by destination, for the next message there.
     connections: Mutex<HashMap<String, Vec<remote::Cached>>>,
+    /// The recipients' Sieve filters, for mail the queue delivers locally (bounces).
+    filters: Option<crate::sieve::Filters>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -149,6 +151,12 @@ impl Queue {
         self
     }
 
+    /// Runs the recipients' Sieve filters on what the queue delivers locally.
+    pub fn with_filters(mut self, filters: crate::sieve::Filters) -> Queue {
+        self.filters = Some(filters);
+        self
+    }
+
     /// `nameservers` as in `[dns]`; empty means the system resolver.
     pub fn new(
         settings: QueueSettings,
@@ -180,6 +188,7 @@ impl Queue {
             schedule: Mutex::default(),
             inflight: Mutex::default(),
             metrics: crate::metrics::MailMetrics::default(),
+            filters: None,
             destinations: Mutex::default(),
             slots,
             connections: Mutex::default(),
@@ -527,11 +536,53 @@ impl Queue {
                     continue;
                 }
             };
-            let targets: Vec<Recipient> = accounts
+            let mut targets: Vec<Recipient> = accounts
                 .iter()
                 .filter(|a| a.enabled)
                 .map(|a| Recipient::inbox(a.id))
                 .collect();
+            let mut variants = Vec::new();
+            let mut effects = Vec::new();
+            if let Some(filters) = self.filters.clone()
+                && targets.iter().any(|t| filters.active(t.account_id))
+            {
+                let incoming: Vec<crate::sieve::Incoming> = accounts
+                    .iter()
+                    .filter(|a| a.enabled)
+                    .map(|a| crate::sieve::Incoming {
+                        account_id: a.id,
+                        email: a.email(),
+                        envelope_to: rcpt.clone(),
+                    })
+                    .collect();
+                let (store, srs, hostname) =
+                    (self.store.clone(), self.srs.clone(), self.settings.hostname.clone());
+                let (directory, sender_, msg) =
+                    (self.directory.clone(), sender.to_string(), message.clone());
+                let filtered = tokio::task::spawn_blocking(move || {
+                    let local = move |d: &str| directory.is_local_domain(d).unwrap_or(false);
+                    filters.filter(
+                        &msg,
+                        &incoming,
+                        &crate::sieve::Outgoing {
+                            store: &store,
+                            srs: &srs,
+                            hostname: &hostname,
+                            id: "queue",
+                            from: &sender_,
+                            local_domain: &local,
+                            now: now(),
+                        },
+                    )
+                })
+                .await;
+                if let Ok(f) = filtered {
+                    self.metrics.sieve(f.filtered, f.errors);
+                    targets = f.recipients;
+                    variants = f.variants;
+                    effects = f.effects;
+                }
+            }
             if targets.is_empty() && remote.is_empty() {
                 out.push(Verdict::Failed {
                     remote: None,
@@ -561,14 +612,18 @@ impl Queue {
             out.push(
                 match self
                     .deliverer
-                    .deliver_and_queue(local, targets, now(), onward, None)
+                    .deliver_all(crate::delivery::Delivery {
+                        message: local,
+                        variants,
+                        recipients: targets,
+                        internal_date: now(),
+                        outbound: onward,
+                        bounce: None,
+                        effects,
+                    })
                     .await
                 {
-                    Ok(d)
-                        if d.queued.is_some()
-                            || d.outcomes
-                                .iter()
-                                .any(|x| matches!(x, Outcome::Stored { .. })) =>
+                    Ok(d) if d.queued.is_some() || d.outcomes.iter().any(|x| x.delivered()) =>
                     {
                         Verdict::Delivered {
                             remote: None,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mail_parser::{HeaderName, Message};
+use mail_parser::Message;
 use ::sieve::{Envelope, Event, Input, Recipient, Script, Sieve};
 use wispd_store::StoreError;
 use wispd_store::schema::{MAIL_MAILBOXES, Mailbox, SIEVE_SCRIPTS, SIEVE_SEEN, SieveScript};
@@ -130,12 +130,21 @@ fn may_reply(message: &Message<'_>, from: &str) -> bool {
     let Some(head) = message.parts.first() else {
         return false;
     };
-    !head.headers.iter().any(|h| match &h.name {
-        HeaderName::Other(n) if n.eq_ignore_ascii_case("Precedence") => h
-            .value
-            .as_text()
-            .is_some_and(|v| ["list", "junk", "bulk"].contains(&v.trim().to_ascii_lowercase().as_str())),
-        _ => false,
+    !head.headers.iter().any(|h| {
+        let name = h.name.as_str().to_ascii_lowercase();
+        let raw = message
+            .raw_message
+            .get(h.offset_start as usize..h.offset_end as usize)
+            .unwrap_or_default();
+        let value = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
+        match name.as_str() {
+            "precedence" => ["list", "junk", "bulk"].contains(&value.as_str()),
+            "auto-submitted" => value.split(';').next().is_none_or(|v| v.trim() != "no"),
+            "x-auto-response-suppress" => value
+                .split(',')
+                .any(|v| ["all", "oof", "autoreply"].contains(&v.trim())),
+            n => n.starts_with("list-"),
+        }
     })
 }
 
@@ -272,6 +281,8 @@ impl Filters {
         let mut vacation_message: Option<usize> = None;
         let mut input = Input::script(name.to_string(), script);
         let mut mailboxes: Option<Vec<Mailbox>> = None;
+        // The latest edited form of the message (the implicit keep refers to number 0).
+        let mut edited: Option<usize> = None;
         while let Some(event) = ctx.run(input) {
             input = Input::True;
             let event = event.map_err(|e| describe(&e))?;
@@ -336,11 +347,18 @@ impl Filters {
                 } => {
                     if vacation.is_some() {
                         vacation_message = Some(message_id);
+                    } else {
+                        edited = Some(message_id);
                     }
                     created.insert(message_id, plan.created.len());
                     plan.created.push(message);
                 }
                 Event::Keep { flags, message_id } if !replies_only => {
+                    let message_id = if message_id == 0 {
+                        edited.unwrap_or(0)
+                    } else {
+                        message_id
+                    };
                     plan.copies.push(SieveCopy {
                         mailbox: "INBOX".into(),
                         special_use: None,
