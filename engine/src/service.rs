@@ -186,6 +186,8 @@ impl Mail {
                 .clone()
                 .run(self.shutdown.clone(), self.tracker.clone()),
         );
+        self.tracker
+            .spawn(purge_seen(self.filters.clone(), self.shutdown.clone()));
         let server = Arc::new(smtp::Server::new(
             self.config.smtp.clone(),
             self.store.clone(),
@@ -282,6 +284,23 @@ impl Mail {
         }
         drop(queue);
         deliverer.shutdown();
+    }
+}
+
+/// Forgets expired vacation and `duplicate` records every hour until shutdown.
+async fn purge_seen(filters: crate::sieve::Filters, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let f = filters.clone();
+        match tokio::task::spawn_blocking(move || f.purge_seen(wispd_store::unix_now())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired Sieve records purged"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging expired Sieve records failed"),
+            _ => {}
+        }
     }
 }
 

@@ -496,6 +496,15 @@ impl Filters {
         Ok(c)
     }
 
+    /// Forgets vacation and `duplicate` records that have expired; returns how many.
+    pub fn purge_seen(&self, now: i64) -> Result<u64, StoreError> {
+        self.0.store.write(|w| {
+            w.retain_in(&wispd_store::schema::SIEVE_SEEN, (0u64, "").., |until| {
+                *until > now
+            })
+        })
+    }
+
     /// Whether delivery to `account` runs anything (false: straight to INBOX).
     pub fn active(&self, account: u64) -> bool {
         self.compiled(account)

@@ -262,3 +262,19 @@ fn script_quota_and_names() {
     filters.delete(id, "b", true).expect("delete");
     assert!(filters.scripts(id).expect("list").is_empty());
 }
+
+#[test]
+fn expired_records_are_purged() {
+    let (store, filters, id) = setup("purge");
+    store
+        .write(|w| {
+            w.put(&wispd_store::schema::SIEVE_SEEN, (id, "v:old"), &10i64)?;
+            w.put(&wispd_store::schema::SIEVE_SEEN, (id, "v:new"), &30i64)
+        })
+        .expect("write");
+    assert_eq!(filters.purge_seen(20).expect("purge"), 1);
+    let left = store
+        .read(|r| r.len(&wispd_store::schema::SIEVE_SEEN))
+        .expect("read");
+    assert_eq!(left, 1);
+}
