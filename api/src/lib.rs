@@ -97,6 +97,21 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/email/catchall/{domain}",
             get(email::catchall).put(email::catchall_set),
         )
+        .route(
+            "/api/v1/email/filters/{domain}/{account}",
+            get(routes::sieve::get)
+                .post(routes::sieve::create)
+                .put(routes::sieve::put)
+                .delete(routes::sieve::delete),
+        )
+        .route(
+            "/api/v1/email/autoresponders/{account_id}",
+            get(routes::sieve::responder_get).put(routes::sieve::responder_put),
+        )
+        .route(
+            "/api/v1/email/vacation/{domain}",
+            get(routes::sieve::vacation),
+        )
         .route("/api/v1/csf/status", get(csf::status))
         .route(
             "/api/v1/csf/blacklist",

@@ -5,6 +5,7 @@ pub mod email;
 pub mod firewall;
 pub mod health;
 pub mod openapi;
+pub mod sieve;
 pub mod tokens;
 
 /// The OpenAPI parts of the resource groups, merged into the whole document.
@@ -12,6 +13,7 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
     use utoipa::OpenApi;
     vec![
         email::EmailApi::openapi(),
+        sieve::SieveApi::openapi(),
         csf::CsfApi::openapi(),
         firewall::FirewallApi::openapi(),
     ]
