@@ -71,6 +71,7 @@ pub struct RcptLabels {
 pub enum Protocol {
     Smtp,
     Imap,
+    ManageSieve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,7 +129,7 @@ labels! {
         RelayDenied => "relay_denied", UnknownUser => "unknown_user", Disabled => "disabled",
         MailboxFull => "mailbox_full", TooMany => "too_many", Syntax => "syntax", Lookup => "lookup",
     }
-    Protocol { Smtp => "smtp", Imap => "imap" }
+    Protocol { Smtp => "smtp", Imap => "imap", ManageSieve => "managesieve" }
     LoginResult { Accepted => "accepted", Refused => "refused", Busy => "busy", Failed => "failed" }
     QueueOutcome { Delivered => "delivered", Deferred => "deferred", Bounced => "bounced" }
 }

@@ -181,6 +181,7 @@ impl Mail {
         let submissions = bind("smtp.submissions", &self.config.submissions_listen).await?;
         let imap_listeners = bind("imap.listen", &self.config.imap_listen).await?;
         let imaps_listeners = bind("imap.imaps", &self.config.imaps_listen).await?;
+        let sieve_listeners = bind("sieve.listen", &self.config.sieve_listen).await?;
         self.tracker.spawn(
             self.queue
                 .clone()
@@ -236,7 +237,25 @@ impl Mail {
             self.tracker
                 .spawn(imap::serve(l, imap.clone(), self.tracker.clone(), implicit));
         }
-        tracing::info!(smtp = ?bound, imap = ?imap_bound, "mail listeners started");
+        let managesieve = Arc::new(crate::sieve::manage::Server::new(
+            self.filters.clone(),
+            self.config.tls.clone(),
+            self.logins.clone(),
+            self.shutdown.clone(),
+            self.metrics.clone(),
+        ));
+        let mut sieve_bound = Vec::new();
+        for l in sieve_listeners {
+            if let Ok(a) = l.local_addr() {
+                sieve_bound.push(a);
+            }
+            self.tracker.spawn(crate::sieve::manage::serve(
+                l,
+                managesieve.clone(),
+                self.tracker.clone(),
+            ));
+        }
+        tracing::info!(smtp = ?bound, imap = ?imap_bound, sieve = ?sieve_bound, "mail listeners started");
         *running = (bound, imap_bound);
         Ok(())
     }

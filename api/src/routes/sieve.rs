@@ -24,6 +24,7 @@ impl From<FilterError> for ApiError {
             FilterError::NoSuchScript(_) => ApiError::NotFound(e.to_string()),
             FilterError::Exists(_) => ApiError::Conflict(e.to_string()),
             FilterError::Store(s) => ApiError::from(s),
+            FilterError::Internal(s) => ApiError::Internal(s),
             FilterError::Invalid(_)
             | FilterError::Active(_)
             | FilterError::TooLarge { .. }
@@ -412,7 +413,7 @@ pub struct AutoresponderBody {
     /// RFC 3339 or `YYYY-MM-DD`; after `start`; `null` = until turned off.
     end: Option<String>,
     /// 0..=365; default 1.
-    #[schema(value_type = u32, minimum = 0, maximum = 365)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 365)]
     interval_days: Option<i64>,
 }
 

@@ -4,6 +4,7 @@
 //! memory by the SHA-256 of the source, so a script is compiled once, not once per message.
 
 mod apply;
+pub mod manage;
 mod run;
 
 use std::collections::HashMap;
@@ -98,6 +99,8 @@ pub enum FilterError {
     BadName(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// An account's filters as delivery runs them.
@@ -232,11 +235,7 @@ impl Filters {
             .0
             .compiler
             .compile(source.as_bytes())
-            .map_err(|e| ScriptError {
-                line: e.line_num(),
-                column: e.line_pos(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| script_error(source, e.line_num(), e.line_pos(), e.to_string()))?;
         let script = Arc::new(script);
         self.offered(&script, source)?;
         let mut cache = self
@@ -524,6 +523,44 @@ fn deactivate_others(
         }
     }
     Ok(())
+}
+
+/// A compile error as people count: lines and columns from 1, the place said once. The
+/// interpreter counts columns from 0 and has no place for an unknown command (line 0): then the
+/// token it names is looked up in the source.
+fn script_error(source: &str, line: usize, column: usize, message: String) -> ScriptError {
+    let message = match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    if line > 0 {
+        return ScriptError {
+            line,
+            column: column + 1,
+            message,
+        };
+    }
+    let token = message
+        .split("found \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .filter(|t| !t.is_empty());
+    let place = token.and_then(|t| {
+        source.lines().enumerate().find_map(|(i, l)| {
+            l.match_indices(t).find_map(|(c, _)| {
+                let before = l[..c].chars().next_back();
+                let after = l[c + t.len()..].chars().next();
+                let word = |ch: Option<char>| ch.is_some_and(|ch| ch.is_alphanumeric() || ch == '_');
+                (!word(before) && !word(after)).then_some((i + 1, c + 1))
+            })
+        })
+    });
+    let (line, column) = place.unwrap_or((1, 1));
+    ScriptError {
+        line,
+        column,
+        message,
+    }
 }
 
 /// A Sieve quoted string (RFC 5228 §2.4.2): `"` and `\` escaped.

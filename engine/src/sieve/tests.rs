@@ -278,3 +278,15 @@ fn expired_records_are_purged() {
         .expect("read");
     assert_eq!(left, 1);
 }
+
+#[test]
+fn error_positions_are_one_based_and_point_at_the_token() {
+    let (_s, filters, _) = setup("positions");
+    let e = filters.compile("keep;\r\n  foo;\r\n").expect_err("unknown command");
+    assert_eq!((e.line, e.column), (2, 3), "{e}");
+    assert!(!e.message.contains(" at line "), "location once: {e}");
+    let e = filters
+        .compile("if header :is \"a\" {")
+        .expect_err("missing key");
+    assert_eq!((e.line, e.column), (1, 19), "{e}");
+}
