@@ -74,7 +74,7 @@ bench: deps-build deps-test release
 # it grows (fuzz/corpus/, not committed). Each target runs FUZZ_SECONDS; a crash is kept under
 # fuzz/artifacts/<target>/ and the target is named at the end (exit 1).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := smtp_codec imap_framing blocklist_parse config_load api_json
+FUZZ_TARGETS := smtp_codec imap_framing blocklist_parse config_load api_json managesieve_codec sieve_script
 
 fuzz: deps-build
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

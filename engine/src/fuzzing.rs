@@ -57,3 +57,33 @@ pub fn imap_framing(data: &[u8]) {
     }
     let _ = budget;
 }
+
+/// The ManageSieve codec over `data` in chunks: every read is taken, nothing is held past the
+/// line and literal bounds.
+pub fn managesieve_codec(data: &[u8]) {
+    crate::sieve::manage::fuzz_codec(data);
+}
+
+/// A Sieve script from arbitrary bytes: compiled (with wispd's limits), and when it compiles,
+/// run over a fixed message as delivery would, with every event answered.
+pub fn sieve_script(data: &[u8]) {
+    use std::sync::OnceLock;
+    static FILTERS: OnceLock<(crate::sieve::Filters, std::path::PathBuf)> = OnceLock::new();
+    let (filters, _) = FILTERS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wispd-fuzz-sieve-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let store = wispd_store::Store::open(&dir).expect("fuzz store");
+        (
+            crate::sieve::Filters::new(store, crate::sieve::SieveSettings::default()),
+            dir,
+        )
+    });
+    let Ok(source) = std::str::from_utf8(data) else {
+        return;
+    };
+    if filters.compile(source).is_err() {
+        return;
+    }
+    let message = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: hi\r\nList-Id: <l.d.test>\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nbody\r\n--x--\r\n";
+    filters.fuzz_run(source, message);
+}

@@ -231,11 +231,18 @@ impl Filters {
         {
             return Ok(s.clone());
         }
-        let script = self
-            .0
-            .compiler
-            .compile(source.as_bytes())
-            .map_err(|e| script_error(source, e.line_num(), e.line_pos(), e.to_string()))?;
+        // sieve-rs 0.7.2 panics on some malformed scripts (found by the sieve_script fuzz
+        // target): a panic is a refusal here, not a dead session or a 500.
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.0.compiler.compile(source.as_bytes())
+        }))
+        .map_err(|_| ScriptError {
+            line: 1,
+            column: 1,
+            message: "script is malformed (the compiler could not parse it)".into(),
+        })?;
+        let script =
+            compiled.map_err(|e| script_error(source, e.line_num(), e.line_pos(), e.to_string()))?;
         let script = Arc::new(script);
         self.offered(&script, source)?;
         let mut cache = self

@@ -425,6 +425,28 @@ impl Filters {
         Ok(())
     }
 
+    /// Runs `source` over `message` for a made-up account (for `fuzz/`).
+    pub(crate) fn fuzz_run(&self, source: &str, message: &[u8]) {
+        let Ok(script) = self.compile(source) else {
+            return;
+        };
+        let parsed = mail_parser::MessageParser::new().parse(message).unwrap_or_default();
+        let mut plan = Plan::default();
+        let _ = self.run(
+            u64::MAX,
+            "c@d.test",
+            MailEnvelope {
+                from: "a@b.test",
+                to: "c@d.test",
+            },
+            &parsed,
+            ("fuzz", script),
+            0,
+            false,
+            &mut plan,
+        );
+    }
+
     /// An `include`d script: the account's own by name (`:personal`), or `NAME.sieve` from the
     /// global directory (`:global`). `None`: there is none.
     fn include(&self, account: u64, name: &Script) -> Result<Option<Arc<Sieve>>, String> {

@@ -290,3 +290,11 @@ fn error_positions_are_one_based_and_point_at_the_token() {
         .expect_err("missing key");
     assert_eq!((e.line, e.column), (1, 19), "{e}");
 }
+
+#[test]
+fn a_script_that_panics_the_compiler_is_refused() {
+    let (_s, filters, _) = setup("panic");
+    // The first find of the sieve_script fuzz target (sieve-rs panics compiling it).
+    let src = String::from_utf8_lossy(include_bytes!("../../../fuzz/seeds/sieve_script/compiler-panic"));
+    assert!(filters.compile(&src).is_err());
+}

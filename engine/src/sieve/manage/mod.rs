@@ -523,3 +523,20 @@ impl Session {
         }
     }
 }
+
+/// The codec over `data` as the session reads it (for `fuzz/`).
+pub(crate) fn fuzz_codec(data: &[u8]) {
+    let Some((&cut, data)) = data.split_first() else {
+        return;
+    };
+    let mut codec = Codec::new(1024, 4096);
+    for chunk in data.chunks(usize::from(cut).max(1)) {
+        codec.feed(chunk);
+        while let Some(ev) = codec.next() {
+            if let Event::Command(tokens) = ev {
+                let len: usize = tokens.iter().map(|t| t.bytes().len()).sum();
+                assert!(len <= 1024 + 4096 * tokens.len());
+            }
+        }
+    }
+}
