@@ -522,11 +522,21 @@ impl RawConfig {
             10_000,
         );
         let sieve_sizes = [
-            bounded("sieve.max_script_size", self.sieve.max_script_size, 256, 1 << 20),
+            bounded(
+                "sieve.max_script_size",
+                self.sieve.max_script_size,
+                256,
+                1 << 20,
+            ),
             bounded("sieve.max_scripts", self.sieve.max_scripts, 1, 1000),
             bounded("sieve.cpu_limit", self.sieve.cpu_limit, 100, 10_000_000),
             bounded("sieve.max_redirects", self.sieve.max_redirects, 0, 100),
-            bounded("sieve.max_out_messages", self.sieve.max_out_messages, 0, 100),
+            bounded(
+                "sieve.max_out_messages",
+                self.sieve.max_out_messages,
+                0,
+                100,
+            ),
             bounded("sieve.max_includes", self.sieve.max_includes, 0, 10),
         ]
         .map(|v| usize::try_from(v).unwrap_or(usize::MAX));
@@ -536,7 +546,9 @@ impl RawConfig {
             "" => None,
             d if Path::new(d).is_absolute() => Some(PathBuf::from(d)),
             d => {
-                errors.push(format!("`sieve.global_dir`: {d:?} must be an absolute path"));
+                errors.push(format!(
+                    "`sieve.global_dir`: {d:?} must be an absolute path"
+                ));
                 None
             }
         };

@@ -427,16 +427,12 @@ fn writer(
         match result {
             Ok(all) => {
                 changes.bump();
-                for id in all
-                    .iter()
-                    .flatten()
-                    .flat_map(|d| {
-                        d.queued
-                            .into_iter()
-                            .chain(d.bounced)
-                            .chain(d.sent.iter().copied())
-                    })
-                {
+                for id in all.iter().flatten().flat_map(|d| {
+                    d.queued
+                        .into_iter()
+                        .chain(d.bounced)
+                        .chain(d.sent.iter().copied())
+                }) {
                     queued.push(id);
                 }
                 for (work, outcome) in batch.into_iter().zip(all) {
@@ -705,10 +701,11 @@ fn target_mailbox(
 ) -> Result<Option<(String, Mailbox)>, StoreError> {
     if let Some(special) = copy.special_use.as_deref() {
         let all: Vec<Mailbox> = w.values_in(&MAIL_MAILBOXES, (account, "")..(account + 1, ""))?;
-        if let Some(mb) = all
-            .into_iter()
-            .find(|m| m.special_use.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(special)))
-        {
+        if let Some(mb) = all.into_iter().find(|m| {
+            m.special_use
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(special))
+        }) {
             return Ok(Some((mb.name.clone(), mb)));
         }
     }
@@ -731,8 +728,7 @@ fn target_mailbox(
     if name != "INBOX" {
         tracing::info!(account, mailbox = %name, "filter named a mailbox that does not exist; kept in INBOX");
     }
-    Ok(w
-        .get(&MAIL_MAILBOXES, (account, "INBOX"))?
+    Ok(w.get(&MAIL_MAILBOXES, (account, "INBOX"))?
         .map(|mb| ("INBOX".to_string(), mb)))
 }
 

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use wispd_store::schema::{
-    MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_ENTRIES, MAIL_FORWARDERS, MAIL_MAILBOXES,
-    MAIL_META, MailAccount, MailCatchall, MailForwarder, Mailbox, AUTORESPONDERS, SIEVE_SCRIPTS, SIEVE_SEEN,
+    AUTORESPONDERS, MAIL_ACCOUNTS, MAIL_ADDRESSES, MAIL_CATCHALL, MAIL_ENTRIES, MAIL_FORWARDERS,
+    MAIL_MAILBOXES, MAIL_META, MailAccount, MailCatchall, MailForwarder, Mailbox, SIEVE_SCRIPTS,
+    SIEVE_SEEN,
 };
 use wispd_store::{Store, StoreError, Write};
 

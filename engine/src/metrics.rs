@@ -276,7 +276,9 @@ impl MailMetrics {
     pub fn sieve(&self, filtered: usize, errors: usize) {
         let ok = filtered.saturating_sub(errors) as u64;
         if ok > 0 {
-            self.sieve_runs.get_or_create(&SieveLabels { result: "ok" }).inc_by(ok);
+            self.sieve_runs
+                .get_or_create(&SieveLabels { result: "ok" })
+                .inc_by(ok);
         }
         if errors > 0 {
             self.sieve_runs

@@ -189,19 +189,21 @@ impl Mail {
         );
         self.tracker
             .spawn(purge_seen(self.filters.clone(), self.shutdown.clone()));
-        let server = Arc::new(smtp::Server::new(
-            self.config.smtp.clone(),
-            self.store.clone(),
-            self.directory.clone(),
-            self.deliverer.clone(),
-            self.queue.clone(),
-            self.config.tls.clone(),
-            self.shutdown.clone(),
-            self.logins.clone(),
-            self.memory.clone(),
-            self.metrics.clone(),
-        )
-        .with_filters(self.filters.clone()));
+        let server = Arc::new(
+            smtp::Server::new(
+                self.config.smtp.clone(),
+                self.store.clone(),
+                self.directory.clone(),
+                self.deliverer.clone(),
+                self.queue.clone(),
+                self.config.tls.clone(),
+                self.shutdown.clone(),
+                self.logins.clone(),
+                self.memory.clone(),
+                self.metrics.clone(),
+            )
+            .with_filters(self.filters.clone()),
+        );
         let mut bound = Vec::new();
         let all = listeners
             .into_iter()

@@ -56,7 +56,9 @@ fn named_account(
     let d = address::domain(domain)
         .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
     if !p.owns_domain(&d) {
-        return Err(ApiError::Forbidden(format!("This token does not manage {d}")));
+        return Err(ApiError::Forbidden(format!(
+            "This token does not manage {d}"
+        )));
     }
     let email = if account.contains('@') {
         account.to_string()
@@ -98,7 +100,9 @@ pub struct ScriptView {
     #[schema(example = "main")]
     pub name: String,
     /// The source.
-    #[schema(example = "require \"fileinto\";\nif header :contains \"Subject\" \"[list]\" { fileinto \"Lists\"; }\n")]
+    #[schema(
+        example = "require \"fileinto\";\nif header :contains \"Subject\" \"[list]\" { fileinto \"Lists\"; }\n"
+    )]
     pub script: String,
     /// The one script that runs at delivery.
     pub active: bool,
@@ -477,7 +481,11 @@ pub async fn responder_put(
                 "interval_days must be between 0 and 365, not {interval}"
             ))
         })?;
-    let start = b.start.as_deref().map(|v| parse_when("start", v)).transpose()?;
+    let start = b
+        .start
+        .as_deref()
+        .map(|v| parse_when("start", v))
+        .transpose()?;
     let end = b.end.as_deref().map(|v| parse_when("end", v)).transpose()?;
     if let (Some(st), Some(en)) = (start, end)
         && en <= st
@@ -549,7 +557,9 @@ pub async fn vacation(
         let d = address::domain(&domain)
             .ok_or_else(|| ApiError::Validation(format!("Invalid domain: {domain:?}")))?;
         if !p.owns_domain(&d) {
-            return Err(ApiError::Forbidden(format!("This token does not manage {d}")));
+            return Err(ApiError::Forbidden(format!(
+                "This token does not manage {d}"
+            )));
         }
         let now = wispd_store::unix_now();
         let mut out = Vec::new();
@@ -568,8 +578,7 @@ pub async fn vacation(
                     end: r.end.map(rfc3339),
                 });
             }
-            if f
-                .scripts(a.id)?
+            if f.scripts(a.id)?
                 .iter()
                 .any(|s| s.active && uses_vacation(&s.source))
             {
@@ -591,13 +600,10 @@ pub async fn vacation(
 
 /// Whether a script requires the vacation extension (every vacation action needs it).
 fn uses_vacation(source: &str) -> bool {
-    source
-        .split("require")
-        .skip(1)
-        .any(|rest| {
-            let head = rest.split(';').next().unwrap_or_default();
-            head.contains("\"vacation\"") || head.contains("\"vacation-seconds\"")
-        })
+    source.split("require").skip(1).any(|rest| {
+        let head = rest.split(';').next().unwrap_or_default();
+        head.contains("\"vacation\"") || head.contains("\"vacation-seconds\"")
+    })
 }
 
 #[derive(utoipa::OpenApi)]
@@ -608,7 +614,10 @@ pub struct SieveApi;
 mod tests {
     #[test]
     fn dates_parse_as_rfc3339_or_plain_days() {
-        assert_eq!(super::parse_when("start", "2026-12-20").ok(), Some(1_797_724_800));
+        assert_eq!(
+            super::parse_when("start", "2026-12-20").ok(),
+            Some(1_797_724_800)
+        );
         assert_eq!(
             super::parse_when("start", "2026-12-20T01:00:00+01:00").ok(),
             Some(1_797_724_800)
@@ -620,7 +629,11 @@ mod tests {
 
     #[test]
     fn vacation_is_seen_in_the_require() {
-        assert!(super::uses_vacation("require [\"fileinto\", \"vacation\"];\nvacation \"x\";"));
-        assert!(!super::uses_vacation("require \"fileinto\";\n# vacation\nkeep;"));
+        assert!(super::uses_vacation(
+            "require [\"fileinto\", \"vacation\"];\nvacation \"x\";"
+        ));
+        assert!(!super::uses_vacation(
+            "require \"fileinto\";\n# vacation\nkeep;"
+        ));
     }
 }

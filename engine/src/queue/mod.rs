@@ -555,8 +555,11 @@ impl Queue {
                         envelope_to: rcpt.clone(),
                     })
                     .collect();
-                let (store, srs, hostname) =
-                    (self.store.clone(), self.srs.clone(), self.settings.hostname.clone());
+                let (store, srs, hostname) = (
+                    self.store.clone(),
+                    self.srs.clone(),
+                    self.settings.hostname.clone(),
+                );
                 let (directory, sender_, msg) =
                     (self.directory.clone(), sender.to_string(), message.clone());
                 let filtered = tokio::task::spawn_blocking(move || {
@@ -623,8 +626,7 @@ impl Queue {
                     })
                     .await
                 {
-                    Ok(d) if d.queued.is_some() || d.outcomes.iter().any(|x| x.delivered()) =>
-                    {
+                    Ok(d) if d.queued.is_some() || d.outcomes.iter().any(|x| x.delivered()) => {
                         Verdict::Delivered {
                             remote: None,
                             reply: "250 2.0.0 stored".into(),

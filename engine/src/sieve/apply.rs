@@ -5,8 +5,8 @@
 use mail_parser::MessageParser;
 use wispd_store::Store;
 
-use super::run::{MailEnvelope, Plan, Reply};
 use super::Filters;
+use super::run::{MailEnvelope, Plan, Reply};
 use crate::delivery::{Copy, Effect, Outbound, Recipient};
 use crate::queue::dsn::Failure;
 use crate::srs::Srs;
@@ -69,7 +69,10 @@ impl Filters {
         let mut f = Filtered::default();
         let wanted: Vec<bool> = rcpts.iter().map(|r| self.active(r.account_id)).collect();
         if !wanted.iter().any(|&w| w) {
-            f.recipients = rcpts.iter().map(|r| Recipient::inbox(r.account_id)).collect();
+            f.recipients = rcpts
+                .iter()
+                .map(|r| Recipient::inbox(r.account_id))
+                .collect();
             return f;
         }
         let parsed = MessageParser::new().parse(message).unwrap_or_default();
@@ -157,7 +160,10 @@ impl Filters {
         let account_domain = r.email.rsplit_once('@').map_or("", |(_, d)| d);
         for reply in replies {
             match reply {
-                Reply::Redirect { to, message: edited } => {
+                Reply::Redirect {
+                    to,
+                    message: edited,
+                } => {
                     let body = match edited {
                         Some(i) => {
                             // Shared with a kept copy, or the script's own.

@@ -142,7 +142,9 @@ impl std::fmt::Debug for Filters {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= 128
-        && !name.chars().any(|c| c.is_control() || c == '/' || c == '\u{2028}' || c == '\u{2029}')
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\u{2028}' || c == '\u{2029}')
 }
 
 impl Filters {
@@ -241,8 +243,8 @@ impl Filters {
             column: 1,
             message: "script is malformed (the compiler could not parse it)".into(),
         })?;
-        let script =
-            compiled.map_err(|e| script_error(source, e.line_num(), e.line_pos(), e.to_string()))?;
+        let script = compiled
+            .map_err(|e| script_error(source, e.line_num(), e.line_pos(), e.to_string()))?;
         let script = Arc::new(script);
         self.offered(&script, source)?;
         let mut cache = self
@@ -314,8 +316,7 @@ impl Filters {
             return Err(FilterError::TooLarge { size, limit });
         }
         let scripts = self.scripts(account)?;
-        if !scripts.iter().any(|s| s.name == name) && scripts.len() >= self.0.settings.max_scripts
-        {
+        if !scripts.iter().any(|s| s.name == name) && scripts.len() >= self.0.settings.max_scripts {
             return Err(FilterError::TooMany(self.0.settings.max_scripts));
         }
         Ok(())
@@ -405,9 +406,10 @@ impl Filters {
 
     /// Deletes every script of the account; returns how many there were.
     pub fn delete_all(&self, account: u64) -> Result<u64, FilterError> {
-        let out = self.0.store.write(|w| {
-            w.retain_in(&SIEVE_SCRIPTS, (account, "")..(account + 1, ""), |_| false)
-        });
+        let out = self
+            .0
+            .store
+            .write(|w| w.retain_in(&SIEVE_SCRIPTS, (account, "")..(account + 1, ""), |_| false));
         self.forget(account);
         Ok(out?)
     }
@@ -447,10 +449,7 @@ impl Filters {
             .map(|s| self.compile(&s))
             .transpose()
             .map_err(FilterError::Invalid)?;
-        let out = self
-            .0
-            .store
-            .write(|w| w.put(&AUTORESPONDERS, account, a));
+        let out = self.0.store.write(|w| w.put(&AUTORESPONDERS, account, a));
         self.forget(account);
         Ok(out?)
     }
@@ -557,7 +556,8 @@ fn script_error(source: &str, line: usize, column: usize, message: String) -> Sc
             l.match_indices(t).find_map(|(c, _)| {
                 let before = l[..c].chars().next_back();
                 let after = l[c + t.len()..].chars().next();
-                let word = |ch: Option<char>| ch.is_some_and(|ch| ch.is_alphanumeric() || ch == '_');
+                let word =
+                    |ch: Option<char>| ch.is_some_and(|ch| ch.is_alphanumeric() || ch == '_');
                 (!word(before) && !word(after)).then_some((i + 1, c + 1))
             })
         })

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mail_parser::Message;
 use ::sieve::{Envelope, Event, Input, Recipient, Script, Sieve};
+use mail_parser::Message;
 use wispd_store::StoreError;
 use wispd_store::schema::{MAIL_MAILBOXES, Mailbox, SIEVE_SCRIPTS, SIEVE_SEEN, SieveScript};
 
@@ -99,9 +99,8 @@ fn clean_flags(flags: Vec<String>) -> Vec<String> {
             (*s).to_string()
         } else if !f.is_empty()
             && f.len() <= 64
-            && f.bytes().all(|b| {
-                b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b)
-            })
+            && f.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b))
         {
             f
         } else {
@@ -117,11 +116,20 @@ fn clean_flags(flags: Vec<String>) -> Vec<String> {
 /// RFC 3834 §2 / RFC 5230 §4.5 beyond what the interpreter checks: no reply to mailing lists
 /// (`Precedence: list|junk|bulk`), or to list servers and daemons by their sender.
 fn may_reply(message: &Message<'_>, from: &str) -> bool {
-    let local = from.rsplit_once('@').map_or(from, |(l, _)| l).to_ascii_lowercase();
+    let local = from
+        .rsplit_once('@')
+        .map_or(from, |(l, _)| l)
+        .to_ascii_lowercase();
     if from.is_empty()
-        || ["mailer-daemon", "postmaster", "listserv", "majordomo", "owner-"]
-            .iter()
-            .any(|p| local.starts_with(p))
+        || [
+            "mailer-daemon",
+            "postmaster",
+            "listserv",
+            "majordomo",
+            "owner-",
+        ]
+        .iter()
+        .any(|p| local.starts_with(p))
         || local.ends_with("-request")
         || local.ends_with("-bounces")
     {
@@ -238,14 +246,15 @@ impl Filters {
         // The autoresponder's replies and memory join the script's plan.
         let offset = own.created.len();
         own.created.extend(plan.created);
-        own.replies.extend(plan.replies.into_iter().map(|r| match r {
-            Reply::Vacation { to, message, seen } => Reply::Vacation {
-                to,
-                message: message + offset,
-                seen,
-            },
-            other => other,
-        }));
+        own.replies
+            .extend(plan.replies.into_iter().map(|r| match r {
+                Reply::Vacation { to, message, seen } => Reply::Vacation {
+                    to,
+                    message: message + offset,
+                    seen,
+                },
+                other => other,
+            }));
         own.seen.extend(plan.seen);
         Some(own)
     }
@@ -430,7 +439,9 @@ impl Filters {
         let Ok(script) = self.compile(source) else {
             return;
         };
-        let parsed = mail_parser::MessageParser::new().parse(message).unwrap_or_default();
+        let parsed = mail_parser::MessageParser::new()
+            .parse(message)
+            .unwrap_or_default();
         let mut plan = Plan::default();
         let _ = self.run(
             u64::MAX,

@@ -63,9 +63,20 @@ fn compile_errors_name_line_and_column() {
         .expect_err("withheld extension");
     assert!(e.message.contains("enotify"), "{e}");
     assert_eq!((e.line, e.column), (1, 22), "{e}");
-    assert!(filters.compile("require \"x-unknown\";\r\nkeep;\r\n").is_err());
+    assert!(
+        filters
+            .compile("require \"x-unknown\";\r\nkeep;\r\n")
+            .is_err()
+    );
     let ext = filters.extensions();
-    for e in ["fileinto", "vacation", "imap4flags", "editheader", "include", "regex"] {
+    for e in [
+        "fileinto",
+        "vacation",
+        "imap4flags",
+        "editheader",
+        "include",
+        "regex",
+    ] {
         assert!(ext.split(' ').any(|x| x == e), "{e} in {ext}");
     }
     assert!(!ext.contains("enotify"), "{ext}");
@@ -78,7 +89,10 @@ fn no_scripts_means_no_plan_and_an_active_script_is_cached() {
     filters
         .put(id, "idle", "discard;", None, false)
         .expect("put inactive");
-    assert!(plan(&filters, id, MESSAGE, "bob@remote.test").is_none(), "inactive scripts don't run");
+    assert!(
+        plan(&filters, id, MESSAGE, "bob@remote.test").is_none(),
+        "inactive scripts don't run"
+    );
     filters.set_active(id, Some("idle")).expect("activate");
     let p = plan(&filters, id, MESSAGE, "bob@remote.test").expect("plan");
     assert!(p.copies.is_empty(), "discarded");
@@ -113,7 +127,9 @@ fn a_failing_script_keeps_the_message_in_inbox_only() {
     // Far more tests than the 2,000-instruction budget allows.
     let mut src = String::from("require [\"fileinto\"];\r\n");
     for i in 0..1000 {
-        src.push_str(&format!("if header :contains \"X-Nope-{i}\" \"x\" {{ discard; }}\r\n"));
+        src.push_str(&format!(
+            "if header :contains \"X-Nope-{i}\" \"x\" {{ discard; }}\r\n"
+        ));
     }
     src.push_str("fileinto \"Never\";\r\n");
     activate(&filters, id, &src);
@@ -123,9 +139,16 @@ fn a_failing_script_keeps_the_message_in_inbox_only() {
     assert_eq!(p.copies[0].mailbox, "INBOX");
     assert!(p.replies.is_empty());
     // A missing include is an error too.
-    activate(&filters, id, "require \"include\";\r\ninclude :personal \"nothere\";\r\ndiscard;\r\n");
+    activate(
+        &filters,
+        id,
+        "require \"include\";\r\ninclude :personal \"nothere\";\r\ndiscard;\r\n",
+    );
     let p = plan(&filters, id, MESSAGE, "bob@remote.test").expect("plan");
-    assert!(p.error.as_deref().is_some_and(|e| e.contains("nothere")), "{p:?}");
+    assert!(
+        p.error.as_deref().is_some_and(|e| e.contains("nothere")),
+        "{p:?}"
+    );
     assert_eq!(p.copies[0].mailbox, "INBOX");
 }
 
@@ -133,7 +156,13 @@ fn a_failing_script_keeps_the_message_in_inbox_only() {
 fn include_runs_the_accounts_other_script() {
     let (_s, filters, id) = setup("include");
     filters
-        .put(id, "lists", "require \"fileinto\";\r\nfileinto \"Lists\";\r\n", None, false)
+        .put(
+            id,
+            "lists",
+            "require \"fileinto\";\r\nfileinto \"Lists\";\r\n",
+            None,
+            false,
+        )
         .expect("put");
     activate(
         &filters,
@@ -157,8 +186,15 @@ fn redirect_reject_and_editheader() {
     assert_eq!(p.copies.len(), 1, "kept too (:copy)");
     let edited = p.copies[0].message.expect("edited copy");
     assert!(String::from_utf8_lossy(&p.created[edited]).contains("X-Filed: yes"));
-    assert!(matches!(&p.replies[..], [Reply::Redirect { to, message: Some(_) }] if to == "carol@elsewhere.test"), "{p:?}");
-    activate(&filters, id, "require \"reject\";\r\nreject \"Not here\";\r\n");
+    assert!(
+        matches!(&p.replies[..], [Reply::Redirect { to, message: Some(_) }] if to == "carol@elsewhere.test"),
+        "{p:?}"
+    );
+    activate(
+        &filters,
+        id,
+        "require \"reject\";\r\nreject \"Not here\";\r\n",
+    );
     let p = plan(&filters, id, MESSAGE, "bob@remote.test").expect("plan");
     assert!(p.copies.is_empty());
     assert_eq!(p.reject, Some((false, "Not here".into())));
@@ -180,12 +216,21 @@ fn vacation_replies_once_and_never_to_lists_or_the_null_sender() {
     assert_eq!(to, "bob@remote.test");
     assert_eq!(seen.1, 1_000_000 + 3 * 86_400);
     let reply = String::from_utf8_lossy(&p.created[*message]).into_owned();
-    assert!(reply.starts_with("From: <ann@example.com>"), "not another's address: {reply}");
+    assert!(
+        reply.starts_with("From: <ann@example.com>"),
+        "not another's address: {reply}"
+    );
     assert!(reply.contains("Auto-Submitted: auto-replied"), "{reply}");
     assert!(reply.contains("In-Reply-To: <m1@remote.test>"), "{reply}");
     // Remembered (as the delivery commit does): no second reply within the period.
     store
-        .write(|w| w.put(&wispd_store::schema::SIEVE_SEEN, (id, seen.0.as_str()), &seen.1))
+        .write(|w| {
+            w.put(
+                &wispd_store::schema::SIEVE_SEEN,
+                (id, seen.0.as_str()),
+                &seen.1,
+            )
+        })
         .expect("remember");
     let again = plan(&filters, id, MESSAGE, "bob@remote.test").expect("plan");
     assert!(again.replies.is_empty(), "{again:?}");
@@ -211,7 +256,13 @@ fn vacation_replies_once_and_never_to_lists_or_the_null_sender() {
 #[test]
 fn the_autoresponder_runs_beside_the_script_within_its_window() {
     let (_s, filters, id) = setup("responder");
-    activate(&filters, id, "require \"fileinto\";\r\nfileinto :copy \"Copies\";\r\n".replace(":copy ", "").as_str());
+    activate(
+        &filters,
+        id,
+        "require \"fileinto\";\r\nfileinto :copy \"Copies\";\r\n"
+            .replace(":copy ", "")
+            .as_str(),
+    );
     let mut a = Autoresponder {
         enabled: true,
         subject: "Out of office \"quoted\"".into(),
@@ -230,7 +281,10 @@ fn the_autoresponder_runs_beside_the_script_within_its_window() {
         panic!("{p:?}");
     };
     let reply = String::from_utf8_lossy(&p.created[*message]).into_owned();
-    assert!(reply.contains("Subject: Out of office \"quoted\""), "{reply}");
+    assert!(
+        reply.contains("Subject: Out of office \"quoted\""),
+        "{reply}"
+    );
     assert!(reply.contains("Back soon \\ really."), "{reply}");
     a.end = Some(950_000);
     filters.set_autoresponder(id, &a).expect("set");
@@ -255,7 +309,10 @@ fn script_quota_and_names() {
         filters.put(id, "a", "keep;", None, true),
         Err(FilterError::Exists(_))
     ));
-    assert!(matches!(filters.delete(id, "a", false), Err(FilterError::Active(_))));
+    assert!(matches!(
+        filters.delete(id, "a", false),
+        Err(FilterError::Active(_))
+    ));
     filters.rename(id, "a", "b").expect("rename");
     let s = filters.script(id, "b").expect("read").expect("b");
     assert!(s.active, "rename keeps it active");
@@ -282,7 +339,9 @@ fn expired_records_are_purged() {
 #[test]
 fn error_positions_are_one_based_and_point_at_the_token() {
     let (_s, filters, _) = setup("positions");
-    let e = filters.compile("keep;\r\n  foo;\r\n").expect_err("unknown command");
+    let e = filters
+        .compile("keep;\r\n  foo;\r\n")
+        .expect_err("unknown command");
     assert_eq!((e.line, e.column), (2, 3), "{e}");
     assert!(!e.message.contains(" at line "), "location once: {e}");
     let e = filters
@@ -295,6 +354,8 @@ fn error_positions_are_one_based_and_point_at_the_token() {
 fn a_script_that_panics_the_compiler_is_refused() {
     let (_s, filters, _) = setup("panic");
     // The first find of the sieve_script fuzz target (sieve-rs panics compiling it).
-    let src = String::from_utf8_lossy(include_bytes!("../../../fuzz/seeds/sieve_script/compiler-panic"));
+    let src = String::from_utf8_lossy(include_bytes!(
+        "../../../fuzz/seeds/sieve_script/compiler-panic"
+    ));
     assert!(filters.compile(&src).is_err());
 }

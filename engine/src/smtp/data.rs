@@ -7,8 +7,8 @@ use time::format_description::well_known::Rfc2822;
 use super::reply::Reply;
 use super::session::{Core, Flow, Transaction};
 use crate::delivery::{BounceTo, Delivery, Outbound, Outcome, Recipient};
-use crate::sieve::{Incoming, Outgoing};
 use crate::metrics::MessageOutcome;
+use crate::sieve::{Incoming, Outgoing};
 
 impl Core {
     pub(super) fn data(&mut self) -> Flow {
@@ -181,7 +181,11 @@ impl Core {
             let Ok((m, f)) = filtered else {
                 tracing::error!(id = %tx.id, "Sieve filtering panicked");
                 self.count_message(MessageOutcome::StoreFailed);
-                return Reply::new(451, "4.3.0", "Temporary failure filtering the message, try again later");
+                return Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary failure filtering the message, try again later",
+                );
             };
             message = m;
             self.server.metrics.sieve(f.filtered, f.errors);
@@ -366,7 +370,13 @@ impl Core {
 fn clean_reason(reason: &str) -> String {
     let line: String = reason
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
         .take(200)
         .collect();
     let line = line.split_whitespace().collect::<Vec<_>>().join(" ");

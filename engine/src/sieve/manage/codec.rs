@@ -27,13 +27,17 @@ pub enum Event {
     /// A malformed command (its line is consumed): answer `NO` with this.
     Bad(String),
     /// A literal over `max_literal`: its bytes are being skipped, the command answered `NO`.
-    TooBig { size: u64 },
+    TooBig {
+        size: u64,
+    },
 }
 
 enum State {
     Normal,
     /// Skipping an oversize literal, then the rest of its command line.
-    Skip { remaining: u64 },
+    Skip {
+        remaining: u64,
+    },
     /// Dropping up to the next CRLF (after an overlong or malformed line).
     Drain,
 }
@@ -86,7 +90,9 @@ impl Codec {
         loop {
             match self.state {
                 State::Skip { remaining } => {
-                    let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(self.buf.len());
+                    let n = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
                     self.buf.drain(..n);
                     let left = remaining - n as u64;
                     if left > 0 {
@@ -174,7 +180,12 @@ impl Codec {
                                     s.push(e);
                                     j += 2;
                                 }
-                                Some(_) => return Scan::Bad("Invalid escape in quoted string".into(), false),
+                                Some(_) => {
+                                    return Scan::Bad(
+                                        "Invalid escape in quoted string".into(),
+                                        false,
+                                    );
+                                }
                             },
                             Some(b'\r' | b'\n') => {
                                 return Scan::Bad("Line break in quoted string".into(), false);
@@ -313,7 +324,10 @@ mod tests {
                     Token::Str(b"a \"b\\".to_vec()),
                     Token::Str(b"keep;".to_vec()),
                 ]),
-                Event::Command(vec![Token::Atom("GETSCRIPT".into()), Token::Str(b"abc".to_vec())]),
+                Event::Command(vec![
+                    Token::Atom("GETSCRIPT".into()),
+                    Token::Str(b"abc".to_vec())
+                ]),
             ]
         );
     }
@@ -349,13 +363,24 @@ mod tests {
     #[test]
     fn huge_and_overflowing_numbers_are_errors_not_allocations() {
         let mut c = Codec::new(100, 10);
-        let ev = all(&mut c, b"PUTSCRIPT \"x\" {99999999999999999999999+}\r\nNOOP\r\n");
+        let ev = all(
+            &mut c,
+            b"PUTSCRIPT \"x\" {99999999999999999999999+}\r\nNOOP\r\n",
+        );
         assert_eq!(
             ev,
-            vec![Event::Bad("Literal length too large".into()), Event::Command(atoms(&["NOOP"]))]
+            vec![
+                Event::Bad("Literal length too large".into()),
+                Event::Command(atoms(&["NOOP"]))
+            ]
         );
         let ev = all(&mut c, b"PUTSCRIPT \"x\" {4294967296+}\r\n");
-        assert_eq!(ev, vec![Event::TooBig { size: 4_294_967_296 }]);
+        assert_eq!(
+            ev,
+            vec![Event::TooBig {
+                size: 4_294_967_296
+            }]
+        );
     }
 
     #[test]

@@ -62,9 +62,13 @@ impl Server {
 /// Accepts connections until shutdown.
 pub async fn serve(listener: TcpListener, server: Arc<Server>, tracker: TaskTracker) {
     let shutdown = server.shutdown.clone();
-    crate::limits::accept_loop(listener, shutdown, tracker, "managesieve", move |stream, peer| {
-        connection(server.clone(), stream, peer)
-    })
+    crate::limits::accept_loop(
+        listener,
+        shutdown,
+        tracker,
+        "managesieve",
+        move |stream, peer| connection(server.clone(), stream, peer),
+    )
     .await;
 }
 
@@ -162,7 +166,14 @@ impl Session {
             ("SIEVE".into(), self.server.filters.extensions()),
         ];
         let auth_ok = self.tls || self.server.tls.is_none();
-        lines.push(("SASL".into(), if auth_ok { "PLAIN".into() } else { String::new() }));
+        lines.push((
+            "SASL".into(),
+            if auth_ok {
+                "PLAIN".into()
+            } else {
+                String::new()
+            },
+        ));
         if !self.tls && self.server.tls.is_some() {
             lines.push(("STARTTLS".into(), String::new()));
         }
@@ -268,7 +279,10 @@ impl Session {
             }
             Event::Command(tokens) => {
                 if std::mem::take(&mut self.sasl_pending) {
-                    let response = tokens.first().map(|t| t.bytes().to_vec()).unwrap_or_default();
+                    let response = tokens
+                        .first()
+                        .map(|t| t.bytes().to_vec())
+                        .unwrap_or_default();
                     if response == b"*" {
                         self.no(None, "Authentication aborted");
                     } else {
@@ -290,7 +304,9 @@ impl Session {
         let name = name.to_ascii_uppercase();
         let args: Vec<&[u8]> = tokens[1..].iter().map(Token::bytes).collect();
         let text = |i: usize| -> Option<String> {
-            args.get(i).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string)
+            args.get(i)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_string)
         };
         match (name.as_str(), self.account.is_some()) {
             ("CAPABILITY", _) => {
@@ -330,7 +346,10 @@ impl Session {
 
     async fn authenticate(&mut self, args: &[&[u8]]) {
         if !self.tls && self.server.tls.is_some() {
-            self.no(Some("ENCRYPT-NEEDED"), "Authentication requires TLS: STARTTLS first");
+            self.no(
+                Some("ENCRYPT-NEEDED"),
+                "Authentication requires TLS: STARTTLS first",
+            );
             return;
         }
         match args.first() {
@@ -436,7 +455,9 @@ impl Session {
 
     async fn authenticated(&mut self, cmd: &str, args: &[&[u8]]) {
         let name = |i: usize| -> Option<String> {
-            args.get(i).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string)
+            args.get(i)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_string)
         };
         let arity = match cmd {
             "LISTSCRIPTS" => 0,
@@ -450,7 +471,10 @@ impl Session {
         };
         if args.len() != arity || (0..arity).any(|i| name(i).is_none()) {
             self.errors += 1;
-            self.no(None, &format!("{cmd} takes {arity} UTF-8 string argument(s)"));
+            self.no(
+                None,
+                &format!("{cmd} takes {arity} UTF-8 string argument(s)"),
+            );
             return;
         }
         let (a0, a1) = (name(0).unwrap_or_default(), name(1).unwrap_or_default());
