@@ -450,6 +450,34 @@ pub fn expunge(
     })
 }
 
+/// Removes the messages with `uids` whatever their flags (POP3's DELE committed at QUIT), as
+/// one transaction; returns the UIDs removed (those that still existed).
+pub fn remove(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    name: &str,
+    uids: &[u32],
+) -> Result<Vec<u32>, MailboxError> {
+    write(store, changes, |w| {
+        let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name))? else {
+            return Err(MailboxError::NoSuchMailbox(name.to_string()).into());
+        };
+        let mut entries = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            if let Some(e) = w.get(&MAIL_ENTRIES, (account, name, uid))? {
+                entries.push(e);
+            }
+        }
+        let removed = remove_entries(w, account, name, &entries)?;
+        if !removed.is_empty() {
+            mb.highest_modseq += 1;
+            w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
+        }
+        Ok(removed)
+    })
+}
+
 /// What COPY/MOVE did: the destination's UIDVALIDITY and (source UID, new UID) pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
