@@ -721,6 +721,9 @@ fn target_mailbox(
             uidnext: 1,
             highest_modseq: 1,
             subscribed: true,
+            recent_uid: 0,
+            vanished_count: 0,
+            vanished_floor: 0,
         };
         w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
         return Ok(Some((name, mb)));

@@ -339,6 +339,9 @@ impl Directory {
                     uidnext: 1,
                     highest_modseq: 1,
                     subscribed: true,
+                    recent_uid: 0,
+                    vanished_count: 0,
+                    vanished_floor: 0,
                 };
                 w.put(&MAIL_MAILBOXES, (id, name), &mb)?;
             }
@@ -435,6 +438,16 @@ impl Directory {
             w.retain_in(&SIEVE_SCRIPTS, (id, "")..(id + 1, ""), |_| false)?;
             w.retain_in(&SIEVE_SEEN, (id, "")..(id + 1, ""), |_| false)?;
             w.remove(&AUTORESPONDERS, id)?;
+            w.retain_in(
+                &wispd_store::schema::MAIL_VANISHED,
+                (id, "", 0u32)..(id + 1, "", 0u32),
+                |_| false,
+            )?;
+            w.retain_in(
+                &wispd_store::schema::MAIL_SUBSCRIPTIONS,
+                (id, "")..(id + 1, ""),
+                |_| false,
+            )?;
             Ok(a)
         })
     }

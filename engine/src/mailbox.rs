@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wispd_store::schema::{
     MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES, MAIL_META,
-    MailAccount, MailEntry, Mailbox, MessageMeta,
+    MAIL_SUBSCRIPTIONS, MAIL_VANISHED, MailAccount, MailEntry, Mailbox, MessageMeta,
 };
 use wispd_store::{Store, StoreError, Write};
 
@@ -206,6 +206,9 @@ pub fn create(
             uidnext: 1,
             highest_modseq: 1,
             subscribed: false,
+            recent_uid: 0,
+            vanished_count: 0,
+            vanished_floor: 0,
         };
         w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
         Ok(())
@@ -237,6 +240,112 @@ fn remove_entries(
     Ok(uids)
 }
 
+/// Expunged UIDs remembered per mailbox for QRESYNC; past this the oldest are forgotten.
+pub const VANISHED_KEPT: u32 = 20_000;
+
+/// Remembers that `uids` of `mb` were expunged at modification sequence `modseq`. Past
+/// [`VANISHED_KEPT`] the oldest quarter is forgotten and `vanished_floor` raised to the
+/// newest forgotten modification sequence.
+fn record_vanished(
+    w: &Write<'_>,
+    account: u64,
+    mb: &mut Mailbox,
+    uids: &[u32],
+    modseq: u64,
+) -> Result<(), StoreError> {
+    let name = mb.name.clone();
+    for &uid in uids {
+        w.put(&MAIL_VANISHED, (account, name.as_str(), uid), &(uid, modseq))?;
+    }
+    mb.vanished_count = mb
+        .vanished_count
+        .saturating_add(u32::try_from(uids.len()).unwrap_or(u32::MAX));
+    if mb.vanished_count > VANISHED_KEPT {
+        let n = name.as_str();
+        let mut all: Vec<(u32, u64)> =
+            w.values_in(&MAIL_VANISHED, (account, n, 0u32)..=(account, n, u32::MAX))?;
+        all.sort_by_key(|&(uid, m)| (m, uid));
+        let keep = (VANISHED_KEPT as usize) * 3 / 4;
+        let drop = all.len().saturating_sub(keep);
+        for &(uid, m) in &all[..drop] {
+            w.remove(&MAIL_VANISHED, (account, n, uid))?;
+            mb.vanished_floor = mb.vanished_floor.max(m);
+        }
+        mb.vanished_count = u32::try_from(all.len() - drop).unwrap_or(u32::MAX);
+    }
+    Ok(())
+}
+
+/// Forgets the expunge history of a mailbox (deleted: a new one gets a new UIDVALIDITY).
+fn forget_vanished(w: &Write<'_>, account: u64, name: &str) -> Result<(), StoreError> {
+    w.retain_in(
+        &MAIL_VANISHED,
+        (account, name, 0u32)..=(account, name, u32::MAX),
+        |_| false,
+    )?;
+    Ok(())
+}
+
+/// UIDs of `name` expunged after modification sequence `since`, among those `wanted` keeps,
+/// ascending. When the history doesn't reach back that far, every UID below UIDNEXT that
+/// `wanted` keeps and no longer exists (RFC 7162 3.2.5.2 lets the server report UIDs the
+/// client never saw, never ones that still exist).
+pub fn vanished_since(
+    store: &Store,
+    account: u64,
+    name: &str,
+    since: u64,
+    wanted: &dyn Fn(u32) -> bool,
+) -> Result<Vec<u32>, StoreError> {
+    store.read(|r| {
+        let Some(mb) = r.get(&MAIL_MAILBOXES, (account, name))? else {
+            return Ok(Vec::new());
+        };
+        if since >= mb.vanished_floor {
+            let all: Vec<(u32, u64)> =
+                r.values_in(&MAIL_VANISHED, (account, name, 0u32)..=(account, name, u32::MAX))?;
+            return Ok(all
+                .into_iter()
+                .filter(|&(uid, m)| m > since && wanted(uid))
+                .map(|(uid, _)| uid)
+                .collect());
+        }
+        let entries: Vec<MailEntry> =
+            r.values_in(&MAIL_ENTRIES, (account, name, 0u32)..=(account, name, u32::MAX))?;
+        let mut present = entries.iter().map(|e| e.uid).peekable();
+        let mut out = Vec::new();
+        for uid in 1..mb.uidnext {
+            if present.next_if_eq(&uid).is_some() {
+                continue;
+            }
+            if wanted(uid) {
+                out.push(uid);
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Persists that UIDs up to `uid` of `name` have been announced as `\Recent` (best effort:
+/// sessions keep the authoritative claim in memory; after a crash the unpersisted ones are
+/// recent once more, as RFC 3501 2.3.2 prefers to missing them). Announces nothing.
+pub fn persist_recent(store: &Store, account: u64, name: &str, uid: u32) -> Result<(), StoreError> {
+    store.write(|w| {
+        if let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name))?
+            && mb.recent_uid < uid
+        {
+            mb.recent_uid = uid;
+            w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
+        }
+        Ok(())
+    })
+}
+
+/// Subscribed names kept apart from the mailboxes (they outlive them).
+pub fn subscriptions(store: &Store, account: u64) -> Result<Vec<String>, StoreError> {
+    store.read(|r| r.values_in(&MAIL_SUBSCRIPTIONS, (account, "")..(account + 1, "")))
+}
+
 pub fn delete(
     store: &Store,
     changes: &Changes,
@@ -248,12 +357,17 @@ pub fn delete(
         return Err(MailboxError::Invalid("INBOX can't be deleted".into()));
     }
     write(store, changes, |w| {
-        if w.get(&MAIL_MAILBOXES, (account, name.as_str()))?.is_none() {
+        let Some(mb) = w.get(&MAIL_MAILBOXES, (account, name.as_str()))? else {
             return Err(MailboxError::NoSuchMailbox(name.clone()).into());
-        }
+        };
         let n = name.as_str();
         let entries = w.values_in(&MAIL_ENTRIES, (account, n, 0u32)..=(account, n, u32::MAX))?;
         remove_entries(w, account, n, &entries)?;
+        forget_vanished(w, account, n)?;
+        // a subscription stays after the mailbox is gone (RFC 3501 6.3.9)
+        if mb.subscribed {
+            w.put(&MAIL_SUBSCRIPTIONS, (account, n), &name)?;
+        }
         w.remove(&MAIL_MAILBOXES, (account, n))?;
         Ok(())
     })
@@ -317,19 +431,38 @@ pub fn rename(
                 target.uidvalidity = new_uidvalidity(w)?;
                 target.uidnext = 1;
                 target.special_use = None;
+                target.recent_uid = 0;
+                target.vanished_count = 0;
+                target.vanished_floor = 0;
+                let mut gone = Vec::with_capacity(entries.len());
                 for e in entries {
                     w.remove(&MAIL_ENTRIES, (account, "INBOX", e.uid))?;
+                    gone.push(e.uid);
                     let mut moved = e.clone();
                     moved.uid = target.uidnext;
                     target.uidnext += 1;
                     w.put(&MAIL_ENTRIES, (account, new.as_str(), moved.uid), &moved)?;
                 }
                 mb.highest_modseq += 1;
+                let modseq = mb.highest_modseq;
+                record_vanished(w, account, &mut mb, &gone, modseq)?;
                 w.put(&MAIL_MAILBOXES, (account, "INBOX"), &mb)?;
             } else {
                 for e in entries {
                     w.remove(&MAIL_ENTRIES, (account, old.as_str(), e.uid))?;
                     w.put(&MAIL_ENTRIES, (account, new.as_str(), e.uid), &e)?;
+                }
+                // the expunge history and the subscription follow the mailbox
+                let o = old.as_str();
+                let history: Vec<(u32, u64)> =
+                    w.values_in(&MAIL_VANISHED, (account, o, 0u32)..=(account, o, u32::MAX))?;
+                forget_vanished(w, account, o)?;
+                for (uid, m) in history {
+                    w.put(&MAIL_VANISHED, (account, new.as_str(), uid), &(uid, m))?;
+                }
+                if w.get(&MAIL_SUBSCRIPTIONS, (account, o))?.is_some() {
+                    w.remove(&MAIL_SUBSCRIPTIONS, (account, o))?;
+                    w.put(&MAIL_SUBSCRIPTIONS, (account, new.as_str()), &new)?;
                 }
                 w.remove(&MAIL_MAILBOXES, (account, old.as_str()))?;
             }
@@ -348,11 +481,26 @@ pub fn subscribe(
 ) -> Result<(), MailboxError> {
     let name = canonical(name);
     write(store, changes, |w| {
-        let Some(mut mb) = w.get(&MAIL_MAILBOXES, (account, name.as_str()))? else {
-            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
-        };
-        mb.subscribed = on;
-        w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
+        let n = name.as_str();
+        let existing = w.get(&MAIL_MAILBOXES, (account, n))?;
+        match existing {
+            Some(mut mb) => {
+                mb.subscribed = on;
+                w.put(&MAIL_MAILBOXES, (account, n), &mb)?;
+            }
+            // subscribing to a name that doesn't exist is refused; unsubscribing from a
+            // deleted mailbox's name is how that subscription goes away
+            None if on => return Err(MailboxError::NoSuchMailbox(name.clone()).into()),
+            None if w.get(&MAIL_SUBSCRIPTIONS, (account, n))?.is_none() => {
+                return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+            }
+            None => {}
+        }
+        if on {
+            w.put(&MAIL_SUBSCRIPTIONS, (account, n), &name)?;
+        } else {
+            w.remove(&MAIL_SUBSCRIPTIONS, (account, n))?;
+        }
         Ok(())
     })
 }
@@ -444,6 +592,8 @@ pub fn expunge(
         let uids = remove_entries(w, account, name, &entries)?;
         if !uids.is_empty() {
             mb.highest_modseq += 1;
+            let modseq = mb.highest_modseq;
+            record_vanished(w, account, &mut mb, &uids, modseq)?;
             w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
         }
         Ok(uids)
@@ -472,6 +622,8 @@ pub fn remove(
         let removed = remove_entries(w, account, name, &entries)?;
         if !removed.is_empty() {
             mb.highest_modseq += 1;
+            let modseq = mb.highest_modseq;
+            record_vanished(w, account, &mut mb, &removed, modseq)?;
             w.put(&MAIL_MAILBOXES, (account, name), &mb)?;
         }
         Ok(removed)
@@ -545,10 +697,15 @@ pub fn copy(
             }
         }
         if remove_source && !entries.is_empty() {
+            let moved: Vec<u32> = entries.iter().map(|e| e.uid).collect();
             if same {
                 dst.highest_modseq += 1;
+                let modseq = dst.highest_modseq;
+                record_vanished(w, account, &mut dst, &moved, modseq)?;
             } else {
                 src.highest_modseq += 1;
+                let modseq = src.highest_modseq;
+                record_vanished(w, account, &mut src, &moved, modseq)?;
                 w.put(&MAIL_MAILBOXES, (account, from), &src)?;
             }
         }

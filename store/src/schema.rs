@@ -178,7 +178,26 @@ pub struct Mailbox {
     pub uidnext: u32,
     pub highest_modseq: u64,
     pub subscribed: bool,
+    /// Highest UID some read-write IMAP session has been told about: messages above it are
+    /// `\Recent` to the next session that sees them (RFC 3501 2.3.2).
+    #[serde(default)]
+    pub recent_uid: u32,
+    /// Expunged UIDs kept in [`MAIL_VANISHED`] for this mailbox.
+    #[serde(default)]
+    pub vanished_count: u32,
+    /// Expunges at or below this modification sequence may have been forgotten (QRESYNC falls
+    /// back to reporting every UID that no longer exists); 0 while the history is complete.
+    #[serde(default)]
+    pub vanished_floor: u64,
 }
+
+/// Expunged messages by (account id, mailbox name, UID): (UID, modification sequence of the
+/// expunge), for QRESYNC (RFC 7162 `VANISHED (EARLIER)`). Bounded per mailbox.
+pub const MAIL_VANISHED: Table<(u64, &str, u32), (u32, u64)> = Table::new("mail_vanished");
+
+/// Subscriptions by (account id, mailbox name): they outlive the mailbox (RFC 3501 6.3.6).
+/// The value is the name.
+pub const MAIL_SUBSCRIPTIONS: Table<(u64, &str), String> = Table::new("mail_subscriptions");
 
 /// A forwarder: mail for `source` also goes to `destination`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

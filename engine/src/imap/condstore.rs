@@ -1,15 +1,107 @@
-//! CONDSTORE (RFC 7162) modifiers that imap-codec 1.0 doesn't parse: `SELECT box (CONDSTORE)`,
-//! `FETCH set items (CHANGEDSINCE n)`, the `MODSEQ` fetch item, `STORE set (UNCHANGEDSINCE n)`
-//! and the `MODSEQ n` search key (at the top level). They are taken out of the command text
-//! before it is parsed and handed to the command as [`Modifiers`].
+//! Command syntax imap-codec 1.0 doesn't parse: CONDSTORE/QRESYNC (RFC 7162) modifiers —
+//! `SELECT box (CONDSTORE)`, `SELECT box (QRESYNC (…))`, `FETCH set items (CHANGEDSINCE n
+//! [VANISHED])`, the `MODSEQ` fetch item, `STORE set (UNCHANGEDSINCE n)`, the `MODSEQ n` search
+//! key (at the top level) — ESEARCH's `SEARCH RETURN (…)` (RFC 4731) and STATUS `SIZE`
+//! (RFC 8438). They are taken out of the command text before it is parsed and handed to the
+//! command as [`Modifiers`].
 
+/// `SELECT box (QRESYNC (uidvalidity modseq [known-uids] [seq-match]))` (RFC 7162 3.2.5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Qresync {
+    pub uidvalidity: u32,
+    pub modseq: u64,
+    /// UID ranges the client knows (inclusive); `None`: all.
+    pub known_uids: Option<Vec<(u32, u32)>>,
+}
+
+/// What `SEARCH RETURN (…)` asks for (RFC 4731); all false with `RETURN ()` means ALL.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchReturn {
+    pub min: bool,
+    pub max: bool,
+    pub all: bool,
+    pub count: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Modifiers {
     pub select: bool,
+    pub qresync: Option<Qresync>,
     pub changed_since: Option<u64>,
+    /// `VANISHED` in a UID FETCH's modifiers.
+    pub vanished: bool,
     pub unchanged_since: Option<u64>,
     pub fetch_modseq: bool,
     pub search_modseq: Option<u64>,
+    pub search_return: Option<SearchReturn>,
+    /// `SIZE` among STATUS items.
+    pub status_size: bool,
+    /// `SIZE` was the only STATUS item (MESSAGES stood in for the parser).
+    pub status_size_only: bool,
+    /// Something was malformed: the command gets `BAD` with this.
+    pub error: Option<&'static str>,
+}
+
+/// A sequence set of UIDs (`1:5,9,12:*`) as inclusive ranges; `*` is `u32::MAX`.
+pub fn uid_ranges(text: &str) -> Option<Vec<(u32, u32)>> {
+    let num = |s: &str| -> Option<u32> {
+        if s == "*" {
+            Some(u32::MAX)
+        } else {
+            s.parse::<u32>().ok().filter(|&v| v > 0)
+        }
+    };
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let (a, b) = match part.split_once(':') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => {
+                let v = num(part)?;
+                (v, v)
+            }
+        };
+        out.push((a.min(b), a.max(b)));
+    }
+    Some(out)
+}
+
+/// The text between the parenthesis at `open` and its match, and the index after the match.
+fn balanced(text: &str, open: usize) -> Option<(&str, usize)> {
+    let mut depth = 0usize;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((&text[open + 1..open + i], open + i + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parses the inside of `(QRESYNC (…))`.
+fn qresync_params(inner: &str) -> Option<Qresync> {
+    // seq-match data, `(seqs uids)`, only narrows what the server may send: not needed here
+    let head = inner.split('(').next().unwrap_or_default();
+    let mut words = head.split_ascii_whitespace();
+    let uidvalidity = words.next()?.parse::<u32>().ok().filter(|&v| v > 0)?;
+    let modseq = words.next()?.parse::<u64>().ok().filter(|&v| v > 0)?;
+    let known_uids = match words.next() {
+        Some(w) => Some(uid_ranges(w)?),
+        None => None,
+    };
+    if words.next().is_some() {
+        return None;
+    }
+    Some(Qresync {
+        uidvalidity,
+        modseq,
+        known_uids,
+    })
 }
 
 impl Modifiers {
@@ -42,7 +134,10 @@ fn take_paren(text: &mut String, name: &str) -> Option<u64> {
 /// Splits off the command's modifiers. `verb` is the upper-case command name (after `UID`).
 pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
     let mut m = Modifiers::default();
-    if !matches!(verb, "SELECT" | "EXAMINE" | "FETCH" | "STORE" | "SEARCH") {
+    if !matches!(
+        verb,
+        "SELECT" | "EXAMINE" | "FETCH" | "STORE" | "SEARCH" | "STATUS"
+    ) {
         return (cmd, m);
     }
     let mut text = match String::from_utf8(cmd) {
@@ -55,10 +150,68 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
             if let Some(p) = upper.rfind(" (CONDSTORE)") {
                 text.replace_range(p..p + " (CONDSTORE)".len(), "");
                 m.select = true;
+            } else if let Some(p) = upper.rfind(" (QRESYNC (") {
+                match balanced(&text, p + 1) {
+                    Some((inner, end)) => {
+                        // inner: `QRESYNC (…)`
+                        let params = inner
+                            .find('(')
+                            .and_then(|o| balanced(inner, o))
+                            .and_then(|(q, _)| qresync_params(q));
+                        match params {
+                            Some(q) => m.qresync = Some(q),
+                            None => m.error = Some("Invalid QRESYNC parameters"),
+                        }
+                        text.replace_range(p..end, "");
+                    }
+                    None => m.error = Some("Invalid QRESYNC parameters"),
+                }
+            }
+        }
+        "STATUS" => {
+            // `SIZE` among the items: taken out, answered by the server itself
+            if let Some(open) = text.rfind('(') {
+                let close = text[open..].find(')').map(|c| open + c);
+                if let Some(close) = close {
+                    let items: Vec<&str> = text[open + 1..close].split_ascii_whitespace().collect();
+                    if items.iter().any(|i| i.eq_ignore_ascii_case("SIZE")) {
+                        m.status_size = true;
+                        let mut rest: Vec<&str> = items
+                            .into_iter()
+                            .filter(|i| !i.eq_ignore_ascii_case("SIZE"))
+                            .collect();
+                        if rest.is_empty() {
+                            rest.push("MESSAGES");
+                            m.status_size_only = true;
+                        }
+                        let joined = rest.join(" ");
+                        text.replace_range(open + 1..close, &joined);
+                    }
+                }
             }
         }
         "FETCH" => {
-            m.changed_since = take_paren(&mut text, "CHANGEDSINCE");
+            let upper = text.to_ascii_uppercase();
+            if let Some(p) = upper.rfind(" (CHANGEDSINCE ") {
+                match balanced(&text, p + 1) {
+                    Some((inner, end)) => {
+                        let mut words = inner.split_ascii_whitespace().skip(1);
+                        match words.next().and_then(|n| n.parse::<u64>().ok()) {
+                            Some(n) => m.changed_since = Some(n),
+                            None => m.error = Some("Invalid CHANGEDSINCE"),
+                        }
+                        for w in words {
+                            if w.eq_ignore_ascii_case("VANISHED") {
+                                m.vanished = true;
+                            } else {
+                                m.error = Some("Unknown FETCH modifier");
+                            }
+                        }
+                        text.replace_range(p..end, "");
+                    }
+                    None => m.error = Some("Invalid FETCH modifiers"),
+                }
+            }
             // the MODSEQ item, alone or in a list (never inside a section's brackets)
             let mut out: Vec<u8> = Vec::with_capacity(text.len());
             let mut depth_brackets = 0usize;
@@ -99,6 +252,31 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
         }
         "STORE" => m.unchanged_since = take_paren(&mut text, "UNCHANGEDSINCE"),
         "SEARCH" => {
+            // `SEARCH RETURN (…)` right after the command name (RFC 4731)
+            let upper = text.to_ascii_uppercase();
+            if let Some(p) = upper.find("SEARCH RETURN (") {
+                let open = p + "SEARCH RETURN ".len();
+                match balanced(&text, open) {
+                    Some((inner, end)) => {
+                        let mut r = SearchReturn::default();
+                        for w in inner.split_ascii_whitespace() {
+                            match w.to_ascii_uppercase().as_str() {
+                                "MIN" => r.min = true,
+                                "MAX" => r.max = true,
+                                "ALL" => r.all = true,
+                                "COUNT" => r.count = true,
+                                _ => m.error = Some("Unknown SEARCH return option"),
+                            }
+                        }
+                        if !(r.min || r.max || r.count) {
+                            r.all = true;
+                        }
+                        m.search_return = Some(r);
+                        text.replace_range(p + "SEARCH".len()..end, "");
+                    }
+                    None => m.error = Some("Invalid SEARCH return options"),
+                }
+            }
             let upper = text.to_ascii_uppercase();
             if let Some(p) = upper.find(" MODSEQ ") {
                 let rest = &text[p + 8..];

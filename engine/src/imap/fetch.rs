@@ -2,12 +2,11 @@
 //! while its response is written, so a 10,000-message FETCH holds one message at a time).
 
 use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName};
-use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::MessageParser;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::bodystructure;
-use super::selected::flag_list;
 use super::session::Session;
 use super::wire;
 use crate::mailbox::{self, FlagChange, FlagOp};
@@ -55,6 +54,39 @@ fn expand(items: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'_>
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// `* VANISHED (EARLIER)` for the UIDs of `set` expunged after `since` (RFC 7162 3.2.6).
+    async fn vanished_earlier(&mut self, set: &SequenceSet, since: u64) -> std::io::Result<()> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|s| {
+                let v = |x: SeqOrUid| match x {
+                    SeqOrUid::Value(v) => v.get(),
+                    SeqOrUid::Asterisk => u32::MAX,
+                };
+                let (a, b) = match s {
+                    Sequence::Single(x) => (v(*x), v(*x)),
+                    Sequence::Range(x, y) => (v(*x), v(*y)),
+                };
+                (a.min(b), a.max(b))
+            })
+            .collect();
+        let (account, name) = (self.account_id(), sel.name.clone());
+        let wanted = move |uid: u32| ranges.iter().any(|&(a, b)| uid >= a && uid <= b);
+        match self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))? {
+            Ok(g) if !g.is_empty() => {
+                self.line(&format!("* VANISHED (EARLIER) {}", super::selected::uid_set(&g)));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "QRESYNC history read failed"),
+        }
+        Ok(())
+    }
+
     pub(super) async fn fetch(
         &mut self,
         tag: &str,
@@ -62,9 +94,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
     ) -> std::io::Result<()> {
+        if self.modifiers.vanished && !(uid && self.qresync && self.modifiers.changed_since.is_some())
+        {
+            // RFC 7162 3.2.6: UID FETCH only, with CHANGEDSINCE, once QRESYNC is enabled
+            self.tagged(tag, "BAD", "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC");
+            return Ok(());
+        }
         let Some((idx, uids)) = self.targets(tag, set, uid, false) else {
             return Ok(());
         };
+        if self.modifiers.vanished
+            && let Some(since) = self.modifiers.changed_since
+        {
+            self.vanished_earlier(set, since).await?;
+        }
         let Some(sel) = self.selected.as_ref() else {
             return Ok(());
         };
@@ -158,7 +201,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if changed_since.is_some_and(|c| entry.modseq <= c) {
                 continue;
             }
-            let flags = sel.flags[i].clone();
+            let flags = sel.shown_flags(i);
+            let stored_flags = sel.flags[i].clone();
             let raw = if needs_body {
                 let id = entry.message_id;
                 match self.read(move |s, _| mailbox::message(s, id))? {
@@ -182,6 +226,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 (Some(r), true) => MessageParser::default().parse(r.as_slice()),
                 _ => None,
             };
+            // a keyword this session hasn't been told about is announced first (RFC 3501 7.2.6)
+            if let Some(sel) = self.selected.as_mut()
+                && sel.learn_keywords(&stored_flags)
+            {
+                let lines = sel.flag_lines();
+                for l in lines {
+                    self.line(&l);
+                }
+            }
             let mut out = format!("* {} FETCH (", i + 1).into_bytes();
             for (k, item) in items.iter().enumerate() {
                 if k > 0 {
@@ -192,7 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         out.extend_from_slice(format!("UID {}", entry.uid).as_bytes())
                     }
                     MessageDataItemName::Flags => {
-                        out.extend_from_slice(format!("FLAGS {}", flag_list(&flags)).as_bytes())
+                        out.extend_from_slice(format!("FLAGS {flags}").as_bytes())
                     }
                     MessageDataItemName::InternalDate => {
                         out.extend_from_slice(
@@ -281,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .iter()
                 .any(|i| matches!(i, MessageDataItemName::Flags));
             if sets_seen && !has_flags {
-                out.extend_from_slice(format!(" FLAGS {}", flag_list(&flags)).as_bytes());
+                out.extend_from_slice(format!(" FLAGS {flags}").as_bytes());
             }
             if want_modseq || (self.condstore && (has_flags || sets_seen)) {
                 out.extend_from_slice(format!(" MODSEQ ({})", entry.modseq).as_bytes());

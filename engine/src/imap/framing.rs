@@ -175,6 +175,16 @@ impl Framer {
                     return Some(self.refuse(n, sync, true));
                 }
                 Some((n, sync)) => {
+                    if !sync {
+                        // LITERAL- (`{n-}`, RFC 7888) is handed on as LITERAL+ (`{n+}`): with
+                        // LITERAL+ also offered, any size is fine, and imap-codec knows `+`
+                        let close = self.buf.len() - 2 - usize::from(self.buf.ends_with(b"\r\n"));
+                        if let Some(m) = close.checked_sub(1)
+                            && self.buf.get(m) == Some(&b'-')
+                        {
+                            self.buf[m] = b'+';
+                        }
+                    }
                     self.literal_left = n;
                     self.line_start = self.buf.len();
                     if n == 0 {
@@ -212,7 +222,7 @@ impl Framer {
     }
 }
 
-/// `{n}` or `{n+}` at the end of a line (before CRLF): the literal's size and whether it is
+/// `{n}`, `{n+}` or `{n-}` at the end of a line (before CRLF): the literal's size and whether it is
 /// synchronising.
 fn literal_announced(line: &[u8]) -> Option<(usize, bool)> {
     let line = line.strip_suffix(b"\n")?;
@@ -220,7 +230,10 @@ fn literal_announced(line: &[u8]) -> Option<(usize, bool)> {
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
     let mut digits = &inner[open + 1..];
-    let sync = match digits.strip_suffix(b"+") {
+    let sync = match digits
+        .strip_suffix(b"+")
+        .or_else(|| digits.strip_suffix(b"-"))
+    {
         Some(d) => {
             digits = d;
             false
@@ -251,6 +264,18 @@ mod tests {
             assert!(input.is_empty());
         }
         out
+    }
+
+    #[test]
+    fn literal_minus_is_handed_on_as_literal_plus() {
+        let mut f = Framer::new(100, 1000);
+        let out = frames(&mut f, &[b"a1 LOGIN {3-}\r\nbob {4-}\r\npass\r\n"]);
+        assert_eq!(
+            out,
+            vec![Frame::Command(
+                b"a1 LOGIN {3+}\r\nbob {4+}\r\npass\r\n".to_vec()
+            )]
+        );
     }
 
     #[test]
@@ -311,6 +336,7 @@ mod tests {
     fn literal_markers() {
         assert_eq!(literal_announced(b"a {12}\r\n"), Some((12, true)));
         assert_eq!(literal_announced(b"a {0+}\r\n"), Some((0, false)));
+        assert_eq!(literal_announced(b"a {7-}\r\n"), Some((7, false)));
         assert_eq!(literal_announced(b"a \"{12}\"\r\n"), None);
         assert_eq!(literal_announced(b"a {x}\r\n"), None);
     }

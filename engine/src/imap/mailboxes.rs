@@ -5,6 +5,9 @@ use imap_codec::imap_types::mailbox::ListMailbox;
 use imap_codec::imap_types::status::StatusDataItemName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use std::collections::BTreeSet;
+
+use super::args::{ListCommand, StatusItem};
 use super::session::Session;
 use super::wire;
 use crate::mailbox::{self, MailboxError};
@@ -67,6 +70,7 @@ fn list_matches(pattern: &str, name: &str) -> bool {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// LIST/LSUB as RFC 3501 has them.
     pub(super) async fn list(
         &mut self,
         tag: &str,
@@ -80,64 +84,129 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.tagged(tag, "OK", &format!("{verb} completed"));
             return Ok(());
         }
-        let full = if reference.is_empty() {
-            pat.to_string()
-        } else {
-            format!("{reference}{pat}")
+        let cmd = ListCommand {
+            reference: reference.to_string(),
+            patterns: vec![pat.to_string()],
+            subscribed: lsub,
+            ..ListCommand::default()
         };
+        self.list_extended(tag, &cmd, lsub).await
+    }
+
+    /// LIST with the RFC 5258 selection and return options (LSUB is `LIST (SUBSCRIBED)` with
+    /// its own response name and `\Noselect` for subscribed names that don't exist).
+    pub(super) async fn list_extended(
+        &mut self,
+        tag: &str,
+        cmd: &ListCommand,
+        lsub: bool,
+    ) -> std::io::Result<()> {
+        let verb = if lsub { "LSUB" } else { "LIST" };
+        if !lsub && cmd.patterns.len() == 1 && cmd.patterns[0].is_empty() && !cmd.extended {
+            self.line("* LIST (\\Noselect) \"/\" \"\"");
+            self.tagged(tag, "OK", "LIST completed");
+            return Ok(());
+        }
         let account = self.account_id();
-        let all = match self.read(move |store, _| mailbox::mailboxes(store, account))? {
+        let read = self.read(move |store, _| {
+            Ok::<_, wispd_store::StoreError>((
+                mailbox::mailboxes(store, account)?,
+                mailbox::subscriptions(store, account)?,
+            ))
+        })?;
+        let (all, subs) = match read {
             Ok(a) => a,
             Err(e) => {
                 self.mailbox_error(tag, &MailboxError::Store(e));
                 return Ok(());
             }
         };
-        let names: std::collections::BTreeSet<String> =
-            all.iter().map(|m| m.name.clone()).collect();
+        let names: BTreeSet<String> = all.iter().map(|m| m.name.clone()).collect();
+        let subscribed: BTreeSet<String> = subs
+            .into_iter()
+            .chain(all.iter().filter(|m| m.subscribed).map(|m| m.name.clone()))
+            .collect();
         // Parents that exist only as part of a child's name show as \Noselect.
-        let mut candidates: std::collections::BTreeSet<String> = names.clone();
-        for n in &names {
+        let mut candidates: BTreeSet<String> = names.clone();
+        if cmd.subscribed {
+            candidates.extend(subscribed.iter().cloned());
+        }
+        for n in candidates.clone() {
             let mut p = n.as_str();
             while let Some((parent, _)) = p.rsplit_once('/') {
                 candidates.insert(parent.to_string());
                 p = parent;
             }
         }
-        let mut out = Vec::new();
-        for name in candidates.iter().filter(|n| list_matches(&full, n)) {
+        let full: Vec<String> = cmd
+            .patterns
+            .iter()
+            .map(|p| format!("{}{p}", cmd.reference))
+            .collect();
+        let matching = |n: &str| full.iter().any(|p| list_matches(p, n));
+        let under = |parent: &str, set: &BTreeSet<String>| {
+            set.iter().any(|c| {
+                c.len() > parent.len() + 1
+                    && c.starts_with(parent)
+                    && c.as_bytes()[parent.len()] == b'/'
+            })
+        };
+        let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
+        for name in candidates.iter().filter(|n| matching(n)) {
             let mb = all.iter().find(|m| &m.name == name);
-            if lsub && !mb.is_some_and(|m| m.subscribed) {
+            let is_sub = subscribed.contains(name);
+            let selected_by_opts = (!cmd.subscribed || is_sub)
+                && (!cmd.special_use || mb.is_some_and(|m| m.special_use.is_some()));
+            // RECURSIVEMATCH: a parent that isn't selected itself but has a selected child
+            let childinfo = !selected_by_opts
+                && cmd.recursive
+                && cmd.subscribed
+                && under(name, &subscribed);
+            if !selected_by_opts && !childinfo {
                 continue;
             }
-            let children = names.iter().any(|c| {
-                c.len() > name.len() + 1
-                    && c.starts_with(name.as_str())
-                    && c.as_bytes()[name.len()] == b'/'
-            });
-            let mut attrs = vec![
-                if children {
-                    "\\HasChildren"
-                } else {
-                    "\\HasNoChildren"
-                }
-                .to_string(),
-            ];
+            if lsub && !is_sub {
+                continue;
+            }
+            let children = under(name, &names);
+            let mut attrs: Vec<&str> = Vec::new();
             match mb {
-                None => attrs.insert(0, "\\Noselect".into()),
-                Some(m) => {
-                    if let Some(su) = &m.special_use {
-                        attrs.push(su.clone());
-                    }
-                }
+                None if lsub || children => attrs.push("\\Noselect"),
+                None if cmd.extended => attrs.push("\\NonExistent"),
+                None => attrs.push("\\Noselect"),
+                Some(_) => {}
+            }
+            attrs.push(if children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            });
+            if let Some(su) = mb.and_then(|m| m.special_use.as_deref()) {
+                attrs.push(su);
+            }
+            if !lsub && (cmd.subscribed || cmd.return_subscribed) && is_sub {
+                attrs.push("\\Subscribed");
             }
             let mut line = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
             wire::mailbox(&mut line, name);
-            out.push(line);
+            if childinfo {
+                line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
+            let status = mb.is_some() && cmd.status.is_some();
+            lines.push((if status { name.clone() } else { String::new() }, line));
         }
-        for l in out {
+        for (status_of, l) in lines {
             self.out.extend_from_slice(&l);
             self.out.extend_from_slice(b"\r\n");
+            if let Some(items) = &cmd.status
+                && !status_of.is_empty()
+            {
+                // LIST-STATUS (RFC 5819): a failed STATUS is left out, not an error
+                if let Ok(Some(line)) = self.status_line(&status_of, items) {
+                    self.out.extend_from_slice(&line);
+                }
+            }
+            self.maybe_flush().await?;
         }
         self.tagged(tag, "OK", &format!("{verb} completed"));
         Ok(())
@@ -189,53 +258,83 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) async fn status(&mut self, tag: &str, name: &str, items: &[StatusDataItemName]) {
+        let mut wanted: Vec<StatusItem> = Vec::new();
+        if !self.modifiers.status_size_only {
+            for item in items {
+                wanted.push(match item {
+                    StatusDataItemName::Messages => StatusItem::Messages,
+                    StatusDataItemName::Recent => StatusItem::Recent,
+                    StatusDataItemName::UidNext => StatusItem::UidNext,
+                    StatusDataItemName::UidValidity => StatusItem::UidValidity,
+                    StatusDataItemName::Unseen => StatusItem::Unseen,
+                    StatusDataItemName::Deleted => StatusItem::Deleted,
+                    StatusDataItemName::HighestModSeq => StatusItem::HighestModSeq,
+                    _ => continue,
+                });
+            }
+        }
+        if self.modifiers.status_size {
+            wanted.push(StatusItem::Size);
+        }
+        match self.status_line(name, &wanted) {
+            Ok(Some(line)) => {
+                self.out.extend_from_slice(&line);
+                self.tagged(tag, "OK", "Status completed");
+            }
+            Ok(None) => self.tagged(tag, "NO", "[NONEXISTENT] Mailbox doesn't exist"),
+            Err(_) => self.tagged(tag, "NO", "[SERVERBUG] Internal error"),
+        }
+    }
+
+    /// `* STATUS name (…)\r\n`, or `None` if the mailbox doesn't exist.
+    pub(super) fn status_line(
+        &self,
+        name: &str,
+        items: &[StatusItem],
+    ) -> Result<Option<Vec<u8>>, wispd_store::StoreError> {
         let (account, owned) = (self.account_id(), name.to_string());
-        let snap = match self.read(move |s, _| mailbox::snapshot(s, account, &owned)) {
-            Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => {
-                self.tagged(tag, "NO", "[NONEXISTENT] Mailbox doesn't exist");
-                return;
-            }
-            _ => {
-                self.tagged(tag, "NO", "[SERVERBUG] Internal error");
-                return;
-            }
+        // (reads in place never fail as I/O)
+        let Ok(snap) = self.read(move |s, _| mailbox::snapshot(s, account, &owned)) else {
+            return Ok(None);
         };
-        let (mb, entries) = snap;
+        let snap = snap?;
+        let Some((mb, entries)) = snap else {
+            return Ok(None);
+        };
+        let count = |flag: &str| {
+            entries
+                .iter()
+                .filter(|e| e.flags.iter().any(|f| f.eq_ignore_ascii_case(flag)))
+                .count()
+        };
         let mut parts = Vec::new();
         for item in items {
-            match item {
-                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", entries.len())),
-                StatusDataItemName::Recent => parts.push("RECENT 0".into()),
-                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", mb.uidnext)),
-                StatusDataItemName::UidValidity => {
-                    parts.push(format!("UIDVALIDITY {}", mb.uidvalidity))
+            parts.push(match item {
+                StatusItem::Messages => format!("MESSAGES {}", entries.len()),
+                StatusItem::Recent => {
+                    // not yet announced to any session, and those this session was given
+                    let mark =
+                        self.server
+                            .recent
+                            .peek(account, &mb.name, mb.uidvalidity, mb.recent_uid);
+                    let mut n = entries.iter().filter(|e| e.uid > mark).count();
+                    if let Some(sel) = self.selected.as_ref().filter(|s| s.name == mb.name) {
+                        n += sel.recent.len();
+                    }
+                    format!("RECENT {n}")
                 }
-                StatusDataItemName::Unseen => parts.push(format!(
-                    "UNSEEN {}",
-                    entries
-                        .iter()
-                        .filter(|e| !e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")))
-                        .count()
-                )),
-                StatusDataItemName::Deleted => parts.push(format!(
-                    "DELETED {}",
-                    entries
-                        .iter()
-                        .filter(|e| e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
-                        .count()
-                )),
-                StatusDataItemName::HighestModSeq => {
-                    parts.push(format!("HIGHESTMODSEQ {}", mb.highest_modseq))
-                }
-                _ => {}
-            }
+                StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
+                StatusItem::Unseen => format!("UNSEEN {}", entries.len() - count("\\Seen")),
+                StatusItem::Deleted => format!("DELETED {}", count("\\Deleted")),
+                StatusItem::Size => format!("SIZE {}", entries.iter().map(|e| e.size).sum::<u64>()),
+                StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
+            });
         }
         let mut line = b"* STATUS ".to_vec();
         wire::mailbox(&mut line, &mb.name);
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
-        self.out.extend_from_slice(&line);
-        self.tagged(tag, "OK", "Status completed");
+        Ok(Some(line))
     }
 
     pub(super) async fn append(
@@ -256,11 +355,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .blocking(move |s, ch| mailbox::append(s, ch, account, &owned, flags, date, &bytes))
             .await
         {
-            Ok(Ok((validity, uid))) => self.tagged(
-                tag,
-                "OK",
-                &format!("[APPENDUID {validity} {uid}] Append completed"),
-            ),
+            Ok(Ok((validity, uid))) => {
+                // appending to the selected mailbox: EXISTS (and RECENT) before the OK
+                if self.selected.as_ref().is_some_and(|s| s.name == mailbox::canonical(name)) {
+                    let _ = self.sync(true).await;
+                }
+                self.tagged(
+                    tag,
+                    "OK",
+                    &format!("[APPENDUID {validity} {uid}] Append completed"),
+                );
+            }
             Ok(Err(MailboxError::NoSuchMailbox(_))) => {
                 self.tagged(tag, "NO", "[TRYCREATE] Mailbox doesn't exist")
             }

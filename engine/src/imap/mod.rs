@@ -3,6 +3,7 @@
 //! `mailboxes` (LIST, CREATE, …), `selected` (SELECT and the updates a session sees),
 //! `fetch`, `search` and `bodystructure`.
 
+mod args;
 mod bodystructure;
 mod condstore;
 mod fetch;
@@ -13,6 +14,7 @@ mod selected;
 mod session;
 mod wire;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,54 @@ pub struct Server {
     logins: Arc<Logins>,
     memory: Arc<MemoryBudget>,
     metrics: MailMetrics,
+    recent: Recent,
+}
+
+/// Which messages have been announced as `\Recent`, per mailbox, across sessions: the
+/// highest UID a read-write session was told about. Memory is authoritative while running;
+/// the store's `recent_uid` seeds it after a restart.
+#[derive(Default)]
+pub(super) struct Recent(std::sync::Mutex<HashMap<(u64, String), (u32, u32)>>);
+
+/// Mailboxes tracked at most; past that the map starts over from the stored marks.
+const RECENT_TRACKED: usize = 100_000;
+
+impl Recent {
+    /// The mark for a mailbox: UIDs above it are recent to whoever sees them first.
+    fn entry<'a>(
+        map: &'a mut HashMap<(u64, String), (u32, u32)>,
+        account: u64,
+        name: &str,
+        uidvalidity: u32,
+        stored: u32,
+    ) -> &'a mut (u32, u32) {
+        if map.len() >= RECENT_TRACKED && !map.contains_key(&(account, name.to_string())) {
+            map.clear();
+        }
+        let e = map
+            .entry((account, name.to_string()))
+            .or_insert((uidvalidity, stored));
+        if e.0 != uidvalidity {
+            *e = (uidvalidity, stored);
+        }
+        e
+    }
+
+    /// A read-write session sees UIDs up to `upto`: returns the previous mark (it gets the
+    /// UIDs above it as recent) and raises the mark.
+    pub fn claim(&self, account: u64, name: &str, uidvalidity: u32, stored: u32, upto: u32) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = Self::entry(&mut map, account, name, uidvalidity, stored);
+        let prev = e.1;
+        e.1 = e.1.max(upto);
+        prev
+    }
+
+    /// The mark, for a read-only session (which claims nothing).
+    pub fn peek(&self, account: u64, name: &str, uidvalidity: u32, stored: u32) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::entry(&mut map, account, name, uidvalidity, stored).1
+    }
 }
 
 impl Server {
@@ -95,6 +145,7 @@ impl Server {
             logins,
             memory,
             metrics,
+            recent: Recent::default(),
         }
     }
 

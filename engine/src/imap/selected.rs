@@ -15,14 +15,60 @@ use crate::mailbox::{self, FlagChange, FlagOp, MailboxError};
 pub(super) struct Selected {
     pub name: String,
     pub read_only: bool,
+    pub uidvalidity: u32,
     /// UIDs in sequence-number order (ascending).
     pub uids: Vec<u32>,
     pub flags: Vec<Vec<String>>,
     /// Highest modification sequence this session has reported.
     pub modseq: u64,
+    /// UIDs that are `\Recent` in this session (RFC 3501 2.3.2).
+    pub recent: HashSet<u32>,
+    /// Whether `\Recent` shows at all (not after `ENABLE IMAP4rev2`, RFC 9051 removed it).
+    pub show_recent: bool,
+    /// Keywords announced to the client in FLAGS, in order of first use.
+    pub keywords: Vec<String>,
 }
 
+/// The system flags every mailbox has.
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
 impl Selected {
+    /// The flags of message `i` as this session shows them (`\Recent` included).
+    pub fn shown_flags(&self, i: usize) -> String {
+        let mut flags = self.flags[i].clone();
+        if self.show_recent && self.recent.contains(&self.uids[i]) {
+            flags.push("\\Recent".into());
+        }
+        flag_list(&flags)
+    }
+
+    /// Adds keywords of `flags` not yet announced; true if there were any.
+    pub fn learn_keywords(&mut self, flags: &[String]) -> bool {
+        let mut new = false;
+        for f in flags {
+            if !f.starts_with('\\') && !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+                self.keywords.push(f.clone());
+                new = true;
+            }
+        }
+        new
+    }
+
+    /// The untagged FLAGS and PERMANENTFLAGS lines for the flags known now.
+    pub fn flag_lines(&self) -> [String; 2] {
+        let mut all = SYSTEM_FLAGS.to_string();
+        for k in &self.keywords {
+            all.push(' ');
+            all.push_str(k);
+        }
+        let permanent = if self.read_only {
+            "* OK [PERMANENTFLAGS ()] Read-only mailbox".to_string()
+        } else {
+            format!("* OK [PERMANENTFLAGS ({all} \\*)] Flags permitted")
+        };
+        [format!("* FLAGS ({all})"), permanent]
+    }
+
     pub fn index_of(&self, uid: u32) -> Option<usize> {
         self.uids.binary_search(&uid).ok()
     }
@@ -198,7 +244,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         name: &str,
         read_only: bool,
     ) -> std::io::Result<()> {
-        self.selected = None;
+        let qresync = self.modifiers.qresync.take();
+        if qresync.is_some() && !self.qresync {
+            self.tagged(tag, "BAD", "QRESYNC is not enabled");
+            return Ok(());
+        }
+        // Selecting closes the mailbox selected before (RFC 7162 3.2.11, RFC 9051 7.1).
+        if self.selected.take().is_some() {
+            self.line("* OK [CLOSED] Previous mailbox is now closed");
+        }
         self.synced_version = self.server.changes.version();
         let account = self.account_id();
         let owned = name.to_string();
@@ -218,38 +272,129 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let first_unseen = entries
             .iter()
             .position(|e| !e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")));
-        self.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
-        if read_only {
-            self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
-        } else {
-            self.line("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted");
-        }
-        self.line(&format!("* {} EXISTS", entries.len()));
-        self.line("* 0 RECENT");
-        if let Some(i) = first_unseen {
-            self.line(&format!("* OK [UNSEEN {}] First unseen", i + 1));
-        }
-        self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
-        self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
-        if self.condstore {
-            self.line(&format!(
-                "* OK [HIGHESTMODSEQ {}] Highest",
-                mb.highest_modseq
-            ));
-        }
-        self.selected = Some(Selected {
+        let top = entries.last().map_or(0, |e| e.uid);
+        let mark = self.recent_mark(&mb, read_only, top);
+        let mut sel = Selected {
             name: mb.name.clone(),
             read_only,
+            uidvalidity: mb.uidvalidity,
             uids: entries.iter().map(|e| e.uid).collect(),
-            flags: entries.into_iter().map(|e| e.flags).collect(),
+            flags: Vec::with_capacity(entries.len()),
             modseq: mb.highest_modseq,
-        });
+            recent: entries.iter().map(|e| e.uid).filter(|&u| u > mark).collect(),
+            show_recent: !self.rev2,
+            keywords: Vec::new(),
+        };
+        for e in &entries {
+            sel.learn_keywords(&e.flags);
+        }
+        sel.flags = entries.iter().map(|e| e.flags.clone()).collect();
+        // RFC 3501 6.3.1 order: FLAGS, EXISTS, RECENT, then UNSEEN, PERMANENTFLAGS, UIDNEXT,
+        // UIDVALIDITY (IMAP4rev2: no RECENT or UNSEEN, and a LIST of the mailbox).
+        let [flags, permanent] = sel.flag_lines();
+        self.line(&flags);
+        self.line(&format!("* {} EXISTS", entries.len()));
+        if !self.rev2 {
+            self.line(&format!("* {} RECENT", sel.recent.len()));
+            if let Some(i) = first_unseen {
+                self.line(&format!("* OK [UNSEEN {}] First unseen", i + 1));
+            }
+        }
+        self.line(&permanent);
+        self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
+        self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        self.line(&format!(
+            "* OK [HIGHESTMODSEQ {}] Highest",
+            mb.highest_modseq
+        ));
+        if self.rev2 {
+            let mut line = b"* LIST () \"/\" ".to_vec();
+            super::wire::mailbox(&mut line, &mb.name);
+            self.out.extend_from_slice(&line);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.selected = Some(sel);
+        if let Some(q) = qresync
+            && q.uidvalidity == mb.uidvalidity
+        {
+            self.resync(&q, &entries).await?;
+        }
         let mode = if read_only {
             "[READ-ONLY] EXAMINE"
         } else {
             "[READ-WRITE] SELECT"
         };
         self.tagged(tag, "OK", &format!("{mode} completed"));
+        Ok(())
+    }
+
+    /// The `\Recent` mark for a mailbox this session now sees up to UID `top`: a read-write
+    /// session claims what is above the mark (and the claim is persisted in the background).
+    fn recent_mark(&self, mb: &wispd_store::schema::Mailbox, read_only: bool, top: u32) -> u32 {
+        let account = self.account_id();
+        let recent = &self.server.recent;
+        if read_only {
+            return recent.peek(account, &mb.name, mb.uidvalidity, mb.recent_uid);
+        }
+        let prev = recent.claim(account, &mb.name, mb.uidvalidity, mb.recent_uid, top);
+        if top > prev {
+            let (store, name) = (self.server.store.clone(), mb.name.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = mailbox::persist_recent(&store, account, &name, top) {
+                    tracing::warn!(error = %e, "could not persist the \\Recent mark");
+                }
+            });
+        }
+        prev
+    }
+
+    /// QRESYNC (RFC 7162 3.2.5): what the client missed since its modification sequence —
+    /// `VANISHED (EARLIER)` for expunged UIDs it may know, then FETCH for changed messages.
+    async fn resync(
+        &mut self,
+        q: &super::condstore::Qresync,
+        entries: &[wispd_store::schema::MailEntry],
+    ) -> std::io::Result<()> {
+        let account = self.account_id();
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let name = sel.name.clone();
+        let (since, known) = (q.modseq, q.known_uids.clone());
+        let wanted = move |uid: u32| {
+            known
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|&(a, b)| uid >= a && uid <= b))
+        };
+        let gone = self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))?;
+        match gone {
+            Ok(g) if !g.is_empty() => self.line(&format!("* VANISHED (EARLIER) {}", uid_set(&g))),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "QRESYNC history read failed"),
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let known = &q.known_uids;
+        let mut lines = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let in_known = known
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|&(a, b)| e.uid >= a && e.uid <= b));
+            if e.modseq > since && in_known {
+                lines.push(format!(
+                    "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))",
+                    i + 1,
+                    e.uid,
+                    sel.shown_flags(i),
+                    e.modseq
+                ));
+            }
+        }
+        for l in lines {
+            self.line(&l);
+            self.maybe_flush().await?;
+        }
         Ok(())
     }
 
@@ -285,45 +430,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let present: HashSet<u32> = entries.iter().map(|e| e.uid).collect();
         let mut lines = Vec::new();
         let mut pending_expunge = false;
+        let qresync = self.qresync;
         if expunges {
+            let mut vanished = Vec::new();
             for i in (0..sel.uids.len()).rev() {
                 if !present.contains(&sel.uids[i]) {
-                    lines.push(format!("* {} EXPUNGE", i + 1));
+                    if qresync {
+                        vanished.push(sel.uids[i]);
+                    } else {
+                        lines.push(format!("* {} EXPUNGE", i + 1));
+                    }
+                    sel.recent.remove(&sel.uids[i]);
                     sel.uids.remove(i);
                     sel.flags.remove(i);
                 }
+            }
+            if !vanished.is_empty() {
+                vanished.reverse();
+                lines.push(format!("* VANISHED {}", uid_set(&vanished)));
             }
         } else {
             pending_expunge = sel.uids.iter().any(|u| !present.contains(u));
         }
         let last = sel.uids.last().copied().unwrap_or(0);
         let before = sel.uids.len();
+        let mut keywords_changed = false;
         for e in &entries {
             if e.uid > last {
                 sel.uids.push(e.uid);
+                keywords_changed |= sel.learn_keywords(&e.flags);
                 sel.flags.push(e.flags.clone());
             }
         }
-        if sel.uids.len() != before {
-            lines.push(format!("* {} EXISTS", sel.uids.len()));
-        }
+        let arrived = sel.uids.len() != before;
+        let mut changed_flags = Vec::new();
         for e in entries.iter().filter(|e| e.modseq > seen && e.uid <= last) {
             if let Some(i) = sel.index_of(e.uid)
                 && sel.flags[i] != e.flags
             {
+                keywords_changed |= sel.learn_keywords(&e.flags);
                 sel.flags[i] = e.flags.clone();
-                let m = if condstore {
-                    format!(" MODSEQ ({})", e.modseq)
-                } else {
-                    String::new()
-                };
-                lines.push(format!(
-                    "* {} FETCH (UID {} FLAGS {}{m})",
-                    i + 1,
-                    e.uid,
-                    flag_list(&e.flags)
-                ));
+                changed_flags.push((i, e.modseq));
             }
+        }
+        if keywords_changed {
+            lines.extend(sel.flag_lines());
+        }
+        if arrived {
+            let top = sel.uids.last().copied().unwrap_or(0);
+            let (uidvalidity, read_only) = (sel.uidvalidity, sel.read_only);
+            let mark = self.recent_mark(&mb, read_only, top);
+            let Some(sel) = self.selected.as_mut() else {
+                return Ok(());
+            };
+            debug_assert_eq!(uidvalidity, mb.uidvalidity);
+            for &u in &sel.uids[before..] {
+                if u > mark {
+                    sel.recent.insert(u);
+                }
+            }
+            lines.push(format!("* {} EXISTS", sel.uids.len()));
+            if sel.show_recent {
+                lines.push(format!("* {} RECENT", sel.recent.len()));
+            }
+        }
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(());
+        };
+        for (i, modseq) in changed_flags {
+            let m = if condstore {
+                format!(" MODSEQ ({modseq})")
+            } else {
+                String::new()
+            };
+            lines.push(format!(
+                "* {} FETCH (UID {} FLAGS {}{m})",
+                i + 1,
+                sel.uids[i],
+                sel.shown_flags(i)
+            ));
         }
         if !pending_expunge {
             sel.modseq = mb.highest_modseq;
@@ -355,7 +540,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             StoreType::Add => FlagOp::Add,
             StoreType::Remove => FlagOp::Remove,
         };
-        let flags = flag_strings(flags);
+        // \Recent is the server's to set (RFC 3501 2.3.2)
+        let flags: Vec<String> = flag_strings(flags)
+            .into_iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .collect();
         let (account, name) = (self.account_id(), sel.name.clone());
         let unchanged_since = self.modifiers.unchanged_since;
         let all = uids.clone();
@@ -385,11 +574,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
+        let mut keywords_changed = false;
         for e in &changed {
+            keywords_changed |= sel.learn_keywords(&e.flags);
             if let Some(i) = sel.index_of(e.uid) {
                 sel.flags[i] = e.flags.clone();
             }
         }
+        if keywords_changed {
+            let lines = sel.flag_lines();
+            for l in lines {
+                self.line(&l);
+            }
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
         let name = sel.name.clone();
         // CONDSTORE: the responses carry each message's modification sequence.
         let modseqs: std::collections::HashMap<u32, u64> = if self.condstore {
@@ -422,11 +622,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .get(&sel.uids[i])
                     .map(|m| format!(" MODSEQ ({m})"))
                     .unwrap_or_default();
-                format!(
-                    "* {} FETCH (FLAGS {}{u}{m})",
-                    i + 1,
-                    flag_list(&sel.flags[i])
-                )
+                format!("* {} FETCH (FLAGS {}{u}{m})", i + 1, sel.shown_flags(i))
             })
             .collect();
         let failed: Vec<u32> = if uid {

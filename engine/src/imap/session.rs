@@ -23,7 +23,6 @@ use super::selected::Selected;
 use crate::limits::Refusal;
 use crate::login::Verdict;
 use crate::metrics::{LoginResult, Protocol};
-use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 
 /// Largest literal accepted before login.
 const PREAUTH_LITERAL: usize = 8 * 1024;
@@ -56,8 +55,12 @@ pub(super) struct Session<S> {
     pub authenticating: Option<String>,
     /// [`crate::mailbox::Changes`] version at the last complete sync of the selected mailbox.
     pub synced_version: u64,
-    /// CONDSTORE is enabled: FETCH responses carry MODSEQ, SELECT reports HIGHESTMODSEQ.
+    /// CONDSTORE is enabled: FETCH responses carry MODSEQ.
     pub condstore: bool,
+    /// QRESYNC is enabled (RFC 7162): VANISHED instead of EXPUNGE, SELECT … (QRESYNC …).
+    pub qresync: bool,
+    /// IMAP4rev2 is enabled (RFC 9051): no `\Recent`/RECENT, ESEARCH answers SEARCH.
+    pub rev2: bool,
     /// The CONDSTORE modifiers of the command being run.
     pub modifiers: Modifiers,
     /// `BAD` answers given before login.
@@ -167,7 +170,7 @@ pub(super) fn mailbox_name(m: &ImapMailbox<'_>) -> String {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE",
         );
         if self.account.is_none() {
             if !self.tls && self.server.tls.is_some() {
@@ -284,6 +287,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         // Commands imap-codec 1.0 doesn't know.
         match name.as_str() {
+            "LIST" if self.account.is_some() => {
+                if let Some(args) = super::args::tokenize(&rest) {
+                    match super::args::list_command(&args) {
+                        Ok(cmd) => {
+                            if self.selected.is_some() {
+                                self.sync(true).await?;
+                            }
+                            self.list_extended(&tag, &cmd, false).await?;
+                        }
+                        Err(why) => self.tagged(&tag, "BAD", why),
+                    }
+                    return Ok(Flow::Continue);
+                }
+            }
             "ID" => {
                 self.line("* ID (\"name\" \"wispd\")");
                 self.tagged(&tag, "OK", "ID completed");
@@ -322,10 +339,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             name.clone()
         };
         let (bytes, modifiers) = condstore::strip(&verb, bytes);
-        self.modifiers = modifiers;
+        if let Some(why) = modifiers.error {
+            self.tagged(&tag, "BAD", why);
+            return Ok(Flow::Continue);
+        }
         if modifiers.enables() && self.account.is_some() {
             self.condstore = true;
         }
+        self.modifiers = modifiers;
         // Clients send UTF-8 in quoted strings and atoms (SEARCH); IMAP4rev1 wants literals.
         let bytes = if !bytes.is_ascii() && CommandCodec::default().decode(&bytes).is_err() {
             literalize_8bit(&bytes)
@@ -477,15 +498,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await
             }
             CommandBody::Enable { capabilities } => {
-                let condstore = capabilities
-                    .as_ref()
-                    .iter()
-                    .any(|c| matches!(c, CapabilityEnable::CondStore));
-                if condstore {
-                    self.condstore = true;
-                    self.line("* ENABLED CONDSTORE");
-                } else {
+                let mut enabled = Vec::new();
+                for c in capabilities.as_ref() {
+                    let name = c.to_string().to_ascii_uppercase();
+                    // ENABLED lists what this command newly enabled (RFC 5161 3.2)
+                    match name.as_str() {
+                        "CONDSTORE" if !self.condstore => {
+                            self.condstore = true;
+                            enabled.push("CONDSTORE");
+                        }
+                        "QRESYNC" if !self.qresync => {
+                            // QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
+                            self.condstore = true;
+                            self.qresync = true;
+                            enabled.push("QRESYNC");
+                        }
+                        "IMAP4REV2" if !self.rev2 => {
+                            self.rev2 = true;
+                            enabled.push("IMAP4rev2");
+                        }
+                        _ => {}
+                    }
+                }
+                enabled.dedup();
+                if enabled.is_empty() {
                     self.line("* ENABLED");
+                } else {
+                    self.line(&format!("* ENABLED {}", enabled.join(" ")));
                 }
                 self.tagged(&tag, "OK", "Enabled");
             }
@@ -777,6 +816,8 @@ fn new_session<S>(server: Arc<Server>, stream: S, peer: SocketAddr, tls: bool) -
         authenticating: None,
         synced_version: u64::MAX,
         condstore: false,
+        qresync: false,
+        rev2: false,
         modifiers: Modifiers::default(),
         bad_commands: 0,
     }
