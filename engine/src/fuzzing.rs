@@ -64,6 +64,12 @@ pub fn managesieve_codec(data: &[u8]) {
     crate::sieve::manage::fuzz_codec(data);
 }
 
+/// The POP3 command codec and parser over `data` in chunks, and the same bytes byte-stuffed as
+/// RETR sends them: lines stay bounded, the stuffed body is CRLF lines ended only by its `.`.
+pub fn pop3_codec(data: &[u8]) {
+    crate::pop3::fuzz_codec(data);
+}
+
 /// A Sieve script from arbitrary bytes: compiled (with wispd's limits), and when it compiles,
 /// run over a fixed message as delivery would, with every event answered.
 pub fn sieve_script(data: &[u8]) {

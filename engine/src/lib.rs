@@ -1,6 +1,6 @@
 //! The mail engine over the wispd store: the directory (accounts with their mailboxes,
 //! forwarders, catch-alls), durable group-committed local delivery, SMTP (MX and submission),
-//! IMAP, DKIM keys and signing, and the outbound queue with SRS for forwarded mail.
+//! IMAP, POP3, DKIM keys and signing, and the outbound queue with SRS for forwarded mail.
 
 pub mod address;
 pub mod delivery;
@@ -14,6 +14,7 @@ pub mod login;
 pub mod mailbox;
 pub mod mailstore;
 pub mod metrics;
+pub mod pop3;
 pub mod queue;
 pub mod service;
 pub mod sieve;

@@ -72,6 +72,7 @@ pub enum Protocol {
     Smtp,
     Imap,
     ManageSieve,
+    Pop3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +130,7 @@ labels! {
         RelayDenied => "relay_denied", UnknownUser => "unknown_user", Disabled => "disabled",
         MailboxFull => "mailbox_full", TooMany => "too_many", Syntax => "syntax", Lookup => "lookup",
     }
-    Protocol { Smtp => "smtp", Imap => "imap", ManageSieve => "managesieve" }
+    Protocol { Smtp => "smtp", Imap => "imap", ManageSieve => "managesieve", Pop3 => "pop3" }
     LoginResult { Accepted => "accepted", Refused => "refused", Busy => "busy", Failed => "failed" }
     QueueOutcome { Delivered => "delivered", Deferred => "deferred", Bounced => "bounced" }
 }
@@ -150,6 +151,7 @@ pub struct MailMetrics {
     pub delivery_commit_seconds: Histogram,
     pub queue_outcomes: Family<QueueLabels, Counter>,
     pub imap_sessions: Counter,
+    pub pop3_sessions: Counter,
     pub imap_command_seconds: Family<CommandLabels, Histogram, fn() -> Histogram>,
     /// Sieve runs at delivery (one per recipient with filters), by result (`ok`, `error`).
     pub sieve_runs: Family<SieveLabels, Counter>,
@@ -171,6 +173,7 @@ impl Default for MailMetrics {
             delivery_commit_seconds: latency(),
             queue_outcomes: Family::default(),
             imap_sessions: Counter::default(),
+            pop3_sessions: Counter::default(),
             imap_command_seconds: Family::new_with_constructor(latency),
             sieve_runs: Family::default(),
         }
@@ -259,6 +262,11 @@ impl MailMetrics {
             "wispd_imap_sessions",
             "IMAP sessions accepted",
             self.imap_sessions.clone(),
+        );
+        registry.register(
+            "wispd_pop3_sessions",
+            "POP3 sessions accepted (POP3 and POP3S)",
+            self.pop3_sessions.clone(),
         );
         registry.register(
             "wispd_imap_command_seconds",
