@@ -116,9 +116,9 @@ def test_select_fetch_envelope_bodystructure_sections_and_seen(mail):
     typ, data = m.fetch("1", "(UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)")
     head = data[0] if isinstance(data[0], bytes) else data[0][0]
     text = head.decode()
-    assert "UID 1 FLAGS ()" in text, text
+    assert "UID 1 FLAGS (\\Recent)" in text, text  # EXAMINE sees it recent, claims nothing
     assert 'ENVELOPE ("Sun, 22 Nov 2026 10:00:00 +0000" "=?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?="' in text, text
-    assert '(("=?utf-8?b?SsO2cmc=?=" NIL "jorg" "remote.example"))' in text, text
+    assert '(("=?utf-8?q?J=C3=B6rg?=" NIL "jorg" "remote.example"))' in text, text  # encoded words untouched
     assert '((NIL NIL "info" "example.com")("Bob" NIL "bob" "example.org"))' in text, text
     assert '"<multi@remote.example>")' in text
     assert ('BODYSTRUCTURE (("TEXT" "PLAIN" ("CHARSET" "iso-8859-1") NIL NIL "QUOTED-PRINTABLE" 18 1 NIL NIL NIL NIL)'
@@ -164,7 +164,8 @@ def test_search_store_copy_move_append_expunge(mail):
     assert m.search(None, "SENTON", "22-Nov-2026") == ("OK", [b"1"])
     assert m.search("ISO-8859-1", "ALL")[0] == "NO"
     assert m.uid("SEARCH", None, "UID", "2:*") == ("OK", [b"2 3"])
-    assert m.store("2", "+FLAGS", "(\\Flagged $Important)") == ("OK", [b"2 (FLAGS (\\Flagged $Important))"])
+    # this session was the first to see message 2: \Recent in its eyes (RFC 3501 2.3.2)
+    assert m.store("2", "+FLAGS", "(\\Flagged $Important)") == ("OK", [b"2 (FLAGS (\\Flagged $Important \\Recent))"])
     assert m.search(None, "FLAGGED") == ("OK", [b"2"])
     assert m.search(None, "KEYWORD", "$Important") == ("OK", [b"2"])
     assert m.search(None, "UNFLAGGED") == ("OK", [b"1 3"])
@@ -218,6 +219,8 @@ def test_idle_and_a_second_session_see_deliveries_flags_and_expunges(mail):
     send(smtp, message("second"))
     raw.settimeout(10)
     assert b.readline() == b"* 2 EXISTS\r\n"
+    # b, idling, is the first session to see message 2: it's recent to b
+    assert b.readline() == b"* 1 RECENT\r\n"
     a.store("1", "+FLAGS", "(\\Seen)")
     assert b.readline() == b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n"
     b.send(b"DONE\r\n")
@@ -361,11 +364,11 @@ def test_condstore_modseq_changedsince_unchangedsince(mail):
     after = int(data[0].split(b"MODSEQ (")[1].split(b")")[0])
     assert after > start
     typ, data = m._simple_command("FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {start})")
-    assert m.untagged_responses.pop("FETCH") == [f"1 (FLAGS (\\Seen) MODSEQ ({after}))".encode()]
+    assert m.untagged_responses.pop("FETCH") == [f"1 (FLAGS (\\Seen \\Recent) MODSEQ ({after}))".encode()]
     typ, data = m._simple_command("STORE", "1:2", f"(UNCHANGEDSINCE {start})", "+FLAGS", "(\\Flagged)")
     assert typ == "OK" and data == [b"[MODIFIED 1] Conditional STORE failed"], data
     fetched = m.untagged_responses.pop("FETCH")
-    assert len(fetched) == 1 and fetched[0].startswith(b"2 (FLAGS (\\Flagged) MODSEQ ("), fetched
+    assert len(fetched) == 1 and fetched[0].startswith(b"2 (FLAGS (\\Flagged \\Recent) MODSEQ ("), fetched
     typ, data = m.search(None, "MODSEQ", str(after))
     assert typ == "OK" and data[0].startswith(b"1 2 (MODSEQ "), data
     assert int(data[0].split(b"MODSEQ ")[1].rstrip(b")")) > after

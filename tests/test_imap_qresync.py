@@ -1,0 +1,263 @@
+"""IMAP state across sessions, against the real server: \\Recent (RFC 3501 2.3.2), keywords
+announced before use, SELECT's responses in order, QRESYNC (RFC 7162) resync after expunges in
+another session, LIST-EXTENDED/LIST-STATUS, STATUS SIZE, LITERAL-, IMAP4rev2, and
+subscriptions that outlive their mailbox. A raw client where the order of untagged responses
+matters (imaplib files them in a dict), imaplib elsewhere."""
+
+import imaplib
+import re
+import smtplib
+import socket
+
+import pytest
+
+from mailutil import account, installed, message, ports
+
+PASSWORD = "password123"
+
+
+@pytest.fixture
+def mail(make_wispd):
+    w, smtp = installed(make_wispd)
+    account(w, "info")
+    _, imap, _ = ports(w)
+    return w, smtp, imap
+
+
+def send(smtp, raw, to="info@example.com"):
+    with smtplib.SMTP("127.0.0.1", smtp, timeout=10) as c:
+        c.sendmail("a@remote.example", [to], raw)
+
+
+class Imap:
+    """Tagged commands, every untagged line kept in order."""
+
+    def __init__(self, port, user="info@example.com"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.buf = b""
+        self.n = 0
+        assert self.line().startswith(b"* OK")
+        status, _ = self.cmd(f"LOGIN {user} {PASSWORD}")
+        assert status.startswith(b"OK"), status
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        # a literal: the line ends with {n}; its data and the rest of the line follow
+        m = re.search(rb"\{(\d+)\}$", line)
+        if m:
+            n = int(m.group(1))
+            while len(self.buf) < n:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n:]
+            return line + b"\r\n" + data + self.line()
+        return line
+
+    def cmd(self, text, raw=None):
+        """Sends `tag text`; returns (tagged status text, [untagged lines])."""
+        self.n += 1
+        tag = f"t{self.n}".encode()
+        self.sock.sendall(raw if raw is not None else tag + b" " + text.encode() + b"\r\n")
+        untagged = []
+        while True:
+            line = self.line()
+            if line.startswith(tag + b" "):
+                return line[len(tag) + 1 :], untagged
+            untagged.append(line)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_recent_belongs_to_the_first_read_write_session(mail):
+    w, smtp, imap = mail
+    send(smtp, message("one"))
+    send(smtp, message("two"))
+    c = Imap(imap)
+    ok, lines = c.cmd("EXAMINE INBOX")
+    assert b"* 2 RECENT" in lines, lines  # read-only: sees them recent, claims nothing
+    a = Imap(imap)
+    ok, lines = a.cmd("SELECT INBOX")
+    assert ok.startswith(b"OK [READ-WRITE]")
+    assert b"* 2 RECENT" in lines, lines
+    ok, lines = a.cmd("FETCH 1:* (FLAGS)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Recent))", b"* 2 FETCH (FLAGS (\\Recent))"], lines
+    # \Recent can't be set or cleared by a client
+    ok, lines = a.cmd("STORE 1 FLAGS (\\Seen \\Recent)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Recent))"], lines
+    b = Imap(imap)
+    ok, lines = b.cmd("SELECT INBOX")
+    assert b"* 0 RECENT" in lines, lines
+    ok, lines = b.cmd("FETCH 2 (FLAGS)")
+    assert lines == [b"* 2 FETCH (FLAGS ())"], lines
+    ok, lines = b.cmd("STATUS INBOX (RECENT MESSAGES)")
+    assert lines == [b'* STATUS INBOX (RECENT 0 MESSAGES 2)'], lines
+    # a new delivery is recent to whichever selected session hears of it first
+    send(smtp, message("three"))
+    ok, lines = a.cmd("NOOP")
+    assert lines == [b"* 3 EXISTS", b"* 3 RECENT"], lines
+    ok, lines = b.cmd("NOOP")
+    assert lines == [b"* 3 EXISTS", b"* 0 RECENT"], lines
+    # APPEND to the selected mailbox is announced to the appending session before its OK
+    ok, lines = b.cmd("", raw=b"t%d APPEND INBOX {12+}\r\nSubject: x\r\n\r\n" % (b.n + 1))
+    assert ok.startswith(b"OK [APPENDUID"), ok
+    assert lines == [b"* 4 EXISTS", b"* 1 RECENT"], lines
+    for s in (a, b, c):
+        s.close()
+    # the claims outlive a restart: nothing is recent to the next session
+    w.stop()
+    w.start()
+    _, imap, _ = ports(w)
+    d = Imap(imap)
+    ok, lines = d.cmd("SELECT INBOX")
+    assert b"* 4 EXISTS" in lines and b"* 0 RECENT" in lines, lines
+    d.close()
+
+
+def test_select_order_and_keywords_announced_before_use(mail):
+    w, smtp, imap = mail
+    send(smtp, message("one"))
+    a, b = Imap(imap), Imap(imap)
+    ok, lines = a.cmd("SELECT INBOX")
+    kinds = [re.match(rb"\* (?:OK \[)?([A-Z]+|\d+ [A-Z]+)", l).group(1) for l in lines]
+    kinds = [k.split(b" ")[-1] for k in kinds]
+    assert kinds == [b"FLAGS", b"EXISTS", b"RECENT", b"UNSEEN", b"PERMANENTFLAGS", b"UIDNEXT",
+                     b"UIDVALIDITY", b"HIGHESTMODSEQ"], lines
+    b.cmd("SELECT INBOX")
+    ok, lines = a.cmd("STORE 1 +FLAGS ($Label1)")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)", lines
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)]")
+    assert lines[2] == b"* 1 FETCH (FLAGS ($Label1 \\Recent))", lines
+    # the other session hears of the keyword before the FETCH that carries it
+    ok, lines = b.cmd("NOOP")
+    assert lines[0].startswith(b"* FLAGS (") and b"$Label1" in lines[0], lines
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (") and b"$Label1" in lines[1], lines
+    assert lines[2] == b"* 1 FETCH (UID 1 FLAGS ($Label1))", lines
+    # and a later SELECT lists it in FLAGS
+    ok, lines = b.cmd("SELECT INBOX")
+    assert lines[0] == b"* OK [CLOSED] Previous mailbox is now closed", lines
+    assert lines[1] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)", lines
+    a.close()
+    b.close()
+
+
+def uids(text):
+    out = set()
+    for part in text.split(b","):
+        lo, _, hi = part.partition(b":")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def test_qresync_after_expunges_and_flag_changes_in_another_session(mail):
+    w, smtp, imap = mail
+    for i in range(10):
+        send(smtp, message(f"m{i}"))
+    c = Imap(imap)
+    ok, lines = c.cmd("SELECT INBOX (QRESYNC (1 1))")
+    assert ok.startswith(b"BAD"), ok  # not enabled yet
+    ok, lines = c.cmd("ENABLE QRESYNC")
+    assert lines == [b"* ENABLED QRESYNC"], lines
+    ok, lines = c.cmd("SELECT INBOX")
+    validity = int(next(re.search(rb"UIDVALIDITY (\d+)", l).group(1) for l in lines if b"UIDVALIDITY" in l))
+    modseq = int(next(re.search(rb"HIGHESTMODSEQ (\d+)", l).group(1) for l in lines if b"HIGHESTMODSEQ" in l))
+    c.cmd("LOGOUT")
+    # another session changes flags and expunges while the client is away
+    m = imaplib.IMAP4("127.0.0.1", imap, timeout=15)
+    m.login("info@example.com", PASSWORD)
+    m.select("INBOX")
+    m.uid("STORE", "2,4", "+FLAGS", "(\\Flagged)")
+    m.uid("STORE", "3,5,9", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    m.uid("MOVE", "7", "Trash")
+    m.logout()
+    c = Imap(imap)
+    c.cmd("ENABLE QRESYNC")
+    ok, lines = c.cmd(f"SELECT INBOX (QRESYNC ({validity} {modseq} 1:10))")
+    assert ok.startswith(b"OK"), ok
+    vanished = [l for l in lines if l.startswith(b"* VANISHED (EARLIER) ")]
+    assert len(vanished) == 1 and uids(vanished[0].split(b" ")[-1]) == {3, 5, 7, 9}, lines
+    fetched = [l for l in lines if b" FETCH " in l]
+    assert len(fetched) == 2 and all(b"\\Flagged" in l and b"MODSEQ (" in l for l in fetched), lines
+    assert {int(re.search(rb"UID (\d+)", l).group(1)) for l in fetched} == {2, 4}
+    # known-uids narrows what is reported
+    c.cmd("UNSELECT")
+    ok, lines = c.cmd(f"SELECT INBOX (QRESYNC ({validity} {modseq} 1:4))")
+    vanished = [l for l in lines if l.startswith(b"* VANISHED")]
+    assert uids(vanished[0].split(b" ")[-1]) == {3}, lines
+    # UID FETCH … (CHANGEDSINCE … VANISHED)
+    ok, lines = c.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
+    assert ok.startswith(b"OK"), ok
+    assert lines[0].startswith(b"* VANISHED (EARLIER) ") and uids(lines[0].split(b" ")[-1]) == {3, 5, 7, 9}
+    assert len([l for l in lines if b" FETCH " in l]) == 2, lines
+    ok, _ = c.cmd("FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+    assert ok.startswith(b"BAD"), ok  # VANISHED only with UID FETCH
+    # a UIDVALIDITY that doesn't match: a plain SELECT
+    ok, lines = c.cmd(f"SELECT INBOX (QRESYNC ({validity + 1} {modseq}))")
+    assert ok.startswith(b"OK") and not any(b"VANISHED" in l or b" FETCH " in l for l in lines), lines
+    # expunges in another session now show as VANISHED, not EXPUNGE
+    m = imaplib.IMAP4("127.0.0.1", imap, timeout=15)
+    m.login("info@example.com", PASSWORD)
+    m.select("INBOX")
+    m.uid("STORE", "10", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    m.logout()
+    ok, lines = c.cmd("NOOP")
+    assert b"* VANISHED 10" in lines and not any(l.endswith(b"EXPUNGE") for l in lines), lines
+    c.close()
+
+
+def test_list_extended_status_size_literal_minus_and_rev2(mail):
+    w, smtp, imap = mail
+    send(smtp, message("hello", body="x" * 100 + "\r\n"))
+    c = Imap(imap)
+    ok, lines = c.cmd("CAPABILITY")
+    caps = lines[0].split()
+    for cap in (b"IMAP4rev2", b"IMAP4rev1", b"ESEARCH", b"LIST-EXTENDED", b"LIST-STATUS",
+                b"STATUS=SIZE", b"LITERAL-", b"QRESYNC", b"SPECIAL-USE", b"UIDPLUS", b"MOVE"):
+        assert cap in caps, (cap, caps)
+    c.cmd("CREATE Archive/2026")
+    c.cmd("SUBSCRIBE Archive/2026")
+    ok, lines = c.cmd('LIST (SUBSCRIBED) "" "*"')
+    assert ok.startswith(b"OK"), ok
+    assert any(b"\\Subscribed" in l and l.endswith(b"Archive/2026") for l in lines), lines
+    ok, lines = c.cmd('LIST "" ("INBOX" "Sent") RETURN (SUBSCRIBED STATUS (MESSAGES SIZE UNSEEN))')
+    assert ok.startswith(b"OK"), ok
+    inbox = lines.index(next(l for l in lines if l.startswith(b"* LIST") and l.endswith(b"INBOX")))
+    st = lines[inbox + 1]
+    assert st.startswith(b"* STATUS INBOX (MESSAGES 1 SIZE ") and st.endswith(b" UNSEEN 1)"), lines
+    size = int(re.search(rb"SIZE (\d+)", st).group(1))
+    assert size > 100
+    assert any(l.endswith(b"Sent") for l in lines) and len([l for l in lines if l.startswith(b"* LIST")]) == 2
+    ok, lines = c.cmd('LIST (SPECIAL-USE) "" "*"')
+    assert lines and all(re.search(rb"\\(Sent|Drafts|Trash|Junk|Archive)", l) for l in lines), lines
+    ok, _ = c.cmd('LIST (RECURSIVEMATCH) "" "*"')
+    assert ok.startswith(b"BAD"), ok
+    ok, lines = c.cmd("STATUS INBOX (SIZE)")
+    assert lines == [b"* STATUS INBOX (SIZE %d)" % size], lines
+    # a subscription outlives its mailbox (RFC 3501 6.3.9); LIST shows it \NonExistent
+    c.cmd("DELETE Archive/2026")
+    ok, lines = c.cmd('LSUB "" "Archive/*"')
+    assert lines == [b'* LSUB (\\Noselect \\HasNoChildren) "/" Archive/2026'], lines
+    ok, lines = c.cmd('LIST (SUBSCRIBED) "" "Archive/*"')
+    assert lines == [b'* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "/" Archive/2026'], lines
+    ok, _ = c.cmd("UNSUBSCRIBE Archive/2026")
+    assert ok.startswith(b"OK"), ok
+    ok, lines = c.cmd('LSUB "" "Archive/*"')
+    assert lines == [], lines
+    # LITERAL- : a non-synchronising literal ending in '-'
+    ok, lines = c.cmd("", raw=b"t%d CREATE {5-}\r\nLitMB\r\n" % (c.n + 1))
+    assert ok.startswith(b"OK"), ok
+    # IMAP4rev2: no RECENT, a LIST of the mailbox in SELECT
+    ok, lines = c.cmd("ENABLE IMAP4rev2")
+    assert lines == [b"* ENABLED IMAP4rev2"], lines
+    ok, lines = c.cmd("SELECT INBOX")
+    assert not any(b"RECENT" in l for l in lines), lines
+    assert b'* LIST () "/" INBOX' in lines, lines
+    ok, lines = c.cmd("FETCH 1 (FLAGS)")
+    assert lines == [b"* 1 FETCH (FLAGS ())"], lines
+    c.close()
