@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub api: RawApi,
     pub smtp: RawSmtp,
     pub imap: RawImap,
+    pub pop3: RawPop3,
     pub sieve: RawSieve,
     pub dns: RawDns,
     pub firewall: RawFirewall,
@@ -58,6 +59,24 @@ pub struct RawImap {
     pub imaps: Vec<String>,
     pub idle_timeout_seconds: i64,
     pub max_connections_per_ip: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPop3 {
+    /// POP3 listeners (STLS).
+    pub listen: Vec<String>,
+    /// POP3S listeners (implicit TLS).
+    pub pop3s: Vec<String>,
+}
+
+impl Default for RawPop3 {
+    fn default() -> Self {
+        RawPop3 {
+            listen: vec!["127.0.0.1:5110".into()],
+            pop3s: vec!["127.0.0.1:5995".into()],
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +132,7 @@ impl Default for RawConfig {
             api: RawApi::default(),
             smtp: RawSmtp::default(),
             imap: RawImap::default(),
+            pop3: RawPop3::default(),
             sieve: RawSieve::default(),
             dns: RawDns::default(),
             firewall: RawFirewall::default(),
@@ -183,6 +203,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
+    pub pop3: Pop3Config,
     pub sieve: SieveConfig,
     pub dns: DnsConfig,
     pub firewall: FirewallConfig,
@@ -227,6 +248,12 @@ pub struct ImapConfig {
     pub imaps: Vec<SocketAddr>,
     pub idle_timeout: std::time::Duration,
     pub max_connections_per_ip: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pop3Config {
+    pub listen: Vec<SocketAddr>,
+    pub pop3s: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -553,6 +580,8 @@ impl RawConfig {
             }
         };
         let imaps = addrs("imap.imaps", &self.imap.imaps, &mut errors);
+        let pop3_listen = addrs("pop3.listen", &self.pop3.listen, &mut errors);
+        let pop3s = addrs("pop3.pop3s", &self.pop3.pop3s, &mut errors);
 
         let nameservers = self
             .dns
@@ -586,6 +615,8 @@ impl RawConfig {
             .chain(submissions.iter().map(|a| (*a, "smtp.submissions")))
             .chain(imap_listen.iter().map(|a| (*a, "imap.listen")))
             .chain(imaps.iter().map(|a| (*a, "imap.imaps")))
+            .chain(pop3_listen.iter().map(|a| (*a, "pop3.listen")))
+            .chain(pop3s.iter().map(|a| (*a, "pop3.pop3s")))
             .chain(sieve_listen.iter().map(|a| (*a, "sieve.listen")));
         for (a, key) in listeners {
             if a.port() == 0 {
@@ -638,6 +669,10 @@ impl RawConfig {
                 idle_timeout: std::time::Duration::from_secs(imap_idle),
                 max_connections_per_ip: u32::try_from(imap_per_ip).unwrap_or(50),
             },
+            pop3: Pop3Config {
+                listen: pop3_listen,
+                pop3s,
+            },
             sieve: SieveConfig {
                 listen: sieve_listen,
                 settings: wispd_engine::sieve::SieveSettings {
@@ -670,6 +705,8 @@ mod tests {
         assert_eq!(c.api.listen, "127.0.0.1:2083".parse().expect("addr"));
         assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().expect("addr")]);
         assert_eq!(c.imap.imaps, vec!["127.0.0.1:5993".parse().expect("addr")]);
+        assert_eq!(c.pop3.listen, vec!["127.0.0.1:5110".parse().expect("addr")]);
+        assert_eq!(c.pop3.pop3s, vec!["127.0.0.1:5995".parse().expect("addr")]);
         assert_eq!(c.api.rate_limit_per_minute.get(), 60);
         assert_eq!(c.data_dir, PathBuf::from("./wispd-data"));
     }
@@ -694,6 +731,9 @@ relay = ""
 [imap]
 listen = ["0.0.0.0:143"]
 imaps = ["0.0.0.0:993"]
+[pop3]
+listen = ["0.0.0.0:110"]
+pop3s = ["0.0.0.0:995"]
 [dns]
 nameservers = []
 [firewall]
@@ -703,6 +743,8 @@ table = "wispd"
         let c = Config::parse(text).expect("valid");
         assert_eq!(c.hostname, "mail.example.com");
         assert_eq!(c.smtp.listen, vec!["0.0.0.0:25".parse().expect("addr")]);
+        assert_eq!(c.pop3.listen, vec!["0.0.0.0:110".parse().expect("addr")]);
+        assert_eq!(c.pop3.pop3s, vec!["0.0.0.0:995".parse().expect("addr")]);
         assert!(c.api.tls_files.is_some());
     }
 
@@ -717,6 +759,9 @@ colour = "blue"
 [smtp]
 max_message_size = 5
 relay = "no-port"
+[pop3]
+pop3s = ["nowhere"]
+tls = true
 [firewall]
 table = "bad table!"
 "#;
@@ -724,6 +769,8 @@ table = "bad table!"
         let all = errors.join("\n");
         for key in [
             "`bogus`",
+            "`pop3.pop3s`",
+            "`pop3.tls`",
             "`api.rate_limit_per_minute`",
             "`api.colour`",
             "`api.listen`",
@@ -741,6 +788,8 @@ tls = false
 max_message_size = 5
 relay = "no-port"
 listen = ["127.0.0.1:5143"]
+[pop3]
+listen = ["127.0.0.1:5995"]
 [firewall]
 table = "bad table!"
 "#;
@@ -752,6 +801,7 @@ table = "bad table!"
             "`smtp.relay`",
             "`firewall.table`",
             "`imap.listen`",
+            "`pop3.pop3s`",
         ] {
             assert!(all.contains(key), "missing {key} in:\n{all}");
         }

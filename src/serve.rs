@@ -14,6 +14,7 @@ use wispd_api::ratelimit::RateLimit;
 use wispd_api::{AppState, auth};
 use wispd_engine::directory::Directory;
 use wispd_engine::imap::ImapSettings;
+use wispd_engine::pop3::Pop3Settings;
 use wispd_engine::queue::QueueSettings;
 use wispd_engine::service::{Mail, MailConfig};
 use wispd_engine::smtp::SmtpSettings;
@@ -197,6 +198,9 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
             ..cfg.sieve.settings.clone()
         },
         sieve_listen: cfg.sieve.listen.clone(),
+        pop3: Pop3Settings::default(),
+        pop3_listen: cfg.pop3.listen.clone(),
+        pop3s_listen: cfg.pop3.pop3s.clone(),
     }
 }
 

@@ -23,6 +23,9 @@ submissions = ["127.0.0.1:0"]
 listen = {imap_listen}
 imaps = ["127.0.0.1:0"]
 {imap_extra}
+[pop3]
+listen = {pop3_listen}
+pop3s = ["127.0.0.1:0"]
 [sieve]
 listen = ["127.0.0.1:0"]
 [firewall]
@@ -36,10 +39,11 @@ def toml_lines(d):
     return "\n".join(f"{k} = {json.dumps(v)}" for k, v in (d or {}).items())
 
 
-def mail_config(smtp="127.0.0.1:0", imap=None, **extra):
+def mail_config(smtp="127.0.0.1:0", imap=None, pop3_listen=("127.0.0.1:0",), **extra):
     imap = dict(imap or {})
     listen = json.dumps(imap.pop("listen", ["127.0.0.1:0"]))
-    return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_listen=listen, imap_extra=toml_lines(imap))
+    return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_listen=listen,
+                              imap_extra=toml_lines(imap), pop3_listen=json.dumps(list(pop3_listen)))
 
 
 def listener_ports(w, timeout=10):

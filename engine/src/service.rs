@@ -20,6 +20,7 @@ use crate::imap::{self, ImapSettings};
 use crate::limits::MemoryBudget;
 use crate::login::Logins;
 use crate::metrics::MailMetrics;
+use crate::pop3::{self, Pop3Settings};
 use crate::queue::{Queue, QueueSettings};
 use crate::smtp::{self, Port, SmtpSettings};
 
@@ -51,6 +52,10 @@ pub struct MailConfig {
     pub sieve: crate::sieve::SieveSettings,
     /// ManageSieve listeners (`[sieve] listen`).
     pub sieve_listen: Vec<SocketAddr>,
+    pub pop3: Pop3Settings,
+    /// POP3 listeners (STLS) and POP3S listeners (implicit TLS).
+    pub pop3_listen: Vec<SocketAddr>,
+    pub pop3s_listen: Vec<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +187,8 @@ impl Mail {
         let imap_listeners = bind("imap.listen", &self.config.imap_listen).await?;
         let imaps_listeners = bind("imap.imaps", &self.config.imaps_listen).await?;
         let sieve_listeners = bind("sieve.listen", &self.config.sieve_listen).await?;
+        let pop3_listeners = bind("pop3.listen", &self.config.pop3_listen).await?;
+        let pop3s_listeners = bind("pop3.pop3s", &self.config.pop3s_listen).await?;
         self.tracker.spawn(
             self.queue
                 .clone()
@@ -257,7 +264,28 @@ impl Mail {
                 self.tracker.clone(),
             ));
         }
-        tracing::info!(smtp = ?bound, imap = ?imap_bound, sieve = ?sieve_bound, "mail listeners started");
+        let pop3 = Arc::new(pop3::Server::new(
+            self.config.pop3.clone(),
+            self.store.clone(),
+            self.deliverer.changes().clone(),
+            self.config.tls.clone(),
+            self.logins.clone(),
+            self.shutdown.clone(),
+            self.metrics.clone(),
+        ));
+        let mut pop3_bound = Vec::new();
+        for (l, implicit) in pop3_listeners
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(pop3s_listeners.into_iter().map(|l| (l, true)))
+        {
+            if let Ok(a) = l.local_addr() {
+                pop3_bound.push(a);
+            }
+            self.tracker
+                .spawn(pop3::serve(l, pop3.clone(), self.tracker.clone(), implicit));
+        }
+        tracing::info!(smtp = ?bound, imap = ?imap_bound, sieve = ?sieve_bound, pop3 = ?pop3_bound, "mail listeners started");
         *running = (bound, imap_bound);
         Ok(())
     }
