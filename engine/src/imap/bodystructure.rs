@@ -1360,6 +1360,19 @@ mod tests {
         }
         // the single-part attached messages: 2.1 and 3.1.1 are their bodies
         let mut out = Vec::new();
+        body_structure(&mut out, NESTED, false);
+        decode(&[&b"BODY "[..], &out].concat());
+        let s = show(&out);
+        for want in [
+            "(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 123 (NIL \"single-part attached\" ",
+            "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 55 2) 5)",
+            "\"7BIT\" 162 (NIL \"carries a message\" ",
+            "(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 67 (NIL \"deepest\" ",
+            "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 13 1) 4) 8)",
+        ] {
+            assert!(s.contains(want), "{want} in {s}");
+        }
+        let mut out = Vec::new();
         body_structure(&mut out, NESTED, true);
         let MessageDataItem::BodyStructure(b) = decode(&[&b"BODYSTRUCTURE "[..], &out].concat())
         else {

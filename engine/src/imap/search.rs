@@ -109,6 +109,15 @@ fn body_text(m: &Message<'_>, out: &mut String, depth: usize) {
     }
 }
 
+/// mail-parser 0.11.9 trips a `debug_assert!` on some nestings (a message/rfc822 whose
+/// message is itself a message/rfc822, inside a multipart): in a debug build that panic would
+/// end the session, so it is caught and the message searched as one that doesn't parse.
+fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten()
+}
+
 fn day(ts: i64) -> i64 {
     ts.div_euclid(86_400)
 }
@@ -295,11 +304,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     flags: &flags_in_view[i],
                     size: e.size,
                     internal_date: e.internal_date,
-                    message: if body {
-                        MessageParser::default().parse(raw.as_slice())
-                    } else {
-                        None
-                    },
+                    message: if body { parse(raw.as_slice()) } else { None },
                 };
                 if matches(criteria, &c, &scope) {
                     hits.push(if uid { e.uid } else { (i + 1) as u32 });
@@ -378,9 +383,7 @@ mod tests {
                     flags: &m.flags,
                     size: m.raw.len() as u64,
                     internal_date: m.internal_date,
-                    message: needs_body(&key)
-                        .then(|| MessageParser::default().parse(&m.raw[..]))
-                        .flatten(),
+                    message: needs_body(&key).then(|| parse(&m.raw[..])).flatten(),
                 };
                 matches(&key, &c, &scope)
             })
@@ -584,5 +587,20 @@ mod tests {
         assert_eq!(search(&m, "CHARSET UTF-8 TEXT {7}\r\nwünsch", &[]), [1]);
         assert_eq!(search(&m, "TEXT jorg@EXAMPLE.com", &[]), [1]);
         assert_eq!(search(&m, "TEXT \"\"", &[]), [1, 2]);
+    }
+
+    #[test]
+    fn rfc822_in_rfc822_does_not_end_the_search() {
+        let raw =
+            String::from_utf8_lossy(include_bytes!("../../tests/corpus/imap/nested-single.eml"))
+                .into_owned();
+        let m = [
+            msg(1, &[], JAN1, &raw),
+            msg(2, &[], JAN1, "Subject: other\r\n\r\nx"),
+        ];
+        assert_eq!(search(&m, "SUBJECT other", &[]), [2]);
+        if !cfg!(debug_assertions) {
+            assert_eq!(search(&m, "BODY \"deepest body\"", &[]), [1]);
+        }
     }
 }
