@@ -54,12 +54,12 @@ clean:
 	rm -rf $(VENV)
 
 # Every bench runs even when one fails; the failed ones are named at the end (exit 1).
-BENCHES := firewall blocklist smtp sieve outbound imap authflood
+BENCHES := firewall blocklist smtp sieve outbound imap pop3 authflood
 
 bench: deps-build deps-test release
 	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
 	@echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections
-	$(call apt_install,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-sieve)
+	$(call apt_install,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve)
 	@-$(SUDO) systemctl disable --now dovecot >/dev/null 2>&1 || true
 	@$(PY) -m pip install -q --disable-pip-version-check argon2-cffi
 	@failed=""; for b in $(BENCHES); do \
@@ -74,7 +74,7 @@ bench: deps-build deps-test release
 # it grows (fuzz/corpus/, not committed). Each target runs FUZZ_SECONDS; a crash is kept under
 # fuzz/artifacts/<target>/ and the target is named at the end (exit 1).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := smtp_codec imap_framing blocklist_parse config_load api_json managesieve_codec sieve_script
+FUZZ_TARGETS := smtp_codec imap_framing blocklist_parse config_load api_json managesieve_codec pop3_codec sieve_script
 
 fuzz: deps-build
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

@@ -66,9 +66,10 @@ def wait_port(port, timeout=20):
 
 
 class Dovecot:
-    """Dovecot with LMTP (and IMAP for the IMAP bench) over Maildir, static users, password 'password123'."""
+    """Dovecot with LMTP (and IMAP or POP3 for their benches) over Maildir, static users, password
+    'password123'."""
 
-    def __init__(self, work: Path, imap=False, passdb_hash=None, sieve=None):
+    def __init__(self, work: Path, imap=False, passdb_hash=None, sieve=None, pop3=False):
         """`passdb_hash`: a `{SCHEME}hash` every user's password must match (a passwd-file);
         without it a static passdb accepts 'password123'. `sieve`: {"user@domain": script} turns
         on Pigeonhole (Debian package dovecot-sieve) for LMTP, each user filtered by their script
@@ -80,12 +81,13 @@ class Dovecot:
         self.lmtp_port = free_port()
         self.imap_port = free_port() if imap else None
         self.imap = imap
+        self.pop3_port = free_port() if pop3 else None
 
     def start(self):
         for d in ("run", "state", "mail"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
         shutil.chown(self.mail, "mail", "mail")
-        imap = f"""
+        listeners = f"""
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -95,6 +97,22 @@ service imap-login {{
     port = 0
   }}
 }}""" if self.imap else ""
+        if self.pop3_port:
+            listeners += f"""
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service pop3 {{
+  process_limit = 100
+}}
+pop3_uidl_format = %08Xu%08Xv"""
+        protocols = "lmtp" + (" imap" if self.imap else "") + (" pop3" if self.pop3_port else "")
         if self.passdb_hash:
             users = self.dir / "users"
             users.write_text("".join(f"{u}@example.com:{self.passdb_hash}\n" for u in ("bench", "info")) +
@@ -105,7 +123,7 @@ service imap-login {{
         conf = f"""
 base_dir = {self.dir}/run
 state_dir = {self.dir}/state
-protocols = lmtp{" imap" if self.imap else ""}
+protocols = {protocols}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -134,7 +152,7 @@ service lmtp {{
 service imap {{
   process_limit = 100
 }}
-{imap}
+{listeners}
 """
         if self.sieve:
             if not Path("/usr/lib/dovecot/modules/lib90_sieve_plugin.so").exists():
@@ -159,6 +177,8 @@ plugin {{
         wait_port(self.lmtp_port)
         if self.imap:
             wait_port(self.imap_port)
+        if self.pop3_port:
+            wait_port(self.pop3_port)
         return self
 
     def delivered(self, domain, user, folder="INBOX"):

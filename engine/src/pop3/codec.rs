@@ -51,10 +51,7 @@ impl Codec {
     /// The next event, or `None` until more input arrives.
     pub fn next(&mut self) -> Option<Event> {
         loop {
-            let lf = self.buf[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|p| p + self.scanned);
+            let lf = memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|p| p + self.scanned);
             let Some(lf) = lf else {
                 if self.draining {
                     self.buf.clear();

@@ -104,7 +104,7 @@ impl Stuffer {
                 out.push(b'.');
             }
             self.line_start = false;
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 Some(p) => {
                     let (line, tail) = rest.split_at(p);
                     out.extend_from_slice(line);
@@ -138,15 +138,10 @@ impl Stuffer {
 /// Octets of `data` as [`Stuffer`] sends it, stuffing aside (RFC 1939's size "as sent"):
 /// the stored octets plus one for every bare LF.
 pub fn sent_size(data: &[u8]) -> u64 {
-    let mut prev = 0u8;
-    let mut bare = 0u64;
-    for &b in data {
-        if b == b'\n' && prev != b'\r' {
-            bare += 1;
-        }
-        prev = b;
-    }
-    data.len() as u64 + bare
+    let bare = memchr::memchr_iter(b'\n', data)
+        .filter(|&i| i == 0 || data[i - 1] != b'\r')
+        .count();
+    data.len() as u64 + bare as u64
 }
 
 /// The end of the header and the first `lines` body lines of `message` (TOP): everything up
@@ -160,10 +155,7 @@ pub fn top(message: &[u8], lines: u64) -> &[u8] {
         if !in_header && left == 0 {
             break;
         }
-        let end = message[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(message.len(), |p| at + p + 1);
+        let end = memchr::memchr(b'\n', &message[at..]).map_or(message.len(), |p| at + p + 1);
         let line = &message[at..end];
         if in_header {
             if line == b"\r\n" || line == b"\n" {
