@@ -645,7 +645,8 @@ fn addresses(out: &mut Vec<u8>, list: &[Address]) {
 
 /// ENVELOPE of the message whose header block is `head`: date, subject, from, sender,
 /// reply-to, to, cc, bcc, in-reply-to, message-id; absent fields NIL, Sender and Reply-To
-/// the From list when absent or empty (RFC 3501 7.4.2).
+/// the From list when absent or empty (RFC 3501 7.4.2). `head` may be the whole message:
+/// reading stops at the blank line.
 pub fn envelope_of(out: &mut Vec<u8>, head: &[u8]) {
     let fields = fields(head);
     let get = |name: &str| {
@@ -1632,6 +1633,9 @@ mod tests {
         envelope(&mut a, &msg);
         envelope_of(&mut b, &RFC3501[..284]);
         assert_eq!(a, b);
+        let mut whole = Vec::new();
+        envelope_of(&mut whole, RFC3501);
+        assert_eq!(whole, b);
         assert!(show(&a).contains(
             "((NIL NIL \"Group Test\" NIL)(NIL NIL \"a\" \"example.com\")\
              (\"B \\\"Bee\\\" Person\" NIL \"b\" \"example.org\")(NIL NIL NIL NIL))"
