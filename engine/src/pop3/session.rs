@@ -88,9 +88,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            self.write_out().await?;
             self.stream.flush().await?;
-            self.out.clear();
         }
         Ok(())
     }
@@ -99,9 +98,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// replies go out together).
     pub async fn flush_if_full(&mut self) -> std::io::Result<()> {
         if self.out.len() >= FLUSH_AT {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
+            self.write_out().await?;
         }
+        Ok(())
+    }
+
+    /// A client that stops reading is idle too: a write that can't finish within the idle
+    /// timeout ends the session (and frees the maildrop lock).
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        let idle = self.server.settings.idle_timeout;
+        match tokio::time::timeout(idle, self.stream.write_all(&self.out)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client stopped reading",
+                ));
+            }
+        }
+        self.out.clear();
         Ok(())
     }
 

@@ -53,7 +53,11 @@ fn peer(ip: [u8; 4]) -> SocketAddr {
 
 /// A session on its own task; the test holds the client end.
 fn connect(server: &Arc<Server>, from: SocketAddr) -> DuplexStream {
-    let (client, theirs) = tokio::io::duplex(1 << 20);
+    connect_buffered(server, from, 1 << 20)
+}
+
+fn connect_buffered(server: &Arc<Server>, from: SocketAddr, buffer: usize) -> DuplexStream {
+    let (client, theirs) = tokio::io::duplex(buffer);
     let server = server.clone();
     tokio::spawn(async move {
         let mut s = Session::new(server, theirs, from, false);
@@ -248,6 +252,50 @@ async fn an_idle_client_is_told_and_disconnected() {
         out,
         "+OK wispd POP3 ready\r\n-ERR [SYS/TEMP] Disconnected for inactivity\r\n"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_frees_the_maildrop() {
+    let settings = Pop3Settings {
+        idle_timeout: Duration::from_millis(300),
+        ..Pop3Settings::default()
+    };
+    let (server, store, id) = server("stuck", settings);
+    let big = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "x".repeat(998)).repeat(1000)
+    );
+    mailbox::append(
+        &store,
+        &Changes::default(),
+        id,
+        "INBOX",
+        vec![],
+        0,
+        big.as_bytes(),
+    )
+    .expect("append");
+    let mut stuck = connect_buffered(&server, peer([127, 0, 0, 1]), 4096);
+    let got = talk(
+        &mut stuck,
+        "USER ann@example.com\r\nPASS password123\r\n",
+        3,
+    )
+    .await;
+    assert!(got.contains("+OK Logged in"), "{got}");
+    // RETR, DELE, QUIT pipelined, and never read: the RETR can't be written out
+    stuck
+        .write_all(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut next = connect(&server, peer([127, 0, 0, 1]));
+    let got = talk(&mut next, "USER ann@example.com\r\nPASS password123\r\n", 3).await;
+    assert!(
+        got.contains("+OK Logged in, maildrop has 1 messages ("),
+        "{got}"
+    );
+    drop(stuck);
 }
 
 #[test]
