@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
     name = "wispd",
     version,
     about,
-    long_about = "wispd: a complete mail server (SMTP MX, submission, IMAP, DKIM, outbound queue) \
+    long_about = "wispd: a complete mail server (SMTP MX, submission, IMAP, POP3, DKIM, outbound queue) \
 and a host firewall (nftables over netlink, CSF-compatible settings and lists) in one binary, \
 driven by the REST API at /api/v1.\n\n\
 `wispd serve` runs the server. The admin commands (status, queue, ban, messages) talk to the \
