@@ -134,11 +134,11 @@ def test_select_fetch_envelope_bodystructure_sections_and_seen(mail):
     assert values[4] == b"Retu"
     assert any("BODY[]<0>" in k for k in parts)
     # EXAMINE is read-only: fetching a body doesn't set \Seen
-    assert m.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS ())"]
-    m.select("INBOX")
+    assert m.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS (\\Recent))"]
+    m.select("INBOX")  # read-write: this session claims the message as \Recent
     typ, data = m.fetch("1", "(BODY[TEXT])")
-    assert b"FLAGS (\\Seen)" in b"".join(x if isinstance(x, bytes) else x[0] for x in data)
-    assert m.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS (\\Seen))"]
+    assert b"FLAGS (\\Seen \\Recent)" in b"".join(x if isinstance(x, bytes) else x[0] for x in data)
+    assert m.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS (\\Seen \\Recent))"]
     typ, data = m.fetch("1", "RFC822.HEADER")
     assert data[0][1].startswith(b"Return-Path: <a@remote.example>\r\nReceived: from ")
     m.logout()

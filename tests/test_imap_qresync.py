@@ -260,4 +260,36 @@ def test_list_extended_status_size_literal_minus_and_rev2(mail):
     assert b'* LIST () "/" INBOX' in lines, lines
     ok, lines = c.cmd("FETCH 1 (FLAGS)")
     assert lines == [b"* 1 FETCH (FLAGS ())"], lines
+    # …and SEARCH answers with ESEARCH
+    ok, lines = c.cmd("SEARCH ALL")
+    assert lines == [b'* ESEARCH (TAG "t%d") ALL 1' % c.n], lines
+    c.close()
+
+
+def test_esearch_and_modseq_anywhere_in_a_search(mail):
+    w, smtp, imap = mail
+    for i in range(5):
+        send(smtp, message(f"m{i}"))
+    c = Imap(imap)
+    c.cmd("SELECT INBOX")
+    ok, lines = c.cmd("SEARCH RETURN (MIN MAX COUNT ALL) NOT 3")
+    assert lines == [b'* ESEARCH (TAG "t%d") MIN 1 MAX 5 COUNT 4 ALL 1:2,4:5' % c.n], lines
+    ok, lines = c.cmd("UID SEARCH RETURN () 2:3")
+    assert lines == [b'* ESEARCH (TAG "t%d") UID ALL 2:3' % c.n], lines
+    ok, lines = c.cmd("SEARCH RETURN (COUNT) SUBJECT nothing-like-this")
+    assert lines == [b'* ESEARCH (TAG "t%d") COUNT 0' % c.n], lines
+    ok, _ = c.cmd("SEARCH RETURN (BOGUS) ALL")
+    assert ok.startswith(b"BAD"), ok
+    ok, lines = c.cmd("STORE 2,4 +FLAGS (\\Flagged)")
+    ok, lines = c.cmd("FETCH 4 (MODSEQ)")
+    top = int(re.search(rb"MODSEQ \((\d+)\)", lines[0]).group(1))
+    # MODSEQ inside NOT and OR, with an entry name; the reply carries the highest MODSEQ found
+    ok, lines = c.cmd(f"SEARCH NOT MODSEQ {top}")
+    assert lines[0].startswith(b"* SEARCH 1 2 3 5 (MODSEQ "), lines
+    ok, lines = c.cmd(f'SEARCH OR MODSEQ "/flags/\\\\flagged" all {top} SUBJECT m0')
+    assert lines == [b"* SEARCH 1 4 (MODSEQ %d)" % top], lines
+    ok, lines = c.cmd(f"SEARCH RETURN (COUNT) MODSEQ {top}")
+    assert lines == [b'* ESEARCH (TAG "t%d") COUNT 1 MODSEQ %d' % (c.n, top)], lines
+    ok, _ = c.cmd("SEARCH MODSEQ 99999999999999999999999")
+    assert ok.startswith(b"BAD"), ok
     c.close()

@@ -236,10 +236,6 @@ def test_flag_keyword_and_recent_searches(imap):
     m.logout()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "debug builds: fetch.rs parses the message with mail-parser 0.11.9 before BODY/ENVELOPE, and its "
-    "debug_assert on a message/rfc822 whose message is a message/rfc822 ends the session; passes once "
-    "fetch.rs calls bodystructure::body_structure/envelope_of on the raw bytes"))
 def test_body_of_single_part_and_rfc822_in_rfc822_attachments(imap):
     nested = (CORPUS / "nested-single.eml").read_bytes()
     m = login(imap)

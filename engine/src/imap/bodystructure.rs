@@ -679,12 +679,6 @@ pub fn envelope_of(out: &mut Vec<u8>, head: &[u8]) {
     out.push(b')');
 }
 
-/// ENVELOPE of a parsed message (its header block read raw).
-pub fn envelope(out: &mut Vec<u8>, msg: &Message<'_>) {
-    let raw = msg.raw_message();
-    envelope_of(out, &raw[..header_end(raw, &(0..raw.len()))]);
-}
-
 // ---------------------------------------------------------------------------------------------
 // BODY and BODYSTRUCTURE
 
@@ -832,29 +826,6 @@ fn render(out: &mut Vec<u8>, raw: &[u8], e: &Entity<'_>, extended: bool) {
 /// BODY (`extended` false) or BODYSTRUCTURE of a whole stored message.
 pub fn body_structure(out: &mut Vec<u8>, raw: &[u8], extended: bool) {
     render(out, raw, &Entity::parse(raw), extended);
-}
-
-/// BODY or BODYSTRUCTURE of part `id` of a parsed message: 0 is the whole message (what
-/// FETCH asks for); another id is mail-parser's part, cut out of the raw message again.
-pub fn structure(out: &mut Vec<u8>, msg: &Message<'_>, id: u32, extended: bool, _depth: usize) {
-    let raw = msg.raw_message();
-    if id == 0 {
-        body_structure(out, raw, extended);
-        return;
-    }
-    let Some(part) = msg.parts.get(id as usize) else {
-        out.extend_from_slice(b"NIL");
-        return;
-    };
-    let start = (part.offset_header as usize).min(raw.len());
-    let end = (part.offset_end as usize).clamp(start, raw.len());
-    let mut budget = MAX_ENTITIES;
-    render(
-        out,
-        raw,
-        &Entity::cut(raw, start..end, false, 0, &mut budget),
-        extended,
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1620,25 +1591,5 @@ mod tests {
             e.to.iter()
                 .any(|x| nstr(&x.mailbox).as_deref() == Some("ok"))
         );
-    }
-
-    #[test]
-    fn parsed_message_wrappers_match_the_raw_functions() {
-        let msg = MessageParser::default().parse(RFC3501).expect("parse");
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        structure(&mut a, &msg, 0, true, 0);
-        body_structure(&mut b, RFC3501, true);
-        assert_eq!(a, b);
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        envelope(&mut a, &msg);
-        envelope_of(&mut b, &RFC3501[..284]);
-        assert_eq!(a, b);
-        let mut whole = Vec::new();
-        envelope_of(&mut whole, RFC3501);
-        assert_eq!(whole, b);
-        assert!(show(&a).contains(
-            "((NIL NIL \"Group Test\" NIL)(NIL NIL \"a\" \"example.com\")\
-             (\"B \\\"Bee\\\" Person\" NIL \"b\" \"example.org\")(NIL NIL NIL NIL))"
-        ));
     }
 }

@@ -32,7 +32,10 @@ pub struct Modifiers {
     pub vanished: bool,
     pub unchanged_since: Option<u64>,
     pub fetch_modseq: bool,
-    pub search_modseq: Option<u64>,
+    /// The `MODSEQ` search keys, in order: each was replaced by the search key
+    /// `HEADER X-Wispd-Modseq-<index> ""` (see [`MODSEQ_KEY`]) so imap-codec parses the
+    /// rest, wherever in the search tree it stood.
+    pub search_modseqs: Vec<u64>,
     pub search_return: Option<SearchReturn>,
     /// `SIZE` among STATUS items.
     pub status_size: bool,
@@ -111,7 +114,7 @@ impl Modifiers {
             || self.changed_since.is_some()
             || self.unchanged_since.is_some()
             || self.fetch_modseq
-            || self.search_modseq.is_some()
+            || !self.search_modseqs.is_empty()
     }
 }
 
@@ -129,6 +132,99 @@ fn take_paren(text: &mut String, name: &str) -> Option<u64> {
         format!("{before} {after}")
     };
     Some(n)
+}
+
+/// The header name that stands for the MODSEQ search key number `k`: `X-Wispd-Modseq-k`.
+pub const MODSEQ_KEY: &str = "X-Wispd-Modseq-";
+
+/// Replaces every `MODSEQ [entry-name entry-type] n` search key (outside quoted strings and
+/// literals) with a placeholder key; returns the new text and the values, or `None` if there
+/// were none.
+fn modseq_keys(text: &str) -> Result<Option<(String, Vec<u64>)>, &'static str> {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut values = Vec::new();
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'{' => {
+                // a literal: `{n}` / `{n+}` CRLF, then n bytes
+                let close = b[i..].iter().position(|&c| c == b'}').map(|c| i + c);
+                let n = close.and_then(|c| {
+                    std::str::from_utf8(&b[i + 1..c])
+                        .ok()?
+                        .trim_end_matches(['+', '-'])
+                        .parse::<usize>()
+                        .ok()
+                });
+                match (close, n) {
+                    (Some(c), Some(n)) => i = c.saturating_add(3).saturating_add(n),
+                    _ => i += 1,
+                }
+            }
+            _ if (i == 0 || matches!(b[i - 1], b' ' | b'('))
+                && b.get(i..i + 7)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"MODSEQ ")) =>
+            {
+                let start = i;
+                let mut j = i + 7;
+                // optional entry name (a quoted string) and entry type
+                if b.get(j) == Some(&b'"') {
+                    j += 1;
+                    while j < b.len() && b[j] != b'"' {
+                        j += if b[j] == b'\\' { 2 } else { 1 };
+                    }
+                    j += 1;
+                    let typ_end = j
+                        + 1
+                        + b.get(j + 1..)
+                            .map_or(0, |r| r.iter().position(|&c| c == b' ').unwrap_or(r.len()));
+                    let typ = text.get(j + 1..typ_end).unwrap_or_default();
+                    if !["priv", "shared", "all"]
+                        .iter()
+                        .any(|t| typ.eq_ignore_ascii_case(t))
+                    {
+                        return Err("Invalid MODSEQ entry type");
+                    }
+                    j = typ_end + 1;
+                }
+                let num_end = j + b.get(j..).map_or(0, |r| {
+                    r.iter()
+                        .position(|c| !c.is_ascii_digit())
+                        .unwrap_or(r.len())
+                });
+                let n: u64 = text
+                    .get(j..num_end)
+                    .and_then(|d| d.parse().ok())
+                    .ok_or("Invalid MODSEQ value")?;
+                out.push_str(&text[copied..start]);
+                out.push_str(&format!("HEADER {MODSEQ_KEY}{} \"\"", values.len()));
+                values.push(n);
+                i = num_end;
+                copied = num_end;
+            }
+            _ => i += 1,
+        }
+    }
+    if values.is_empty() {
+        return Ok(None);
+    }
+    if text
+        .to_ascii_uppercase()
+        .contains(&MODSEQ_KEY.to_ascii_uppercase())
+    {
+        return Err("Reserved header name in SEARCH");
+    }
+    out.push_str(&text[copied.min(text.len())..]);
+    Ok(Some((out, values)))
 }
 
 /// Splits off the command's modifiers. `verb` is the upper-case command name (after `UID`).
@@ -277,14 +373,13 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
                     None => m.error = Some("Invalid SEARCH return options"),
                 }
             }
-            let upper = text.to_ascii_uppercase();
-            if let Some(p) = upper.find(" MODSEQ ") {
-                let rest = &text[p + 8..];
-                let end = rest.find([' ', '\r', ')']).unwrap_or(rest.len());
-                if let Ok(n) = rest[..end].parse::<u64>() {
-                    m.search_modseq = Some(n);
-                    text.replace_range(p..p + 8 + end, " ALL");
+            match modseq_keys(&text) {
+                Ok(Some((rewritten, values))) => {
+                    text = rewritten;
+                    m.search_modseqs = values;
                 }
+                Ok(None) => {}
+                Err(why) => m.error = Some(why),
             }
         }
         _ => {}
@@ -332,8 +427,59 @@ mod tests {
         );
         let (t, m) = s("SEARCH", "a SEARCH MODSEQ 7 UNSEEN\r\n");
         assert_eq!(
-            (t.as_str(), m.search_modseq),
-            ("a SEARCH ALL UNSEEN\r\n", Some(7))
+            (t.as_str(), m.search_modseqs.as_slice()),
+            (
+                "a SEARCH HEADER X-Wispd-Modseq-0 \"\" UNSEEN\r\n",
+                &[7u64][..]
+            )
+        );
+        // anywhere in the tree, with an entry name, never inside strings
+        let (t, m) = s(
+            "SEARCH",
+            "a SEARCH OR NOT MODSEQ 3 (MODSEQ \"/flags/\\\\draft\" all 620162338) SUBJECT \"MODSEQ 5\"\r\n",
+        );
+        assert_eq!(
+            t,
+            "a SEARCH OR NOT HEADER X-Wispd-Modseq-0 \"\" (HEADER X-Wispd-Modseq-1 \"\") SUBJECT \"MODSEQ 5\"\r\n"
+        );
+        assert_eq!(m.search_modseqs, [3, 620162338]);
+        assert!(
+            s("SEARCH", "a SEARCH MODSEQ 99999999999999999999999\r\n")
+                .1
+                .error
+                .is_some()
+        );
+        assert!(
+            s("SEARCH", "a SEARCH MODSEQ \"/x\" bogus 4\r\n")
+                .1
+                .error
+                .is_some()
+        );
+        let (t, m) = s("SEARCH", "a SEARCH RETURN (MIN COUNT) UNSEEN\r\n");
+        assert_eq!(t, "a SEARCH UNSEEN\r\n");
+        let r = m.search_return.expect("return");
+        assert!(r.min && r.count && !r.max && !r.all);
+        let (t, m) = s("STATUS", "a STATUS INBOX (SIZE)\r\n");
+        assert_eq!(t, "a STATUS INBOX (MESSAGES)\r\n");
+        assert!(m.status_size && m.status_size_only);
+        let (_, m) = s(
+            "SELECT",
+            "a SELECT INBOX (QRESYNC (67890007 90060115194045000 41,43:211,214:541))\r\n",
+        );
+        let q = m.qresync.expect("qresync");
+        assert_eq!((q.uidvalidity, q.modseq), (67890007, 90060115194045000));
+        assert_eq!(q.known_uids, Some(vec![(41, 41), (43, 211), (214, 541)]));
+        let (t, m) = s(
+            "FETCH",
+            "a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\n",
+        );
+        assert_eq!(t, "a UID FETCH 1:* (FLAGS)\r\n");
+        assert!(m.vanished && m.changed_since == Some(12345));
+        assert!(
+            s("SELECT", "a SELECT INBOX (QRESYNC (0 1))\r\n")
+                .1
+                .error
+                .is_some()
         );
     }
 }

@@ -3,7 +3,6 @@
 
 use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use mail_parser::MessageParser;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::bodystructure;
@@ -79,7 +78,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let wanted = move |uid: u32| ranges.iter().any(|&(a, b)| uid >= a && uid <= b);
         match self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))? {
             Ok(g) if !g.is_empty() => {
-                self.line(&format!("* VANISHED (EARLIER) {}", super::selected::uid_set(&g)));
+                self.line(&format!(
+                    "* VANISHED (EARLIER) {}",
+                    super::selected::uid_set(&g)
+                ));
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "QRESYNC history read failed"),
@@ -94,10 +96,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
     ) -> std::io::Result<()> {
-        if self.modifiers.vanished && !(uid && self.qresync && self.modifiers.changed_since.is_some())
+        if self.modifiers.vanished
+            && !(uid && self.qresync && self.modifiers.changed_since.is_some())
         {
             // RFC 7162 3.2.6: UID FETCH only, with CHANGEDSINCE, once QRESYNC is enabled
-            self.tagged(tag, "BAD", "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC");
+            self.tagged(
+                tag,
+                "BAD",
+                "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC",
+            );
             return Ok(());
         }
         let Some((idx, uids)) = self.targets(tag, set, uid, false) else {
@@ -212,20 +219,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } else {
                 None
             };
-            let parsed = match (
-                &raw,
-                items.iter().any(|i| {
-                    matches!(
-                        i,
-                        MessageDataItemName::Envelope
-                            | MessageDataItemName::Body
-                            | MessageDataItemName::BodyStructure
-                    )
-                }),
-            ) {
-                (Some(r), true) => MessageParser::default().parse(r.as_slice()),
-                _ => None,
-            };
             // a keyword this session hasn't been told about is announced first (RFC 3501 7.2.6)
             if let Some(sel) = self.selected.as_mut()
                 && sel.learn_keywords(&stored_flags)
@@ -258,8 +251,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     MessageDataItemName::Envelope => {
                         out.extend_from_slice(b"ENVELOPE ");
-                        match &parsed {
-                            Some(m) => bodystructure::envelope(&mut out, m),
+                        match &raw {
+                            Some(r) => bodystructure::envelope_of(&mut out, r),
                             None => {
                                 out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
                             }
@@ -268,8 +261,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
                         let ext = matches!(item, MessageDataItemName::BodyStructure);
                         out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                        match &parsed {
-                            Some(m) => bodystructure::structure(&mut out, m, 0, ext, 0),
+                        match &raw {
+                            Some(r) => bodystructure::body_structure(&mut out, r, ext),
                             None => out.extend_from_slice(
                                 b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
                             ),

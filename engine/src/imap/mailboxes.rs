@@ -158,10 +158,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let selected_by_opts = (!cmd.subscribed || is_sub)
                 && (!cmd.special_use || mb.is_some_and(|m| m.special_use.is_some()));
             // RECURSIVEMATCH: a parent that isn't selected itself but has a selected child
-            let childinfo = !selected_by_opts
-                && cmd.recursive
-                && cmd.subscribed
-                && under(name, &subscribed);
+            let childinfo =
+                !selected_by_opts && cmd.recursive && cmd.subscribed && under(name, &subscribed);
             if !selected_by_opts && !childinfo {
                 continue;
             }
@@ -357,7 +355,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             Ok(Ok((validity, uid))) => {
                 // appending to the selected mailbox: EXISTS (and RECENT) before the OK
-                if self.selected.as_ref().is_some_and(|s| s.name == mailbox::canonical(name)) {
+                if self
+                    .selected
+                    .as_ref()
+                    .is_some_and(|s| s.name == mailbox::canonical(name))
+                {
                     let _ = self.sync(true).await;
                 }
                 self.tagged(

@@ -104,7 +104,10 @@ impl Recent {
     /// A read-write session sees UIDs up to `upto`: returns the previous mark (it gets the
     /// UIDs above it as recent) and raises the mark.
     pub fn claim(&self, account: u64, name: &str, uidvalidity: u32, stored: u32, upto: u32) -> u32 {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = Self::entry(&mut map, account, name, uidvalidity, stored);
         let prev = e.1;
         e.1 = e.1.max(upto);
@@ -113,7 +116,10 @@ impl Recent {
 
     /// The mark, for a read-only session (which claims nothing).
     pub fn peek(&self, account: u64, name: &str, uidvalidity: u32, stored: u32) -> u32 {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Self::entry(&mut map, account, name, uidvalidity, stored).1
     }
 }

@@ -5,6 +5,7 @@ use imap_codec::imap_types::search::SearchKey;
 use mail_parser::{HeaderValue, Message, MessageParser, PartType};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::condstore::SearchReturn;
 use super::session::Session;
 use crate::mailbox;
 
@@ -13,6 +14,11 @@ fn needs_body(k: &SearchKey<'_>) -> bool {
         SearchKey::And(v) => v.as_ref().iter().any(needs_body),
         SearchKey::Not(k) => needs_body(k),
         SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
+        SearchKey::Header(name, _)
+            if modseq_key(&String::from_utf8_lossy(name.as_ref())).is_some() =>
+        {
+            false
+        }
         SearchKey::Bcc(_)
         | SearchKey::Body(_)
         | SearchKey::Cc(_)
@@ -31,6 +37,7 @@ fn needs_body(k: &SearchKey<'_>) -> bool {
 struct Candidate<'m> {
     msn: usize,
     uid: u32,
+    modseq: u64,
     flags: &'m [String],
     size: u64,
     internal_date: i64,
@@ -43,6 +50,18 @@ struct Scope<'a> {
     uids: &'a [u32],
     /// Whether a UID is `\Recent` in this session (RFC 3501 2.3.2).
     is_recent: &'a dyn Fn(u32) -> bool,
+    /// Values of the MODSEQ keys, which stand in the tree as placeholder HEADER keys
+    /// (`condstore::MODSEQ_KEY`).
+    modseqs: &'a [u64],
+}
+
+/// The index of a MODSEQ placeholder key's header name.
+fn modseq_key(name: &str) -> Option<usize> {
+    let prefix = super::condstore::MODSEQ_KEY;
+    let head = name.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| name[prefix.len()..].parse().ok())
+        .flatten()
 }
 
 fn contains(hay: &str, needle: &str) -> bool {
@@ -201,6 +220,13 @@ fn matches(k: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope<'_>) -> bool {
         SearchKey::Bcc(a) => hdr("Bcc", text(a)),
         SearchKey::Subject(a) => hdr("Subject", text(a)),
         // every message with the field matches an empty string (RFC 3501 6.4.4)
+        SearchKey::Header(name, _)
+            if let Some(k) = modseq_key(&text(name))
+                && let Some(&m) = scope.modseqs.get(k) =>
+        {
+            // RFC 7162 3.1.5: MODSEQ n matches messages with a modification sequence >= n
+            c.modseq >= m
+        }
         SearchKey::Header(name, value) => c.message.as_ref().is_some_and(|m| {
             let h = header_text(m, Some(&text(name)));
             !h.is_empty() && contains(&h, &text(value))
@@ -273,12 +299,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(());
             }
         };
-        let min_modseq = self.modifiers.search_modseq;
+        let modseqs = self.modifiers.search_modseqs.clone();
         let store = self.server.store.clone();
         let is_recent = |u: u32| recent.contains(&u);
         let scope = Scope {
             uids: &uids_in_view,
             is_recent: &is_recent,
+            modseqs: &modseqs,
         };
         let scan = || {
             let mut hits = Vec::new();
@@ -287,9 +314,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let Ok(i) = uids_in_view.binary_search(&e.uid) else {
                     continue;
                 };
-                if min_modseq.is_some_and(|m| e.modseq < m) {
-                    continue;
-                }
                 let raw = if body {
                     mailbox::message(&store, e.message_id)
                         .ok()
@@ -301,6 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let c = Candidate {
                     msn: i + 1,
                     uid: e.uid,
+                    modseq: e.modseq,
                     flags: &flags_in_view[i],
                     size: e.size,
                     internal_date: e.internal_date,
@@ -320,16 +345,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             scan()
         };
-        let list: Vec<String> = hits.iter().map(ToString::to_string).collect();
-        if list.is_empty() {
-            self.line("* SEARCH");
-        } else if min_modseq.is_some() {
-            self.line(&format!(
-                "* SEARCH {} (MODSEQ {top_modseq})",
-                list.join(" ")
-            ));
+        // RFC 7162 3.1.5: a search with MODSEQ reports the highest modseq of what it found
+        let with_modseq = !modseqs.is_empty() && !hits.is_empty();
+        // ESEARCH (RFC 4731) when asked for, and always under IMAP4rev2 (RFC 9051 6.4.4)
+        let esearch = self
+            .modifiers
+            .search_return
+            .or(self.rev2.then(|| SearchReturn {
+                all: true,
+                ..SearchReturn::default()
+            }));
+        if let Some(r) = esearch {
+            let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+            if uid {
+                line.push_str(" UID");
+            }
+            if r.min
+                && let Some(v) = hits.iter().min()
+            {
+                line.push_str(&format!(" MIN {v}"));
+            }
+            if r.max
+                && let Some(v) = hits.iter().max()
+            {
+                line.push_str(&format!(" MAX {v}"));
+            }
+            if r.count {
+                line.push_str(&format!(" COUNT {}", hits.len()));
+            }
+            if r.all && !hits.is_empty() {
+                let mut sorted = hits.clone();
+                sorted.sort_unstable();
+                line.push_str(&format!(" ALL {}", super::selected::uid_set(&sorted)));
+            }
+            if with_modseq {
+                line.push_str(&format!(" MODSEQ {top_modseq}"));
+            }
+            self.line(&line);
         } else {
-            self.line(&format!("* SEARCH {}", list.join(" ")));
+            let list: Vec<String> = hits.iter().map(ToString::to_string).collect();
+            if list.is_empty() {
+                self.line("* SEARCH");
+            } else if with_modseq {
+                self.line(&format!(
+                    "* SEARCH {} (MODSEQ {top_modseq})",
+                    list.join(" ")
+                ));
+            } else {
+                self.line(&format!("* SEARCH {}", list.join(" ")));
+            }
         }
         self.tagged(tag, "OK", "Search completed");
         Ok(())
@@ -373,6 +437,7 @@ mod tests {
         let scope = Scope {
             uids: &uids,
             is_recent: &is_recent,
+            modseqs: &[],
         };
         msgs.iter()
             .enumerate()
@@ -380,6 +445,7 @@ mod tests {
                 let c = Candidate {
                     msn: i + 1,
                     uid: m.uid,
+                    modseq: 1,
                     flags: &m.flags,
                     size: m.raw.len() as u64,
                     internal_date: m.internal_date,

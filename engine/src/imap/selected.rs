@@ -281,7 +281,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             uids: entries.iter().map(|e| e.uid).collect(),
             flags: Vec::with_capacity(entries.len()),
             modseq: mb.highest_modseq,
-            recent: entries.iter().map(|e| e.uid).filter(|&u| u > mark).collect(),
+            recent: entries
+                .iter()
+                .map(|e| e.uid)
+                .filter(|&u| u > mark)
+                .collect(),
             show_recent: !self.rev2,
             keywords: Vec::new(),
         };
@@ -366,7 +370,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .as_ref()
                 .is_none_or(|k| k.iter().any(|&(a, b)| uid >= a && uid <= b))
         };
-        let gone = self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))?;
+        let gone =
+            self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))?;
         match gone {
             Ok(g) if !g.is_empty() => self.line(&format!("* VANISHED (EARLIER) {}", uid_set(&g))),
             Ok(_) => {}
