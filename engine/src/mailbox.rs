@@ -255,7 +255,11 @@ fn record_vanished(
 ) -> Result<(), StoreError> {
     let name = mb.name.clone();
     for &uid in uids {
-        w.put(&MAIL_VANISHED, (account, name.as_str(), uid), &(uid, modseq))?;
+        w.put(
+            &MAIL_VANISHED,
+            (account, name.as_str(), uid),
+            &(uid, modseq),
+        )?;
     }
     mb.vanished_count = mb
         .vanished_count
@@ -302,16 +306,20 @@ pub fn vanished_since(
             return Ok(Vec::new());
         };
         if since >= mb.vanished_floor {
-            let all: Vec<(u32, u64)> =
-                r.values_in(&MAIL_VANISHED, (account, name, 0u32)..=(account, name, u32::MAX))?;
+            let all: Vec<(u32, u64)> = r.values_in(
+                &MAIL_VANISHED,
+                (account, name, 0u32)..=(account, name, u32::MAX),
+            )?;
             return Ok(all
                 .into_iter()
                 .filter(|&(uid, m)| m > since && wanted(uid))
                 .map(|(uid, _)| uid)
                 .collect());
         }
-        let entries: Vec<MailEntry> =
-            r.values_in(&MAIL_ENTRIES, (account, name, 0u32)..=(account, name, u32::MAX))?;
+        let entries: Vec<MailEntry> = r.values_in(
+            &MAIL_ENTRIES,
+            (account, name, 0u32)..=(account, name, u32::MAX),
+        )?;
         let mut present = entries.iter().map(|e| e.uid).peekable();
         let mut out = Vec::new();
         for uid in 1..mb.uidnext {
