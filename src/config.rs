@@ -18,8 +18,26 @@ pub struct RawConfig {
     pub imap: RawImap,
     pub pop3: RawPop3,
     pub sieve: RawSieve,
+    pub tls: RawTls,
     pub dns: RawDns,
     pub firewall: RawFirewall,
+}
+
+/// `[tls]`: certificates chosen by SNI on the mail listeners.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// One `[[tls.certificates]]`: the names it serves (`example.com`, `*.example.com`) and its
+/// PEM files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCertificate {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +68,8 @@ pub struct RawSmtp {
     pub data_timeout_seconds: i64,
     pub max_inflight_mb: i64,
     pub postmaster: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +79,8 @@ pub struct RawImap {
     pub imaps: Vec<String>,
     pub idle_timeout_seconds: i64,
     pub max_connections_per_ip: i64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +90,8 @@ pub struct RawPop3 {
     pub listen: Vec<String>,
     /// POP3S listeners (implicit TLS).
     pub pop3s: Vec<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for RawPop3 {
@@ -75,6 +99,8 @@ impl Default for RawPop3 {
         RawPop3 {
             listen: vec!["127.0.0.1:5110".into()],
             pop3s: vec!["127.0.0.1:5995".into()],
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -134,6 +160,7 @@ impl Default for RawConfig {
             imap: RawImap::default(),
             pop3: RawPop3::default(),
             sieve: RawSieve::default(),
+            tls: RawTls::default(),
             dns: RawDns::default(),
             firewall: RawFirewall::default(),
         }
@@ -170,6 +197,8 @@ impl Default for RawSmtp {
             data_timeout_seconds: 600,
             max_inflight_mb: 256,
             postmaster: String::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -181,6 +210,8 @@ impl Default for RawImap {
             imaps: vec!["127.0.0.1:5993".into()],
             idle_timeout_seconds: 1800,
             max_connections_per_ip: 50,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -205,8 +236,20 @@ pub struct Config {
     pub imap: ImapConfig,
     pub pop3: Pop3Config,
     pub sieve: SieveConfig,
+    pub tls: TlsConfig,
     pub dns: DnsConfig,
     pub firewall: FirewallConfig,
+}
+
+/// Certificates of the mail listeners: a default per listener kind (`None`: the API's, or
+/// the self-signed one) and the certificates chosen by SNI, on every mail listener.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub smtp: Option<(PathBuf, PathBuf)>,
+    pub imap: Option<(PathBuf, PathBuf)>,
+    pub pop3: Option<(PathBuf, PathBuf)>,
+    /// (lower-case names, cert, key).
+    pub sni: Vec<(Vec<String>, PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +440,27 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
+/// `{section}.tls_cert` and `{section}.tls_key`: both or neither.
+fn cert_pair(
+    section: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    errors: &mut Vec<String>,
+) -> Option<(PathBuf, PathBuf)> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(format!("`{section}.tls_key`: required when `{section}.tls_cert` is set"));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(format!("`{section}.tls_cert`: required when `{section}.tls_key` is set"));
+            None
+        }
+    }
+}
+
 impl RawConfig {
     pub fn validate(self) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
@@ -424,17 +488,35 @@ impl RawConfig {
                 "`api.tls`: false is only allowed with a loopback `api.listen` (behind a local reverse proxy), not {a}"
             ));
         }
-        let tls_files = match (self.api.tls_cert, self.api.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => {
-                errors.push("`api.tls_key`: required when `api.tls_cert` is set".into());
-                None
+        let tls_files = cert_pair("api", self.api.tls_cert, self.api.tls_key, &mut errors);
+        let mut sni: Vec<(Vec<String>, PathBuf, PathBuf)> = Vec::new();
+        for (i, c) in self.tls.certificates.into_iter().enumerate() {
+            let key = format!("tls.certificates[{i}]");
+            if c.names.is_empty() {
+                errors.push(format!("`{key}.names`: at least one name is needed"));
             }
-            (None, Some(_)) => {
-                errors.push("`api.tls_cert`: required when `api.tls_key` is set".into());
-                None
+            let mut names = Vec::new();
+            for n in &c.names {
+                let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+                let host = n.strip_prefix("*.").unwrap_or(&n);
+                if !valid_hostname(host) || host.contains('*') {
+                    errors.push(format!("`{key}.names`: {n:?} is not a host name or *.domain"));
+                } else if sni.iter().any(|(other, _, _)| other.contains(&n)) {
+                    errors.push(format!("`{key}.names`: {n:?} is already served by another certificate"));
+                } else {
+                    names.push(n);
+                }
             }
+            if c.cert.as_os_str().is_empty() || c.key.as_os_str().is_empty() {
+                errors.push(format!("`{key}`: `cert` and `key` are both required"));
+            }
+            sni.push((names, c.cert, c.key));
+        }
+        let mail_tls = TlsConfig {
+            smtp: cert_pair("smtp", self.smtp.tls_cert, self.smtp.tls_key, &mut errors),
+            imap: cert_pair("imap", self.imap.tls_cert, self.imap.tls_key, &mut errors),
+            pop3: cert_pair("pop3", self.pop3.tls_cert, self.pop3.tls_key, &mut errors),
+            sni,
         };
         let rate = u32::try_from(self.api.rate_limit_per_minute)
             .ok()
@@ -686,6 +768,7 @@ impl RawConfig {
                     hostname: String::new(),
                 },
             },
+            tls: mail_tls,
             dns: DnsConfig { nameservers },
             firewall: FirewallConfig {
                 enabled: self.firewall.enabled,

@@ -41,8 +41,9 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.data_dir)?;
     bootstrap_admin_token(&store, &cfg.data_dir)?;
 
-    // One certificate for the API and the mail listeners: the configured one, or self-signed.
-    let tls_config = {
+    // The API's certificate (configured, or self-signed) is every listener's default; the mail
+    // listeners may have their own, and all of them answer SNI from `[[tls.certificates]]`.
+    let api_key = {
         let files = cfg
             .api
             .tls_files
@@ -55,8 +56,25 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         } else {
             vec![ip.to_string()]
         };
-        tls::server_config(files, &cfg.data_dir, &cfg.hostname, &extra)?
+        tls::default_key(files, &cfg.data_dir, &cfg.hostname, &extra)?
     };
+    let tls_config = tls::with_sni(api_key.clone(), Arc::new(tls::Sni::default()))?;
+    let sni = Arc::new(tls::Sni::load(&cfg.tls.sni).context("[tls] certificates")?);
+    let mail_tls = |own: &Option<(std::path::PathBuf, std::path::PathBuf)>, key: &str| {
+        let default = match own {
+            Some((c, k)) => tls::load(c, k).with_context(|| format!("{key}.tls_cert"))?,
+            None => api_key.clone(),
+        };
+        tls::with_sni(default, sni.clone())
+    };
+    let mail_certs = MailCerts {
+        smtp: mail_tls(&cfg.tls.smtp, "smtp")?,
+        imap: mail_tls(&cfg.tls.imap, "imap")?,
+        pop3: mail_tls(&cfg.tls.pop3, "pop3")?,
+    };
+    if sni.len() > 0 {
+        tracing::info!(names = sni.len(), "TLS certificates by SNI loaded");
+    }
     let api_tls = cfg.api.tls.then(|| tls_config.clone());
 
     let api_listener = TcpListener::bind(cfg.api.listen)
@@ -72,7 +90,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let mail_tasks = TaskTracker::new();
     let mail = Arc::new(
         Mail::new(
-            mail_config(&cfg, tls_config),
+            mail_config(&cfg, mail_certs),
             store.clone(),
             Directory::new(store.clone()),
             shutdown.clone(),
@@ -152,7 +170,14 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     Ok(())
 }
 
-fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
+/// The mail listeners' TLS configurations.
+struct MailCerts {
+    smtp: Arc<rustls::ServerConfig>,
+    imap: Arc<rustls::ServerConfig>,
+    pop3: Arc<rustls::ServerConfig>,
+}
+
+fn mail_config(cfg: &Config, certs: MailCerts) -> MailConfig {
     let mut smtp = SmtpSettings::new(
         cfg.hostname.clone(),
         usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
@@ -179,7 +204,9 @@ fn mail_config(cfg: &Config, tls: Arc<rustls::ServerConfig>) -> MailConfig {
         imap_listen: cfg.imap.listen.clone(),
         imaps_listen: cfg.imap.imaps.clone(),
         nameservers: cfg.dns.nameservers.clone(),
-        tls: Some(tls),
+        tls: Some(certs.smtp),
+        imap_tls: Some(certs.imap),
+        pop3_tls: Some(certs.pop3),
         queue: {
             let mut q = QueueSettings::new(cfg.hostname.clone());
             q.relay = cfg.smtp.relay.clone();

@@ -42,8 +42,12 @@ pub struct MailConfig {
     pub imaps_listen: Vec<SocketAddr>,
     /// DNS servers for lookups (`[dns].nameservers`); empty = the system resolver.
     pub nameservers: Vec<SocketAddr>,
-    /// Certificate for STARTTLS; without it STARTTLS is not offered.
+    /// TLS for SMTP STARTTLS, submission(s) and ManageSieve; without it STARTTLS is not
+    /// offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for IMAP and POP3 when their certificates differ (`None`: `tls`).
+    pub imap_tls: Option<Arc<rustls::ServerConfig>>,
+    pub pop3_tls: Option<Arc<rustls::ServerConfig>>,
     /// The outbound queue.
     pub queue: QueueSettings,
     /// Bytes of message data (SMTP bodies, IMAP APPEND literals) held in memory at once.
@@ -228,7 +232,10 @@ impl Mail {
             self.config.imap.clone(),
             self.store.clone(),
             self.deliverer.changes().clone(),
-            self.config.tls.clone(),
+            self.config
+                .imap_tls
+                .clone()
+                .or_else(|| self.config.tls.clone()),
             self.shutdown.clone(),
             self.logins.clone(),
             self.memory.clone(),
@@ -268,7 +275,10 @@ impl Mail {
             self.config.pop3.clone(),
             self.store.clone(),
             self.deliverer.changes().clone(),
-            self.config.tls.clone(),
+            self.config
+                .pop3_tls
+                .clone()
+                .or_else(|| self.config.tls.clone()),
             self.logins.clone(),
             self.shutdown.clone(),
             self.metrics.clone(),
