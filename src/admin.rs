@@ -181,9 +181,6 @@ pub fn messages(target: &Target, address: &str, raw: bool) -> ExitCode {
     };
     match wispd_store::Store::open(&data_dir) {
         Ok(store) => finish(from_store(&store, &data_dir, address, raw, target.json)),
-        Err(wispd_store::StoreError::InUse { .. }) if raw => finish(Err(anyhow::anyhow!(
-            "--raw reads the store, which the running server holds: stop it first"
-        ))),
         Err(wispd_store::StoreError::InUse { .. }) => finish((|| {
             let api = Api::connect(&data_dir, &cert)?;
             runtime()?.block_on(async {
@@ -195,7 +192,10 @@ pub fn messages(target: &Target, address: &str, raw: bool) -> ExitCode {
                     .find(|a| a["email"].as_str() == Some(address.to_lowercase().as_str()))
                     .and_then(|a| a["id"].as_u64())
                     .with_context(|| format!("no account {address:?}"))?;
-                let listed = api.get(&format!("/email/accounts/{id}/messages")).await?;
+                let query = if raw { "?raw=true" } else { "" };
+                let listed = api
+                    .get(&format!("/email/accounts/{id}/messages{query}"))
+                    .await?;
                 for m in listed["data"].as_array().into_iter().flatten() {
                     print_message(m, target.json);
                 }

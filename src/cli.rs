@@ -80,12 +80,12 @@ pub enum Command {
     },
     /// The messages of one account (mailbox, UID, size, flags, Message-ID, Subject), a line
     /// each (`--json`: one JSON object per line). Through the running server's API, or straight
-    /// from the store when no server holds it (`--raw` needs that).
+    /// from the store when no server holds it.
     Messages {
         /// The account's address.
         #[arg(value_name = "ADDRESS")]
         address: String,
-        /// Include each whole message (as text) under "raw" (store only: stop the server).
+        /// Include each whole message (as text) under "raw" (through the API: 64 MiB at most).
         #[arg(long)]
         raw: bool,
         #[command(flatten)]

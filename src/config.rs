@@ -451,11 +451,15 @@ fn cert_pair(
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
         (Some(_), None) => {
-            errors.push(format!("`{section}.tls_key`: required when `{section}.tls_cert` is set"));
+            errors.push(format!(
+                "`{section}.tls_key`: required when `{section}.tls_cert` is set"
+            ));
             None
         }
         (None, Some(_)) => {
-            errors.push(format!("`{section}.tls_cert`: required when `{section}.tls_key` is set"));
+            errors.push(format!(
+                "`{section}.tls_cert`: required when `{section}.tls_key` is set"
+            ));
             None
         }
     }
@@ -500,9 +504,13 @@ impl RawConfig {
                 let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
                 let host = n.strip_prefix("*.").unwrap_or(&n);
                 if !valid_hostname(host) || host.contains('*') {
-                    errors.push(format!("`{key}.names`: {n:?} is not a host name or *.domain"));
+                    errors.push(format!(
+                        "`{key}.names`: {n:?} is not a host name or *.domain"
+                    ));
                 } else if sni.iter().any(|(other, _, _)| other.contains(&n)) {
-                    errors.push(format!("`{key}.names`: {n:?} is already served by another certificate"));
+                    errors.push(format!(
+                        "`{key}.names`: {n:?} is already served by another certificate"
+                    ));
                 } else {
                     names.push(n);
                 }

@@ -5,7 +5,7 @@ import json
 import smtplib
 import subprocess
 
-from conftest import WISPD_BIN
+from conftest import assert_envelope, WISPD_BIN
 from mailutil import account, installed, message
 
 
@@ -43,8 +43,10 @@ def test_admin_commands_talk_to_the_running_server(make_wispd):
     lines = wispd_cmd(w, "messages", "info@example.com", "--json").stdout.splitlines()
     assert [json.loads(x)["subject"] for x in lines] == ["via the cli"]
     assert "INBOX/1" in wispd_cmd(w, "messages", "info@example.com").stdout
-    raw = wispd_cmd(w, "messages", "info@example.com", "--raw", check=False)
-    assert raw.returncode == 1 and "stop it first" in raw.stderr
+    lines = wispd_cmd(w, "messages", "info@example.com", "--json", "--raw").stdout.splitlines()
+    assert "Message-ID: <cli-1@remote.example>" in json.loads(lines[0])["raw"]
+    bad = w.request("GET", "/api/v1/email/accounts/1/messages?raw=maybe")
+    assert_envelope(bad, 400, "VALIDATION_ERROR")
 
     # a stopped server: the admin commands say so, messages reads the store
     assert w.stop()[0] == 0

@@ -3,10 +3,10 @@
 //! domain it names itself, forbidden (403).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use wispd_engine::address;
 use wispd_engine::directory::{DirError, Directory, NewAccount};
 use wispd_engine::dkim::{self, Published};
@@ -424,7 +424,22 @@ pub struct MessageView {
     /// The `Subject:` header, if it has one.
     #[schema(required = true)]
     pub subject: Option<String>,
+    /// The whole message (as UTF-8, invalid bytes replaced), only with `?raw=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
+
+/// `GET /email/accounts/{id}/messages?raw=true`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessagesQuery {
+    /// `true` (or `1`) adds each whole message as `raw`; at most 64 MiB of them in all.
+    #[param(example = "true")]
+    raw: Option<String>,
+}
+
+/// Most message bytes one `?raw=true` listing carries.
+const RAW_LISTING_LIMIT: u64 = 64 << 20;
 
 /// The messages of an account, mailbox by mailbox in UID order (metadata, not the messages).
 #[utoipa::path(
@@ -433,19 +448,40 @@ pub struct MessageView {
     operation_id = "email_accounts_messages",
     tag = "email",
     security(("bearer" = ["admin", "user"])),
-    params(("id" = u64, Path, description = "The account's id")),
+    params(("id" = u64, Path, description = "The account's id"), MessagesQuery),
     responses((status = 200, description = "Its messages", body = Data<Vec<MessageView>>))
 )]
 pub async fn account_messages(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
+    Query(q): Query<MessagesQuery>,
 ) -> Result<Json<Data<Vec<MessageView>>>, ApiError> {
     let id = parse_id(&id, "account")?;
+    let raw = match q.raw.as_deref() {
+        None | Some("" | "false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(ApiError::Validation(format!(
+                "raw: expected true or false, not {other:?}"
+            )));
+        }
+    };
     let store = s.store.clone();
     let listed = on_dir(&s, move |d| {
         let a = owned_account(d, &p, id)?;
-        Ok(wispd_engine::mailstore::list(&store, &a.email(), false)?.unwrap_or_default())
+        let listed = wispd_engine::mailstore::list(&store, &a.email(), false)?.unwrap_or_default();
+        if !raw {
+            return Ok(listed);
+        }
+        // sizes first: a listing too large for one answer is refused before it is read
+        let total: u64 = listed.iter().map(|m| m.entry.size).sum();
+        if total > RAW_LISTING_LIMIT {
+            return Err(DirError::Invalid(format!(
+                "the account's messages are {total} bytes; raw listings carry at most {RAW_LISTING_LIMIT}"
+            )));
+        }
+        Ok(wispd_engine::mailstore::list(&store, &a.email(), true)?.unwrap_or_default())
     })
     .await?;
     Ok(Json(Data::new(
@@ -459,6 +495,7 @@ pub async fn account_messages(
                 flags: m.entry.flags,
                 message_id: m.message_id,
                 subject: m.subject,
+                raw: m.raw.map(|r| String::from_utf8_lossy(&r).into_owned()),
             })
             .collect(),
     )))
