@@ -290,48 +290,75 @@ fn forget_vanished(w: &Write<'_>, account: u64, name: &str) -> Result<(), StoreE
     Ok(())
 }
 
-/// UIDs of `name` expunged after modification sequence `since`, among those `wanted` keeps,
-/// ascending. When the history doesn't reach back that far, every UID below UIDNEXT that
-/// `wanted` keeps and no longer exists (RFC 7162 3.2.5.2 lets the server report UIDs the
-/// client never saw, never ones that still exist).
+/// UIDs of `name` expunged after modification sequence `since`, within `wanted` (sorted,
+/// merged ranges; `None`: all), as sorted inclusive ranges. When the history doesn't reach back
+/// that far, every UID below UIDNEXT within `wanted` that no longer exists (RFC 7162 3.2.5.2
+/// lets the server report UIDs the client never saw, never ones that still exist) — computed
+/// as the gaps between the UIDs present, so its size follows the mailbox, not UIDNEXT.
 pub fn vanished_since(
     store: &Store,
     account: u64,
     name: &str,
     since: u64,
-    wanted: &dyn Fn(u32) -> bool,
-) -> Result<Vec<u32>, StoreError> {
+    wanted: Option<&[(u32, u32)]>,
+) -> Result<Vec<(u32, u32)>, StoreError> {
+    let keep = |a: u32, b: u32, out: &mut Vec<(u32, u32)>| match wanted {
+        None => out.push((a, b)),
+        Some(w) => {
+            let first = w.partition_point(|&(_, hi)| hi < a);
+            for &(lo, hi) in &w[first..] {
+                if lo > b {
+                    break;
+                }
+                out.push((lo.max(a), hi.min(b)));
+            }
+        }
+    };
     store.read(|r| {
         let Some(mb) = r.get(&MAIL_MAILBOXES, (account, name))? else {
             return Ok(Vec::new());
         };
+        let mut out = Vec::new();
         if since >= mb.vanished_floor {
             let all: Vec<(u32, u64)> = r.values_in(
                 &MAIL_VANISHED,
                 (account, name, 0u32)..=(account, name, u32::MAX),
             )?;
-            return Ok(all
-                .into_iter()
-                .filter(|&(uid, m)| m > since && wanted(uid))
-                .map(|(uid, _)| uid)
-                .collect());
+            for (uid, m) in all {
+                if m > since {
+                    keep(uid, uid, &mut out);
+                }
+            }
+            return Ok(merge(out));
         }
         let entries: Vec<MailEntry> = r.values_in(
             &MAIL_ENTRIES,
             (account, name, 0u32)..=(account, name, u32::MAX),
         )?;
-        let mut present = entries.iter().map(|e| e.uid).peekable();
-        let mut out = Vec::new();
-        for uid in 1..mb.uidnext {
-            if present.next_if_eq(&uid).is_some() {
-                continue;
+        let mut next = 1u32;
+        for e in &entries {
+            if e.uid > next {
+                keep(next, e.uid - 1, &mut out);
             }
-            if wanted(uid) {
-                out.push(uid);
-            }
+            next = e.uid.saturating_add(1);
         }
-        Ok(out)
+        if mb.uidnext > next {
+            keep(next, mb.uidnext - 1, &mut out);
+        }
+        Ok(merge(out))
     })
+}
+
+/// Sorted ranges with neighbours joined.
+fn merge(ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 /// Persists that UIDs up to `uid` of `name` have been announced as `\Recent` (best effort:
@@ -775,4 +802,115 @@ pub fn append(
         w.put(&MAIL_ACCOUNTS, account, &acct)?;
         Ok((mb.uidvalidity, uid))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> Store {
+        let d = std::env::temp_dir().join(format!("wispd-mailbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        let s = Store::open(&d).expect("store");
+        s.write(|w| {
+            w.put(
+                &MAIL_ACCOUNTS,
+                1u64,
+                &MailAccount {
+                    id: 1,
+                    domain: "example.com".into(),
+                    username: "a".into(),
+                    password_hash: String::new(),
+                    quota_mb: 0,
+                    used_bytes: 0,
+                    enabled: true,
+                    created_at: 0,
+                },
+            )
+        })
+        .expect("account");
+        s
+    }
+
+    fn delete(s: &Store, ch: &Changes, uids: &[u32]) {
+        let deleted = vec!["\\Deleted".to_string()];
+        let change = FlagChange {
+            op: FlagOp::Add,
+            flags: &deleted,
+            unchanged_since: None,
+        };
+        set_flags(s, ch, 1, "Box", uids, change).expect("flags");
+        expunge(s, ch, 1, "Box", None).expect("expunge");
+    }
+
+    #[test]
+    fn vanished_history_and_its_fallback_when_forgotten() {
+        let (s, ch) = (store("vanished"), Changes::default());
+        create(&s, &ch, 1, "Box").expect("create");
+        for _ in 0..20 {
+            append(&s, &ch, 1, "Box", vec![], 0, b"Subject: x\r\n\r\nx\r\n").expect("append");
+        }
+        let before = mailbox(&s, 1, "Box")
+            .expect("read")
+            .expect("box")
+            .highest_modseq;
+        delete(&s, &ch, &[3, 4, 5, 10]);
+        let mid = mailbox(&s, 1, "Box")
+            .expect("read")
+            .expect("box")
+            .highest_modseq;
+        delete(&s, &ch, &[15]);
+        let since = |m, w: Option<&[(u32, u32)]>| vanished_since(&s, 1, "Box", m, w).expect("read");
+        assert_eq!(since(before, None), vec![(3, 5), (10, 10), (15, 15)]);
+        assert_eq!(since(mid, None), vec![(15, 15)]);
+        assert_eq!(since(before, Some(&[(4, 12)])), vec![(4, 5), (10, 10)]);
+        // MOVE records the source's expunges too
+        create(&s, &ch, 1, "Other").expect("create");
+        copy(&s, &ch, 1, "Box", &[20], "Other", true).expect("move");
+        assert_eq!(since(mid, None), vec![(15, 15), (20, 20)]);
+        // the history forgotten below a floor: every missing UID below UIDNEXT, as ranges
+        s.write(|w| {
+            let mut mb = w.get(&MAIL_MAILBOXES, (1u64, "Box"))?.expect("box");
+            mb.vanished_floor = mid;
+            w.put(&MAIL_MAILBOXES, (1u64, "Box"), &mb)
+        })
+        .expect("floor");
+        assert_eq!(
+            since(before, None),
+            vec![(3, 5), (10, 10), (15, 15), (20, 20)]
+        );
+        assert_eq!(
+            since(before, Some(&[(1, 4), (14, 16)])),
+            vec![(3, 4), (15, 15)]
+        );
+        // and a deleted mailbox forgets its history with it
+        delete_mailbox_and_recreate(&s, &ch);
+        assert_eq!(since(0, None), vec![]);
+    }
+
+    fn delete_mailbox_and_recreate(s: &Store, ch: &Changes) {
+        super::delete(s, ch, 1, "Box").expect("delete");
+        create(s, ch, 1, "Box").expect("create");
+    }
+
+    #[test]
+    fn the_expunge_history_is_bounded_per_mailbox() {
+        let (s, ch) = (store("bounded"), Changes::default());
+        create(&s, &ch, 1, "Box").expect("create");
+        let mut mb = mailbox(&s, 1, "Box").expect("read").expect("box");
+        let uids: Vec<u32> = (1..=VANISHED_KEPT + 10).collect();
+        s.write(|w| {
+            record_vanished(w, 1, &mut mb, &uids[..100], 5)?;
+            record_vanished(w, 1, &mut mb, &uids[100..], 9)?;
+            w.put(&MAIL_MAILBOXES, (1u64, "Box"), &mb)
+        })
+        .expect("record");
+        let mb = mailbox(&s, 1, "Box").expect("read").expect("box");
+        assert_eq!(mb.vanished_count, VANISHED_KEPT * 3 / 4);
+        assert_eq!(
+            mb.vanished_floor, 9,
+            "the oldest forgotten first, the floor at the newest forgotten"
+        );
+    }
 }

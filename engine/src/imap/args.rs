@@ -20,6 +20,9 @@ impl Arg {
     }
 }
 
+/// Patterns one LIST may carry (each is matched against every mailbox name).
+const MAX_PATTERNS: usize = 64;
+
 /// Deepest parenthesis nesting accepted.
 const MAX_DEPTH: usize = 8;
 
@@ -188,6 +191,9 @@ pub fn list_command(args: &[Arg]) -> Result<ListCommand, &'static str> {
             }
             if c.patterns.is_empty() {
                 return Err("Empty pattern list");
+            }
+            if c.patterns.len() > MAX_PATTERNS {
+                return Err("Too many mailbox patterns");
             }
         }
     }

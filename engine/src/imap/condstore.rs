@@ -45,8 +45,32 @@ pub struct Modifiers {
     pub error: Option<&'static str>,
 }
 
-/// A sequence set of UIDs (`1:5,9,12:*`) as inclusive ranges; `*` is `u32::MAX`.
+/// UID ranges, sorted and merged, for membership tests in O(log n) (a client's set can hold
+/// thousands of ranges, tested against every UID of a mailbox).
+pub fn normalize(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Whether `uid` is in normalized `ranges`.
+pub fn in_ranges(ranges: &[(u32, u32)], uid: u32) -> bool {
+    let i = ranges.partition_point(|&(_, b)| b < uid);
+    ranges.get(i).is_some_and(|&(a, _)| a <= uid)
+}
+
+/// A sequence set of UIDs (`1:5,9,12:*`) as inclusive ranges, normalized; `*` is `u32::MAX`.
 pub fn uid_ranges(text: &str) -> Option<Vec<(u32, u32)>> {
+    uid_ranges_raw(text).map(normalize)
+}
+
+fn uid_ranges_raw(text: &str) -> Option<Vec<(u32, u32)>> {
     let num = |s: &str| -> Option<u32> {
         if s == "*" {
             Some(u32::MAX)

@@ -74,13 +74,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 (a.min(b), a.max(b))
             })
             .collect();
+        let ranges = super::condstore::normalize(ranges);
         let (account, name) = (self.account_id(), sel.name.clone());
-        let wanted = move |uid: u32| ranges.iter().any(|&(a, b)| uid >= a && uid <= b);
-        match self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))? {
+        let found = self
+            .read(move |s, _| mailbox::vanished_since(s, account, &name, since, Some(&ranges)))?;
+        match found {
             Ok(g) if !g.is_empty() => {
                 self.line(&format!(
                     "* VANISHED (EARLIER) {}",
-                    super::selected::uid_set(&g)
+                    super::selected::ranges_text(&g)
                 ));
             }
             Ok(_) => {}

@@ -143,6 +143,21 @@ pub(super) fn uid_set(uids: &[u32]) -> String {
     parts.join(",")
 }
 
+/// Inclusive ranges written as a sequence set: `1:3,7`.
+pub(super) fn ranges_text(ranges: &[(u32, u32)]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
 /// Parses a sequence set written by the client (`1:4,7,*`) against the UIDs in view.
 fn parse_uid_set(text: &str, uids: &[u32]) -> Option<Vec<u32>> {
     let max = uids.last().copied().unwrap_or(0);
@@ -365,15 +380,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let name = sel.name.clone();
         let (since, known) = (q.modseq, q.known_uids.clone());
-        let wanted = move |uid: u32| {
-            known
-                .as_ref()
-                .is_none_or(|k| k.iter().any(|&(a, b)| uid >= a && uid <= b))
-        };
-        let gone =
-            self.read(move |s, _| mailbox::vanished_since(s, account, &name, since, &wanted))?;
+        let gone = self.read(move |s, _| {
+            mailbox::vanished_since(s, account, &name, since, known.as_deref())
+        })?;
         match gone {
-            Ok(g) if !g.is_empty() => self.line(&format!("* VANISHED (EARLIER) {}", uid_set(&g))),
+            Ok(g) if !g.is_empty() => {
+                self.line(&format!("* VANISHED (EARLIER) {}", ranges_text(&g)));
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "QRESYNC history read failed"),
         }
@@ -385,7 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for (i, e) in entries.iter().enumerate() {
             let in_known = known
                 .as_ref()
-                .is_none_or(|k| k.iter().any(|&(a, b)| e.uid >= a && e.uid <= b));
+                .is_none_or(|k| super::condstore::in_ranges(k, e.uid));
             if e.modseq > since && in_known {
                 lines.push(format!(
                     "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))",
