@@ -349,8 +349,8 @@ pub fn vanished_since(
     })
 }
 
-/// Sorted ranges with neighbours joined.
-fn merge(ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+/// Sorted ranges with overlapping and adjacent ones joined.
+pub(crate) fn merge(ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
         match out.last_mut() {

@@ -49,14 +49,7 @@ pub struct Modifiers {
 /// thousands of ranges, tested against every UID of a mailbox).
 pub fn normalize(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
     ranges.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
-    for (a, b) in ranges {
-        match out.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
+    crate::mailbox::merge(ranges)
 }
 
 /// Whether `uid` is in normalized `ranges`.
