@@ -20,7 +20,8 @@ def dns():
 @pytest.fixture
 def w(make_wispd, dns):
     from mailutil import MAIL_CONFIG
-    config = MAIL_CONFIG.format(smtp="127.0.0.1:0", smtp_extra="", imap_listen='["127.0.0.1:0"]', imap_extra="")
+    config = MAIL_CONFIG.format(smtp="127.0.0.1:0", smtp_extra="", imap_listen='["127.0.0.1:0"]', imap_extra="",
+                              pop3_listen='["127.0.0.1:0"]')
     config = config.replace("[firewall]", f'[dns]\nnameservers = ["127.0.0.1:{dns.port}"]\n[firewall]')
     return make_wispd(config=config)
 

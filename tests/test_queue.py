@@ -86,7 +86,8 @@ def receivers():
 
 
 def start(make_wispd, dns=None, **smtp):
-    config = MAIL_CONFIG.format(smtp="127.0.0.1:0", smtp_extra=toml_lines(smtp), imap_listen='["127.0.0.1:0"]', imap_extra="")
+    config = MAIL_CONFIG.format(smtp="127.0.0.1:0", smtp_extra=toml_lines(smtp), imap_listen='["127.0.0.1:0"]', imap_extra="",
+                              pop3_listen='["127.0.0.1:0"]')
     if dns is not None:
         config = config.replace("[firewall]", f'[dns]\nnameservers = ["127.0.0.1:{dns.port}"]\n[firewall]')
     w = make_wispd(config=config)

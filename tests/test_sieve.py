@@ -54,7 +54,8 @@ def mail(subject, sender="carol@remote.test", to="info@example.com", headers="",
 
 
 def folder(w, name, user="info@example.com"):
-    """(flags, message) of every message in the mailbox, over IMAP."""
+    """(flags, message) of every message in the mailbox, over IMAP (the stored flags: not the
+    session's \\Recent)."""
     _, imap, _ = ports(w)
     m = imaplib.IMAP4("127.0.0.1", imap, timeout=10)
     m.login(user, PASSWORD)
@@ -65,7 +66,7 @@ def folder(w, name, user="info@example.com"):
     for i in ids[0].split():
         _, data = m.fetch(i, "(FLAGS BODY.PEEK[])")
         flags = imaplib.ParseFlags(data[0][0])
-        out.append(([f.decode() for f in flags], email.message_from_bytes(data[0][1])))
+        out.append(([f.decode() for f in flags if f != b"\\Recent"], email.message_from_bytes(data[0][1])))
     m.logout()
     return out
 
