@@ -898,6 +898,46 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
     }
 }
 
+/// BINARY[section] (RFC 3516): a part's content with its Content-Transfer-Encoding undone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Binary {
+    Data(Vec<u8>),
+    /// No such part (answered as NIL).
+    Missing,
+    /// An encoding wispd can't undo: the FETCH gets `NO [UNKNOWN-CTE]`.
+    UnknownCte,
+}
+
+/// BINARY of part `path` of a stored message (`[]`: the whole message, as it is). A multipart
+/// or message/rfc822 part is returned as it is (its encoding is 7bit, 8bit or binary).
+pub fn binary(raw: &[u8], path: &[u32]) -> Binary {
+    if path.is_empty() {
+        return Binary::Data(raw.to_vec());
+    }
+    let root = Entity::parse(raw);
+    let Some(e) = root.find(path) else {
+        return Binary::Missing;
+    };
+    let body = &raw[e.body.clone()];
+    if !matches!(e.content, Content::Single) {
+        return Binary::Data(body.to_vec());
+    }
+    let cte = field(&raw[e.header.clone()], "Content-Transfer-Encoding")
+        .map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase());
+    match cte.as_deref() {
+        None | Some("" | "7bit" | "8bit" | "binary") => Binary::Data(body.to_vec()),
+        Some("base64") => match mail_parser::decoders::base64::base64_decode(body) {
+            Some(d) => Binary::Data(d),
+            None => Binary::UnknownCte,
+        },
+        Some("quoted-printable") => Binary::Data(
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                .unwrap_or_else(|| body.to_vec()),
+        ),
+        Some(_) => Binary::UnknownCte,
+    }
+}
+
 pub fn section_name(section: Option<&Section<'_>>) -> String {
     let part = |p: &Option<Part>| match p {
         Some(p) => format!(
@@ -1591,5 +1631,21 @@ mod tests {
             e.to.iter()
                 .any(|x| nstr(&x.mailbox).as_deref() == Some("ok"))
         );
+    }
+
+    #[test]
+    fn binary_undoes_the_transfer_encoding_of_a_part() {
+        let raw: &[u8] = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+caf=C3=A9 =\r\nsoft\r\n--b\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\nAw==\r\n--b\r\n\
+Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--b--\r\n";
+        assert_eq!(binary(raw, &[1]), Binary::Data("café soft".as_bytes().to_vec()));
+        assert_eq!(binary(raw, &[2]), Binary::Data(vec![0, 1, 2, 3]));
+        assert_eq!(binary(raw, &[3]), Binary::UnknownCte);
+        assert_eq!(binary(raw, &[4]), Binary::Missing);
+        assert_eq!(binary(raw, &[]), Binary::Data(raw.to_vec()));
+        let single: &[u8] = b"Content-Transfer-Encoding: base64\r\n\r\naGk=\r\n";
+        assert_eq!(binary(single, &[1]), Binary::Data(b"hi".to_vec()));
     }
 }

@@ -14,6 +14,91 @@ pub struct Qresync {
     pub known_uids: Option<Vec<(u32, u32)>>,
 }
 
+/// `BINARY[part]<partial>`, `BINARY.PEEK[…]` or `BINARY.SIZE[part]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryItem {
+    pub peek: bool,
+    pub size: bool,
+    /// Part numbers (`[]`: the whole message).
+    pub part: Vec<u32>,
+    pub partial: Option<(u32, u32)>,
+}
+
+impl BinaryItem {
+    /// The item's name as the response repeats it: `BINARY[1.2]<0>`.
+    pub fn name(&self) -> String {
+        let part: Vec<String> = self.part.iter().map(ToString::to_string).collect();
+        let kind = if self.size { "BINARY.SIZE" } else { "BINARY" };
+        match self.partial {
+            Some((start, _)) => format!("{kind}[{}]<{start}>", part.join(".")),
+            None => format!("{kind}[{}]", part.join(".")),
+        }
+    }
+}
+
+/// Takes the BINARY items out of a FETCH's text (outside brackets); `Err` for a malformed one.
+fn binary_items(text: &str) -> Result<(String, Vec<BinaryItem>), &'static str> {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut items = Vec::new();
+    let (mut i, mut copied, mut depth) = (0, 0, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'[' => depth += 1,
+            b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let at_word = i > 0 && matches!(b[i - 1], b' ' | b'(');
+        let head = [("BINARY.PEEK[", true, false), ("BINARY.SIZE[", false, true), ("BINARY[", false, false)]
+            .into_iter()
+            .find(|(h, _, _)| b.get(i..i + h.len()).is_some_and(|w| w.eq_ignore_ascii_case(h.as_bytes())));
+        let Some((h, peek, size)) = head.filter(|_| at_word && depth == 0) else {
+            i += 1;
+            continue;
+        };
+        let start = i;
+        let open = i + h.len();
+        let close = open + b[open..].iter().position(|&c| c == b']').ok_or("Invalid BINARY section")?;
+        let spec = &text[open..close];
+        let part: Vec<u32> = if spec.is_empty() {
+            Vec::new()
+        } else {
+            spec.split('.')
+                .map(|n| n.parse::<u32>().ok().filter(|&v| v > 0))
+                .collect::<Option<_>>()
+                .ok_or("BINARY takes part numbers only")?
+        };
+        let mut end = close + 1;
+        let mut partial = None;
+        if b.get(end) == Some(&b'<') {
+            if size {
+                return Err("BINARY.SIZE takes no partial");
+            }
+            let gt = end + b[end..].iter().position(|&c| c == b'>').ok_or("Invalid partial")?;
+            let (a, l) = text[end + 1..gt].split_once('.').ok_or("Invalid partial")?;
+            partial = Some((
+                a.parse().map_err(|_| "Invalid partial")?,
+                l.parse::<u32>().ok().filter(|&v| v > 0).ok_or("Invalid partial")?,
+            ));
+            end = gt + 1;
+        }
+        if b.get(end) == Some(&b' ') {
+            end += 1;
+        }
+        out.push_str(&text[copied..start]);
+        items.push(BinaryItem {
+            peek,
+            size,
+            part,
+            partial,
+        });
+        i = end;
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    Ok((out, items))
+}
+
 /// What `SEARCH RETURN (…)` asks for (RFC 4731); all false with `RETURN ()` means ALL.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SearchReturn {
@@ -37,6 +122,8 @@ pub struct Modifiers {
     /// rest, wherever in the search tree it stood.
     pub search_modseqs: Vec<u64>,
     pub search_return: Option<SearchReturn>,
+    /// BINARY fetch items (RFC 3516), in order.
+    pub binary: Vec<BinaryItem>,
     /// `SIZE` among STATUS items.
     pub status_size: bool,
     /// `SIZE` was the only STATUS item (MESSAGES stood in for the parser).
@@ -324,6 +411,13 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
                     }
                     None => m.error = Some("Invalid FETCH modifiers"),
                 }
+            }
+            match binary_items(&text) {
+                Ok((rest, items)) => {
+                    text = rest;
+                    m.binary = items;
+                }
+                Err(why) => m.error = Some(why),
             }
             // the MODSEQ item, alone or in a list (never inside a section's brackets)
             let mut out: Vec<u8> = Vec::with_capacity(text.len());

@@ -126,7 +126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
             items.insert(0, MessageDataItemName::Uid);
         }
-        let needs_body = items.iter().any(|i| {
+        let binary = self.modifiers.binary.clone();
+        let needs_body = !binary.is_empty() || items.iter().any(|i| {
             !matches!(
                 i,
                 MessageDataItemName::Uid
@@ -136,14 +137,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             )
         });
         let sets_seen = !sel.read_only
-            && items.iter().any(|i| {
-                matches!(
-                    i,
-                    MessageDataItemName::BodyExt { peek: false, .. }
-                        | MessageDataItemName::Rfc822
-                        | MessageDataItemName::Rfc822Text
-                )
-            });
+            && (binary.iter().any(|b| !b.peek && !b.size)
+                || items.iter().any(|i| {
+                    matches!(
+                        i,
+                        MessageDataItemName::BodyExt { peek: false, .. }
+                            | MessageDataItemName::Rfc822
+                            | MessageDataItemName::Rfc822Text
+                    )
+                }));
+        let mut unknown_cte = false;
         let (account, name) = (self.account_id(), sel.name.clone());
         // Reading a body marks it \Seen first, so the FLAGS reported are the stored ones.
         if sets_seen {
@@ -325,6 +328,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.flush().await?;
                 }
             }
+            for b in &binary {
+                let data = match raw.as_deref().map(|r| bodystructure::binary(r, &b.part)) {
+                    Some(bodystructure::Binary::Data(d)) => Some(d),
+                    Some(bodystructure::Binary::UnknownCte) => {
+                        unknown_cte = true;
+                        continue;
+                    }
+                    _ => None,
+                };
+                out.extend_from_slice(format!(" {} ", b.name()).as_bytes());
+                if b.size {
+                    let n = data.as_ref().map_or(0, Vec::len);
+                    out.extend_from_slice(n.to_string().as_bytes());
+                    continue;
+                }
+                let data = data.map(|d| match b.partial {
+                    Some((start, len)) => {
+                        let s = (start as usize).min(d.len());
+                        let e = s.saturating_add(len as usize).min(d.len());
+                        d[s..e].to_vec()
+                    }
+                    None => d,
+                });
+                match data {
+                    // literal8 (RFC 3516) when the data holds a NUL, a plain literal otherwise
+                    Some(d) if d.contains(&0) => {
+                        out.extend_from_slice(format!("~{{{}}}\r\n", d.len()).as_bytes());
+                        out.extend_from_slice(&d);
+                    }
+                    Some(d) => wire::nliteral(&mut out, Some(&d)),
+                    None => out.extend_from_slice(b"NIL"),
+                }
+                if out.len() >= super::session::FLUSH_AT {
+                    self.out.extend_from_slice(&out);
+                    out.clear();
+                    self.flush().await?;
+                }
+            }
             let has_flags = items
                 .iter()
                 .any(|i| matches!(i, MessageDataItemName::Flags));
@@ -338,7 +379,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.out.extend_from_slice(&out);
             self.maybe_flush().await?;
         }
-        self.tagged(tag, "OK", "Fetch completed");
+        if unknown_cte {
+            self.tagged(
+                tag,
+                "NO",
+                "[UNKNOWN-CTE] Can't decode a part's Content-Transfer-Encoding",
+            );
+        } else {
+            self.tagged(tag, "OK", "Fetch completed");
+        }
         Ok(())
     }
 }

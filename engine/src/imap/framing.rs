@@ -175,6 +175,13 @@ impl Framer {
                     return Some(self.refuse(n, sync, true));
                 }
                 Some((n, sync)) => {
+                    // literal8 (`~{n}`, RFC 3516 APPEND) is handed on as a plain literal
+                    if let Some(open) = self.buf[self.line_start..].iter().rposition(|&c| c == b'{')
+                        && let Some(tilde) = (self.line_start + open).checked_sub(1)
+                        && self.buf.get(tilde) == Some(&b'~')
+                    {
+                        self.buf.remove(tilde);
+                    }
                     if !sync {
                         // LITERAL- (`{n-}`, RFC 7888) is handed on as LITERAL+ (`{n+}`): with
                         // LITERAL+ also offered, any size is fine, and imap-codec knows `+`
@@ -275,6 +282,16 @@ mod tests {
             vec![Frame::Command(
                 b"a1 LOGIN {3+}\r\nbob {4+}\r\npass\r\n".to_vec()
             )]
+        );
+    }
+
+    #[test]
+    fn literal8_is_handed_on_as_a_literal() {
+        let mut f = Framer::new(100, 1000);
+        let out = frames(&mut f, &[b"a1 APPEND INBOX ~{3+}\r\nabc\r\n"]);
+        assert_eq!(
+            out,
+            vec![Frame::Command(b"a1 APPEND INBOX {3+}\r\nabc\r\n".to_vec())]
         );
     }
 

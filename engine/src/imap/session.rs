@@ -170,7 +170,7 @@ pub(super) fn mailbox_name(m: &ImapMailbox<'_>) -> String {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY",
         );
         if self.account.is_none() {
             if !self.tls && self.server.tls.is_some() {
