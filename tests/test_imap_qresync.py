@@ -293,3 +293,59 @@ def test_esearch_and_modseq_anywhere_in_a_search(mail):
     ok, _ = c.cmd("SEARCH MODSEQ 99999999999999999999999")
     assert ok.startswith(b"BAD"), ok
     c.close()
+
+
+BINARY_MESSAGE = (
+    b"From: a@remote.example\r\nTo: info@example.com\r\nSubject: binary\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"caf=C3=A9 =\r\nsoft\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"AAECAw==\r\n"
+    b"--b\r\nContent-Type: application/x-thing\r\nContent-Transfer-Encoding: x-custom\r\n\r\nzz\r\n"
+    b"--b--\r\n"
+)
+
+
+def test_binary_fetch_and_saved_search_results(mail):
+    w, smtp, imap = mail
+    send(smtp, BINARY_MESSAGE)
+    for i in range(4):
+        send(smtp, message(f"m{i}"))
+    c = Imap(imap)
+    c.cmd("SELECT INBOX")
+    ok, lines = c.cmd("FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[2])")
+    assert ok.startswith(b"OK"), ok
+    assert b"BINARY[1] {10}\r\ncaf\xc3\xa9 soft" in lines[0], lines
+    assert b"BINARY.SIZE[2] 4" in lines[0], lines
+    ok, lines = c.cmd("FETCH 1 (BINARY.PEEK[2])")
+    assert b"BINARY[2] ~{4}\r\n\x00\x01\x02\x03" in lines[0], lines  # NUL: literal8
+    ok, lines = c.cmd("UID FETCH 1 (BINARY.PEEK[1]<6.4>)")
+    assert b"BINARY[1]<6> {4}\r\nsoft" in lines[0], lines
+    ok, _ = c.cmd("FETCH 1 (BINARY.PEEK[3])")
+    assert ok.startswith(b"NO [UNKNOWN-CTE]"), ok
+    ok, lines = c.cmd("FETCH 1 (FLAGS)")
+    assert b"\\Seen" not in lines[0], lines  # PEEK left it unseen
+    ok, lines = c.cmd("FETCH 1 (BINARY[1])")
+    assert b"\\Seen" in lines[0], lines
+    # SEARCHRES: RETURN (SAVE) answers nothing and keeps the result as $
+    ok, lines = c.cmd("SEARCH RETURN (SAVE) SUBJECT m")
+    assert ok.startswith(b"OK") and lines == [], lines
+    ok, lines = c.cmd("FETCH $ (UID)")
+    assert [l.split(b" ")[1] for l in lines] == [b"2", b"3", b"4", b"5"], lines
+    ok, lines = c.cmd("UID SEARCH $ NOT SUBJECT m0")
+    assert lines == [b"* SEARCH 3 4 5"], lines
+    ok, lines = c.cmd("STORE $ +FLAGS.SILENT (\\Flagged)")
+    assert ok.startswith(b"OK"), ok
+    ok, lines = c.cmd("SEARCH FLAGGED")
+    assert lines == [b"* SEARCH 2 3 4 5"], lines
+    ok, lines = c.cmd("SEARCH RETURN (SAVE MIN) SUBJECT m")
+    ok, lines = c.cmd("UID FETCH $ (UID)")
+    assert lines == [b"* 2 FETCH (UID 2)"], lines
+    # after SELECT the saved result is empty again
+    c.cmd("SELECT INBOX")
+    ok, lines = c.cmd("FETCH $ (UID)")
+    assert ok.startswith(b"OK") and lines == [], lines
+    ok, lines = c.cmd("UID SEARCH $")
+    assert lines == [b"* SEARCH"], lines
+    c.close()

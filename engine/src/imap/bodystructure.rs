@@ -1640,7 +1640,10 @@ Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
 caf=C3=A9 =\r\nsoft\r\n--b\r\nContent-Type: application/octet-stream\r\n\
 Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\nAw==\r\n--b\r\n\
 Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--b--\r\n";
-        assert_eq!(binary(raw, &[1]), Binary::Data("café soft".as_bytes().to_vec()));
+        assert_eq!(
+            binary(raw, &[1]),
+            Binary::Data("café soft".as_bytes().to_vec())
+        );
         assert_eq!(binary(raw, &[2]), Binary::Data(vec![0, 1, 2, 3]));
         assert_eq!(binary(raw, &[3]), Binary::UnknownCte);
         assert_eq!(binary(raw, &[4]), Binary::Missing);

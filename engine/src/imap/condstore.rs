@@ -49,16 +49,27 @@ fn binary_items(text: &str) -> Result<(String, Vec<BinaryItem>), &'static str> {
             _ => {}
         }
         let at_word = i > 0 && matches!(b[i - 1], b' ' | b'(');
-        let head = [("BINARY.PEEK[", true, false), ("BINARY.SIZE[", false, true), ("BINARY[", false, false)]
-            .into_iter()
-            .find(|(h, _, _)| b.get(i..i + h.len()).is_some_and(|w| w.eq_ignore_ascii_case(h.as_bytes())));
+        let head = [
+            ("BINARY.PEEK[", true, false),
+            ("BINARY.SIZE[", false, true),
+            ("BINARY[", false, false),
+        ]
+        .into_iter()
+        .find(|(h, _, _)| {
+            b.get(i..i + h.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(h.as_bytes()))
+        });
         let Some((h, peek, size)) = head.filter(|_| at_word && depth == 0) else {
             i += 1;
             continue;
         };
         let start = i;
         let open = i + h.len();
-        let close = open + b[open..].iter().position(|&c| c == b']').ok_or("Invalid BINARY section")?;
+        let close = open
+            + b[open..]
+                .iter()
+                .position(|&c| c == b']')
+                .ok_or("Invalid BINARY section")?;
         let spec = &text[open..close];
         let part: Vec<u32> = if spec.is_empty() {
             Vec::new()
@@ -74,11 +85,18 @@ fn binary_items(text: &str) -> Result<(String, Vec<BinaryItem>), &'static str> {
             if size {
                 return Err("BINARY.SIZE takes no partial");
             }
-            let gt = end + b[end..].iter().position(|&c| c == b'>').ok_or("Invalid partial")?;
+            let gt = end
+                + b[end..]
+                    .iter()
+                    .position(|&c| c == b'>')
+                    .ok_or("Invalid partial")?;
             let (a, l) = text[end + 1..gt].split_once('.').ok_or("Invalid partial")?;
             partial = Some((
                 a.parse().map_err(|_| "Invalid partial")?,
-                l.parse::<u32>().ok().filter(|&v| v > 0).ok_or("Invalid partial")?,
+                l.parse::<u32>()
+                    .ok()
+                    .filter(|&v| v > 0)
+                    .ok_or("Invalid partial")?,
             ));
             end = gt + 1;
         }
@@ -106,6 +124,8 @@ pub struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// SEARCHRES (RFC 5182): keep the result as `$`.
+    pub save: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -331,6 +351,51 @@ fn modseq_keys(text: &str) -> Result<Option<(String, Vec<u64>)>, &'static str> {
     Ok(Some((out, values)))
 }
 
+/// Where a command uses the saved search result `$` (RFC 5182) as a token of its own (not
+/// inside strings, literals or atoms like `$Forwarded`): the byte ranges of each.
+pub fn saved_result_refs(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut at = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'{' => {
+                let close = b[i..].iter().position(|&c| c == b'}').map(|c| i + c);
+                let n = close.and_then(|c| {
+                    std::str::from_utf8(&b[i + 1..c])
+                        .ok()?
+                        .trim_end_matches(['+', '-'])
+                        .parse::<usize>()
+                        .ok()
+                });
+                match (close, n) {
+                    (Some(c), Some(n)) => i = c.saturating_add(3).saturating_add(n),
+                    _ => i += 1,
+                }
+            }
+            b'$' if i > 0
+                && matches!(b[i - 1], b' ' | b'(' | b',')
+                && matches!(
+                    b.get(i + 1),
+                    None | Some(b' ' | b')' | b'\r' | b'\n' | b',')
+                ) =>
+            {
+                at.push(i);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    at
+}
+
 /// Splits off the command's modifiers. `verb` is the upper-case command name (after `UID`).
 pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
     let mut m = Modifiers::default();
@@ -472,10 +537,12 @@ pub fn strip(verb: &str, cmd: Vec<u8>) -> (Vec<u8>, Modifiers) {
                                 "MAX" => r.max = true,
                                 "ALL" => r.all = true,
                                 "COUNT" => r.count = true,
+                                "SAVE" => r.save = true,
                                 _ => m.error = Some("Unknown SEARCH return option"),
                             }
                         }
-                        if !(r.min || r.max || r.count) {
+                        // `RETURN ()` is ALL; SAVE alone returns nothing (RFC 5182 2.4)
+                        if !(r.min || r.max || r.count || r.all || r.save) {
                             r.all = true;
                         }
                         m.search_return = Some(r);
@@ -570,6 +637,20 @@ mod tests {
         assert_eq!(t, "a SEARCH UNSEEN\r\n");
         let r = m.search_return.expect("return");
         assert!(r.min && r.count && !r.max && !r.all);
+        let r = s("SEARCH", "a SEARCH RETURN (SAVE) UNSEEN\r\n")
+            .1
+            .search_return
+            .expect("r");
+        assert!(r.save && !r.all);
+        assert_eq!(
+            saved_result_refs("a FETCH $ (FLAGS $Forwarded BODY[HEADER.FIELDS (\"$\")])\r\n"),
+            vec![8]
+        );
+        assert_eq!(
+            saved_result_refs("a SEARCH OR $ 1:3 NOT $\r\n"),
+            vec![12, 22]
+        );
+        assert!(saved_result_refs("a SEARCH KEYWORD $Label SUBJECT {1}\r\n$\r\n").is_empty());
         let (t, m) = s("STATUS", "a STATUS INBOX (SIZE)\r\n");
         assert_eq!(t, "a STATUS INBOX (MESSAGES)\r\n");
         assert!(m.status_size && m.status_size_only);

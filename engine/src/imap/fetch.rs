@@ -127,15 +127,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             items.insert(0, MessageDataItemName::Uid);
         }
         let binary = self.modifiers.binary.clone();
-        let needs_body = !binary.is_empty() || items.iter().any(|i| {
-            !matches!(
-                i,
-                MessageDataItemName::Uid
-                    | MessageDataItemName::Flags
-                    | MessageDataItemName::InternalDate
-                    | MessageDataItemName::Rfc822Size
-            )
-        });
+        let needs_body = !binary.is_empty()
+            || items.iter().any(|i| {
+                !matches!(
+                    i,
+                    MessageDataItemName::Uid
+                        | MessageDataItemName::Flags
+                        | MessageDataItemName::InternalDate
+                        | MessageDataItemName::Rfc822Size
+                )
+            });
         let sets_seen = !sel.read_only
             && (binary.iter().any(|b| !b.peek && !b.size)
                 || items.iter().any(|i| {

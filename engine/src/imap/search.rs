@@ -355,7 +355,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 all: true,
                 ..SearchReturn::default()
             }));
-        if let Some(r) = esearch {
+        if let Some(r) = esearch
+            && r.save
+        {
+            // SAVE with MIN and/or MAX alone keeps just those (RFC 5182 2.4)
+            let Some(sel) = self.selected.as_mut() else {
+                return Ok(());
+            };
+            let mut as_uids: Vec<u32> = if uid {
+                hits.clone()
+            } else {
+                hits.iter()
+                    .filter_map(|&n| sel.uids.get((n as usize).wrapping_sub(1)).copied())
+                    .collect()
+            };
+            as_uids.sort_unstable();
+            if (r.min || r.max) && !(r.all || r.count) {
+                let (lo, hi) = (as_uids.first().copied(), as_uids.last().copied());
+                as_uids = [r.min.then_some(lo).flatten(), r.max.then_some(hi).flatten()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                as_uids.dedup();
+            }
+            sel.saved = as_uids;
+        }
+        if let Some(r) = esearch.filter(|r| r.min || r.max || r.all || r.count) {
             let mut line = format!("* ESEARCH (TAG \"{tag}\")");
             if uid {
                 line.push_str(" UID");
@@ -382,7 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 line.push_str(&format!(" MODSEQ {top_modseq}"));
             }
             self.line(&line);
-        } else {
+        } else if esearch.is_none() {
             let list: Vec<String> = hits.iter().map(ToString::to_string).collect();
             if list.is_empty() {
                 self.line("* SEARCH");

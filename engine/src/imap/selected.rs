@@ -27,6 +27,8 @@ pub(super) struct Selected {
     pub show_recent: bool,
     /// Keywords announced to the client in FLAGS, in order of first use.
     pub keywords: Vec<String>,
+    /// The saved search result `$` (SEARCHRES, RFC 5182), as UIDs, ascending.
+    pub saved: Vec<u32>,
 }
 
 /// The system flags every mailbox has.
@@ -303,6 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .collect(),
             show_recent: !self.rev2,
             keywords: Vec::new(),
+            saved: Vec::new(),
         };
         for e in &entries {
             sel.learn_keywords(&e.flags);

@@ -170,7 +170,7 @@ pub(super) fn mailbox_name(m: &ImapMailbox<'_>) -> String {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY SEARCHRES",
         );
         if self.account.is_none() {
             if !self.tls && self.server.tls.is_some() {
@@ -285,6 +285,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.tagged("*", "BAD", "Invalid tag");
             return Ok(Flow::Continue);
         }
+        // `$`, the saved search result (SEARCHRES), becomes the set it stands for
+        let bytes = match self.saved_result(&name, &rest, bytes) {
+            Some(b) => b,
+            None => {
+                self.tagged(&tag, "OK", "Completed (the saved result is empty)");
+                return Ok(Flow::Continue);
+            }
+        };
+        let (tag, name, rest) = split_command(&bytes);
         // Commands imap-codec 1.0 doesn't know.
         match name.as_str() {
             "LIST" if self.account.is_some() => {
@@ -366,6 +375,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         self.dispatch(command).await
+    }
+
+    /// Replaces each `$` token of a command with the saved search result (RFC 5182): UIDs in
+    /// UID commands, sequence numbers otherwise, a `UID` search key in SEARCH. `None`: the
+    /// command names only the empty saved result by sequence number (nothing to do).
+    fn saved_result(&self, name: &str, rest: &[u8], bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Some(bytes);
+        };
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return Some(bytes);
+        };
+        let refs = super::condstore::saved_result_refs(text);
+        if refs.is_empty() {
+            return Some(bytes);
+        }
+        let uid = name == "UID";
+        let verb = if uid {
+            String::from_utf8_lossy(&rest[..rest.len().min(16)])
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase()
+        } else {
+            name.to_string()
+        };
+        let present: Vec<u32> = sel
+            .saved
+            .iter()
+            .copied()
+            .filter(|u| sel.index_of(*u).is_some())
+            .collect();
+        let uids = if present.is_empty() {
+            // no such UID: an empty set that still parses
+            u32::MAX.to_string()
+        } else {
+            super::selected::uid_set(&present)
+        };
+        let replacement = if verb == "SEARCH" {
+            format!("UID {uids}")
+        } else if uid {
+            uids
+        } else if present.is_empty() {
+            return None;
+        } else {
+            let msns: Vec<u32> = present
+                .iter()
+                .filter_map(|u| sel.index_of(*u).map(|i| i as u32 + 1))
+                .collect();
+            super::selected::uid_set(&msns)
+        };
+        let mut out = String::with_capacity(text.len() + replacement.len() * refs.len());
+        let mut last = 0;
+        for at in refs {
+            out.push_str(&text[last..at]);
+            out.push_str(&replacement);
+            last = at + 1;
+        }
+        out.push_str(&text[last..]);
+        Some(out.into_bytes())
     }
 
     async fn dispatch(&mut self, command: Command<'_>) -> std::io::Result<Flow> {
