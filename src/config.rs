@@ -70,6 +70,10 @@ pub struct RawSmtp {
     pub postmaster: String,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// SPF/DKIM/DMARC/iprev of mail arriving at the MX.
+    pub verify_senders: bool,
+    /// `enforce`, `quarantine` or `record`.
+    pub dmarc_policy: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +203,8 @@ impl Default for RawSmtp {
             postmaster: String::new(),
             tls_cert: None,
             tls_key: None,
+            verify_senders: true,
+            dmarc_policy: "enforce".into(),
         }
     }
 }
@@ -283,6 +289,8 @@ pub struct SmtpConfig {
     pub max_inflight_bytes: usize,
     /// Where postmaster mail goes when the domain has no such account (empty: the domain's first).
     pub postmaster: String,
+    /// `None`: inbound senders are not checked.
+    pub verify_senders: Option<wispd_engine::inbound::DmarcMode>,
 }
 
 #[derive(Debug, Clone)]
@@ -520,6 +528,18 @@ impl RawConfig {
             }
             sni.push((names, c.cert, c.key));
         }
+        let dmarc_mode = match self.smtp.dmarc_policy.trim().to_ascii_lowercase().as_str() {
+            "enforce" => wispd_engine::inbound::DmarcMode::Enforce,
+            "quarantine" => wispd_engine::inbound::DmarcMode::Quarantine,
+            "record" => wispd_engine::inbound::DmarcMode::Record,
+            other => {
+                errors.push(format!(
+                    "`smtp.dmarc_policy`: {other:?} is not one of enforce, quarantine, record"
+                ));
+                wispd_engine::inbound::DmarcMode::Enforce
+            }
+        };
+        let verify_senders = self.smtp.verify_senders.then_some(dmarc_mode);
         let mail_tls = TlsConfig {
             smtp: cert_pair("smtp", self.smtp.tls_cert, self.smtp.tls_key, &mut errors),
             imap: cert_pair("imap", self.imap.tls_cert, self.imap.tls_key, &mut errors),
@@ -752,6 +772,7 @@ impl RawConfig {
                     .unwrap_or(256)
                     .saturating_mul(1 << 20),
                 postmaster,
+                verify_senders,
             },
             imap: ImapConfig {
                 listen: imap_listen,

@@ -40,6 +40,9 @@ def toml_lines(d):
 
 
 def mail_config(smtp="127.0.0.1:0", imap=None, pop3_listen=("127.0.0.1:0",), **extra):
+    # Sender checks (SPF/DKIM/DMARC) would ask the machine's resolver about every test sender:
+    # off unless a test turns them on with its own DNS server.
+    extra.setdefault("verify_senders", False)
     imap = dict(imap or {})
     listen = json.dumps(imap.pop("listen", ["127.0.0.1:0"]))
     return MAIL_CONFIG.format(smtp=smtp, smtp_extra=toml_lines(extra), imap_listen=listen,

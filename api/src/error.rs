@@ -184,7 +184,7 @@ impl From<wispd_engine::service::MailError> for ApiError {
     fn from(e: wispd_engine::service::MailError) -> Self {
         use wispd_engine::service::MailError;
         match e {
-            MailError::Bind { .. } => ApiError::Unavailable(e.to_string()),
+            MailError::Bind { .. } | MailError::Config(_) => ApiError::Unavailable(e.to_string()),
             MailError::Store(s) => ApiError::from(s),
         }
     }

@@ -55,6 +55,17 @@ impl Copy {
             variant: None,
         }
     }
+
+    /// The account's `\Junk` mailbox (created as "Junk" if it has none).
+    pub fn junk() -> Copy {
+        Copy {
+            mailbox: "Junk".into(),
+            special_use: Some("\\Junk".into()),
+            flags: Vec::new(),
+            create: true,
+            variant: None,
+        }
+    }
 }
 
 impl Recipient {
@@ -62,6 +73,27 @@ impl Recipient {
         Recipient {
             account_id,
             copies: vec![Copy::inbox()],
+        }
+    }
+
+    pub fn junk(account_id: u64) -> Recipient {
+        Recipient {
+            account_id,
+            copies: vec![Copy::junk()],
+        }
+    }
+
+    /// Copies that would land in INBOX land in Junk instead (quarantine).
+    pub fn quarantine(&mut self) {
+        for c in &mut self.copies {
+            if c.mailbox.eq_ignore_ascii_case("INBOX") && c.special_use.is_none() {
+                let (flags, variant) = (std::mem::take(&mut c.flags), c.variant.take());
+                *c = Copy {
+                    flags,
+                    variant,
+                    ..Copy::junk()
+                };
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod dkim;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imap;
+pub mod inbound;
 pub mod limits;
 pub mod login;
 pub mod mailbox;

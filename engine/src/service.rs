@@ -42,6 +42,8 @@ pub struct MailConfig {
     pub imaps_listen: Vec<SocketAddr>,
     /// DNS servers for lookups (`[dns].nameservers`); empty = the system resolver.
     pub nameservers: Vec<SocketAddr>,
+    /// Check the senders of mail arriving at the MX (`None`: don't).
+    pub verify_senders: Option<crate::inbound::DmarcMode>,
     /// TLS for SMTP STARTTLS, submission(s) and ManageSieve; without it STARTTLS is not
     /// offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -72,6 +74,8 @@ pub enum MailError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The state of the stack, for `/email/status`.
@@ -200,21 +204,29 @@ impl Mail {
         );
         self.tracker
             .spawn(purge_seen(self.filters.clone(), self.shutdown.clone()));
-        let server = Arc::new(
-            smtp::Server::new(
-                self.config.smtp.clone(),
-                self.store.clone(),
-                self.directory.clone(),
-                self.deliverer.clone(),
-                self.queue.clone(),
-                self.config.tls.clone(),
-                self.shutdown.clone(),
-                self.logins.clone(),
-                self.memory.clone(),
-                self.metrics.clone(),
+        let mut server = smtp::Server::new(
+            self.config.smtp.clone(),
+            self.store.clone(),
+            self.directory.clone(),
+            self.deliverer.clone(),
+            self.queue.clone(),
+            self.config.tls.clone(),
+            self.shutdown.clone(),
+            self.logins.clone(),
+            self.memory.clone(),
+            self.metrics.clone(),
+        )
+        .with_filters(self.filters.clone());
+        if let Some(mode) = self.config.verify_senders {
+            let inbound = crate::inbound::Inbound::new(
+                &self.config.nameservers,
+                self.config.smtp.hostname.clone(),
+                mode,
             )
-            .with_filters(self.filters.clone()),
-        );
+            .map_err(|e| MailError::Config(format!("the resolver for sender checks: {e}")))?;
+            server = server.with_inbound(Arc::new(inbound));
+        }
+        let server = Arc::new(server);
         let mut bound = Vec::new();
         let all = listeners
             .into_iter()

@@ -132,6 +132,32 @@ impl Core {
             self.count_message(MessageOutcome::Authors);
             return Reply::new(553, "5.7.1", why);
         }
+        // Mail for local accounts arriving at the MX: who sent it, per SPF/DKIM/DMARC/iprev.
+        let mut body = body;
+        let mut authentication = None;
+        if self.account.is_none()
+            && self.port == super::Port::Mx
+            && !tx.accounts.is_empty()
+            && let Some(inbound) = self.server.inbound.clone()
+        {
+            let helo = self
+                .helo
+                .as_ref()
+                .map(|h| h.name.clone())
+                .unwrap_or_default();
+            body = crate::inbound::strip_forged(&body, &self.server.settings.hostname);
+            let checked = inbound.check(self.peer.ip(), &helo, &tx.from, &body).await;
+            match checked.action {
+                crate::inbound::Action::Reject(why) => {
+                    tracing::info!(id = %tx.id, from = %tx.from, %why, "refused by DMARC");
+                    self.count_message(MessageOutcome::Refused);
+                    return Reply::new(550, "5.7.1", why);
+                }
+                crate::inbound::Action::Junk => authentication = Some((checked.header, true)),
+                crate::inbound::Action::Accept => authentication = Some((checked.header, false)),
+            }
+        }
+        let junk = authentication.as_ref().is_some_and(|(_, j)| *j);
         let now = wispd_store::unix_now();
         let received = self.received(&tx);
         let outbound = (!tx.remote.is_empty()).then(|| self.outbound(&tx, &received, &body));
@@ -139,11 +165,24 @@ impl Core {
         if !tx.accounts.is_empty() {
             message.reserve(received.len() + body.len() + 64);
             message.extend_from_slice(format!("Return-Path: <{}>\r\n", tx.from).as_bytes());
+            if let Some((header, _)) = &authentication {
+                message.extend_from_slice(header.as_bytes());
+            }
             message.extend_from_slice(&received);
             message.extend_from_slice(&body);
         }
-        let mut recipients: Vec<Recipient> =
-            tx.accounts.iter().map(|&a| Recipient::inbox(a)).collect();
+        // DMARC quarantine: into Junk (a recipient's Sieve script runs after and may move it)
+        let mut recipients: Vec<Recipient> = tx
+            .accounts
+            .iter()
+            .map(|&a| {
+                if junk {
+                    Recipient::junk(a)
+                } else {
+                    Recipient::inbox(a)
+                }
+            })
+            .collect();
         let mut variants = Vec::new();
         let mut effects = Vec::new();
         if let Some(filters) = self.server.filters.clone()
@@ -210,6 +249,9 @@ impl Core {
                 return Reply::new(550, "5.7.1", clean_reason(&reason));
             }
             recipients = f.recipients;
+            if junk {
+                recipients.iter_mut().for_each(Recipient::quarantine);
+            }
             variants = f.variants;
             effects = f.effects;
         }

@@ -106,9 +106,17 @@ pub struct Server {
     metrics: MailMetrics,
     /// The recipients' Sieve filters, run before the delivery is committed.
     filters: Option<crate::sieve::Filters>,
+    /// SPF/DKIM/DMARC/iprev of mail arriving at the MX.
+    inbound: Option<Arc<crate::inbound::Inbound>>,
 }
 
 impl Server {
+    /// Checks the senders of mail arriving at the MX (SPF, DKIM, DMARC, iprev).
+    pub fn with_inbound(mut self, inbound: Arc<crate::inbound::Inbound>) -> Server {
+        self.inbound = Some(inbound);
+        self
+    }
+
     /// Runs the recipients' Sieve filters at delivery.
     pub fn with_filters(mut self, filters: crate::sieve::Filters) -> Server {
         self.filters = Some(filters);
@@ -146,6 +154,7 @@ impl Server {
             memory,
             metrics,
             filters: None,
+            inbound: None,
         }
     }
 

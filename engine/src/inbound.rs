@@ -1,0 +1,364 @@
+//! Inbound trust at the MX: SPF (HELO and MAIL FROM), DKIM of every signature, DMARC
+//! alignment and policy, iprev — with mail-auth over the configured resolver and bounded
+//! caches — summed up in one `Authentication-Results:` header (RFC 8601). Headers claiming
+//! this server's name that a message arrives with are removed: only wispd speaks for itself.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DmarcResult, MX, MessageAuthenticator, Parameters,
+    RecordSet, ResolverCache, Txt,
+};
+
+/// What a DMARC `p=reject` (or `quarantine`) failure does (`[smtp] dmarc_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmarcMode {
+    /// Reject as the domain asks (`550 5.7.1`), quarantine into Junk.
+    #[default]
+    Enforce,
+    /// Both into Junk.
+    Quarantine,
+    /// Only the header.
+    Record,
+}
+
+/// What the checks say about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    /// File into the recipients' Junk.
+    Junk,
+    /// Refuse with this reason.
+    Reject(String),
+}
+
+/// The outcome: the header to add (CRLF-terminated) and what to do.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub header: String,
+    pub action: Action,
+}
+
+/// Entries each cache holds at most; past that it starts over.
+const CACHE_ENTRIES: usize = 20_000;
+/// The whole check may take this long; then the results so far are temporary errors.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bounded DNS answer cache that honours each record's TTL.
+pub struct Cache<K, V>(Mutex<HashMap<K, (V, Instant)>>);
+
+impl<K, V> Default for Cache<K, V> {
+    fn default() -> Self {
+        Cache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for Cache<K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(name)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v.clone())
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(name).map(|(v, _)| v)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, (value, valid_until));
+    }
+}
+
+#[derive(Default)]
+struct Caches {
+    txt: Cache<Box<str>, Txt>,
+    mx: Cache<Box<str>, RecordSet<MX>>,
+    ipv4: Cache<Box<str>, RecordSet<Ipv4Addr>>,
+    ipv6: Cache<Box<str>, RecordSet<Ipv6Addr>>,
+    ptr: Cache<IpAddr, RecordSet<Box<str>>>,
+}
+
+/// The checker, shared by every SMTP session.
+pub struct Inbound {
+    auth: MessageAuthenticator,
+    hostname: String,
+    mode: DmarcMode,
+    caches: Caches,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("hostname", &self.hostname)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Over the configured nameservers (`[dns] nameservers`), or the system's.
+    pub fn new(
+        nameservers: &[SocketAddr],
+        hostname: String,
+        mode: DmarcMode,
+    ) -> Result<Inbound, String> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(3);
+        opts.attempts = 1;
+        let auth = if nameservers.is_empty() {
+            MessageAuthenticator::new_system_conf()
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|a| {
+                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                    for c in &mut ns.connections {
+                        c.port = a.port();
+                    }
+                    ns
+                })
+                .collect();
+            MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], servers), opts)
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Inbound {
+            auth,
+            hostname,
+            mode,
+            caches: Caches::default(),
+        })
+    }
+
+    /// Checks a message that arrived from `ip` after `helo` and `MAIL FROM:<mail_from>`.
+    pub async fn check(&self, ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> Checked {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.run(ip, helo, mail_from, message)).await {
+            Ok(c) => c,
+            Err(_) => Checked {
+                header: format!(
+                    "Authentication-Results: {}; dkim=temperror; spf=temperror; dmarc=temperror (DNS too slow)\r\n",
+                    self.hostname
+                ),
+                action: Action::Accept,
+            },
+        }
+    }
+
+    async fn run(&self, ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> Checked {
+        let c = &self.caches;
+        macro_rules! params {
+            ($p:expr) => {
+                Parameters::new($p)
+                    .with_txt_cache(&c.txt)
+                    .with_mx_cache(&c.mx)
+                    .with_ipv4_cache(&c.ipv4)
+                    .with_ipv6_cache(&c.ipv6)
+                    .with_ptr_cache(&c.ptr)
+            };
+        }
+        let helo = if helo.is_empty() { "unknown" } else { helo };
+        let from_domain = mail_from
+            .rsplit_once('@')
+            .map_or(helo, |(_, d)| d)
+            .to_ascii_lowercase();
+        let spf_helo = self
+            .auth
+            .verify_spf(params!(SpfParameters::verify_ehlo(
+                ip,
+                helo,
+                &self.hostname
+            )))
+            .await;
+        let sender = if mail_from.is_empty() {
+            format!("postmaster@{helo}")
+        } else {
+            mail_from.to_string()
+        };
+        let spf = self
+            .auth
+            .verify_spf(params!(SpfParameters::verify_mail_from(
+                ip,
+                helo,
+                &self.hostname,
+                &sender
+            )))
+            .await;
+        let iprev = self.auth.verify_iprev(params!(ip)).await;
+        let Some(msg) = AuthenticatedMessage::parse(message) else {
+            let header = AuthenticationResults::new(&self.hostname)
+                .with_spf_ehlo_result(&spf_helo, ip, helo)
+                .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
+                .with_iprev_result(&iprev, ip);
+            return Checked {
+                header: header_line(&header.to_string()),
+                action: Action::Accept,
+            };
+        };
+        let dkim = self.auth.verify_dkim(params!(&msg)).await;
+        let dmarc = self
+            .auth
+            .verify_dmarc(params!(DmarcParameters::new(
+                &msg,
+                &dkim,
+                &from_domain,
+                &spf
+            )))
+            .await;
+        let header = AuthenticationResults::new(&self.hostname)
+            .with_dkim_results(&dkim, msg.from())
+            .with_spf_ehlo_result(&spf_helo, ip, helo)
+            .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
+            .with_iprev_result(&iprev, ip)
+            .with_dmarc_result(&dmarc);
+        // DMARC fails when the domain has a record and neither aligned DKIM nor aligned SPF
+        // passes; a temporary error on either side is no verdict (nothing is enforced)
+        let (d, s) = (dmarc.dkim_result(), dmarc.spf_result());
+        let temp = |r: &DmarcResult| matches!(r, DmarcResult::TempError(_));
+        let failed = dmarc.dmarc_record().is_some()
+            && *d != DmarcResult::Pass
+            && *s != DmarcResult::Pass
+            && !temp(d)
+            && !temp(s);
+        // `t=y` (testing, DMARCbis) asks for one step less than the policy
+        let testing = dmarc.dmarc_record().is_some_and(|r| r.t);
+        let action = match (failed, dmarc.policy(), self.mode) {
+            (false, ..) | (_, _, DmarcMode::Record) => Action::Accept,
+            (true, Policy::Reject, DmarcMode::Enforce) if !testing => Action::Reject(format!(
+                "DMARC policy of {} rejects this message",
+                dmarc.domain()
+            )),
+            (true, Policy::Reject | Policy::Quarantine, _) => Action::Junk,
+            _ => Action::Accept,
+        };
+        let mut header = header.to_string();
+        if failed {
+            // mail-auth writes `none` when no aligned identifier passed; with a record that is
+            // a failure (RFC 7489 6.6.2)
+            header = header.replace("dmarc=none header.from=", "dmarc=fail header.from=");
+        }
+        Checked {
+            header: header_line(&header),
+            action,
+        }
+    }
+}
+
+fn header_line(value: &str) -> String {
+    format!("Authentication-Results: {value}\r\n")
+}
+
+/// The message without `Authentication-Results:` header fields whose authserv-id is
+/// `hostname` (RFC 8601 5: a border server removes those it didn't write). Folded fields go
+/// whole; the body is untouched.
+pub fn strip_forged(message: &[u8], hostname: &str) -> Vec<u8> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |p| p + 2);
+    let head = &message[..end];
+    let mut out = Vec::with_capacity(message.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < head.len() {
+        // one field: its first line and the continuation lines after it
+        let mut j = i;
+        loop {
+            match head[j..].iter().position(|&c| c == b'\n') {
+                Some(p) => j += p + 1,
+                None => {
+                    j = head.len();
+                    break;
+                }
+            }
+            if !matches!(head.get(j), Some(b' ' | b'\t')) {
+                break;
+            }
+        }
+        let field = &head[i..j];
+        if claims(field, hostname) {
+            changed = true;
+        } else {
+            out.extend_from_slice(field);
+        }
+        i = j;
+    }
+    if !changed {
+        return message.to_vec();
+    }
+    out.extend_from_slice(&message[end..]);
+    out
+}
+
+/// Whether a header field is an `Authentication-Results:` naming `hostname` as its authserv-id.
+fn claims(field: &[u8], hostname: &str) -> bool {
+    const NAME: &[u8] = b"authentication-results:";
+    if field.len() < NAME.len() || !field[..NAME.len()].eq_ignore_ascii_case(NAME) {
+        return false;
+    }
+    let value = String::from_utf8_lossy(&field[NAME.len()..]);
+    // skip CFWS before the authserv-id
+    let mut v = value.trim_start();
+    while let Some(rest) = v.strip_prefix('(') {
+        v = rest.split_once(')').map_or("", |(_, r)| r).trim_start();
+    }
+    let id: String = v
+        .chars()
+        .take_while(|c| !matches!(c, ';' | ' ' | '\t' | '\r' | '\n' | '('))
+        .collect();
+    id.trim_end_matches('.').eq_ignore_ascii_case(hostname)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_results_for_this_host_are_removed_others_kept() {
+        let m = b"Authentication-Results: MX.Example.COM; dkim=pass\r\n\
+X-A: 1\r\n\
+Authentication-Results: (comment) mx.example.com;\r\n\tspf=pass\r\n\
+Authentication-Results: other.example; dkim=pass\r\n\
+Authentication-Results: mx.example.com.evil; dkim=pass\r\n\
+Subject: hi\r\n\r\nAuthentication-Results: mx.example.com; in the body\r\n";
+        let out = strip_forged(m, "mx.example.com");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "X-A: 1\r\nAuthentication-Results: other.example; dkim=pass\r\n\
+Authentication-Results: mx.example.com.evil; dkim=pass\r\n\
+Subject: hi\r\n\r\nAuthentication-Results: mx.example.com; in the body\r\n"
+        );
+        let clean = b"Subject: x\r\n\r\nbody";
+        assert_eq!(strip_forged(clean, "mx.example.com"), clean.to_vec());
+    }
+}
