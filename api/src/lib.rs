@@ -112,6 +112,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/email/vacation/{domain}",
             get(routes::sieve::vacation),
         )
+        .route(
+            "/api/v1/email/rbl",
+            get(routes::rbl::get).put(routes::rbl::put),
+        )
         .route("/api/v1/csf/status", get(csf::status))
         .route(
             "/api/v1/csf/blacklist",

@@ -17,6 +17,7 @@ pub mod mailstore;
 pub mod metrics;
 pub mod pop3;
 pub mod queue;
+pub mod rbl;
 pub mod service;
 pub mod sieve;
 pub mod smtp;

@@ -113,6 +113,9 @@ impl ConnectionLimits {
     }
 }
 
+/// How far past a message's size its read buffer may grow (a read's worth, and then some).
+pub const READ_SLACK: usize = 1 << 20;
+
 /// Bytes of message data the mail listeners may hold in memory at once (DATA and BDAT bodies,
 /// APPEND literals), in all and per client address, so that many large transfers at once get a
 /// temporary failure instead of the server's memory.
@@ -142,8 +145,8 @@ impl MemoryBudget {
     /// `min_per_ip`, so one largest message always fits when the server is otherwise idle).
     pub fn new(total: usize, min_per_ip: usize) -> Arc<MemoryBudget> {
         Arc::new(MemoryBudget {
-            total,
-            per_ip: (total / 4).max(min_per_ip).min(total),
+            total: total.max(min_per_ip),
+            per_ip: (total / 4).max(min_per_ip),
             used: Mutex::default(),
         })
     }

@@ -60,6 +60,7 @@ pub enum RcptRefusal {
     TooMany,
     Syntax,
     Lookup,
+    Dnsbl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -129,6 +130,7 @@ labels! {
     RcptRefusal {
         RelayDenied => "relay_denied", UnknownUser => "unknown_user", Disabled => "disabled",
         MailboxFull => "mailbox_full", TooMany => "too_many", Syntax => "syntax", Lookup => "lookup",
+        Dnsbl => "dnsbl",
     }
     Protocol { Smtp => "smtp", Imap => "imap", ManageSieve => "managesieve", Pop3 => "pop3" }
     LoginResult { Accepted => "accepted", Refused => "refused", Busy => "busy", Failed => "failed" }

@@ -102,6 +102,7 @@ pub struct Mail {
     memory: Arc<MemoryBudget>,
     metrics: MailMetrics,
     filters: crate::sieve::Filters,
+    rbl: Arc<crate::rbl::Rbl>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -136,7 +137,17 @@ impl Mail {
             .with_filters(filters.clone()),
         );
         let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
-        let memory = MemoryBudget::new(config.memory_budget, config.smtp.max_message_size);
+        // the buffer a message is read into may run a read past its size: the largest message
+        // must still fit when the server is otherwise idle
+        let largest = config
+            .smtp
+            .max_message_size
+            .saturating_add(crate::limits::READ_SLACK);
+        let memory = MemoryBudget::new(config.memory_budget, largest);
+        let rbl = Arc::new(
+            crate::rbl::Rbl::new(store.clone(), &config.nameservers)
+                .map_err(std::io::Error::other)?,
+        );
         Ok(Mail {
             config,
             store,
@@ -150,7 +161,13 @@ impl Mail {
             memory,
             metrics,
             filters,
+            rbl,
         })
+    }
+
+    /// DNSBL settings and lookups (`/email/rbl`).
+    pub fn rbl(&self) -> &Arc<crate::rbl::Rbl> {
+        &self.rbl
     }
 
     /// The accounts' Sieve scripts and autoresponders.
@@ -226,7 +243,7 @@ impl Mail {
             .map_err(|e| MailError::Config(format!("the resolver for sender checks: {e}")))?;
             server = server.with_inbound(Arc::new(inbound));
         }
-        let server = Arc::new(server);
+        let server = Arc::new(server.with_rbl(self.rbl.clone()));
         let mut bound = Vec::new();
         let all = listeners
             .into_iter()

@@ -347,3 +347,24 @@ pub struct Autoresponder {
 /// What Sieve has seen, by (account id, id): vacation replies sent (`_v…`, per sender and
 /// handle) and `duplicate` ids. The value is when the record expires (unix seconds).
 pub const SIEVE_SEEN: Table<(u64, &str), i64> = Table::new("sieve_seen");
+
+/// Mail settings the API changes, by name (`"rbl"`: [`RblSettings`]).
+pub const MAIL_RBL: Table<&str, RblSettings> = Table::new("mail_rbl");
+
+/// DNSBL checks of connecting clients (`/email/rbl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RblSettings {
+    pub enabled: bool,
+    pub zones: Vec<RblZone>,
+    /// Addresses and networks never looked up (`192.0.2.0/24`, `2001:db8::1`).
+    pub allowlist: Vec<String>,
+}
+
+/// One DNSBL zone and what a listing in it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RblZone {
+    pub zone: String,
+    /// `reject` or `score`.
+    pub action: String,
+    pub score: f64,
+}

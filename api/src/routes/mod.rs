@@ -5,6 +5,7 @@ pub mod email;
 pub mod firewall;
 pub mod health;
 pub mod openapi;
+pub mod rbl;
 pub mod sieve;
 pub mod tokens;
 
@@ -14,6 +15,7 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
     vec![
         email::EmailApi::openapi(),
         sieve::SieveApi::openapi(),
+        rbl::RblApi::openapi(),
         csf::CsfApi::openapi(),
         firewall::FirewallApi::openapi(),
     ]

@@ -108,12 +108,20 @@ pub struct Server {
     filters: Option<crate::sieve::Filters>,
     /// SPF/DKIM/DMARC/iprev of mail arriving at the MX.
     inbound: Option<Arc<crate::inbound::Inbound>>,
+    /// DNSBL lookups of MX clients.
+    rbl: Option<Arc<crate::rbl::Rbl>>,
 }
 
 impl Server {
     /// Checks the senders of mail arriving at the MX (SPF, DKIM, DMARC, iprev).
     pub fn with_inbound(mut self, inbound: Arc<crate::inbound::Inbound>) -> Server {
         self.inbound = Some(inbound);
+        self
+    }
+
+    /// Looks MX clients up in the configured DNSBLs.
+    pub fn with_rbl(mut self, rbl: Arc<crate::rbl::Rbl>) -> Server {
+        self.rbl = Some(rbl);
         self
     }
 
@@ -155,6 +163,7 @@ impl Server {
             metrics,
             filters: None,
             inbound: None,
+            rbl: None,
         }
     }
 

@@ -81,6 +81,30 @@ pub(super) struct Core {
     pub errors: u32,
     /// The memory the message being received holds, from the server's budget.
     pub memory: Reservation,
+    /// The client's DNSBL listings: being looked up since the connection, or known.
+    pub dnsbl: Dnsbl,
+}
+
+/// DNSBL state of a connection (MX only).
+pub(super) enum Dnsbl {
+    Off,
+    Pending(tokio::task::JoinHandle<Vec<crate::rbl::Listing>>),
+    Known(Vec<crate::rbl::Listing>),
+}
+
+impl Dnsbl {
+    /// The listings, waiting for the lookup if it is still running (it is bounded by the
+    /// per-zone timeouts).
+    pub async fn listings(&mut self) -> &[crate::rbl::Listing] {
+        if let Dnsbl::Pending(h) = self {
+            let found = h.await.unwrap_or_default();
+            *self = Dnsbl::Known(found);
+        }
+        match self {
+            Dnsbl::Known(l) => l,
+            _ => &[],
+        }
+    }
 }
 
 impl Core {
@@ -93,6 +117,7 @@ impl Core {
             codec: Codec::default(),
             out: Vec::with_capacity(512),
             helo: None,
+            dnsbl: Dnsbl::Off,
             tls,
             tx: None,
             bdat_rejected: None,
@@ -133,7 +158,37 @@ impl Core {
             Request::Ehlo { host } => self.ehlo(host, true),
             Request::Helo { host } => self.ehlo(host, false),
             Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Rcpt { to } => {
+                // a DNSBL reject listing refuses every recipient but postmaster (RFC 5321 4.5.1)
+                let postmaster = to
+                    .address
+                    .split('@')
+                    .next()
+                    .is_some_and(|l| l.trim().eq_ignore_ascii_case("postmaster"));
+                if !postmaster
+                    && self.tx.is_some()
+                    && let Some(l) = self.dnsbl.listings().await.iter().find(|l| l.reject)
+                {
+                    let why = match &l.reason {
+                        Some(r) => format!(
+                            "Service unavailable; client [{}] blocked using {}: {r}",
+                            self.peer.ip(),
+                            l.zone
+                        ),
+                        None => format!(
+                            "Service unavailable; client [{}] blocked using {}",
+                            self.peer.ip(),
+                            l.zone
+                        ),
+                    };
+                    tracing::info!(zone = %l.zone, "recipient refused: client listed in a DNSBL");
+                    return self.refuse_rcpt(
+                        crate::metrics::RcptRefusal::Dnsbl,
+                        Reply::new(554, "5.7.1", why),
+                    );
+                }
+                self.rcpt(to)
+            }
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,
@@ -338,6 +393,14 @@ pub(super) async fn connection(
         }
     };
     server.metrics.session(port.listener());
+    // the DNSBL lookup runs while the client greets and says who it is; RCPT waits for it
+    let dnsbl = match (&server.rbl, port) {
+        (Some(rbl), Port::Mx) => {
+            let (rbl, ip) = (rbl.clone(), peer.ip());
+            Dnsbl::Pending(tokio::spawn(async move { rbl.lookup(ip).await }))
+        }
+        _ => Dnsbl::Off,
+    };
     let greeting = Reply::plain(
         220,
         vec![format!("{} ESMTP wispd", server.settings.hostname).into()],
@@ -354,6 +417,7 @@ pub(super) async fn connection(
         return;
     }
     let mut core = Core::new(server.clone(), peer, port, None);
+    core.dnsbl = dnsbl;
     greeting.write_to(&mut core.out);
     let stream = match run(stream, &mut core).await {
         Ok(Ended::Closed) => return,
@@ -367,7 +431,9 @@ pub(super) async fn connection(
         return;
     };
     // RFC 3207: after TLS the session starts over, the client must EHLO again.
+    let dnsbl = std::mem::replace(&mut core.dnsbl, Dnsbl::Off);
     let mut core = Core::new(server, peer, port, Some(info));
+    core.dnsbl = dnsbl;
     match run(tls, &mut core).await {
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "smtp session ended"),
