@@ -245,6 +245,7 @@ impl Filters {
         })?;
         let script = compiled
             .map_err(|e| script_error(source, e.line_num(), e.line_pos(), e.to_string()))?;
+        unknown_names(&script, source)?;
         let script = Arc::new(script);
         self.offered(&script, source)?;
         let mut cache = self
@@ -515,6 +516,33 @@ impl Filters {
         self.compiled(account)
             .is_ok_and(|c| c.script.is_some() || c.responder.is_some())
     }
+}
+
+/// sieve-rs compiles a test (or, under `ihave`, a command) it doesn't know into an
+/// instruction that fails when it runs, so such a script would only fail at delivery. Its
+/// compiled form names them (`Invalid { name, line_num, line_pos }`, seen through `Debug`:
+/// the instructions are private); the first is refused here, where it was written.
+fn unknown_names(script: &Sieve, source: &str) -> Result<(), ScriptError> {
+    const MARK: &str = "Invalid { name: \"";
+    let dump = format!("{script:?}");
+    let Some(at) = dump.find(MARK) else {
+        return Ok(());
+    };
+    let rest = &dump[at + MARK.len()..];
+    let name = rest.split("\", line_num: ").next().unwrap_or_default();
+    let num = |key: &str| -> usize {
+        rest.split(key)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    };
+    Err(script_error(
+        source,
+        num("line_num: "),
+        num("line_pos: "),
+        format!("unknown test or command \"{name}\""),
+    ))
 }
 
 fn deactivate_others(

@@ -359,3 +359,24 @@ fn a_script_that_panics_the_compiler_is_refused() {
     ));
     assert!(filters.compile(&src).is_err());
 }
+
+#[test]
+fn unknown_commands_and_tests_are_refused_when_stored() {
+    let (_s, filters, _) = setup("unknown");
+    for source in [
+        "if foo { keep; }\r\n",
+        "frobnicate;\r\n",
+        "if header :contains \"Subject\" \"x\" { frobnicate; }\r\n",
+    ] {
+        let r = filters.compile(source);
+        assert!(r.is_err(), "{source:?} compiled");
+    }
+    let e = filters
+        .compile("require \"fileinto\";\r\nif foo { keep; }\r\n")
+        .expect_err("unknown test");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(
+        e.to_string().contains("unknown test or command \"foo\""),
+        "{e}"
+    );
+}
