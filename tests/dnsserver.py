@@ -17,7 +17,10 @@ def _name(data, off):
 
 
 class DnsServer:
-    def __init__(self):
+    def __init__(self, soa=False):
+        """`soa`: negative answers carry an SOA (as real servers' do), so resolvers cache them
+        (benches; tests change records as they go and want no negative caching)."""
+        self.soa = soa
         self.txt = {}  # name -> [str]
         self.mx = {}  # name -> [(preference, host)]
         self.a = {}  # name -> [ipv4]
@@ -55,8 +58,15 @@ class DnsServer:
         answers = b""
         for rdata in rdatas:
             answers += b"\xc0\x0c" + struct.pack("!2HIH", qtype, 1, 60, len(rdata)) + rdata
-        header = struct.pack("!6H", qid, 0x8400 | rcode | (flags & 0x0100), 1, len(rdatas), 0, 0)
-        return header + question + answers
+        authority = b""
+        if self.soa and not rdatas:
+            labels = name.split(".")[-2:] if name.count(".") else [name]
+            apex = b"".join(bytes([len(x)]) + x.encode() for x in labels if x) + b"\0"
+            rdata = (b"\x02ns" + apex) + (b"\x04host" + apex) + struct.pack("!5I", 1, 3600, 600, 86400, 300)
+            authority = apex + struct.pack("!2HIH", 6, 1, 300, len(rdata)) + rdata
+        header = struct.pack("!6H", qid, 0x8400 | rcode | (flags & 0x0100), 1, len(rdatas),
+                             1 if authority else 0, 0)
+        return header + question + answers + authority
 
     def _serve(self):
         while not self._stop:
