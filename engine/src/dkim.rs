@@ -264,13 +264,8 @@ pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Result<Option<String
     Ok(Some(signature.to_header()))
 }
 
-/// A DNS resolver: the configured nameservers (`[dns].nameservers`), or the system's.
-pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, DkimError> {
-    if nameservers.is_empty() {
-        return TokioResolver::builder_tokio()
-            .and_then(|b| b.build())
-            .map_err(DkimError::from);
-    }
+/// A resolver configuration asking exactly `nameservers` (UDP, then TCP).
+pub fn nameserver_config(nameservers: &[SocketAddr]) -> ResolverConfig {
     let servers = nameservers
         .iter()
         .map(|a| {
@@ -281,8 +276,18 @@ pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, DkimError> 
             ns
         })
         .collect();
+    ResolverConfig::from_parts(None, vec![], servers)
+}
+
+/// A DNS resolver: the configured nameservers (`[dns].nameservers`), or the system's.
+pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, DkimError> {
+    if nameservers.is_empty() {
+        return TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(DkimError::from);
+    }
     Resolver::builder_with_config(
-        ResolverConfig::from_parts(None, vec![], servers),
+        nameserver_config(nameservers),
         TokioRuntimeProvider::default(),
     )
     .build()

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::ResolverOpts;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
@@ -140,17 +140,7 @@ impl Inbound {
         let auth = if nameservers.is_empty() {
             MessageAuthenticator::new_system_conf()
         } else {
-            let servers = nameservers
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
-            MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], servers), opts)
+            MessageAuthenticator::new(crate::dkim::nameserver_config(nameservers), opts)
         }
         .map_err(|e| e.to_string())?;
         Ok(Inbound {

@@ -261,6 +261,30 @@ fn take_paren(text: &mut String, name: &str) -> Option<u64> {
 /// The header name that stands for the MODSEQ search key number `k`: `X-Wispd-Modseq-k`.
 pub const MODSEQ_KEY: &str = "X-Wispd-Modseq-";
 
+/// The index after the quoted string or literal (`{n}`, `{n+}`, `{n-}` CRLF and n bytes) that
+/// starts at `i`; `i + 1` when what starts there is neither after all.
+fn past_string(b: &[u8], mut i: usize) -> usize {
+    if b[i] == b'"' {
+        i += 1;
+        while i < b.len() && b[i] != b'"' {
+            i += if b[i] == b'\\' { 2 } else { 1 };
+        }
+        return i + 1;
+    }
+    let close = b[i..].iter().position(|&c| c == b'}').map(|c| i + c);
+    let n = close.and_then(|c| {
+        std::str::from_utf8(&b[i + 1..c])
+            .ok()?
+            .trim_end_matches(['+', '-'])
+            .parse::<usize>()
+            .ok()
+    });
+    match (close, n) {
+        (Some(c), Some(n)) => c.saturating_add(3).saturating_add(n),
+        _ => i + 1,
+    }
+}
+
 /// Replaces every `MODSEQ [entry-name entry-type] n` search key (outside quoted strings and
 /// literals) with a placeholder key; returns the new text and the values, or `None` if there
 /// were none.
@@ -272,28 +296,7 @@ fn modseq_keys(text: &str) -> Result<Option<(String, Vec<u64>)>, &'static str> {
     let mut copied = 0;
     while i < b.len() {
         match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'{' => {
-                // a literal: `{n}` / `{n+}` CRLF, then n bytes
-                let close = b[i..].iter().position(|&c| c == b'}').map(|c| i + c);
-                let n = close.and_then(|c| {
-                    std::str::from_utf8(&b[i + 1..c])
-                        .ok()?
-                        .trim_end_matches(['+', '-'])
-                        .parse::<usize>()
-                        .ok()
-                });
-                match (close, n) {
-                    (Some(c), Some(n)) => i = c.saturating_add(3).saturating_add(n),
-                    _ => i += 1,
-                }
-            }
+            b'"' | b'{' => i = past_string(b, i),
             _ if (i == 0 || matches!(b[i - 1], b' ' | b'('))
                 && b.get(i..i + 7)
                     .is_some_and(|w| w.eq_ignore_ascii_case(b"MODSEQ ")) =>
@@ -302,11 +305,7 @@ fn modseq_keys(text: &str) -> Result<Option<(String, Vec<u64>)>, &'static str> {
                 let mut j = i + 7;
                 // optional entry name (a quoted string) and entry type
                 if b.get(j) == Some(&b'"') {
-                    j += 1;
-                    while j < b.len() && b[j] != b'"' {
-                        j += if b[j] == b'\\' { 2 } else { 1 };
-                    }
-                    j += 1;
+                    j = past_string(b, j);
                     let typ_end = j
                         + 1
                         + b.get(j + 1..)
@@ -359,27 +358,7 @@ pub fn saved_result_refs(text: &str) -> Vec<usize> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'{' => {
-                let close = b[i..].iter().position(|&c| c == b'}').map(|c| i + c);
-                let n = close.and_then(|c| {
-                    std::str::from_utf8(&b[i + 1..c])
-                        .ok()?
-                        .trim_end_matches(['+', '-'])
-                        .parse::<usize>()
-                        .ok()
-                });
-                match (close, n) {
-                    (Some(c), Some(n)) => i = c.saturating_add(3).saturating_add(n),
-                    _ => i += 1,
-                }
-            }
+            b'"' | b'{' => i = past_string(b, i),
             b'$' if i > 0
                 && matches!(b[i - 1], b' ' | b'(' | b',')
                 && matches!(
