@@ -108,3 +108,19 @@ def test_bad_configurations_are_validation_errors(mx):
                       body={"name": "u", "role": "user", "domains": ["example.com"]}).json["data"]["token"]
     assert_envelope(w.request("GET", "/api/v1/email/rbl", token=token), 403, "FORBIDDEN")
     assert_envelope(w.request("PUT", "/api/v1/email/rbl", token=token, body={"enabled": False}), 403, "FORBIDDEN")
+
+
+def test_a_zones_txt_cannot_inject_into_the_smtp_reply(mx):
+    """The listing's TXT comes from whoever runs the zone: CR, LF and control bytes in it must
+    not end the reply line (a forged `250` after it) and it is bounded."""
+    w, smtp, dns = mx
+    dns.txt["2.0.0.127.bl.test"] = ["bad\r\n250 2.1.5 Ok\r\n\x00" + "x" * 5000]
+    configure(w, [{"zone": "bl.test", "action": "reject"}])
+    c = client(smtp)
+    code, msg = c.rcpt("info@example.com")
+    assert code == 554 and b"\r" not in msg and b"\n" not in msg and b"\x00" not in msg, msg
+    assert len(msg) < 400, len(msg)
+    # the session is still in step: the next command gets its own answer
+    assert c.rcpt("postmaster@example.com")[0] == 250
+    assert c.noop()[0] == 250
+    c.quit()
