@@ -24,6 +24,7 @@ class DnsServer:
         self.txt = {}  # name -> [str]
         self.mx = {}  # name -> [(preference, host)]
         self.a = {}  # name -> [ipv4]
+        self.ptr = {}  # name (x.x.x.x.in-addr.arpa) -> [host]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -41,7 +42,7 @@ class DnsServer:
         self.queries.append((name, qtype))
         if self.silent and name.endswith(tuple(self.silent)):
             return None
-        known = name in self.txt or name in self.mx or name in self.a
+        known = name in self.txt or name in self.mx or name in self.a or name in self.ptr
         rdatas = []
         if qtype == 16:
             for value in self.txt.get(name, []):
@@ -51,6 +52,9 @@ class DnsServer:
             for pref, host in self.mx.get(name, []):
                 labels = b"".join(bytes([len(x)]) + x.encode() for x in host.strip(".").split(".") if x)
                 rdatas.append(struct.pack("!H", pref) + labels + b"\0")
+        elif qtype == 12:
+            for host in self.ptr.get(name, []):
+                rdatas.append(b"".join(bytes([len(x)]) + x.encode() for x in host.strip(".").split(".") if x) + b"\0")
         elif qtype == 1:
             for ip in self.a.get(name, []):
                 rdatas.append(socket.inet_aton(ip))

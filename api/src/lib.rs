@@ -116,6 +116,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/email/rbl",
             get(routes::rbl::get).put(routes::rbl::put),
         )
+        .route(
+            "/api/v1/email/spam",
+            get(routes::spam::get).put(routes::spam::put),
+        )
         .route("/api/v1/csf/status", get(csf::status))
         .route(
             "/api/v1/csf/blacklist",

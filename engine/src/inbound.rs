@@ -41,11 +41,91 @@ pub enum Action {
     Reject(String),
 }
 
-/// The outcome: the header to add (CRLF-terminated) and what to do.
+/// The outcome: the header to add (CRLF-terminated), what to do, and each check's result
+/// (the spam score counts them).
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub header: String,
     pub action: Action,
+    pub verdicts: Verdicts,
+}
+
+/// One check's result, as RFC 8601 names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Not checked, or nothing to check (no record, no signature).
+    #[default]
+    None,
+    Pass,
+    Fail,
+    SoftFail,
+    Neutral,
+    TempError,
+    PermError,
+}
+
+/// The results of a message's checks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdicts {
+    pub spf_helo: Verdict,
+    pub spf: Verdict,
+    /// Each DKIM signature's result and its `d=` domain.
+    pub dkim: Vec<(Verdict, String)>,
+    /// `Fail` only when the domain has a record and nothing aligned passed.
+    pub dmarc: Verdict,
+    pub iprev: Verdict,
+}
+
+impl Verdicts {
+    /// Whether `domain` (or a subdomain of it) is vouched for by a passing SPF (for MAIL
+    /// FROM's domain) or DKIM signature.
+    pub fn authenticates(&self, domain: &str, mail_from_domain: &str) -> bool {
+        let under = |d: &str| {
+            let d = d.to_ascii_lowercase();
+            d == domain || d.ends_with(&format!(".{domain}")) || domain.ends_with(&format!(".{d}"))
+        };
+        (self.spf == Verdict::Pass && under(mail_from_domain))
+            || self
+                .dkim
+                .iter()
+                .any(|(v, d)| *v == Verdict::Pass && under(d))
+    }
+}
+
+fn spf_verdict(r: mail_auth::SpfResult) -> Verdict {
+    use mail_auth::SpfResult as S;
+    match r {
+        S::Pass => Verdict::Pass,
+        S::Fail => Verdict::Fail,
+        S::SoftFail => Verdict::SoftFail,
+        S::Neutral => Verdict::Neutral,
+        S::TempError => Verdict::TempError,
+        S::PermError => Verdict::PermError,
+        S::None => Verdict::None,
+    }
+}
+
+fn dkim_verdict(r: &mail_auth::DkimResult) -> Verdict {
+    use mail_auth::DkimResult as D;
+    match r {
+        D::Pass => Verdict::Pass,
+        // a body hash mismatch is reported as neutral by mail-auth; for scoring it is a failure
+        D::Fail(_) | D::Neutral(_) => Verdict::Fail,
+        D::PermError(_) => Verdict::PermError,
+        D::TempError(_) => Verdict::TempError,
+        D::None => Verdict::None,
+    }
+}
+
+fn iprev_verdict(r: &mail_auth::IprevResult) -> Verdict {
+    use mail_auth::IprevResult as I;
+    match r {
+        I::Pass => Verdict::Pass,
+        I::Fail(_) => Verdict::Fail,
+        I::TempError(_) => Verdict::TempError,
+        I::PermError(_) => Verdict::PermError,
+        I::None => Verdict::None,
+    }
 }
 
 /// Entries each cache holds at most; past that it starts over.
@@ -161,6 +241,13 @@ impl Inbound {
                     self.hostname
                 ),
                 action: Action::Accept,
+                verdicts: Verdicts {
+                    spf_helo: Verdict::TempError,
+                    spf: Verdict::TempError,
+                    dkim: Vec::new(),
+                    dmarc: Verdict::TempError,
+                    iprev: Verdict::TempError,
+                },
             },
         }
     }
@@ -205,6 +292,13 @@ impl Inbound {
             )))
             .await;
         let iprev = self.auth.verify_iprev(params!(ip)).await;
+        let mut verdicts = Verdicts {
+            spf_helo: spf_verdict(spf_helo.result()),
+            spf: spf_verdict(spf.result()),
+            dkim: Vec::new(),
+            dmarc: Verdict::None,
+            iprev: iprev_verdict(iprev.result()),
+        };
         let Some(msg) = AuthenticatedMessage::parse(message) else {
             let header = AuthenticationResults::new(&self.hostname)
                 .with_spf_ehlo_result(&spf_helo, ip, helo)
@@ -213,6 +307,7 @@ impl Inbound {
             return Checked {
                 header: header_line(&header.to_string()),
                 action: Action::Accept,
+                verdicts,
             };
         };
         let dkim = self.auth.verify_dkim(params!(&msg)).await;
@@ -242,6 +337,25 @@ impl Inbound {
             && !temp(s);
         // `t=y` (testing, DMARCbis) asks for one step less than the policy
         let testing = dmarc.dmarc_record().is_some_and(|r| r.t);
+        verdicts.dkim = dkim
+            .iter()
+            .map(|o| {
+                let d = o
+                    .signature()
+                    .map(|s| s.d.to_ascii_lowercase())
+                    .unwrap_or_default();
+                (dkim_verdict(o.result()), d)
+            })
+            .collect();
+        verdicts.dmarc = if failed {
+            Verdict::Fail
+        } else if *d == DmarcResult::Pass || *s == DmarcResult::Pass {
+            Verdict::Pass
+        } else if temp(d) || temp(s) {
+            Verdict::TempError
+        } else {
+            Verdict::None
+        };
         let action = match (failed, dmarc.policy(), self.mode) {
             (false, ..) | (_, _, DmarcMode::Record) => Action::Accept,
             (true, Policy::Reject, DmarcMode::Enforce) if !testing => Action::Reject(format!(
@@ -260,6 +374,7 @@ impl Inbound {
         Checked {
             header: header_line(&header),
             action,
+            verdicts,
         }
     }
 }
@@ -272,6 +387,21 @@ fn header_line(value: &str) -> String {
 /// `hostname` (RFC 8601 5: a border server removes those it didn't write). Folded fields go
 /// whole; the body is untouched.
 pub fn strip_forged(message: &[u8], hostname: &str) -> Vec<u8> {
+    strip_fields(message, |field| claims(field, hostname))
+}
+
+/// The message without the `X-Spam-Status`, `X-Spam-Score` and `X-Spam-Flag` fields it
+/// arrived with: only this server's verdict may steer the recipients' filters.
+pub fn strip_spam_fields(message: &[u8]) -> Vec<u8> {
+    strip_fields(message, |field| {
+        ["x-spam-status:", "x-spam-score:", "x-spam-flag:"]
+            .iter()
+            .any(|n| field.len() >= n.len() && field[..n.len()].eq_ignore_ascii_case(n.as_bytes()))
+    })
+}
+
+/// The message without the header fields `drop` picks (each with its continuation lines).
+fn strip_fields(message: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let end = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -296,7 +426,7 @@ pub fn strip_forged(message: &[u8], hostname: &str) -> Vec<u8> {
             }
         }
         let field = &head[i..j];
-        if claims(field, hostname) {
+        if drop(field) {
             changed = true;
         } else {
             out.extend_from_slice(field);

@@ -21,4 +21,5 @@ pub mod rbl;
 pub mod service;
 pub mod sieve;
 pub mod smtp;
+pub mod spam;
 pub mod srs;

@@ -42,6 +42,12 @@ pub enum MessageOutcome {
     StoreFailed,
     /// Every recipient's Sieve filter `ereject`ed it: `550 5.7.1`.
     Refused,
+    /// The sender's DMARC policy refused it: `550 5.7.1`.
+    Dmarc,
+    /// Scored over `reject_score`, or denylisted: `550 5.7.1`.
+    Spam,
+    /// Greylisted, or the spam engine was unavailable: `451 4.7.1`.
+    Deferred,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -125,7 +131,7 @@ labels! {
     MessageOutcome {
         Accepted => "accepted", TooBig => "too_big", NoMemory => "no_memory", Loop => "loop",
         Authors => "authors", NoRecipient => "no_recipient", StoreFailed => "store_failed",
-        Refused => "filter_refused",
+        Refused => "filter_refused", Dmarc => "dmarc", Spam => "spam", Deferred => "deferred",
     }
     RcptRefusal {
         RelayDenied => "relay_denied", UnknownUser => "unknown_user", Disabled => "disabled",

@@ -242,7 +242,7 @@ fn allowlisted(list: &[String], ip: IpAddr) -> bool {
 }
 
 /// Whether `entry` (an address or a CIDR network) holds `ip`.
-fn contains(entry: &str, ip: IpAddr) -> bool {
+pub(crate) fn contains(entry: &str, ip: IpAddr) -> bool {
     let (addr, bits) = match entry.split_once('/') {
         Some((a, b)) => (a, b.parse::<u32>().ok()),
         None => (entry, None),

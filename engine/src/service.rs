@@ -103,6 +103,7 @@ pub struct Mail {
     metrics: MailMetrics,
     filters: crate::sieve::Filters,
     rbl: Arc<crate::rbl::Rbl>,
+    spam: Arc<crate::spam::Spam>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -148,6 +149,7 @@ impl Mail {
             crate::rbl::Rbl::new(store.clone(), &config.nameservers)
                 .map_err(std::io::Error::other)?,
         );
+        let spam = Arc::new(crate::spam::Spam::new(store.clone()).map_err(std::io::Error::other)?);
         Ok(Mail {
             config,
             store,
@@ -162,12 +164,18 @@ impl Mail {
             metrics,
             filters,
             rbl,
+            spam,
         })
     }
 
     /// DNSBL settings and lookups (`/email/rbl`).
     pub fn rbl(&self) -> &Arc<crate::rbl::Rbl> {
         &self.rbl
+    }
+
+    /// Spam scoring and greylisting (`/email/spam`).
+    pub fn spam(&self) -> &Arc<crate::spam::Spam> {
+        &self.spam
     }
 
     /// The accounts' Sieve scripts and autoresponders.
@@ -243,7 +251,13 @@ impl Mail {
             .map_err(|e| MailError::Config(format!("the resolver for sender checks: {e}")))?;
             server = server.with_inbound(Arc::new(inbound));
         }
-        let server = Arc::new(server.with_rbl(self.rbl.clone()));
+        self.tracker
+            .spawn(prune_greylist(self.spam.clone(), self.shutdown.clone()));
+        let server = Arc::new(
+            server
+                .with_rbl(self.rbl.clone())
+                .with_spam(self.spam.clone()),
+        );
         let mut bound = Vec::new();
         let all = listeners
             .into_iter()
@@ -387,6 +401,23 @@ async fn purge_seen(filters: crate::sieve::Filters, shutdown: CancellationToken)
         match tokio::task::spawn_blocking(move || f.purge_seen(wispd_store::unix_now())).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired Sieve records purged"),
             Ok(Err(e)) => tracing::warn!(error = %e, "purging expired Sieve records failed"),
+            _ => {}
+        }
+    }
+}
+
+/// Forgets expired greylisting records every hour until shutdown.
+async fn prune_greylist(spam: Arc<crate::spam::Spam>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = spam.clone();
+        match tokio::task::spawn_blocking(move || s.prune(wispd_store::unix_now())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired greylisting records pruned"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning greylisting records failed"),
             _ => {}
         }
     }

@@ -368,3 +368,101 @@ pub struct RblZone {
     pub action: String,
     pub score: f64,
 }
+
+/// The spam settings (`/email/spam`), under `"spam"`.
+pub const MAIL_SPAM: Table<&str, SpamSettings> = Table::new("mail_spam");
+
+/// Spam scoring, greylisting and the engine that decides (`/email/spam`). Every field has a
+/// default, so a record written by an older wispd reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpamSettings {
+    pub enabled: bool,
+    /// `builtin` (wispd's rules) or `rspamd` (the message goes to `url`).
+    pub engine: String,
+    pub url: String,
+    /// From this score on the message carries `X-Spam-Status` and `X-Spam-Score`.
+    pub add_header_score: f64,
+    /// From this score on it is filed into the recipients' Junk.
+    pub junk_score: f64,
+    /// From this score on it is refused (`550 5.7.1`).
+    pub reject_score: f64,
+    pub greylisting: GreylistSettings,
+    /// Senders (`user@domain`, `@domain`, `domain`) and client addresses/networks that are
+    /// neither greylisted nor scored as spam.
+    pub allowlist: Vec<String>,
+    /// The same forms, refused.
+    pub denylist: Vec<String>,
+    /// A rule's score instead of its built-in one (0 turns it off).
+    pub scores: std::collections::BTreeMap<String, f64>,
+    /// The operator's own rules.
+    pub rules: Vec<SpamRule>,
+    /// When the engine can't be reached: `accept` (unscored) or `defer` (`451 4.7.1`).
+    pub on_failure: String,
+}
+
+impl Default for SpamSettings {
+    fn default() -> Self {
+        SpamSettings {
+            enabled: false,
+            engine: "builtin".into(),
+            url: String::new(),
+            add_header_score: 0.0,
+            junk_score: 5.0,
+            reject_score: 15.0,
+            greylisting: GreylistSettings::default(),
+            allowlist: Vec::new(),
+            denylist: Vec::new(),
+            scores: std::collections::BTreeMap::new(),
+            rules: Vec::new(),
+            on_failure: "accept".into(),
+        }
+    }
+}
+
+/// Greylisting of (client network, sender, recipient) triplets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GreylistSettings {
+    pub enabled: bool,
+    /// Seconds a new triplet is deferred.
+    pub delay: u64,
+    /// Seconds a triplet that passed stays allowed (renewed by each message).
+    pub window: u64,
+    /// A sender authenticated by SPF or DKIM for a domain that already passed is not delayed.
+    pub pass_authenticated: bool,
+}
+
+impl Default for GreylistSettings {
+    fn default() -> Self {
+        GreylistSettings {
+            enabled: false,
+            delay: 300,
+            window: 36 * 86_400,
+            pass_authenticated: true,
+        }
+    }
+}
+
+/// An operator's rule: `score` when `header` (or `body`) contains `contains`, ignoring case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpamRule {
+    pub name: String,
+    pub header: String,
+    pub contains: String,
+    pub score: f64,
+}
+
+/// Greylisting records: `t <network> <sender> <recipient>` (a triplet) and `d <domain>` (a
+/// domain that authenticated and passed), each with when it was first seen and until when
+/// it is kept.
+pub const MAIL_GREYLIST: Table<&str, GreyEntry> = Table::new("mail_greylist");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GreyEntry {
+    pub first: i64,
+    /// When a retry passed (0: not yet).
+    #[serde(default)]
+    pub passed: i64,
+    pub expires: i64,
+}

@@ -7,6 +7,7 @@ pub mod health;
 pub mod openapi;
 pub mod rbl;
 pub mod sieve;
+pub mod spam;
 pub mod tokens;
 
 /// The OpenAPI parts of the resource groups, merged into the whole document.
@@ -16,6 +17,7 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
         email::EmailApi::openapi(),
         sieve::SieveApi::openapi(),
         rbl::RblApi::openapi(),
+        spam::SpamApi::openapi(),
         csf::CsfApi::openapi(),
         firewall::FirewallApi::openapi(),
     ]

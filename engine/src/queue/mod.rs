@@ -575,6 +575,7 @@ impl Queue {
                             from: &sender_,
                             local_domain: &local,
                             now: now(),
+                            spam: crate::spam::SpamLevel::Unknown,
                         },
                     )
                 })

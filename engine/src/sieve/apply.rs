@@ -34,6 +34,8 @@ pub struct Outgoing<'a> {
     /// Whether a domain is one of this server's (a sender there is not SRS-rewritten).
     pub local_domain: &'a (dyn Fn(&str) -> bool + Sync),
     pub now: i64,
+    /// What `spamtest` reports.
+    pub spam: crate::spam::SpamLevel,
 }
 
 /// The recipients' filters applied: what to commit.
@@ -87,6 +89,7 @@ impl Filters {
                         MailEnvelope {
                             from: out.from,
                             to: &r.envelope_to,
+                            spam: out.spam,
                         },
                         &parsed,
                         out.now,

@@ -74,6 +74,8 @@ pub struct MailEnvelope<'a> {
     pub from: &'a str,
     /// The address the message was sent to for this account (`RCPT TO`, before aliases).
     pub to: &'a str,
+    /// What `spamtest` reports.
+    pub spam: crate::spam::SpamLevel,
 }
 
 /// The key a seen id is kept under: its kind and a hash (vacation ids hold the whole reason).
@@ -282,6 +284,7 @@ impl Filters {
             ctx.set_envelope(Envelope::From, envelope.from);
         }
         ctx.set_envelope(Envelope::To, envelope.to);
+        ctx.set_spam_status(envelope.spam.sieve());
         let replying = may_reply(message, envelope.from);
         // Sieve's message numbers -> indexes into plan.created.
         let mut created: HashMap<usize, usize> = HashMap::new();
@@ -449,6 +452,7 @@ impl Filters {
             MailEnvelope {
                 from: "a@b.test",
                 to: "c@d.test",
+                spam: crate::spam::SpamLevel::Unknown,
             },
             &parsed,
             ("fuzz", script),

@@ -38,6 +38,7 @@ fn plan(filters: &Filters, id: u64, message: &str, from: &str) -> Option<Plan> {
         MailEnvelope {
             from,
             to: "ann+work@example.com",
+            spam: crate::spam::SpamLevel::Unknown,
         },
         &parsed,
         1_000_000,

@@ -135,29 +135,74 @@ impl Core {
         // Mail for local accounts arriving at the MX: who sent it, per SPF/DKIM/DMARC/iprev.
         let mut body = body;
         let mut authentication = None;
-        if self.account.is_none()
-            && self.port == super::Port::Mx
-            && !tx.accounts.is_empty()
-            && let Some(inbound) = self.server.inbound.clone()
-        {
-            let helo = self
-                .helo
-                .as_ref()
-                .map(|h| h.name.clone())
-                .unwrap_or_default();
+        let mut verdicts = None;
+        let mut junk = false;
+        let mx = self.account.is_none() && self.port == super::Port::Mx && !tx.accounts.is_empty();
+        let helo = self
+            .helo
+            .as_ref()
+            .map(|h| h.name.clone())
+            .unwrap_or_default();
+        if mx && let Some(inbound) = self.server.inbound.clone() {
             body = crate::inbound::strip_forged(&body, &self.server.settings.hostname);
             let checked = inbound.check(self.peer.ip(), &helo, &tx.from, &body).await;
             match checked.action {
                 crate::inbound::Action::Reject(why) => {
                     tracing::info!(id = %tx.id, from = %tx.from, %why, "refused by DMARC");
-                    self.count_message(MessageOutcome::Refused);
+                    self.count_message(MessageOutcome::Dmarc);
                     return Reply::new(550, "5.7.1", why);
                 }
-                crate::inbound::Action::Junk => authentication = Some((checked.header, true)),
-                crate::inbound::Action::Accept => authentication = Some((checked.header, false)),
+                crate::inbound::Action::Junk => junk = true,
+                crate::inbound::Action::Accept => {}
+            }
+            authentication = Some(checked.header);
+            verdicts = Some(checked.verdicts);
+        }
+        // Then the spam score and greylisting (`/email/spam`).
+        let mut spam_headers = String::new();
+        let mut spam_level = crate::spam::SpamLevel::Unknown;
+        if mx
+            && let Some(spam) = self.server.spam.clone()
+            && spam.enabled()
+        {
+            body = crate::inbound::strip_spam_fields(&body);
+            let listings = self.dnsbl.listings().await.to_vec();
+            let directory = self.server.directory.clone();
+            let local = move |d: &str| directory.is_local_domain(d).unwrap_or(false);
+            let facts = crate::spam::Facts::new(
+                self.peer.ip(),
+                &helo,
+                &tx.from,
+                &tx.envelope_to,
+                &body,
+                verdicts.as_ref(),
+                &listings,
+                &self.server.settings.hostname,
+                &local,
+                wispd_store::unix_now(),
+            );
+            match spam.check(&facts).await {
+                crate::spam::Decision::Reject(why) => {
+                    tracing::info!(id = %tx.id, from = %tx.from, %why, "refused as spam");
+                    self.count_message(MessageOutcome::Spam);
+                    return Reply::new(550, "5.7.1", why);
+                }
+                crate::spam::Decision::Defer(why) => {
+                    tracing::info!(id = %tx.id, from = %tx.from, %why, "deferred");
+                    self.count_message(MessageOutcome::Deferred);
+                    return Reply::new(451, "4.7.1", why);
+                }
+                crate::spam::Decision::Deliver {
+                    headers,
+                    junk: j,
+                    status,
+                } => {
+                    spam_headers = headers;
+                    spam_level = status;
+                    junk |= j;
+                }
             }
         }
-        let junk = authentication.as_ref().is_some_and(|(_, j)| *j);
         let now = wispd_store::unix_now();
         let received = self.received(&tx);
         let outbound = (!tx.remote.is_empty()).then(|| self.outbound(&tx, &received, &body));
@@ -165,13 +210,15 @@ impl Core {
         if !tx.accounts.is_empty() {
             message.reserve(received.len() + body.len() + 64);
             message.extend_from_slice(format!("Return-Path: <{}>\r\n", tx.from).as_bytes());
-            if let Some((header, _)) = &authentication {
+            if let Some(header) = &authentication {
                 message.extend_from_slice(header.as_bytes());
             }
+            message.extend_from_slice(spam_headers.as_bytes());
             message.extend_from_slice(&received);
             message.extend_from_slice(&body);
         }
-        // DMARC quarantine: into Junk (a recipient's Sieve script runs after and may move it)
+        // DMARC quarantine or a spam score: into Junk (a recipient's Sieve script runs after
+        // and may move it)
         let mut recipients: Vec<Recipient> = tx
             .accounts
             .iter()
@@ -215,6 +262,7 @@ impl Core {
                         from: &from,
                         local_domain: &local,
                         now,
+                        spam: spam_level,
                     },
                 );
                 (message, f)

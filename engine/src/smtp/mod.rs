@@ -110,6 +110,8 @@ pub struct Server {
     inbound: Option<Arc<crate::inbound::Inbound>>,
     /// DNSBL lookups of MX clients.
     rbl: Option<Arc<crate::rbl::Rbl>>,
+    /// Spam scoring and greylisting of mail arriving at the MX.
+    spam: Option<Arc<crate::spam::Spam>>,
 }
 
 impl Server {
@@ -122,6 +124,12 @@ impl Server {
     /// Looks MX clients up in the configured DNSBLs.
     pub fn with_rbl(mut self, rbl: Arc<crate::rbl::Rbl>) -> Server {
         self.rbl = Some(rbl);
+        self
+    }
+
+    /// Scores and greylists mail arriving at the MX (`/email/spam`).
+    pub fn with_spam(mut self, spam: Arc<crate::spam::Spam>) -> Server {
+        self.spam = Some(spam);
         self
     }
 
@@ -164,6 +172,7 @@ impl Server {
             filters: None,
             inbound: None,
             rbl: None,
+            spam: None,
         }
     }
 
