@@ -11,6 +11,9 @@ PY := $(VENV)/bin/python
 
 BUILD_PKGS := build-essential pkg-config clang libclang-dev
 TEST_PKGS := nftables iproute2 curl openssl
+# daemons the tests start privately (own config, loopback port): installed with their system
+# service kept from starting and disabled
+TEST_DAEMONS := rspamd
 
 .PHONY: run test build release deps-build deps-test check unit integration bench fuzz clean
 
@@ -39,12 +42,35 @@ define apt_install
 	fi
 endef
 
+# Installs the Debian packages in $(1) that are not installed yet without their postinst starting
+# a service (a policy-rc.d that refuses, for invoke-rc.d and deb-systemd-invoke alike, kept only
+# for the install when none was there), then disables (and under systemd stops) the services
+# named $(2).
+define apt_install_nostart
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing (services not started):$$missing"; \
+	  own=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && $(SUDO) chmod 755 /usr/sbin/policy-rc.d && own=1; \
+	  fi; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	  rc=$$?; [ -z "$$own" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; [ $$rc = 0 ] || exit $$rc; \
+	  for s in $(2); do \
+	    if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now $$s >/dev/null 2>&1; \
+	    else $(SUDO) systemctl disable $$s >/dev/null 2>&1; $(SUDO) update-rc.d $$s disable >/dev/null 2>&1; fi; \
+	  done; true; \
+	fi
+endef
+
 deps-build:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	$(call apt_install,$(BUILD_PKGS))
 
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
+	$(call apt_install_nostart,$(TEST_DAEMONS),$(TEST_DAEMONS))
 	@command -v python3 >/dev/null || $(SUDO) apt-get install -y -qq python3 python3-venv
 	@[ -x $(PY) ] || python3 -m venv $(VENV) || { $(SUDO) apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	@$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt

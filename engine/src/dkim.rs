@@ -12,6 +12,8 @@ use hickory_resolver::{Resolver, TokioResolver};
 use wispd_store::schema::{DKIM_KEYS, DkimKey};
 use wispd_store::{Store, StoreError};
 
+use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+
 use crate::address;
 
 #[derive(Debug, thiserror::Error)]
@@ -209,59 +211,121 @@ const SIGNED_HEADERS: [&str; 14] = [
     "List-Unsubscribe",
 ];
 
-/// A `DKIM-Signature:` header (with its CRLF) for `message`, made with `domain`'s key
-/// (relaxed/relaxed); `None` when the domain has no key.
-pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Result<Option<String>, DkimError> {
-    use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-    use mail_auth::common::headers::HeaderWriter;
-    use mail_auth::dkim::{Canonicalization, DkimSigner};
-    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+/// A domain's private key from the store, ready to sign with (once: signing consumes it).
+pub struct SigningKey {
+    pub domain: String,
+    pub selector: String,
+    key: mail_auth::common::crypto::DkimKey,
+}
 
-    let Some(key) = store.read(|r| r.get(&DKIM_KEYS, domain))? else {
-        return Ok(None);
-    };
-    let der = STANDARD
-        .decode(&key.private_key)
-        .map_err(|source| DkimError::StoredKey {
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// `domain`'s key; `None` when the domain has none.
+    pub fn load(store: &Store, domain: &str) -> Result<Option<SigningKey>, DkimError> {
+        use mail_auth::common::crypto::{DkimKey as Key, Ed25519Key, RsaKey};
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+        let Some(stored) = store.read(|r| r.get(&DKIM_KEYS, domain))? else {
+            return Ok(None);
+        };
+        let der = STANDARD
+            .decode(&stored.private_key)
+            .map_err(|source| DkimError::StoredKey {
+                domain: domain.to_string(),
+                source,
+            })?;
+        let crypto = |source: mail_auth::Error| DkimError::Sign {
             domain: domain.to_string(),
             source,
-        })?;
-    let crypto = |source: mail_auth::Error| DkimError::Sign {
-        domain: domain.to_string(),
-        source,
-    };
-    fn signed<T: mail_auth::common::crypto::SigningKey>(
-        pk: T,
-        key: &DkimKey,
-        message: &[u8],
-    ) -> mail_auth::Result<mail_auth::dkim::Signature> {
-        DkimSigner::from_key(pk)
-            .domain(key.domain.as_str())
-            .selector(key.selector.as_str())
+        };
+        let key = match Algorithm::parse(&stored.algorithm) {
+            Some(Algorithm::RsaSha256) => Key::Rsa(
+                RsaKey::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))
+                    .map_err(crypto)?,
+            ),
+            Some(Algorithm::Ed25519Sha256) => {
+                Key::Ed25519(Ed25519Key::from_pkcs8_der(&der).map_err(crypto)?)
+            }
+            None => {
+                return Err(DkimError::UnknownAlgorithm {
+                    domain: domain.to_string(),
+                    algorithm: stored.algorithm.clone(),
+                });
+            }
+        };
+        let DkimKey {
+            domain, selector, ..
+        } = stored;
+        Ok(Some(SigningKey {
+            domain,
+            selector,
+            key,
+        }))
+    }
+
+    /// A `DKIM-Signature:` header (with its CRLF) for `message` (relaxed/relaxed).
+    pub fn dkim(self, message: &[u8]) -> Result<String, DkimError> {
+        use mail_auth::common::headers::HeaderWriter;
+        use mail_auth::dkim::{Canonicalization, DkimSigner};
+        let SigningKey {
+            domain,
+            selector,
+            key,
+        } = self;
+        DkimSigner::from_key(key)
+            .domain(domain.as_str())
+            .selector(selector.as_str())
             .headers(SIGNED_HEADERS)
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed)
             .sign(message)
+            .map(|s| s.to_header())
+            .map_err(|source| DkimError::Sign { domain, source })
     }
-    let signature = match Algorithm::parse(&key.algorithm) {
-        Some(Algorithm::RsaSha256) => {
-            let pk =
-                RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))
-                    .map_err(crypto)?;
-            signed(pk, &key, message).map_err(crypto)?
+
+    /// An ARC set (RFC 8617: `ARC-Seal`, `ARC-Message-Signature`, `ARC-Authentication-Results`,
+    /// CRLF-terminated) for `message` as it leaves, recording `results` and continuing the
+    /// chain it arrived with (`arc`). `None` when that chain failed (it is not sealed again).
+    pub fn arc(
+        self,
+        message: &AuthenticatedMessage<'_>,
+        results: &AuthenticationResults<'_>,
+        arc: &ArcOutput<'_>,
+    ) -> Result<Option<String>, DkimError> {
+        use mail_auth::arc::ArcSealer;
+        use mail_auth::common::headers::HeaderWriter;
+        if !arc.can_be_sealed() {
+            return Ok(None);
         }
-        Some(Algorithm::Ed25519Sha256) => {
-            let pk = Ed25519Key::from_pkcs8_der(&der).map_err(crypto)?;
-            signed(pk, &key, message).map_err(crypto)?
-        }
-        None => {
-            return Err(DkimError::UnknownAlgorithm {
-                domain: domain.to_string(),
-                algorithm: key.algorithm.clone(),
-            });
-        }
-    };
-    Ok(Some(signature.to_header()))
+        let SigningKey {
+            domain,
+            selector,
+            key,
+        } = self;
+        ArcSealer::from_key(key)
+            .domain(domain.as_str())
+            .selector(selector.as_str())
+            .headers(SIGNED_HEADERS.iter().copied().chain(["DKIM-Signature"]))
+            .seal(message, results, arc)
+            .map(|s| Some(s.to_header()))
+            .map_err(|source| DkimError::Sign { domain, source })
+    }
+}
+
+/// A `DKIM-Signature:` header (with its CRLF) for `message`, made with `domain`'s key
+/// (relaxed/relaxed); `None` when the domain has no key.
+pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Result<Option<String>, DkimError> {
+    SigningKey::load(store, domain)?
+        .map(|k| k.dkim(message))
+        .transpose()
 }
 
 /// A resolver configuration asking exactly `nameservers` (UDP, then TCP).

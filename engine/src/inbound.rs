@@ -1,7 +1,9 @@
 //! Inbound trust at the MX: SPF (HELO and MAIL FROM), DKIM of every signature, DMARC
 //! alignment and policy, iprev — with mail-auth over the configured resolver and bounded
-//! caches — summed up in one `Authentication-Results:` header (RFC 8601). Headers claiming
-//! this server's name that a message arrives with are removed: only wispd speaks for itself.
+//! caches — summed up in one `Authentication-Results:` header (RFC 8601), with the ARC chain
+//! the message arrived with (RFC 8617). Headers claiming this server's name that a message
+//! arrives with are removed: only wispd speaks for itself. Mail that leaves again (a forwarder,
+//! a Sieve redirect) is ARC-sealed with these results so the next hop can trust them.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -48,6 +50,16 @@ pub struct Checked {
     pub header: String,
     pub action: Action,
     pub verdicts: Verdicts,
+    /// The ARC set for the copy that leaves (asked for with a [`Seal`]), CRLF-terminated.
+    pub arc_set: Option<String>,
+}
+
+/// What to ARC-seal a message with that wispd sends on: the sealing domain's key and the
+/// header fields the outgoing copy has above the message as it arrived (`Received:`).
+#[derive(Debug)]
+pub struct Seal {
+    pub key: crate::dkim::SigningKey,
+    pub prefix: Vec<u8>,
 }
 
 /// One check's result, as RFC 8601 names them.
@@ -74,6 +86,8 @@ pub struct Verdicts {
     /// `Fail` only when the domain has a record and nothing aligned passed.
     pub dmarc: Verdict,
     pub iprev: Verdict,
+    /// The ARC chain's validation (`None` without one).
+    pub arc: Verdict,
 }
 
 impl Verdicts {
@@ -232,8 +246,17 @@ impl Inbound {
     }
 
     /// Checks a message that arrived from `ip` after `helo` and `MAIL FROM:<mail_from>`.
-    pub async fn check(&self, ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> Checked {
-        match tokio::time::timeout(CHECK_TIMEOUT, self.run(ip, helo, mail_from, message)).await {
+    /// With `seal`, the ARC set for the copy that leaves comes too.
+    pub async fn check(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+        seal: Option<Seal>,
+    ) -> Checked {
+        let run = self.run(ip, helo, mail_from, message, seal);
+        match tokio::time::timeout(CHECK_TIMEOUT, run).await {
             Ok(c) => c,
             Err(_) => Checked {
                 header: format!(
@@ -247,12 +270,21 @@ impl Inbound {
                     dkim: Vec::new(),
                     dmarc: Verdict::TempError,
                     iprev: Verdict::TempError,
+                    arc: Verdict::TempError,
                 },
+                arc_set: None,
             },
         }
     }
 
-    async fn run(&self, ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> Checked {
+    async fn run(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+        seal: Option<Seal>,
+    ) -> Checked {
         let c = &self.caches;
         macro_rules! params {
             ($p:expr) => {
@@ -298,6 +330,7 @@ impl Inbound {
             dkim: Vec::new(),
             dmarc: Verdict::None,
             iprev: iprev_verdict(iprev.result()),
+            arc: Verdict::None,
         };
         let Some(msg) = AuthenticatedMessage::parse(message) else {
             let header = AuthenticationResults::new(&self.hostname)
@@ -308,9 +341,12 @@ impl Inbound {
                 header: header_line(&header.to_string()),
                 action: Action::Accept,
                 verdicts,
+                arc_set: None,
             };
         };
         let dkim = self.auth.verify_dkim(params!(&msg)).await;
+        let arc = self.auth.verify_arc(params!(&msg)).await;
+        verdicts.arc = dkim_verdict(arc.result());
         let dmarc = self
             .auth
             .verify_dmarc(params!(DmarcParameters::new(
@@ -320,12 +356,13 @@ impl Inbound {
                 &spf
             )))
             .await;
-        let header = AuthenticationResults::new(&self.hostname)
+        let results = AuthenticationResults::new(&self.hostname)
             .with_dkim_results(&dkim, msg.from())
             .with_spf_ehlo_result(&spf_helo, ip, helo)
             .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
             .with_iprev_result(&iprev, ip)
-            .with_dmarc_result(&dmarc);
+            .with_dmarc_result(&dmarc)
+            .with_arc_result(&arc, ip);
         // DMARC fails when the domain has a record and neither aligned DKIM nor aligned SPF
         // passes; a temporary error on either side is no verdict (nothing is enforced)
         let (d, s) = (dmarc.dkim_result(), dmarc.spf_result());
@@ -365,16 +402,30 @@ impl Inbound {
             (true, Policy::Reject | Policy::Quarantine, _) => Action::Junk,
             _ => Action::Accept,
         };
-        let mut header = header.to_string();
+        let mut header = results.to_string();
         if failed {
             // mail-auth writes `none` when no aligned identifier passed; with a record that is
             // a failure (RFC 7489 6.6.2)
             header = header.replace("dmarc=none header.from=", "dmarc=fail header.from=");
         }
+        let arc_set = seal.and_then(|seal| {
+            let domain = seal.key.domain.clone();
+            let mut leaving = seal.prefix;
+            leaving.extend_from_slice(message);
+            let parsed = AuthenticatedMessage::parse(&leaving)?;
+            match seal.key.arc(&parsed, &results, &arc) {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::error!(%domain, error = %e, "ARC sealing failed; sent unsealed");
+                    None
+                }
+            }
+        });
         Checked {
             header: header_line(&header),
             action,
             verdicts,
+            arc_set,
         }
     }
 }

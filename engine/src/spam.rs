@@ -600,11 +600,16 @@ impl Spam {
             match v {
                 Verdict2::Reject => {
                     self.counts.rejected.fetch_add(1, Ordering::Relaxed);
-                    return Decision::Reject(format!(
-                        "Message refused as spam (score {:.1}, {})",
+                    let why = format!(
+                        "Message refused as spam (score {:.1}, {}){}",
                         sc.score,
-                        tests(&sc.tests)
-                    ));
+                        tests(&sc.tests),
+                        sc.message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    );
+                    return Decision::Reject(within(why, MAX_REPLY_TEXT));
                 }
                 Verdict2::Defer => {
                     self.counts.greylisted.fetch_add(1, Ordering::Relaxed);
@@ -635,12 +640,15 @@ impl Spam {
         }
         let required = sc.required;
         let headers = if sc.score >= s.add_header_score || junk {
-            format!(
-                "X-Spam-Status: {}, score={:.1} required={:.1} tests={}\r\nX-Spam-Score: {:.1}\r\n{}",
+            let status = format!(
+                "X-Spam-Status: {}, score={:.1} required={:.1} tests=",
                 if junk { "Yes" } else { "No" },
                 sc.score,
-                required,
-                tests(&sc.tests),
+                required
+            );
+            format!(
+                "{status}{}\r\nX-Spam-Score: {:.1}\r\n{}",
+                folded(&tests(&sc.tests), status.len()),
                 sc.score,
                 if junk { "X-Spam-Flag: YES\r\n" } else { "" }
             )
@@ -824,6 +832,8 @@ impl Spam {
             thresholds: std::collections::BTreeMap<String, f64>,
             #[serde(default)]
             symbols: std::collections::BTreeMap<String, serde_json::Value>,
+            #[serde(default)]
+            messages: std::collections::BTreeMap<String, serde_json::Value>,
         }
         let r: Reply = serde_json::from_slice(&reply).map_err(|e| format!("its answer: {e}"))?;
         let verdict = match r.action.as_str() {
@@ -837,13 +847,37 @@ impl Spam {
             .get("reject")
             .copied()
             .unwrap_or(r.required_score);
+        // rspamd's own words for a refusal (its `smtp_message`), kept to one short, printable line
+        let message = r
+            .messages
+            .get("smtp_message")
+            .and_then(|m| m.as_str())
+            .map(|m| {
+                m.chars()
+                    .filter(|c| (' '..='~').contains(c))
+                    .take(200)
+                    .collect::<String>()
+            })
+            .filter(|m| !m.trim().is_empty());
         Ok((
             ScoreOf {
                 score: (r.score * 100.0).round() / 100.0,
-                tests: r.symbols.keys().take(100).cloned().collect(),
+                tests: r
+                    .symbols
+                    .keys()
+                    .take(100)
+                    .map(|t| {
+                        t.chars()
+                            .filter(char::is_ascii_graphic)
+                            .filter(|c| *c != ',')
+                            .take(64)
+                            .collect()
+                    })
+                    .collect(),
                 allowlisted: false,
                 required: r.required_score,
                 reject_at,
+                message,
             },
             verdict,
         ))
@@ -893,6 +927,8 @@ struct ScoreOf {
     required: f64,
     /// The engine's threshold for refusal (`spamtest`'s top).
     reject_at: f64,
+    /// What the engine says to the client when it refuses.
+    message: Option<String>,
 }
 
 impl ScoreOf {
@@ -903,6 +939,7 @@ impl ScoreOf {
             allowlisted: s.allowlisted,
             required,
             reject_at,
+            message: None,
         }
     }
 }
@@ -973,6 +1010,41 @@ async fn request(conn: &mut TcpStream, head: &[u8], body: &[u8]) -> Result<HttpR
 /// A value safe in an HTTP header line.
 fn header_safe(v: &str) -> String {
     v.chars().filter(|c| !c.is_control()).take(512).collect()
+}
+
+/// An SMTP reply line stays within RFC 5321's 512 octets.
+const MAX_REPLY_TEXT: usize = 400;
+
+/// `s` cut to at most `n` bytes, at a character boundary, with `…` when cut.
+fn within(mut s: String, n: usize) -> String {
+    if s.len() > n {
+        let mut end = n;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// A comma-separated list folded (RFC 5322, as SpamAssassin folds `tests=`) so that no header
+/// line grows past 78 characters where items allow; `line` is what precedes it on its line.
+fn folded(list: &str, mut line: usize) -> String {
+    let mut out = String::with_capacity(list.len() + 16);
+    for (i, item) in list.split(',').enumerate() {
+        if i > 0 {
+            out.push(',');
+            line += 1;
+            if line + item.len() > 78 {
+                out.push_str("\r\n\t");
+                line = 8;
+            }
+        }
+        out.push_str(item);
+        line += item.len();
+    }
+    out
 }
 
 fn tests(t: &[String]) -> String {
@@ -1331,6 +1403,22 @@ Message-ID: <1@r>\r\nSubject: x\r\n\r\n";
             (ok.engine.as_str(), ok.url.as_str()),
             ("rspamd", "http://127.0.0.1:11333")
         );
+    }
+
+    #[test]
+    fn long_verdicts_fold_and_replies_stay_short() {
+        let list = (0..30).map(|i| format!("RULE_{i:02}")).collect::<Vec<_>>();
+        let f = folded(&tests(&list), 50);
+        let mut first = true;
+        for line in f.split("\r\n") {
+            let len = line.len() + if first { 50 } else { 0 };
+            assert!(len <= 78, "{line:?}");
+            assert!(first || line.starts_with('\t'));
+            first = false;
+        }
+        assert_eq!(f.replace("\r\n\t", ""), list.join(","));
+        assert_eq!(within("é".repeat(300), 401).len(), 400 + '…'.len_utf8());
+        assert_eq!(within("short".into(), 400), "short");
     }
 
     #[test]

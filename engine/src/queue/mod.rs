@@ -576,6 +576,7 @@ impl Queue {
                             local_domain: &local,
                             now: now(),
                             spam: crate::spam::SpamLevel::Unknown,
+                            arc_set: None,
                         },
                     )
                 })

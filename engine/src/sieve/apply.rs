@@ -36,6 +36,8 @@ pub struct Outgoing<'a> {
     pub now: i64,
     /// What `spamtest` reports.
     pub spam: crate::spam::SpamLevel,
+    /// The ARC set (RFC 8617) for a copy redirected unchanged.
+    pub arc_set: Option<&'a str>,
 }
 
 /// The recipients' filters applied: what to commit.
@@ -175,7 +177,15 @@ impl Filters {
                                 None => created[i].clone(),
                             }
                         }
-                        None => message.to_vec(),
+                        // sealed as it arrived: the headers above it that this server added
+                        // are not among those the seal signs
+                        None => {
+                            let message = without_return_path(message);
+                            let mut copy = Vec::with_capacity(message.len() + 2048);
+                            copy.extend_from_slice(out.arc_set.unwrap_or_default().as_bytes());
+                            copy.extend_from_slice(message);
+                            copy
+                        }
                     };
                     let own = out
                         .from

@@ -110,6 +110,8 @@ struct Compiled {
     script: Option<(String, Arc<Sieve>)>,
     /// The autoresponder as a vacation script, with the time window it runs in.
     responder: Option<(Arc<Sieve>, Option<i64>, Option<i64>)>,
+    /// The active script names `redirect` (its copies are ARC-sealed).
+    redirects: bool,
 }
 
 /// Compiled scripts kept at most (by source hash) and accounts whose filters are cached.
@@ -474,6 +476,7 @@ impl Filters {
         })?;
         let mut c = Compiled::default();
         if let Some(s) = scripts.into_iter().find(|s| s.active) {
+            c.redirects = s.source.to_ascii_lowercase().contains("redirect");
             match self.compile(&s.source) {
                 Ok(compiled) => c.script = Some((s.name, compiled)),
                 Err(e) => {
@@ -515,6 +518,12 @@ impl Filters {
     pub fn active(&self, account: u64) -> bool {
         self.compiled(account)
             .is_ok_and(|c| c.script.is_some() || c.responder.is_some())
+    }
+
+    /// Whether `account`'s active script may `redirect` (so a message for it is ARC-sealed).
+    pub fn may_redirect(&self, account: u64) -> bool {
+        self.compiled(account)
+            .is_ok_and(|c| c.script.is_some() && c.redirects)
     }
 }
 

@@ -132,20 +132,32 @@ impl Core {
             self.count_message(MessageOutcome::Authors);
             return Reply::new(553, "5.7.1", why);
         }
-        // Mail for local accounts arriving at the MX: who sent it, per SPF/DKIM/DMARC/iprev.
+        // Mail arriving at the MX for local accounts or forwarders: who sent it, per
+        // SPF/DKIM/DMARC/iprev/ARC.
         let mut body = body;
         let mut authentication = None;
         let mut verdicts = None;
+        let mut arc_set = None;
         let mut junk = false;
-        let mx = self.account.is_none() && self.port == super::Port::Mx && !tx.accounts.is_empty();
+        let mx = self.account.is_none()
+            && self.port == super::Port::Mx
+            && (!tx.accounts.is_empty() || !tx.remote.is_empty());
         let helo = self
             .helo
             .as_ref()
             .map(|h| h.name.clone())
             .unwrap_or_default();
+        let received = self.received(&tx);
+        let spam = self.server.spam.clone().filter(|s| mx && s.enabled());
         if mx && let Some(inbound) = self.server.inbound.clone() {
             body = crate::inbound::strip_forged(&body, &self.server.settings.hostname);
-            let checked = inbound.check(self.peer.ip(), &helo, &tx.from, &body).await;
+            if spam.is_some() {
+                body = crate::inbound::strip_spam_fields(&body);
+            }
+            let seal = self.seal(&tx, &received);
+            let checked = inbound
+                .check(self.peer.ip(), &helo, &tx.from, &body, seal)
+                .await;
             match checked.action {
                 crate::inbound::Action::Reject(why) => {
                     tracing::info!(id = %tx.id, from = %tx.from, %why, "refused by DMARC");
@@ -157,23 +169,30 @@ impl Core {
             }
             authentication = Some(checked.header);
             verdicts = Some(checked.verdicts);
+            arc_set = checked.arc_set;
         }
         // Then the spam score and greylisting (`/email/spam`).
         let mut spam_headers = String::new();
         let mut spam_level = crate::spam::SpamLevel::Unknown;
-        if mx
-            && let Some(spam) = self.server.spam.clone()
-            && spam.enabled()
-        {
-            body = crate::inbound::strip_spam_fields(&body);
+        if let Some(spam) = spam {
+            if authentication.is_none() {
+                body = crate::inbound::strip_spam_fields(&body);
+            }
             let listings = self.dnsbl.listings().await.to_vec();
+            // whom it is for here: the accounts' addresses and the forwarders'
+            let recipients: Vec<String> = tx
+                .envelope_to
+                .iter()
+                .cloned()
+                .chain(tx.remote.iter().filter_map(|(_, o)| o.clone()))
+                .collect();
             let directory = self.server.directory.clone();
             let local = move |d: &str| directory.is_local_domain(d).unwrap_or(false);
             let facts = crate::spam::Facts::new(
                 self.peer.ip(),
                 &helo,
                 &tx.from,
-                &tx.envelope_to,
+                &recipients,
                 &body,
                 verdicts.as_ref(),
                 &listings,
@@ -204,8 +223,8 @@ impl Core {
             }
         }
         let now = wispd_store::unix_now();
-        let received = self.received(&tx);
-        let outbound = (!tx.remote.is_empty()).then(|| self.outbound(&tx, &received, &body));
+        let outbound = (!tx.remote.is_empty())
+            .then(|| self.outbound(&tx, arc_set.as_deref(), &received, &body));
         let mut message = Vec::new();
         if !tx.accounts.is_empty() {
             message.reserve(received.len() + body.len() + 64);
@@ -263,6 +282,7 @@ impl Core {
                         local_domain: &local,
                         now,
                         spam: spam_level,
+                        arc_set: arc_set.as_deref(),
                     },
                 );
                 (message, f)
@@ -380,8 +400,17 @@ impl Core {
     /// The queued copy for other domains: without `Return-Path:` (the receiving server adds
     /// it), DKIM-signed when submitted by an account whose From: domain has a key, and with
     /// the envelope sender rewritten (SRS) when forwarding someone else's mail.
-    fn outbound(&self, tx: &Transaction, received: &[u8], body: &[u8]) -> Outbound {
-        let mut message = Vec::with_capacity(received.len() + body.len() + 1024);
+    fn outbound(
+        &self,
+        tx: &Transaction,
+        arc_set: Option<&str>,
+        received: &[u8],
+        body: &[u8],
+    ) -> Outbound {
+        let mut message = Vec::with_capacity(received.len() + body.len() + 4096);
+        if let Some(set) = arc_set {
+            message.extend_from_slice(set.as_bytes());
+        }
         if self.account.is_some() {
             let domain = header_from(body)
                 .or_else(|| Some(tx.from.clone()))
@@ -434,6 +463,33 @@ impl Core {
     }
 
     /// The `Received:` header for the message, Postfix-style.
+    /// The key to ARC-seal a message with that leaves again: one for a forwarder, or for an
+    /// account whose Sieve script may redirect. The forwarding domain's DKIM key seals (the
+    /// first forwarder's, else the first such account's); a domain without a key seals nothing.
+    fn seal(&self, tx: &Transaction, received: &[u8]) -> Option<crate::inbound::Seal> {
+        let forwarder = tx.remote.iter().find_map(|(_, o)| o.clone());
+        let redirecting = || {
+            let filters = self.server.filters.as_ref()?;
+            tx.accounts
+                .iter()
+                .zip(&tx.emails)
+                .find(|(a, _)| filters.may_redirect(**a))
+                .map(|(_, e)| e.clone())
+        };
+        let address = forwarder.or_else(redirecting)?;
+        let domain = address.rsplit_once('@')?.1.to_ascii_lowercase();
+        match crate::dkim::SigningKey::load(&self.server.store, &domain) {
+            Ok(key) => key.map(|key| crate::inbound::Seal {
+                key,
+                prefix: received.to_vec(),
+            }),
+            Err(e) => {
+                tracing::error!(id = %tx.id, %domain, error = %e, "no ARC seal: the DKIM key failed to load");
+                None
+            }
+        }
+    }
+
     fn received(&self, tx: &Transaction) -> Vec<u8> {
         let helo = self.helo.as_ref();
         // RFC 3848 / RFC 6531 names: S for TLS, A for an authenticated client.
