@@ -14,6 +14,8 @@ TEST_PKGS := nftables iproute2 curl openssl
 # daemons the tests start privately (own config, loopback port): installed with their system
 # service kept from starting and disabled
 TEST_DAEMONS := rspamd
+# the milters and policy service the SMTP bench's Postfix peer runs (private instances too)
+BENCH_DAEMONS := opendkim opendmarc postfix-policyd-spf-python
 
 .PHONY: run test build release deps-build deps-test check unit integration bench fuzz clean
 
@@ -85,8 +87,7 @@ BENCHES := firewall blocklist smtp sieve outbound imap pop3 authflood
 bench: deps-build deps-test release
 	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
 	@echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections
-	$(call apt_install,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve)
-	@-$(SUDO) systemctl disable --now dovecot >/dev/null 2>&1 || true
+	$(call apt_install_nostart,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve $(BENCH_DAEMONS),postfix dovecot opendkim opendmarc)
 	@$(PY) -m pip install -q --disable-pip-version-check argon2-cffi
 	@failed=""; for b in $(BENCHES); do \
 	  echo "== bench $$b"; \

@@ -17,16 +17,17 @@ def _name(data, off):
 
 
 class DnsServer:
-    def __init__(self, soa=False):
+    def __init__(self, soa=False, port=0):
         """`soa`: negative answers carry an SOA (as real servers' do), so resolvers cache them
-        (benches; tests change records as they go and want no negative caching)."""
+        (benches; tests change records as they go and want no negative caching). `port`: 53
+        where a peer can only ask the system resolver (inside a namespace of its own)."""
         self.soa = soa
         self.txt = {}  # name -> [str]
         self.mx = {}  # name -> [(preference, host)]
         self.a = {}  # name -> [ipv4]
         self.ptr = {}  # name (x.x.x.x.in-addr.arpa) -> [host]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.queries = []
         # names ending with one of these get no answer at all (a DNS server timing out)
