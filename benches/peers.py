@@ -29,13 +29,14 @@ def smtp_source(port, n, sessions, size, to, sender="sender@remote.example"):
     return time.monotonic() - t
 
 
-def smtp_sources(port, jobs, sender="sender@remote.example", timeout=3600):
+def smtp_sources(port, jobs, sender="sender@remote.example", timeout=3600, helo=None):
     """Several smtp-source processes at once, one per job `(to, count, message_file)`, each one
     session sending `count` pre-formatted messages (`-F`: the file is the whole message, header
     and body, LF line ends); returns the seconds until the last one finished."""
     t = time.monotonic()
+    named = ["-M", helo] if helo else []
     procs = [subprocess.Popen(["smtp-source", "-d", "-s", "1", "-m", str(count), "-F", str(message_file),
-                               "-f", sender, "-t", to, f"127.0.0.1:{port}"],
+                               *named, "-f", sender, "-t", to, f"127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for to, count, message_file in jobs if count]
     try:
@@ -203,14 +204,19 @@ plugin {{
 
 class Postfix:
     """A private Postfix instance: smtpd on a loopback high port, mail for `domain` handed to
-    Dovecot over LMTP."""
+    Dovecot over LMTP. With `checks`: the inbound-trust setup an operator runs today —
+    postscreen in front (DNSBL `dnsbl` enforced, loopback not exempt), the SPF policy service
+    (postfix-policyd-spf-python, HELO and MAIL FROM `Fail` refused) and the given milters
+    (OpenDKIM verifying, OpenDMARC enforcing), all over the system resolver."""
 
-    def __init__(self, work: Path, domain: str, lmtp_port: int, relayhost: str = ""):
-        self.dir = work / "postfix"
+    def __init__(self, work: Path, domain: str, lmtp_port: int, relayhost: str = "",
+                 checks=False, dnsbl="", milters=(), name="postfix"):
+        self.dir = work / name
         self.port = free_port()
         self.domain = domain
         self.lmtp_port = lmtp_port
         self.relayhost = relayhost  # "host:port": other domains go there (relay bench)
+        self.checks, self.dnsbl, self.milters = checks, dnsbl, list(milters)
 
     def start(self):
         etc, spool, data = self.dir / "etc", self.dir / "spool", self.dir / "data"
@@ -244,6 +250,29 @@ message_size_limit = 52428800
         if self.relayhost:
             host, port = self.relayhost.rsplit(":", 1)
             main += f"relayhost = [{host}]:{port}\ndefault_destination_concurrency_limit = 20\n"
+        if self.checks:
+            spf_conf = self.dir / "policyd-spf.conf"
+            spf_conf.write_text(
+                "debugLevel = 0\nTestOnly = 1\nHELO_reject = Fail\nMail_From_reject = Fail\n"
+                "PermError_reject = False\nTempError_Defer = False\n"
+                # the stock config skips loopback: here loopback is the Internet
+                "skip_addresses = 192.0.2.1/32\n"
+                "Header_Type = AR\nAuthserv_Id = postfix.bench.example\n")
+            os.chmod(spf_conf, 0o644)
+            main += (
+                "postscreen_access_list =\n"  # loopback gets no pass: every test runs
+                f"postscreen_dnsbl_sites = {self.dnsbl}\n"
+                "postscreen_dnsbl_action = enforce\n"
+                "postscreen_dnsbl_threshold = 1\n"
+                "postscreen_greet_wait = 1s\n"
+                "postscreen_cache_map = btree:$data_directory/postscreen_cache\n"
+                "smtpd_recipient_restrictions = reject_unauth_destination, "
+                "check_policy_service unix:private/policyd-spf\n"
+                "policyd-spf_time_limit = 3600\n"
+                f"smtpd_milters = {', '.join(self.milters)}\n"
+                "non_smtpd_milters =\n"
+                "milter_default_action = tempfail\n"
+                "milter_protocol = 6\n")
         (etc / "main.cf").write_text(main)
         master = []
         for line in Path("/usr/share/postfix/master.cf.dist").read_text().splitlines():
@@ -251,10 +280,20 @@ message_size_limit = 52428800
             if parts and not line.startswith(("#", " ", "\t")) and len(parts) >= 8:
                 if parts[0] == "smtp" and parts[1] == "inet":
                     parts[0] = f"127.0.0.1:{self.port}"
+                    if self.checks:
+                        parts[6:] = ["1", "postscreen"]
                 parts[4] = "n"  # no chroot: the private queue lives outside /var/spool
                 line = "  ".join(parts)
             master.append(line)
         master.append("postlog   unix-dgram n  -       n       -       1       postlogd")
+        if self.checks:
+            master += [
+                "smtpd     pass  -       -       n       -       -       smtpd",
+                "dnsblog   unix  -       -       n       -       0       dnsblog",
+                "tlsproxy  unix  -       -       n       -       0       tlsproxy",
+                "policyd-spf  unix  -    n       n       -       0       spawn",
+                f"  user=policyd-spf argv=/usr/bin/policyd-spf {self.dir / 'policyd-spf.conf'}",
+            ]
         (etc / "master.cf").write_text("\n".join(master) + "\n")
         subprocess.run(["postfix", "-c", str(etc), "set-permissions"], capture_output=True)
         r = subprocess.run(["postfix", "-c", str(etc), "start"], capture_output=True, text=True)
@@ -265,3 +304,74 @@ message_size_limit = 52428800
 
     def stop(self):
         subprocess.run(["postfix", "-c", str(self.dir / "etc"), "stop"], capture_output=True)
+
+
+class Milter:
+    """A milter in the foreground on a loopback port, its config in a scratch directory."""
+
+    def __init__(self, work: Path, name: str):
+        self.dir = work / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.socket = f"inet:127.0.0.1:{self.port}"
+        self.proc = None
+
+    def run(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"{argv[0]} did not start: {self.proc.stderr.read()[:500]}")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _not_loopback(path: Path):
+    """A host list naming no loopback address (OpenDKIM's InternalHosts and OpenDMARC's
+    IgnoreHosts default to 127.0.0.1, which would exempt the benchmark's client)."""
+    path.write_text("192.0.2.1\n")
+    os.chmod(path, 0o644)
+    return path
+
+
+class OpenDkim(Milter):
+    """OpenDKIM verifying (Mode v), adding Authentication-Results, over `nameserver`."""
+
+    def __init__(self, work: Path, nameserver="127.0.0.1"):
+        super().__init__(work, "opendkim")
+        self.nameserver = nameserver
+
+    def start(self):
+        conf = self.dir / "opendkim.conf"
+        conf.write_text(
+            f"Mode v\nSocket inet:{self.port}@127.0.0.1\nSyslog no\nUserID opendkim\n"
+            f"Nameservers {self.nameserver}\nAlwaysAddARHeader yes\n"
+            "AuthservID postfix.bench.example\n"
+            f"InternalHosts {_not_loopback(self.dir / 'internal')}\n")
+        return self.run(["opendkim", "-f", "-x", str(conf)])
+
+
+class OpenDmarc(Milter):
+    """OpenDMARC enforcing `p=reject`, reading OpenDKIM's results and checking SPF itself."""
+
+    def __init__(self, work: Path):
+        super().__init__(work, "opendmarc")
+
+    def start(self):
+        conf = self.dir / "opendmarc.conf"
+        conf.write_text(
+            f"Socket inet:{self.port}@127.0.0.1\nSyslog false\nUserID opendmarc\n"
+            "AuthservID postfix.bench.example\nTrustedAuthservIDs postfix.bench.example\n"
+            "RejectFailures true\nSPFSelfValidate true\nFailureReports false\n"
+            f"IgnoreHosts {_not_loopback(self.dir / 'ignore')}\n")
+        return self.run(["opendmarc", "-f", "-c", str(conf)])
