@@ -131,7 +131,7 @@ pub const RULES: &[Rule] = &[
         description: "the From: domain is not the MAIL FROM domain nor related to it",
         test: |f| {
             let envelope = domain_of(f.mail_from);
-            match (f.from_domain(), envelope) {
+            match (f.header_from_domain(), envelope) {
                 (Some(h), Some(e)) => !related(&h, &e),
                 _ => false,
             }
@@ -251,7 +251,7 @@ impl<'a> Facts<'a> {
     }
 
     /// The domain of the From: header's (first) address.
-    fn from_domain(&self) -> Option<String> {
+    fn header_from_domain(&self) -> Option<String> {
         let v = self.header("from")?;
         let addr = match (v.rfind('<'), v.rfind('>')) {
             (Some(a), Some(b)) if a < b => &v[a + 1..b],
@@ -1353,9 +1353,11 @@ Message-ID: <1@r>\r\nSubject: x\r\n\r\n";
         assert_eq!(sc.score, 8.75);
     }
 
+    type Edit = Box<dyn Fn(&mut SpamSettings)>;
+
     #[test]
     fn validation_refuses_what_cannot_work() {
-        let bad: Vec<Box<dyn Fn(&mut SpamSettings)>> = vec![
+        let bad: Vec<Edit> = vec![
             Box::new(|s| s.engine = "spamassassin".into()),
             Box::new(|s| {
                 s.engine = "rspamd".into();
