@@ -639,7 +639,9 @@ impl Spam {
             self.counts.junked.fetch_add(1, Ordering::Relaxed);
         }
         let required = sc.required;
-        let headers = if sc.score >= s.add_header_score || junk {
+        // 0 or below (the default) marks every scored message, negative scores too
+        let marked = s.add_header_score <= 0.0 || sc.score >= s.add_header_score;
+        let headers = if marked || junk {
             let status = format!(
                 "X-Spam-Status: {}, score={:.1} required={:.1} tests=",
                 if junk { "Yes" } else { "No" },

@@ -101,7 +101,8 @@ pub struct SpamBody {
     #[serde(default)]
     #[schema(example = "http://127.0.0.1:11333")]
     pub url: String,
-    /// From this score on, `X-Spam-Status` and `X-Spam-Score` are added; default 0.
+    /// From this score on, `X-Spam-Status` and `X-Spam-Score` are added; 0 or below (the
+    /// default): to every scored message.
     #[serde(default)]
     pub add_header_score: f64,
     /// From this score on the message goes to the recipients' Junk; default 5.
