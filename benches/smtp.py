@@ -20,6 +20,7 @@ row also shows one delivered message's Authentication-Results, so it is seen tha
 and passed. For wispd accepted and end to end are the same moment.
 
 Usage: benches/smtp.py [--bin target/release/wispd] [--messages 20000] [--sessions 20] [--size 10240]
+                       [--only wispd|wispd-checks|postfix|postfix-checks|sink]...
 """
 
 import argparse
@@ -201,12 +202,23 @@ def bench_sink(n, sessions, message):
         sink.wait()
 
 
+ROWS = {
+    "wispd": "wispd",
+    "wispd-checks": "wispd, checks+DNSBL+spam",
+    "postfix": "Postfix -> Dovecot LMTP",
+    "postfix-checks": "Postfix+checks -> Dovecot",
+    "sink": "smtp-sink (discards)",
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(HERE.parent / "target" / "release" / "wispd"))
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--size", type=int, default=10240)
+    ap.add_argument("--only", choices=ROWS, action="append",
+                    help="run just these rows (no ratios then), e.g. to profile one")
     args = ap.parse_args()
     if not os.environ.get(NETNS_ENV):
         sys.exit(in_own_namespace())
@@ -219,13 +231,14 @@ def main():
           f"sessions (-d: one session sends many), loopback of namespace {os.environ[NETNS_ENV]}\n",
           flush=True)
     try:
-        rows = [
-            ("wispd", *bench_wispd(work, args.bin, n, c, message)),
-            ("wispd, checks+DNSBL+spam", *bench_wispd(work, args.bin, n, c, message, checks=True)),
-            ("Postfix -> Dovecot LMTP", *bench_postfix_dovecot(work, n, c, message)),
-            ("Postfix+checks -> Dovecot", *bench_postfix_dovecot(work, n, c, message, checks=True)),
-            ("smtp-sink (discards)", *bench_sink(n, c, message)),
-        ]
+        runs = {
+            "wispd": lambda: bench_wispd(work, args.bin, n, c, message),
+            "wispd-checks": lambda: bench_wispd(work, args.bin, n, c, message, checks=True),
+            "postfix": lambda: bench_postfix_dovecot(work, n, c, message),
+            "postfix-checks": lambda: bench_postfix_dovecot(work, n, c, message, checks=True),
+            "sink": lambda: bench_sink(n, c, message),
+        }
+        rows = [(ROWS[k], *runs[k]()) for k in ROWS if not args.only or k in args.only]
     finally:
         dns.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -233,6 +246,8 @@ def main():
     for name, acc, e2e, _ in rows:
         e2e_s = f"{n / e2e:17.0f}" if e2e else f"{'-':>17}"
         print(f"{name:<27} {n / acc:15.0f} {e2e_s}")
+    if args.only:
+        return
     w, wc, pd, pdc, sink = rows
     print("\nwhat the checked rows recorded on a delivered message:")
     for name, *_, results in (wc, pdc):
