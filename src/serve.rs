@@ -281,7 +281,7 @@ async fn firewall_upkeep(firewall: Arc<Firewall>, shutdown: CancellationToken) {
             _ = tick.tick() => {
                 let fw = firewall.clone();
                 match tokio::task::spawn_blocking(move || fw.tick()).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "firewall upkeep failed"),
                     Err(e) => tracing::warn!(error = %e, "firewall upkeep task failed"),
                 }

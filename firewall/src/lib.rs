@@ -13,7 +13,7 @@ mod msg;
 mod netlink;
 pub mod plan;
 
-pub use engine::{
+pub use engine::{Upkeep, 
     Backend, CheckResult, EntryRequest, Firewall, FirewallConfig, FwError, ListKind, PortRequest,
     RuleRequest, Status,
 };
