@@ -232,7 +232,7 @@ impl Firewall {
         let mut k = self.kernel();
         match kind {
             ListKind::Black => {
-                let white = self.cached(&mut *k, ListKind::White)?;
+                let white = self.cached(&mut k, ListKind::White)?;
                 refuse_unsafe_ban(white, &net, req.force, caller, t)?;
             }
             ListKind::White if model::is_broad(&net) && !req.force => {
@@ -248,7 +248,7 @@ impl Firewall {
         let state = self.state()?;
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
         let live = |e: &FwEntry| e.expires_at.is_none_or(|x| x > t);
-        let map = self.cached(&mut *k, kind)?;
+        let map = self.cached(&mut k, kind)?;
         let replacing = map.get(&entry.net).is_some_and(live);
         // DENY_IP_LIMIT / DENY_TEMP_IP_LIMIT: the oldest entries of the same kind rotate out.
         let mut rotated: Vec<String> = Vec::new();
@@ -270,16 +270,16 @@ impl Firewall {
         }
         let fast = !replacing
             && rotated.is_empty()
-            && self.add_disjoint(&mut *k, kind, &net, entry.expires_at, t)?;
+            && self.add_disjoint(&mut k, kind, &net, entry.expires_at, t)?;
         if !fast {
             let mut entries: Vec<FwEntry> = self
-                .cached(&mut *k, kind)?
+                .cached(&mut k, kind)?
                 .values()
                 .filter(|e| live(e) && e.net != entry.net && !rotated.contains(&e.net))
                 .cloned()
                 .collect();
             entries.push(entry.clone());
-            self.sync_list(&mut *k, kind, &entries, t)?;
+            self.sync_list(&mut k, kind, &entries, t)?;
         }
         let stored = self.store.write(|w| {
             for gone in &rotated {
@@ -292,7 +292,7 @@ impl Firewall {
             forget_after_failed_write(&mut k, kind);
             return Err(e.into());
         }
-        let map = self.cached(&mut *k, kind)?;
+        let map = self.cached(&mut k, kind)?;
         for gone in &rotated {
             map.remove(gone);
         }
@@ -356,7 +356,7 @@ impl Firewall {
         let key = net.to_string();
         let t = now();
         let mut k = self.kernel();
-        let map = self.cached(&mut *k, kind)?;
+        let map = self.cached(&mut k, kind)?;
         let Some(found) = map
             .get(&key)
             .filter(|e| e.expires_at.is_none_or(|x| x > t))
@@ -373,12 +373,12 @@ impl Firewall {
             .filter(|e| e.net != key && e.expires_at.is_none_or(|x| x > t))
             .cloned()
             .collect();
-        self.sync_list(&mut *k, kind, &rest, t)?;
+        self.sync_list(&mut k, kind, &rest, t)?;
         if let Err(e) = self.store.write(|w| w.remove(kind.table(), key.as_str())) {
             forget_after_failed_write(&mut k, kind);
             return Err(e.into());
         }
-        self.cached(&mut *k, kind)?.remove(&key);
+        self.cached(&mut k, kind)?.remove(&key);
         Ok(found)
     }
 
