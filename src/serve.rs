@@ -121,6 +121,26 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         DRAIN,
     ));
     tasks.spawn(sweep_limiter(limiter, shutdown.clone()));
+    // lfd: every refused mail login reaches the firewall; alerts go out through the mail queue
+    let lfd = firewall.start_lfd();
+    mail.logins()
+        .report_failures_to(Arc::new(LfdSink(lfd.clone())));
+    let notices = mail.clone();
+    let send_alert: wispd_firewall::alerts::MailFn = Arc::new(move |m| {
+        let mail = notices.clone();
+        Box::pin(async move {
+            mail.send_notice(&m.from, &m.to, &m.subject, &m.body)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    tasks.spawn(wispd_firewall::alerts::run(
+        firewall.clone(),
+        Some(send_alert),
+        cfg.hostname.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(firewall_upkeep(firewall.clone(), shutdown.clone()));
     tasks.spawn(wispd_firewall::blocklist::run(firewall, shutdown.clone()));
 
@@ -254,6 +274,9 @@ async fn start_firewall(cfg: &Config, store: &Store, api_port: u16) -> Result<Fi
         .chain(&cfg.smtp.submissions)
         .chain(&cfg.imap.listen)
         .chain(&cfg.imap.imaps)
+        .chain(&cfg.pop3.listen)
+        .chain(&cfg.pop3.pop3s)
+        .chain(&cfg.sieve.listen)
     {
         if a.port() != 0 {
             protected.push(a.port());
@@ -269,6 +292,30 @@ async fn start_firewall(cfg: &Config, store: &Store, api_port: u16) -> Result<Fi
     tokio::task::spawn_blocking(move || Firewall::start(store, fw_cfg))
         .await?
         .context("starting the firewall")
+}
+
+/// Hands the mail engine's refused logins to lfd (the engine and the firewall do not know
+/// each other).
+#[derive(Debug)]
+struct LfdSink(wispd_firewall::lfd::Reporter);
+
+impl wispd_engine::login::FailureSink for LfdSink {
+    fn login_failed(
+        &self,
+        protocol: wispd_engine::login::Protocol,
+        ip: std::net::IpAddr,
+        user: &str,
+    ) {
+        use wispd_engine::login::Protocol;
+        use wispd_firewall::lfd::Service;
+        let service = match protocol {
+            Protocol::Smtp => Service::SmtpAuth,
+            Protocol::Imap => Service::Imapd,
+            Protocol::Pop3 => Service::Pop3d,
+            Protocol::ManageSieve => Service::ManageSieve,
+        };
+        self.0.report(service, ip, user);
+    }
 }
 
 /// Every 2 s: TESTING lift, tamper check and restore, expired-entry cleanup.

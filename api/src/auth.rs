@@ -160,11 +160,34 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         }
         Err(e) => return e.into_response(),
     };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let principal = match verify(&state.store, token) {
         Ok(Some(p)) => p,
-        Ok(None) => return ApiError::Unauthorized("Invalid API token".into()).into_response(),
+        Ok(None) => {
+            // a wrong token is a failed login, counted by lfd (LF_API)
+            if let Some(ip) = peer {
+                state.firewall.lfd().report(
+                    wispd_firewall::lfd::Service::Api,
+                    ip,
+                    // the id part only: the rest of a near-miss could be a secret
+                    &split(token).map_or_else(
+                        || "a malformed token".to_string(),
+                        |(id, _)| format!("token id {id}"),
+                    ),
+                );
+            }
+            return ApiError::Unauthorized("Invalid API token".into()).into_response();
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if principal.role == TokenRole::Admin
+        && let Some(ip) = peer
+    {
+        state.firewall.lfd().trust(ip);
+    }
     let decision = state.limiter.check(&principal.token_id);
     let mut resp = match decision.retry_after {
         Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs }.into_response(),

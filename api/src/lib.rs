@@ -132,6 +132,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/csf/whitelist/{*ip}", delete(csf::whitelist_remove))
         .route("/api/v1/csf/check-ip", get(csf::check_ip))
+        .route("/api/v1/csf/lfd/status", get(routes::lfd::status))
+        .route("/api/v1/csf/lfd/failures", get(routes::lfd::failures))
+        .route("/api/v1/csf/alerts", get(routes::lfd::alerts))
+        .route(
+            "/api/v1/csf/alerts-service/status",
+            get(routes::lfd::service_status),
+        )
         .route("/api/v1/csf/geoip/status", get(csf::geoip_status))
         .route("/api/v1/csf/bogon/status", get(csf::bogon_status))
         .route(

@@ -45,6 +45,20 @@ pub enum Verdict {
     Failed(DirError),
 }
 
+/// The protocol a login came in on (what lfd counts a refused one under).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Smtp,
+    Imap,
+    Pop3,
+    ManageSieve,
+}
+
+/// Where refused logins are reported; the binary wires the firewall's lfd in. Must not block.
+pub trait FailureSink: Send + Sync + std::fmt::Debug {
+    fn login_failed(&self, protocol: Protocol, ip: IpAddr, user: &str);
+}
+
 /// The login gate every protocol shares. Build it once and hand clones of the `Arc` around.
 #[derive(Debug)]
 pub struct Logins {
@@ -56,6 +70,7 @@ pub struct Logins {
     by_user: FailureLog<String>,
     /// The delay per failure (a second; shorter in tests).
     unit: Duration,
+    sink: std::sync::OnceLock<Arc<dyn FailureSink>>,
 }
 
 impl Logins {
@@ -95,13 +110,26 @@ impl Logins {
             by_ip: FailureLog::default(),
             by_user: FailureLog::default(),
             unit,
+            sink: std::sync::OnceLock::new(),
         }))
     }
 
+    /// Reports every refused login to `sink` from now on (once; later calls change nothing).
+    pub fn report_failures_to(&self, sink: Arc<dyn FailureSink>) {
+        let _ = self.sink.set(sink);
+    }
+
     /// Checks `user`'s `password` for a client at `ip`, holding the answer back as long as
-    /// this address or account has failed recently.
-    pub async fn check(&self, ip: IpAddr, user: &str, password: &str) -> Verdict {
-        let ip = ip_key(ip);
+    /// this address or account has failed recently. A refusal is reported before the delay, so
+    /// a ban can be in place by the time the client hears the answer.
+    pub async fn check(
+        &self,
+        protocol: Protocol,
+        peer: IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Verdict {
+        let ip = ip_key(peer);
         let user_key = user_key(user);
         let now = Instant::now();
         let before = self
@@ -116,6 +144,9 @@ impl Logins {
                 before
             }
             Verdict::Refused => {
+                if let Some(sink) = self.sink.get() {
+                    sink.login_failed(protocol, peer.to_canonical(), user);
+                }
                 let now = Instant::now();
                 self.by_ip
                     .record(ip, now)
@@ -532,14 +563,20 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
         assert!(accepted(
-            &logins.check(ip, "Info@Example.com", "correct horse").await
+            &logins
+                .check(Protocol::Imap, ip, "Info@Example.com", "correct horse")
+                .await
         ));
         assert!(matches!(
-            logins.check(ip, "info@example.com", "wrong").await,
+            logins
+                .check(Protocol::Imap, ip, "info@example.com", "wrong")
+                .await,
             Verdict::Refused
         ));
         assert!(matches!(
-            logins.check(ip, "nobody@example.com", "wrong").await,
+            logins
+                .check(Protocol::Imap, ip, "nobody@example.com", "wrong")
+                .await,
             Verdict::Refused
         ));
         assert_eq!(logins.failures(ip), 2);
@@ -548,20 +585,24 @@ mod tests {
         // the right password from the failing address waits as a wrong one would
         let t = Instant::now();
         assert!(accepted(
-            &logins.check(ip, "info@example.com", "correct horse").await
+            &logins
+                .check(Protocol::Imap, ip, "info@example.com", "correct horse")
+                .await
         ));
         assert!(t.elapsed() >= unit * 2, "{:?}", t.elapsed());
         // another address trying the account that failed waits too, until its owner logs in
         let t = Instant::now();
         assert!(matches!(
-            logins.check(other, "info@example.com", "wrong again").await,
+            logins
+                .check(Protocol::Imap, other, "info@example.com", "wrong again")
+                .await,
             Verdict::Refused
         ));
         assert!(t.elapsed() >= unit);
         // NUL and other control characters are never a password
         assert!(matches!(
             logins
-                .check(other, "info@example.com", "correct\0horse")
+                .check(Protocol::Imap, other, "info@example.com", "correct\0horse")
                 .await,
             Verdict::Refused
         ));
@@ -570,16 +611,20 @@ mod tests {
             .expect("update");
         assert!(matches!(
             logins
-                .check(other, "info@example.com", "correct horse")
+                .check(Protocol::Imap, other, "info@example.com", "correct horse")
                 .await,
             Verdict::Refused
         ));
         assert!(accepted(
-            &logins.check(other, "info@example.com", "new horse!").await
+            &logins
+                .check(Protocol::Imap, other, "info@example.com", "new horse!")
+                .await
         ));
         dir.toggle_account(a.id).expect("toggle");
         assert!(matches!(
-            logins.check(other, "info@example.com", "new horse!").await,
+            logins
+                .check(Protocol::Imap, other, "info@example.com", "new horse!")
+                .await,
             Verdict::Refused
         ));
     }

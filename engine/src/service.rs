@@ -168,6 +168,33 @@ impl Mail {
         })
     }
 
+    /// Queues a notice wispd itself sends (a firewall alert) to `to`, from `from` with the
+    /// null return path; it is durable when this returns. Returns the queue id.
+    pub async fn send_notice(
+        &self,
+        from: &str,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<u64, MailError> {
+        let t = wispd_store::unix_now();
+        let message =
+            crate::queue::notice::build(&self.config.smtp.hostname, from, to, subject, body, t);
+        let out = crate::delivery::Outbound {
+            message,
+            sender: String::new(),
+            source: "notice",
+            recipients: vec![(to.to_string(), None)],
+        };
+        let id = self
+            .deliverer
+            .write(move |w| crate::delivery::enqueue(w, &out, t))
+            .await
+            .map_err(|e| MailError::Config(format!("queueing the notice: {e}")))?;
+        self.deliverer.queued().push(id);
+        Ok(id)
+    }
+
     /// DNSBL settings and lookups (`/email/rbl`).
     pub fn rbl(&self) -> &Arc<crate::rbl::Rbl> {
         &self.rbl

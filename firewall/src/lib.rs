@@ -5,17 +5,19 @@
 //! transaction. Address lists are kernel interval sets whose elements carry their own timeouts,
 //! so bans expire in the kernel with no userspace timer and no rule per address.
 
+pub mod alerts;
 pub mod blocklist;
 mod engine;
+pub mod lfd;
 mod lockout;
 pub mod model;
 mod msg;
 mod netlink;
 pub mod plan;
 
-pub use engine::{Upkeep, 
+pub use engine::{
     Backend, CheckResult, EntryRequest, Firewall, FirewallConfig, FwError, ListKind, PortRequest,
-    RuleRequest, Status,
+    RuleRequest, Status, Upkeep,
 };
 pub use lockout::Origin;
 pub use netlink::NetlinkError;

@@ -130,7 +130,7 @@ pub const PORT_KEYS: [&str; 8] = [
 ];
 
 /// Every csf.conf key wispd implements.
-pub const KEYS: [&str; 23] = [
+const FIREWALL_KEYS: [&str; 23] = [
     "TCP_IN",
     "TCP_OUT",
     "UDP_IN",
@@ -155,6 +155,18 @@ pub const KEYS: [&str; 23] = [
     "LF_BOGON",
     "BOGON_INTERFACE",
 ];
+
+/// Whether wispd implements the csf.conf key `k`.
+pub fn is_key(k: &str) -> bool {
+    FIREWALL_KEYS.contains(&k) || crate::lfd::settings::DEFAULTS.iter().any(|(d, _)| *d == k)
+}
+
+/// Every csf.conf key wispd implements, in the order the settings list them.
+pub fn keys() -> impl Iterator<Item = &'static str> {
+    FIREWALL_KEYS
+        .into_iter()
+        .chain(crate::lfd::settings::DEFAULTS.iter().map(|(k, _)| *k))
+}
 
 /// Defaults of the keys that don't depend on the machine; a stored settings map that predates a
 /// key reads it from here.
@@ -202,6 +214,8 @@ pub struct Settings {
     pub cc_interval: u32,
     pub bogon: bool,
     pub bogon_interface: String,
+    /// lfd's keys.
+    pub lfd: crate::lfd::LfdSettings,
 }
 
 impl Settings {
@@ -284,6 +298,7 @@ pub fn default_settings(tcp_in: &[u16]) -> BTreeMap<String, String> {
     ]
     .into_iter()
     .chain(STATIC_DEFAULTS)
+    .chain(crate::lfd::settings::DEFAULTS)
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
@@ -314,7 +329,7 @@ impl Settings {
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Settings, Vec<SettingError>> {
         let mut errors = Vec::new();
         for k in map.keys() {
-            if !KEYS.contains(&k.as_str()) {
+            if !is_key(k) {
                 errors.push(bad(k, "is not a setting wispd implements"));
             }
         }
@@ -324,6 +339,7 @@ impl Settings {
                 .or_else(|| {
                     STATIC_DEFAULTS
                         .iter()
+                        .chain(crate::lfd::settings::DEFAULTS.iter())
                         .find(|(d, _)| *d == k)
                         .map(|(_, v)| *v)
                 })
@@ -392,6 +408,7 @@ impl Settings {
                 }
             },
         };
+        let lfd = crate::lfd::settings::parse(get, &mut errors);
         let mut flag_of = |k: &str| flag(k, get(k)).map_err(|e| errors.push(e)).unwrap_or(false);
         let icmp_in = flag_of("ICMP_IN");
         let icmp_out = flag_of("ICMP_OUT");
@@ -429,6 +446,7 @@ impl Settings {
             cc_interval: u32::try_from(cc_interval).unwrap_or(7),
             bogon,
             bogon_interface,
+            lfd,
         })
     }
 

@@ -94,6 +94,32 @@ pub struct FwState {
     pub blocklists_seeded: bool,
 }
 
+/// Alerts (lfd bans and escalations, blocklist refresh errors, tamper repairs) by id; the
+/// oldest are pruned past a bound.
+pub const FW_ALERTS: Table<u64, FwAlert> = Table::new("fw_alerts");
+
+/// How far each alert sender got: the id of the last alert `"email"` and `"webhook"` handled.
+pub const FW_ALERT_CURSORS: Table<&str, u64> = Table::new("fw_alert_cursors");
+
+/// One alert as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwAlert {
+    pub id: u64,
+    /// Unix seconds.
+    pub at: i64,
+    /// `ban`, `permblock`, `blocklist`, `tamper`.
+    pub kind: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The lfd service whose failures led to it.
+    #[serde(default)]
+    pub service: Option<String>,
+    pub message: String,
+    /// Whether the settings at the time asked for an email about it.
+    #[serde(default)]
+    pub email: bool,
+}
+
 /// Blocklist definitions and their refresh status, by name.
 pub const FW_BLOCKLISTS: Table<&str, FwBlocklist> = Table::new("fw_blocklists");
 

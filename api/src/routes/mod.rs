@@ -4,6 +4,7 @@ pub mod csf;
 pub mod email;
 pub mod firewall;
 pub mod health;
+pub mod lfd;
 pub mod openapi;
 pub mod rbl;
 pub mod sieve;
@@ -19,6 +20,7 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
         rbl::RblApi::openapi(),
         spam::SpamApi::openapi(),
         csf::CsfApi::openapi(),
+        lfd::LfdApi::openapi(),
         firewall::FirewallApi::openapi(),
     ]
 }

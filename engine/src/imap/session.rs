@@ -715,7 +715,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn verify(&mut self, tag: &str, user: String, pass: String) {
-        let verdict = self.server.logins.check(self.peer.ip(), &user, &pass).await;
+        let verdict = self
+            .server
+            .logins
+            .check(crate::login::Protocol::Imap, self.peer.ip(), &user, &pass)
+            .await;
         self.server
             .metrics
             .login(Protocol::Imap, LoginResult::from(&verdict));

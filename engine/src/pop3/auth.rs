@@ -113,7 +113,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn login(&mut self, user: String, pass: String) {
-        let verdict = self.server.logins.check(self.peer.ip(), &user, &pass).await;
+        let verdict = self
+            .server
+            .logins
+            .check(crate::login::Protocol::Pop3, self.peer.ip(), &user, &pass)
+            .await;
         self.server
             .metrics
             .login(Protocol::Pop3, LoginResult::from(&verdict));

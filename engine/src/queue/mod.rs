@@ -8,6 +8,7 @@
 //! queue lifetime. Everything is in the store, so a restart resumes where it stopped.
 
 pub mod dsn;
+pub mod notice;
 mod remote;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

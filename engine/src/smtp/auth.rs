@@ -129,7 +129,11 @@ impl Core {
     }
 
     async fn verify(&mut self, user: String, pass: String) -> Flow {
-        let verdict = self.server.logins.check(self.peer.ip(), &user, &pass).await;
+        let verdict = self
+            .server
+            .logins
+            .check(crate::login::Protocol::Smtp, self.peer.ip(), &user, &pass)
+            .await;
         self.server
             .metrics
             .login(Protocol::Smtp, LoginResult::from(&verdict));

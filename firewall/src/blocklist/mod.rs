@@ -417,15 +417,30 @@ impl Firewall {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(name.to_string())
             .or_insert(0) += 1;
-        self.store().write(|w| {
+        let (def, was_failing) = self.store().write(|w| {
             let Some(mut def) = w.get(&FW_BLOCKLISTS, name)? else {
                 return Err(FwError::NotFound(format!("No blocklist named {name:?}")));
             };
-            def.last_error = error;
+            let was_failing = !def.last_error.is_empty();
+            def.last_error = error.clone();
             def.last_attempt = Some(now());
             w.put(&FW_BLOCKLISTS, name, &def)?;
-            Ok(def)
-        })
+            Ok((def, was_failing))
+        })?;
+        // one alert when a list starts failing, not one per retry
+        if !was_failing {
+            let email = self.parsed_settings().is_ok_and(|s| s.lfd.blocklist_alert);
+            if let Err(e) = self.alerts().raise(
+                "blocklist",
+                None,
+                None,
+                format!("blocklist {name} could not be refreshed (its last good copy stays in force): {error}"),
+                email,
+            ) {
+                tracing::error!(error = %e, "could not store a blocklist alert");
+            }
+        }
+        Ok(def)
     }
 
     /// Names of the lists whose refresh is due.

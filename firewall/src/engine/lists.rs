@@ -203,6 +203,26 @@ impl Firewall {
 
     /// Adds (or updates) a list entry; effective in the kernel when this returns.
     pub fn add(&self, kind: ListKind, req: EntryRequest) -> Result<FwEntry, FwError> {
+        self.add_from(kind, req, "api")
+    }
+
+    /// The live entry stored for exactly `ip` (its host network), if any.
+    pub fn entry(&self, kind: ListKind, ip: IpAddr) -> Result<Option<FwEntry>, FwError> {
+        let key = IpNet::from(ip.to_canonical()).to_string();
+        let t = now();
+        Ok(self
+            .store
+            .read(|r| r.get(kind.table(), key.as_str()))?
+            .filter(|e: &FwEntry| e.expires_at.is_none_or(|x| x > t)))
+    }
+
+    /// [`Firewall::add`] on behalf of `source` (`api`, `lfd`), as the ban counters name it.
+    pub fn add_from(
+        &self,
+        kind: ListKind,
+        req: EntryRequest,
+        source: &'static str,
+    ) -> Result<FwEntry, FwError> {
         let ip = req.ip.trim();
         if ip.is_empty() {
             return Err(FwError::Invalid("IP address is required".into()));
@@ -298,7 +318,7 @@ impl Firewall {
         }
         map.insert(entry.net.clone(), entry.clone());
         if kind == ListKind::Black {
-            self.counters.ban("api");
+            self.counters.ban(source);
         }
         Ok(entry)
     }
@@ -403,11 +423,7 @@ impl Firewall {
         let mut removed = Vec::new();
         let mut added = Vec::new();
         for (set, new) in sets.iter().zip(&new) {
-            let old = k
-                .applied
-                .get(set)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let old = k.applied.get(set).map(Vec::as_slice).unwrap_or_default();
             let old_set: HashSet<&Interval> = old.iter().collect();
             let new_set: HashSet<&Interval> = new.iter().collect();
             // Elements that expire within 2 s may be gone by the time the kernel sees the batch.
@@ -584,4 +600,3 @@ pub(super) fn refuse_unsafe_ban(
     }
     Ok(())
 }
-

@@ -108,6 +108,8 @@ pub struct Firewall {
     /// A second socket for upkeep's read-only dumps, so that a slow dump holds up no change.
     upkeep_nl: Mutex<Option<Netlink>>,
     counters: Counters,
+    lfd: crate::lfd::Lfd,
+    alerts: crate::alerts::Alerts,
 }
 
 /// What the firewall counts for operators (read at scrape time by `/api/v1/metrics`).
@@ -163,6 +165,8 @@ impl Firewall {
             view: Mutex::new(View::new()),
             ranges: RwLock::new(BTreeMap::new()),
             upkeep_nl: Mutex::new(None),
+            lfd: crate::lfd::Lfd::default(),
+            alerts: crate::alerts::Alerts::load(store.clone())?,
             cfg,
             store,
             refreshing: tokio::sync::Mutex::new(()),
@@ -223,6 +227,16 @@ impl Firewall {
     /// What the firewall has counted.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// lfd's counters and tracked failures.
+    pub fn lfd(&self) -> &crate::lfd::Lfd {
+        &self.lfd
+    }
+
+    /// The alert history and senders.
+    pub fn alerts(&self) -> &crate::alerts::Alerts {
+        &self.alerts
     }
 
     /// The stored state, created with defaults on first use.

@@ -24,7 +24,6 @@ pub struct RuleRequest {
 }
 
 impl Firewall {
-
     pub(super) fn rules(&self) -> Result<Vec<FwRule>, FwError> {
         Ok(self.store.read(|r| r.all(&FW_RULES))?)
     }

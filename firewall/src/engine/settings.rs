@@ -28,7 +28,7 @@ impl Firewall {
         let before = state.clone();
         let unknown: Vec<SettingError> = changes
             .keys()
-            .filter(|k| !model::KEYS.contains(&k.as_str()))
+            .filter(|k| !model::is_key(k))
             .map(|k| SettingError {
                 key: k.clone(),
                 message: "is not a setting wispd implements".into(),

@@ -61,6 +61,18 @@ impl Firewall {
                 out.testing_lifted = true;
             }
         }
+        if let Some(why) = &out.repaired
+            && let Ok(s) = self.parsed_settings()
+            && let Err(e) = self.alerts().raise(
+                "tamper",
+                None,
+                None,
+                format!("firewall table restored: {why}"),
+                s.lfd.tamper_alert,
+            )
+        {
+            tracing::error!(error = %e, "could not store a tamper alert");
+        }
         for kind in [ListKind::Black, ListKind::White] {
             let expired: Vec<String> = self
                 .entries(kind)?

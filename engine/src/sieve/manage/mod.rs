@@ -391,7 +391,16 @@ impl Session {
             self.no(None, "Can't act as another user");
             return;
         }
-        let verdict = self.server.logins.check(self.peer.ip(), &user, &pass).await;
+        let verdict = self
+            .server
+            .logins
+            .check(
+                crate::login::Protocol::ManageSieve,
+                self.peer.ip(),
+                &user,
+                &pass,
+            )
+            .await;
         self.server
             .metrics
             .login(Protocol::ManageSieve, LoginResult::from(&verdict));
