@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""Login failure to kernel ban, side by side in one run (root; a server and a client network
+namespace joined by a veth pair, the attackers' addresses on the client side):
+
+  1. wispd: IMAPS, lfd in process (LF_IMAPD = 3, LF_IMAPD_PERM = 3600), the ban an element of the
+     blacklist set, committed over netlink by the same process that refused the login;
+  2. Dovecot (private instance, IMAP on the veth address, auth_failure_delay = 0 so that its log
+     line comes as early as it can) watched by fail2ban (Debian's package, a private server with
+     its stock `dovecot` filter and `nftables-multiport` action with blocktype drop, maxretry = 3,
+     findtime = bantime = 3600, its default backend — pyinotify when installed).
+
+Both check the same Argon2id hash (m=19456 KiB, t=2, p=1: wispd's parameters). For each of N
+attacker addresses: two wrong logins (one connection each, answer awaited), then the one that
+crosses the trigger: the clock starts when its LOGIN is sent; meanwhile a probe from the same
+address opens TCP connections to the same port every ~1 ms (5 ms SYN timeout, confirmed by a
+second 300 ms attempt) and the clock stops at the first probe whose SYN is dropped. Printed:
+p50/p99/max per server, the password check time (a correct login's round trip, part of every
+figure), and the ratio. Attackers run five at a time.
+
+Usage: benches/lfd.py [--bin target/release/wispd] [--attackers 50]
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+import conftest  # noqa: E402
+import netns  # noqa: E402
+
+PASSWORD = "password123"
+TRIGGER = 3
+IMAPS = 19931
+DOVECOT_IMAP = 11143
+
+
+def argon2_hash():
+    from argon2 import PasswordHasher
+    return "{ARGON2ID}" + PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(PASSWORD)
+
+
+CTX = ssl.create_default_context()
+CTX.check_hostname = False
+CTX.verify_mode = ssl.CERT_NONE
+
+
+def session(host, port, tls, source):
+    s = socket.create_connection((host, port), timeout=30, source_address=(source, 0))
+    if tls:
+        s = CTX.wrap_socket(s)
+    f = s.makefile("rb")
+    f.readline()  # greeting
+    return s, f
+
+
+def login(host, port, tls, source, user, password, wait=True):
+    s, f = session(host, port, tls, source)
+    try:
+        s.sendall(b"a LOGIN %s %s\r\n" % (user.encode(), password.encode()))
+        if wait:
+            while True:
+                line = f.readline()
+                if not line or line.startswith(b"a "):
+                    return line
+    finally:
+        s.close()
+
+
+def probe(host, port, source, t0, out):
+    """Connects every ~1 ms until a SYN goes unanswered; records when that probe started."""
+    deadline = t0 + 30
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        try:
+            socket.create_connection((host, port), timeout=0.005, source_address=(source, 0)).close()
+        except (socket.timeout, ConnectionRefusedError):
+            try:
+                socket.create_connection((host, port), timeout=0.3, source_address=(source, 0)).close()
+            except (socket.timeout, ConnectionRefusedError):
+                out.append(start - t0)
+                return
+        except OSError:
+            pass
+        time.sleep(0.001)
+    out.append(float("inf"))
+
+
+def attacker(host, port, tls, source, user, out):
+    for k in range(TRIGGER - 1):
+        login(host, port, tls, source, user, f"wrong{k}")
+    s, f = session(host, port, tls, source)
+    t0 = time.perf_counter()
+    s.sendall(b"a LOGIN %s wrong-last\r\n" % user.encode())
+    p = threading.Thread(target=probe, args=(host, port, source, t0, out))
+    p.start()
+    try:
+        s.settimeout(30)
+        while True:
+            line = f.readline()
+            if not line or line.startswith(b"a "):
+                break
+    except OSError:
+        pass
+    finally:
+        s.close()
+    p.join()
+
+
+def run_attackers(pair, host, port, tls, addresses):
+    """Every attacker from the client namespace, five at a time; returns the latencies."""
+    out = []
+
+    def batch(addrs, first):
+        netns._setns(f"/run/netns/{pair.cli}")
+        ts = [threading.Thread(target=attacker, args=(host, port, tls, a, f"bench{first + i}@example.com", out))
+              for i, a in enumerate(addrs)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+
+    for i in range(0, len(addresses), 5):
+        t = threading.Thread(target=batch, args=(addresses[i:i + 5], i))
+        t.start()
+        t.join()
+    return sorted(out)
+
+
+def check_time(pair, host, port, tls):
+    """Median round trip of a correct login from the client namespace (the password check), each
+    by another account so that no login cache answers."""
+    times = []
+
+    def run():
+        netns._setns(f"/run/netns/{pair.cli}")
+        for i in range(5):
+            user = f"check{i}@example.com"
+            t0 = time.perf_counter()
+            reply = login(host, port, tls, pair.cli4, user, PASSWORD)
+            assert reply.startswith(b"a OK"), reply
+            times.append(time.perf_counter() - t0)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return statistics.median(times)
+
+
+def wispd_run(pair, work, binary, addresses):
+    config = f"""
+hostname = "mx.bench.example"
+[api]
+listen = "127.0.0.1:0"
+rate_limit_per_minute = 100000
+[smtp]
+listen = []
+submission = []
+submissions = []
+verify_senders = false
+[imap]
+listen = []
+imaps = ["{pair.srv4}:{IMAPS}"]
+max_connections_per_ip = 100
+[pop3]
+listen = []
+pop3s = []
+[sieve]
+listen = []
+[firewall]
+enabled = true
+table = "wispd"
+"""
+    (work / "wispd").mkdir()
+    conftest.WISPD_BIN = binary
+    w = conftest.Wispd(work / "wispd", config).start()
+    try:
+        assert w.request("POST", "/api/v1/email/install").status == 200
+        for i in range(5):
+            r = w.request("POST", "/api/v1/email/accounts",
+                          body={"domain": "example.com", "username": f"check{i}", "password": PASSWORD})
+            assert r.status == 201, r
+        r = w.request("PUT", "/api/v1/csf/config", body={
+            "TESTING": "0", "LF_IMAPD": str(TRIGGER), "LF_IMAPD_PERM": "3600", "LF_PERMBLOCK": "0",
+            "DENY_TEMP_IP_LIMIT": "1000", "SSHD_LOG": ""})
+        assert r.status == 200, r
+        check = check_time(pair, pair.srv4, IMAPS, True)
+        lat = run_attackers(pair, pair.srv4, IMAPS, True, addresses)
+        bans = sum(1 for e in w.request("GET", "/api/v1/csf/blacklist").json["data"] if e["comment"].startswith("lfd:"))
+        return lat, check, bans
+    finally:
+        w.stop()
+        # wispd leaves its table in place when it stops (the firewall outlives the process)
+        netns.sh("nft", "delete", "table", "inet", "wispd", check=False)
+
+
+def dovecot_run(pair, work, addresses):
+    d = work / "dovecot"
+    for sub in ("run", "state", "mail"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    shutil.chown(d / "mail", "mail", "mail")
+    users = d / "users"
+    h = argon2_hash()
+    users.write_text("".join(f"bench{i}@example.com:{h}\n" for i in range(len(addresses) + 10)) +
+                     "".join(f"check{i}@example.com:{h}\n" for i in range(5)))
+    log = d / "dovecot.log"
+    (d / "dovecot.conf").write_text(f"""
+base_dir = {d}/run
+state_dir = {d}/state
+protocols = imap
+listen = {pair.srv4}
+ssl = no
+disable_plaintext_auth = no
+auth_failure_delay = 0
+auth_mechanisms = plain login
+log_path = {log}
+mail_location = maildir:{d}/mail/%d/%n
+first_valid_uid = 8
+mail_uid = mail
+mail_gid = mail
+passdb {{
+  driver = passwd-file
+  args = {users}
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={d}/mail/%d/%n
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {DOVECOT_IMAP}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  process_min_avail = 4
+}}
+service imap {{
+  process_limit = 200
+}}
+""")
+    subprocess.run(["dovecot", "-c", str(d / "dovecot.conf")], check=True)
+    f2b = work / "fail2ban"
+    shutil.copytree("/etc/fail2ban", f2b)
+    for p in (f2b / "jail.d").glob("*"):
+        p.unlink()  # Debian's defaults-debian.conf turns the sshd jail on
+    (f2b / "fail2ban.local").write_text(f"""[Definition]
+loglevel = INFO
+logtarget = {work}/fail2ban.log
+socket = {work}/fail2ban.sock
+pidfile = {work}/fail2ban.pid
+dbfile = :memory:
+""")
+    (f2b / "jail.local").write_text(f"""[DEFAULT]
+backend = auto
+[dovecot]
+enabled = true
+port = {DOVECOT_IMAP}
+logpath = {log}
+maxretry = {TRIGGER}
+findtime = 3600
+bantime = 3600
+action = nftables-multiport[name=dovecot, port="{DOVECOT_IMAP}", protocol=tcp, blocktype=drop]
+""")
+    client = ["fail2ban-client", "-c", str(f2b), "-s", str(work / "fail2ban.sock")]
+    try:
+        log.touch()
+        subprocess.run(["fail2ban-server", "-c", str(f2b), "-s", str(work / "fail2ban.sock"),
+                        "-p", str(work / "fail2ban.pid"), "-x", "-b"], check=True, capture_output=True)
+        deadline = time.monotonic() + 30
+        while subprocess.run([*client, "status", "dovecot"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fail2ban did not start: " + (work / "fail2ban.log").read_text()[-2000:])
+            time.sleep(0.2)
+        check = check_time(pair, pair.srv4, DOVECOT_IMAP, False)
+        lat = run_attackers(pair, pair.srv4, DOVECOT_IMAP, False, addresses)
+        # the addresses in fail2ban's set (its status counts what it has processed so far)
+        banned = netns.sh("nft", "list", "set", "inet", "f2b-table", "addr-set-dovecot", check=False).stdout
+        bans = sum(1 for a in addresses if a in banned)
+        if os.environ.get("LFD_BENCH_DEBUG"):
+            print(banned, (work / "fail2ban.log").read_text()[-3000:], log.read_text()[-3000:])
+        backend = "pyinotify" if "pyinotify" in (work / "fail2ban.log").read_text().lower() else "default"
+        return lat, check, bans, backend
+    finally:
+        subprocess.run([*client, "stop"], capture_output=True)
+        subprocess.run(["doveadm", "-c", str(d / "dovecot.conf"), "stop"], capture_output=True)
+
+
+def pct(v, p):
+    return v[min(len(v) - 1, max(0, round(len(v) * p) - 1))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(HERE.parent / "target" / "release" / "wispd"))
+    ap.add_argument("--attackers", type=int, default=50)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="wispd-lfdbench-"))
+    os.chmod(work, 0o755)
+    pair = netns.Pair(240).create()
+    addresses = [f"10.231.240.{100 + i}" for i in range(args.attackers)]
+    for a in addresses:
+        netns.sh("ip", "addr", "add", f"{a}/24", "dev", "veth1", ns=pair.cli)
+    pair.enter()
+    try:
+        print(f"{args.attackers} attacker addresses, {TRIGGER} wrong IMAP logins each; clock: the crossing LOGIN "
+              "sent -> first dropped SYN from the same address", flush=True)
+        rows = {}
+        lat, check, bans = wispd_run(pair, work, args.bin, addresses)
+        rows["wispd (lfd in process)"] = (lat, check, bans)
+        lat, check, bans, backend = dovecot_run(pair, work, addresses)
+        rows[f"Dovecot + fail2ban ({backend})"] = (lat, check, bans)
+    finally:
+        pair.leave()
+        pair.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'server':<34} {'bans':>5} {'p50':>9} {'p99':>9} {'max':>9} {'password check':>15}")
+    for name, (lat, check, bans) in rows.items():
+        print(f"{name:<34} {bans:5d} {pct(lat, 0.5) * 1000:6.1f} ms {pct(lat, 0.99) * 1000:6.1f} ms "
+              f"{lat[-1] * 1000:6.1f} ms {check * 1000:12.1f} ms")
+    (wl, wc, _), (fl, fc, _) = rows.values()
+    w99, f99 = pct(wl, 0.99), pct(fl, 0.99)
+    print(f"\nwispd p99 {w99 * 1000:.1f} ms ({(w99 - wc) * 1000:.1f} ms after the password check; goal < 10 ms)")
+    print(f"fail2ban / wispd at p99: {f99 / w99:.0f}x; at p50: {pct(fl, 0.5) / pct(wl, 0.5):.0f}x (goal >= 100x)")
+
+
+if __name__ == "__main__":
+    main()
