@@ -82,12 +82,12 @@ clean:
 	rm -rf $(VENV)
 
 # Every bench runs even when one fails; the failed ones are named at the end (exit 1).
-BENCHES := firewall blocklist smtp sieve outbound imap pop3 authflood
+BENCHES := firewall blocklist smtp sieve outbound imap pop3 authflood lfd
 
 bench: deps-build deps-test release
 	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
 	@echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections
-	$(call apt_install_nostart,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve $(BENCH_DAEMONS),postfix dovecot opendkim opendmarc)
+	$(call apt_install_nostart,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve fail2ban python3-pyinotify $(BENCH_DAEMONS),postfix dovecot opendkim opendmarc fail2ban)
 	@$(PY) -m pip install -q --disable-pip-version-check argon2-cffi
 	@failed=""; for b in $(BENCHES); do \
 	  echo "== bench $$b"; \

@@ -166,6 +166,18 @@ pub struct Lfd {
     local: Mutex<(i64, Vec<IpAddr>)>,
     pub(crate) sshd: Mutex<sshd::SourceState>,
     reporter: std::sync::OnceLock<Reporter>,
+    /// Alerts wait here for their own writer, so that storing one holds up no ban.
+    alert_tx: std::sync::OnceLock<SyncSender<PendingAlert>>,
+}
+
+/// An alert on its way to the store.
+#[derive(Debug)]
+struct PendingAlert {
+    kind: &'static str,
+    ip: IpAddr,
+    service: Service,
+    message: String,
+    email: bool,
 }
 
 fn unpoison<T>(r: std::sync::LockResult<T>) -> T {
@@ -302,6 +314,19 @@ impl Firewall {
             dropped: self.lfd().dropped.clone(),
         };
         let _ = self.lfd().reporter.set(reporter.clone());
+        let (alert_tx, alert_rx) = std::sync::mpsc::sync_channel::<PendingAlert>(QUEUE);
+        let _ = self.lfd().alert_tx.set(alert_tx);
+        let fw = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wispd-lfd-alerts".into())
+            .spawn(move || {
+                while let Ok(a) = alert_rx.recv() {
+                    fw.store_alert(a);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the lfd alert writer");
+        }
         let fw = self.clone();
         let spawned = std::thread::Builder::new()
             .name("wispd-lfd".into())
@@ -445,14 +470,20 @@ impl Firewall {
                     "{ip} blocked {how}: {}",
                     comment.trim_start_matches("lfd: ")
                 );
-                if let Err(e) = self.alerts().raise(
+                let alert = PendingAlert {
                     kind,
-                    Some(ip.to_string()),
-                    Some(f.service.name()),
+                    ip,
+                    service: f.service,
                     message,
                     email,
-                ) {
-                    tracing::error!(error = %e, "could not store an lfd alert");
+                };
+                match lfd.alert_tx.get() {
+                    Some(tx) => {
+                        if let Err(e) = tx.try_send(alert) {
+                            tracing::error!(error = %e, "lfd alert queue full; alert lost");
+                        }
+                    }
+                    None => self.store_alert(alert),
                 }
             }
             Ok(false) => {}
@@ -463,6 +494,18 @@ impl Firewall {
                 k.note = Some(format!("not banned: {e}"));
                 tracing::warn!(%ip, error = %e, "lfd could not ban");
             }
+        }
+    }
+
+    fn store_alert(&self, a: PendingAlert) {
+        if let Err(e) = self.alerts().raise(
+            a.kind,
+            Some(a.ip.to_string()),
+            Some(a.service.name()),
+            a.message,
+            a.email,
+        ) {
+            tracing::error!(error = %e, "could not store an lfd alert");
         }
     }
 
@@ -486,5 +529,35 @@ impl Firewall {
             "lfd",
         )?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tracker_stays_bounded_under_a_distributed_attack() {
+        let mut tr = Tracker::default();
+        for i in 0..(3 * GENERATION as u32) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let k = tr.get(ip);
+            k.last = 1;
+            push_window(&mut k.windows[0], 1, 3600, 5);
+        }
+        assert!(tr.current.len() + tr.older.len() <= 2 * GENERATION);
+        // a recent address survives a generation change and keeps its history
+        let recent = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 3 * GENERATION as u32 - 1));
+        assert_eq!(tr.find(&recent).map(|k| k.windows[0].len()), Some(1));
+    }
+
+    #[test]
+    fn a_window_keeps_only_the_trigger_and_the_interval() {
+        let mut w = VecDeque::new();
+        for t in 0..100 {
+            push_window(&mut w, t, 3600, 5);
+        }
+        assert_eq!(w.len(), 5);
+        assert_eq!(push_window(&mut w, 10_000, 3600, 5), 1);
     }
 }
