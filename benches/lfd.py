@@ -4,14 +4,18 @@ namespace joined by a veth pair, the attackers' addresses on the client side):
 
   1. wispd: IMAPS, lfd in process (LF_IMAPD = 3, LF_IMAPD_PERM = 3600), the ban an element of the
      blacklist set, committed over netlink by the same process that refused the login;
-  2. Dovecot (private instance, IMAP on the veth address, auth_failure_delay = 0 so that its log
-     line comes as early as it can) watched by fail2ban (Debian's package, a private server with
-     its stock `dovecot` filter and `nftables-multiport` action with blocktype drop, maxretry = 3,
+  2. Dovecot (private instance, IMAP on the veth address, auth_failure_delay = 0 and no auth
+     penalty (the attackers' network is in login_trusted_networks) so that its log line comes as
+     early as it can) watched by fail2ban (Debian's package, a private server with
+     its stock `dovecot` filter and `nftables-allports` action with blocktype drop, maxretry = 3,
      findtime = bantime = 3600, its default backend — pyinotify when installed).
 
 Both check the same Argon2id hash (m=19456 KiB, t=2, p=1: wispd's parameters). For each of N
 attacker addresses: two wrong logins (one connection each, answer awaited), then the one that
-crosses the trigger: the clock starts when its LOGIN is sent; meanwhile a probe from the same
+crosses the trigger: for wispd the clock starts when its LOGIN is sent (its password check is
+part of the figure); for fail2ban when the failure's line is in Dovecot's log (what fail2ban
+reads; Dovecot's own check and its auth penalty before it logs are not counted). Meanwhile a
+probe from the same
 address opens TCP connections to a probe port (a listener of the bench's, covered by both bans) every ~2 ms (5 ms SYN timeout, confirmed by a
 second 300 ms attempt) and the clock stops at the first probe whose SYN is dropped. Printed:
 p50/p99/max per server, the password check time (a correct login's round trip by an account not
@@ -19,6 +23,10 @@ logged in before, part of every figure), and the ratios, raw and with each serve
 check taken off. Attackers run one at a time (`--parallel` for more). fail2ban runs twice: with
 its default backend (pyinotify, which Debian installs as a Recommends) and with `polling` (its
 fallback without pyinotify).
+
+Status: not in `make bench` yet. The wispd row measures; the fail2ban rows do not yet see the
+bans fail2ban makes (its probes never meet a dropped SYN within 40 s although fail2ban logs the
+bans), so their figures are not to be read until that is found.
 
 Usage: benches/lfd.py [--bin target/release/wispd] [--attackers 50] [--parallel 1]
 """
@@ -108,8 +116,8 @@ def login(host, port, tls, source, user, password, wait=True):
 
 
 def probe(host, port, source, t0, out):
-    """Connects every ~1 ms until a SYN goes unanswered; records when that probe started."""
-    deadline = t0 + 30
+    """Connects every ~2 ms until a SYN goes unanswered; records (source, when that probe started)."""
+    deadline = t0 + 40
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         try:
@@ -118,24 +126,27 @@ def probe(host, port, source, t0, out):
             try:
                 socket.create_connection((host, port), timeout=0.3, source_address=(source, 0)).close()
             except (socket.timeout, ConnectionRefusedError):
-                out.append(start - t0)
+                out.append((source, start))
                 return
         except OSError:
             pass
         time.sleep(0.002)
-    out.append(float("inf"))
+    out.append((source, float("inf")))
 
 
-def attacker(host, port, tls, source, user, out):
+def attacker(host, port, tls, source, user, out, sent):
     for k in range(TRIGGER - 1):
         login(host, port, tls, source, user, f"wrong{k}")
     s, f = session(host, port, tls, source)
     t0 = time.perf_counter()
     s.sendall(b"a LOGIN %s wrong-last\r\n" % user.encode())
+    sent[source] = t0
     p = threading.Thread(target=probe, args=(host, PROBE, source, t0, out))
     p.start()
     try:
-        s.settimeout(30)
+        # Dovecot's answer can come late (its auth penalty); its log line, all fail2ban reads,
+        # is written when the client gives up and disconnects
+        s.settimeout(3)
         while True:
             line = f.readline()
             if not line or line.startswith(b"a "):
@@ -148,12 +159,13 @@ def attacker(host, port, tls, source, user, out):
 
 
 def run_attackers(pair, host, port, tls, addresses, parallel):
-    """Every attacker from the client namespace, `parallel` at a time; returns the latencies."""
-    out = []
+    """Every attacker from the client namespace, `parallel` at a time; returns
+    ({source: first dropped probe}, {source: crossing LOGIN sent}), perf_counter seconds."""
+    out, sent = [], {}
 
     def batch(addrs, first):
         netns._setns(f"/run/netns/{pair.cli}")
-        ts = [threading.Thread(target=attacker, args=(host, port, tls, a, f"bench{first + i}@example.com", out))
+        ts = [threading.Thread(target=attacker, args=(host, port, tls, a, f"bench{first + i}@example.com", out, sent))
               for i, a in enumerate(addrs)]
         [t.start() for t in ts]
         [t.join() for t in ts]
@@ -162,7 +174,7 @@ def run_attackers(pair, host, port, tls, addresses, parallel):
         t = threading.Thread(target=batch, args=(addresses[i:i + parallel], i))
         t.start()
         t.join()
-    return sorted(out)
+    return dict(out), sent
 
 
 def check_time(pair, host, port, tls):
@@ -225,7 +237,8 @@ table = "wispd"
         r = w.request("POST", "/api/v1/csf/ports/", body={"port": PROBE, "protocol": "tcp", "direction": "in"})
         assert r.status == 201, r
         check = check_time(pair, pair.srv4, IMAPS, True)
-        lat = run_attackers(pair, pair.srv4, IMAPS, True, addresses, parallel)
+        dropped, sent = run_attackers(pair, pair.srv4, IMAPS, True, addresses, parallel)
+        lat = sorted(dropped[a] - sent[a] for a in addresses)
         bans = sum(1 for e in w.request("GET", "/api/v1/csf/blacklist").json["data"] if e["comment"].startswith("lfd:"))
         return lat, check, bans
     finally:
@@ -254,6 +267,9 @@ listen = {pair.srv4}
 ssl = no
 disable_plaintext_auth = no
 auth_failure_delay = 0
+# no anvil auth penalty (up to 15 s before answering an address that failed before): its log line,
+# all fail2ban reads, comes only when the client hears the answer and disconnects
+login_trusted_networks = {pair.cli4.rsplit(".", 1)[0]}.0/24
 auth_mechanisms = plain login
 log_path = {log}
 mail_location = maildir:{d}/mail/%d/%n
@@ -302,7 +318,7 @@ logpath = {log}
 maxretry = {TRIGGER}
 findtime = 3600
 bantime = 3600
-action = nftables-multiport[name=dovecot, port="{DOVECOT_IMAP},{PROBE}", protocol=tcp, blocktype=drop]
+action = nftables-allports[name=dovecot, protocol=tcp, blocktype=drop]
 """)
     client = ["fail2ban-client", "-c", str(f2b), "-s", str(work / "fail2ban.sock")]
     try:
@@ -315,7 +331,32 @@ action = nftables-multiport[name=dovecot, port="{DOVECOT_IMAP},{PROBE}", protoco
                 raise RuntimeError("fail2ban did not start: " + (work / "fail2ban.log").read_text()[-2000:])
             time.sleep(0.2)
         check = check_time(pair, pair.srv4, DOVECOT_IMAP, False)
-        lat = run_attackers(pair, pair.srv4, DOVECOT_IMAP, False, addresses, parallel)
+        seen = {}
+        watching = [True]
+
+        def watch():
+            # when the crossing failure's line reaches Dovecot's log (what fail2ban reads)
+            counts, pos = {}, 0
+            while watching[0]:
+                with open(log, "rb") as fh:
+                    fh.seek(pos)
+                    data = fh.read()
+                now = time.perf_counter()
+                cut = data.rfind(b"\n") + 1
+                pos += cut
+                for line in data[:cut].splitlines():
+                    if b"auth failed" in line and b"rip=" in line:
+                        ip = line.split(b"rip=")[1].split(b",")[0].decode()
+                        counts[ip] = counts.get(ip, 0) + 1
+                        if counts[ip] == TRIGGER:
+                            seen[ip] = now
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        dropped, sent = run_attackers(pair, pair.srv4, DOVECOT_IMAP, False, addresses, parallel)
+        watching[0] = False
+        lat = sorted(dropped[a] - seen.get(a, float("inf")) for a in addresses)
         # the addresses in fail2ban's set (its status counts what it has processed so far)
         banned = netns.sh("nft", "list", "set", "inet", "f2b-table", "addr-set-dovecot", check=False).stdout
         bans = sum(1 for a in addresses if a in banned)
@@ -367,14 +408,15 @@ def main():
     for name, (lat, check, bans) in rows.items():
         print(f"{name:<34} {bans:5d} {pct(lat, 0.5) * 1000:6.1f} ms {pct(lat, 0.99) * 1000:6.1f} ms "
               f"{lat[-1] * 1000:6.1f} ms {check * 1000:12.1f} ms")
+    print("(wispd: from the crossing LOGIN sent, its password check included; fail2ban: from the moment "
+          "the crossing failure's line is in Dovecot's log, so Dovecot's check and penalty are not counted)")
     (wname, (wl, wc, _)), *others = rows.items()
-    w99 = pct(wl, 0.99)
-    print(f"\nwispd p99 {w99 * 1000:.1f} ms, {(w99 - wc) * 1000:.1f} ms after its password check (goal < 10 ms)")
-    for name, (fl, fc, _) in others:
-        f99 = pct(fl, 0.99)
-        print(f"{name} / wispd: p99 {f99 / w99:.1f}x, p50 {pct(fl, 0.5) / pct(wl, 0.5):.1f}x; after each one's "
-              f"password check: p99 {(f99 - fc) / max(w99 - wc, 1e-4):.1f}x, "
-              f"p50 {(pct(fl, 0.5) - fc) / max(pct(wl, 0.5) - wc, 1e-4):.1f}x (goal >= 100x)")
+    w50, w99 = pct(wl, 0.5), pct(wl, 0.99)
+    print(f"\nwispd p99 {w99 * 1000:.1f} ms; {(w99 - wc) * 1000:.1f} ms after its password check (goal < 10 ms)")
+    for name, (fl, _, _) in others:
+        print(f"{name} / wispd: p50 {pct(fl, 0.5) / w50:.1f}x, p99 {pct(fl, 0.99) / w99:.1f}x; against wispd "
+              f"after its password check: p50 {pct(fl, 0.5) / max(w50 - wc, 1e-4):.0f}x, "
+              f"p99 {pct(fl, 0.99) / max(w99 - wc, 1e-4):.0f}x (goal >= 100x)")
 
 
 if __name__ == "__main__":
