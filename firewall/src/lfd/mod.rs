@@ -547,7 +547,9 @@ mod tests {
         }
         assert!(tr.current.len() + tr.older.len() <= 2 * GENERATION);
         // a recent address survives a generation change and keeps its history
-        let recent = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 3 * GENERATION as u32 - 1));
+        let recent = IpAddr::from(std::net::Ipv4Addr::from(
+            0x0a00_0000 + 3 * GENERATION as u32 - 1,
+        ));
         assert_eq!(tr.find(&recent).map(|k| k.windows[0].len()), Some(1));
     }
 
