@@ -24,10 +24,6 @@ check taken off. Attackers run one at a time (`--parallel` for more). fail2ban r
 its default backend (pyinotify, which Debian installs as a Recommends) and with `polling` (its
 fallback without pyinotify).
 
-Status: not in `make bench` yet. The wispd row measures; the fail2ban rows do not yet see the
-bans fail2ban makes (its probes never meet a dropped SYN within 40 s although fail2ban logs the
-bans), so their figures are not to be read until that is found.
-
 Usage: benches/lfd.py [--bin target/release/wispd] [--attackers 50] [--parallel 1]
 """
 
@@ -112,6 +108,8 @@ def login(host, port, tls, source, user, password, wait=True):
                 if not line or line.startswith(b"a "):
                     return line
     finally:
+        # the file object holds the socket open until it is closed too
+        f.close()
         s.close()
 
 
@@ -154,6 +152,7 @@ def attacker(host, port, tls, source, user, out, sent):
     except OSError:
         pass
     finally:
+        f.close()
         s.close()
     p.join()
 
@@ -361,7 +360,8 @@ action = nftables-allports[name=dovecot, protocol=tcp, blocktype=drop]
         banned = netns.sh("nft", "list", "set", "inet", "f2b-table", "addr-set-dovecot", check=False).stdout
         bans = sum(1 for a in addresses if a in banned)
         if os.environ.get("LFD_BENCH_DEBUG"):
-            print(banned, (work / "fail2ban.log").read_text()[-3000:], log.read_text()[-3000:])
+            print(netns.sh("nft", "list", "ruleset", check=False).stdout, dropped, sent, seen,
+                  (work / "fail2ban.log").read_text()[-3000:], log.read_text()[-1500:])
         used = "pyinotify" if "pyinotify" in (work / "fail2ban.log").read_text().lower() else backend
         return lat, check, bans, used
     finally:
