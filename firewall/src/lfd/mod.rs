@@ -451,7 +451,7 @@ impl Firewall {
             return;
         };
         match self.lfd_ban(ip, ttl, &comment) {
-            Ok(true) => {
+            Ok(()) => {
                 lfd.bans_total.fetch_add(1, Ordering::Relaxed);
                 unpoison(lfd.bans.lock()).push_back(t);
                 if escalated {
@@ -486,7 +486,6 @@ impl Firewall {
                     None => self.store_alert(alert),
                 }
             }
-            Ok(false) => {}
             Err(e) => {
                 let mut tr = unpoison(lfd.tracker.lock());
                 let k = tr.get(ip);
@@ -509,14 +508,8 @@ impl Firewall {
         }
     }
 
-    /// Bans `ip` unless a ban at least as long is already on; true when it banned.
-    fn lfd_ban(&self, ip: IpAddr, ttl: i64, comment: &str) -> Result<bool, FwError> {
-        let t = now();
-        if let Some(e) = self.entry(ListKind::Black, ip)?
-            && e.expires_at.is_none_or(|x| ttl > 0 && x >= t + ttl)
-        {
-            return Ok(false);
-        }
+    /// Bans `ip` (the caller saw no live blacklist entry for it).
+    fn lfd_ban(&self, ip: IpAddr, ttl: i64, comment: &str) -> Result<(), FwError> {
         self.add_from(
             ListKind::Black,
             EntryRequest {
@@ -527,8 +520,8 @@ impl Firewall {
                 caller: None,
             },
             "lfd",
-        )?;
-        Ok(true)
+        )
+        .map(|_| ())
     }
 }
 
