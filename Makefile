@@ -13,7 +13,9 @@ BUILD_PKGS := build-essential pkg-config clang libclang-dev
 TEST_PKGS := nftables iproute2 curl openssl
 # daemons the tests start privately (own config, loopback port): installed with their system
 # service kept from starting and disabled
-TEST_DAEMONS := rspamd
+TEST_DAEMONS := rspamd clamav-daemon
+# their services (clamav-daemon brings clamav-freshclam, which must not fetch or run either)
+TEST_SERVICES := rspamd clamav-daemon clamav-daemon.socket clamav-freshclam
 # the milters and policy service the SMTP bench's Postfix peer runs (private instances too)
 BENCH_DAEMONS := opendkim opendmarc postfix-policyd-spf-python
 
@@ -72,7 +74,7 @@ deps-build:
 
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
-	$(call apt_install_nostart,$(TEST_DAEMONS),$(TEST_DAEMONS))
+	$(call apt_install_nostart,$(TEST_DAEMONS),$(TEST_SERVICES))
 	@command -v python3 >/dev/null || $(SUDO) apt-get install -y -qq python3 python3-venv
 	@[ -x $(PY) ] || python3 -m venv $(VENV) || { $(SUDO) apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	@$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt

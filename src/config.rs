@@ -66,6 +66,8 @@ pub struct RawSmtp {
     pub queue_lifetime_seconds: i64,
     pub destination_concurrency: i64,
     pub data_timeout_seconds: i64,
+    /// How long a rate-limit group's "hour" is (a day is 24 of them).
+    pub rate_window_seconds: i64,
     pub max_inflight_mb: i64,
     pub postmaster: String,
     pub tls_cert: Option<PathBuf>,
@@ -199,6 +201,7 @@ impl Default for RawSmtp {
             queue_lifetime_seconds: 5 * 86_400,
             destination_concurrency: 4,
             data_timeout_seconds: 600,
+            rate_window_seconds: 3600,
             max_inflight_mb: 256,
             postmaster: String::new(),
             tls_cert: None,
@@ -285,6 +288,8 @@ pub struct SmtpConfig {
     pub destination_concurrency: usize,
     /// A message must be transferred within this from DATA on.
     pub data_timeout: std::time::Duration,
+    /// Seconds in a rate-limit hour.
+    pub rate_window: u64,
     /// Message bytes in flight (SMTP and IMAP APPEND) held in memory at most.
     pub max_inflight_bytes: usize,
     /// Where postmaster mail goes when the domain has no such account (empty: the domain's first).
@@ -640,6 +645,12 @@ impl RawConfig {
             10,
             86_400,
         );
+        let rate_window = bounded(
+            "smtp.rate_window_seconds",
+            self.smtp.rate_window_seconds,
+            1,
+            86_400,
+        );
         let inflight = bounded(
             "smtp.max_inflight_mb",
             self.smtp.max_inflight_mb,
@@ -768,6 +779,7 @@ impl RawConfig {
                 queue_lifetime: std::time::Duration::from_secs(lifetime),
                 destination_concurrency: usize::try_from(concurrency).unwrap_or(4),
                 data_timeout: std::time::Duration::from_secs(data_timeout),
+                rate_window,
                 max_inflight_bytes: usize::try_from(inflight)
                     .unwrap_or(256)
                     .saturating_mul(1 << 20),

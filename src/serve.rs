@@ -224,6 +224,7 @@ fn mail_config(cfg: &Config, certs: MailCerts) -> MailConfig {
         imap_listen: cfg.imap.listen.clone(),
         imaps_listen: cfg.imap.imaps.clone(),
         nameservers: cfg.dns.nameservers.clone(),
+        rate_hour_seconds: cfg.smtp.rate_window,
         verify_senders: cfg.smtp.verify_senders,
         tls: Some(certs.smtp),
         imap_tls: Some(certs.imap),

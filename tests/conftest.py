@@ -70,10 +70,12 @@ class Wispd:
         self.env = {}
         self.proc = None
         self.lines = []
+        self.times = []  # perf_counter when each line of `lines` was read
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, timeout=20):
         self.lines = []
+        self.times = []
         self.proc = subprocess.Popen(
             [WISPD_BIN, "serve", "--config", str(self.config_path), "--data-dir", str(self.data_dir), *self.extra_args],
             stdout=subprocess.DEVNULL,
@@ -85,6 +87,7 @@ class Wispd:
 
         def pump():
             for line in self.proc.stderr:
+                self.times.append(time.perf_counter())
                 self.lines.append(line)
                 m = READY.search(line)
                 if m:

@@ -120,6 +120,38 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/email/spam",
             get(routes::spam::get).put(routes::spam::put),
         )
+        .route(
+            "/api/v1/email/clamav",
+            get(routes::clamav::get).put(routes::clamav::put),
+        )
+        .route(
+            "/api/v1/email/clamav/quarantine",
+            get(routes::clamav::quarantine_list),
+        )
+        .route(
+            "/api/v1/email/clamav/quarantine/{id}",
+            get(routes::clamav::quarantine_get).delete(routes::clamav::quarantine_delete),
+        )
+        .route(
+            "/api/v1/email/clamav/quarantine/{id}/release",
+            post(routes::clamav::quarantine_release),
+        )
+        .route(
+            "/api/v1/email/ratelimit",
+            get(routes::ratelimit::get).post(routes::ratelimit::post),
+        )
+        .route(
+            "/api/v1/email/ratelimit/inbound",
+            put(routes::ratelimit::inbound),
+        )
+        .route(
+            "/api/v1/email/ratelimit/{name}",
+            put(routes::ratelimit::put).delete(routes::ratelimit::delete),
+        )
+        .route(
+            "/api/v1/email/ratelimit/{name}/members",
+            put(routes::ratelimit::members),
+        )
         .route("/api/v1/csf/status", get(csf::status))
         .route(
             "/api/v1/csf/blacklist",
@@ -210,7 +242,7 @@ pub fn rfc3339(unix: i64) -> String {
 #[doc(hidden)]
 pub fn fuzz_json_bodies(data: &[u8]) {
     use extract::parse_json;
-    use routes::{csf, email, firewall, tokens};
+    use routes::{clamav, csf, email, firewall, ratelimit, tokens};
     let _ = parse_json::<tokens::CreateToken>(data);
     let _ = parse_json::<email::AccountBody>(data);
     let _ = parse_json::<email::AccountUpdate>(data);
@@ -222,6 +254,10 @@ pub fn fuzz_json_bodies(data: &[u8]) {
     let _ = parse_json::<csf::BlocklistChange>(data);
     let _ = parse_json::<firewall::NewRule>(data);
     let _ = parse_json::<firewall::FirewallToggle>(data);
+    let _ = parse_json::<clamav::ClamavBody>(data);
+    let _ = parse_json::<ratelimit::GroupBody>(data);
+    let _ = parse_json::<ratelimit::MembersBody>(data);
+    let _ = parse_json::<ratelimit::InboundBody>(data);
     if let Ok(c) = parse_json::<csf::ConfigUpdate>(data) {
         let _ = c.into_changes();
     }

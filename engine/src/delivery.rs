@@ -192,6 +192,25 @@ pub struct Delivery {
     pub outbound: Option<Outbound>,
     pub bounce: Option<BounceTo>,
     pub effects: Vec<Effect>,
+    /// More writes that belong to this delivery (a rate-limit charge, a released quarantine
+    /// entry), in its transaction.
+    pub also: Option<Also>,
+}
+
+/// Writes committed with a delivery, or not at all.
+#[derive(Clone)]
+pub struct Also(Arc<dyn Fn(&Write<'_>) -> Result<(), StoreError> + Send + Sync>);
+
+impl Also {
+    pub fn new(f: impl Fn(&Write<'_>) -> Result<(), StoreError> + Send + Sync + 'static) -> Also {
+        Also(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Also {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Also(..)")
+    }
 }
 
 /// Queue ids committed by the writer, for the queue's scheduler, and its wake-up call.
@@ -254,6 +273,7 @@ struct Job {
     outbound: Option<Outbound>,
     bounce: Option<BounceTo>,
     effects: Vec<Effect>,
+    also: Option<Also>,
     reply: tokio::sync::oneshot::Sender<Result<Delivered, DeliverError>>,
 }
 
@@ -353,6 +373,7 @@ impl Deliverer {
                 outbound: d.outbound.filter(|o| !o.recipients.is_empty()),
                 bounce: d.bounce,
                 effects: d.effects,
+                also: d.also,
                 reply,
             })))
             .map_err(|_| DeliverError::Stopped)?;
@@ -538,6 +559,9 @@ fn apply(w: &Write<'_>, job: &Job) -> Result<Delivered, StoreError> {
         {
             sent.push(enqueue(w, o, job.internal_date)?);
         }
+    }
+    if let Some(also) = &job.also {
+        (also.0)(w)?;
     }
     Ok(Delivered {
         outcomes,

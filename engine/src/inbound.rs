@@ -451,6 +451,16 @@ pub fn strip_spam_fields(message: &[u8]) -> Vec<u8> {
     })
 }
 
+/// The message without `X-Virus-Status:` / `X-Virus-Scanned:` fields: only the server's own
+/// scan may say what it found.
+pub fn strip_virus_fields(message: &[u8]) -> Vec<u8> {
+    strip_fields(message, |field| {
+        ["x-virus-status:", "x-virus-scanned:"]
+            .iter()
+            .any(|n| field.len() >= n.len() && field[..n.len()].eq_ignore_ascii_case(n.as_bytes()))
+    })
+}
+
 /// The message without the header fields `drop` picks (each with its continuation lines).
 fn strip_fields(message: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let end = message

@@ -3,6 +3,7 @@
 //! IMAP, POP3, DKIM keys and signing, and the outbound queue with SRS for forwarded mail.
 
 pub mod address;
+pub mod clamav;
 pub mod delivery;
 pub mod directory;
 pub mod dkim;
@@ -17,6 +18,7 @@ pub mod mailstore;
 pub mod metrics;
 pub mod pop3;
 pub mod queue;
+pub mod ratelimit;
 pub mod rbl;
 pub mod service;
 pub mod sieve;

@@ -54,6 +54,18 @@ pub enum Protocol {
     ManageSieve,
 }
 
+impl Protocol {
+    /// The name the log line of a refused login gives.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::ManageSieve => "managesieve",
+        }
+    }
+}
+
 /// Where refused logins are reported; the binary wires the firewall's lfd in. Must not block.
 pub trait FailureSink: Send + Sync + std::fmt::Debug {
     fn login_failed(&self, protocol: Protocol, ip: IpAddr, user: &str);
@@ -144,6 +156,15 @@ impl Logins {
                 before
             }
             Verdict::Refused => {
+                // At the verdict, before the delay: the line an outside log watcher reads (the
+                // user name is cut and Debug-quoted, so it cannot forge a line of its own).
+                let shown: String = user.chars().take(64).collect();
+                tracing::info!(
+                    protocol = protocol.name(),
+                    ip = %peer.to_canonical(),
+                    user = ?shown,
+                    "login refused"
+                );
                 if let Some(sink) = self.sink.get() {
                     sink.login_failed(protocol, peer.to_canonical(), user);
                 }

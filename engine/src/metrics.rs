@@ -48,6 +48,10 @@ pub enum MessageOutcome {
     Spam,
     /// Greylisted, or the spam engine was unavailable: `451 4.7.1`.
     Deferred,
+    /// clamd found a virus: refused or quarantined.
+    Virus,
+    /// The submitting account's rate-limit group is used up: `451 4.7.0`.
+    RateLimited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -132,6 +136,7 @@ labels! {
         Accepted => "accepted", TooBig => "too_big", NoMemory => "no_memory", Loop => "loop",
         Authors => "authors", NoRecipient => "no_recipient", StoreFailed => "store_failed",
         Refused => "filter_refused", Dmarc => "dmarc", Spam => "spam", Deferred => "deferred",
+        Virus => "virus", RateLimited => "rate_limited",
     }
     RcptRefusal {
         RelayDenied => "relay_denied", UnknownUser => "unknown_user", Disabled => "disabled",

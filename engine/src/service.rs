@@ -3,11 +3,9 @@
 //! so an installed stack listens again after a restart.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,6 +60,8 @@ pub struct MailConfig {
     /// POP3 listeners (STLS) and POP3S listeners (implicit TLS).
     pub pop3_listen: Vec<SocketAddr>,
     pub pop3s_listen: Vec<SocketAddr>,
+    /// Seconds a rate-limit "hour" lasts (`[smtp] rate_window_seconds`; a day is 24 of them).
+    pub rate_hour_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,8 @@ pub struct Mail {
     filters: crate::sieve::Filters,
     rbl: Arc<crate::rbl::Rbl>,
     spam: Arc<crate::spam::Spam>,
+    clamav: Arc<crate::clamav::Clamav>,
+    ratelimit: Arc<crate::ratelimit::RateLimits>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -150,6 +152,12 @@ impl Mail {
                 .map_err(std::io::Error::other)?,
         );
         let spam = Arc::new(crate::spam::Spam::new(store.clone()).map_err(std::io::Error::other)?);
+        let clamav =
+            Arc::new(crate::clamav::Clamav::new(store.clone()).map_err(std::io::Error::other)?);
+        let ratelimit = Arc::new(
+            crate::ratelimit::RateLimits::new(store.clone(), config.rate_hour_seconds)
+                .map_err(std::io::Error::other)?,
+        );
         Ok(Mail {
             config,
             store,
@@ -165,6 +173,8 @@ impl Mail {
             filters,
             rbl,
             spam,
+            clamav,
+            ratelimit,
         })
     }
 
@@ -203,6 +213,20 @@ impl Mail {
     /// Spam scoring and greylisting (`/email/spam`).
     pub fn spam(&self) -> &Arc<crate::spam::Spam> {
         &self.spam
+    }
+
+    /// Virus scanning and the quarantine (`/email/clamav`).
+    pub fn clamav(&self) -> &Arc<crate::clamav::Clamav> {
+        &self.clamav
+    }
+
+    /// Rate-limit groups and the MX's per-network caps (`/email/ratelimit`).
+    pub fn ratelimit(&self) -> &Arc<crate::ratelimit::RateLimits> {
+        &self.ratelimit
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.config.smtp.hostname
     }
 
     /// The accounts' Sieve scripts and autoresponders.
@@ -278,12 +302,17 @@ impl Mail {
             .map_err(|e| MailError::Config(format!("the resolver for sender checks: {e}")))?;
             server = server.with_inbound(Arc::new(inbound));
         }
-        self.tracker
-            .spawn(prune_greylist(self.spam.clone(), self.shutdown.clone()));
+        self.tracker.spawn(prune_greylist(
+            self.spam.clone(),
+            self.clamav.clone(),
+            self.shutdown.clone(),
+        ));
         let server = Arc::new(
             server
                 .with_rbl(self.rbl.clone())
-                .with_spam(self.spam.clone()),
+                .with_spam(self.spam.clone())
+                .with_clamav(self.clamav.clone())
+                .with_ratelimit(self.ratelimit.clone()),
         );
         let mut bound = Vec::new();
         let all = listeners
@@ -433,8 +462,12 @@ async fn purge_seen(filters: crate::sieve::Filters, shutdown: CancellationToken)
     }
 }
 
-/// Forgets expired greylisting records every hour until shutdown.
-async fn prune_greylist(spam: Arc<crate::spam::Spam>, shutdown: CancellationToken) {
+/// Forgets expired greylisting records and quarantined messages every hour until shutdown.
+async fn prune_greylist(
+    spam: Arc<crate::spam::Spam>,
+    clamav: Arc<crate::clamav::Clamav>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -445,6 +478,14 @@ async fn prune_greylist(spam: Arc<crate::spam::Spam>, shutdown: CancellationToke
         match tokio::task::spawn_blocking(move || s.prune(wispd_store::unix_now())).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired greylisting records pruned"),
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning greylisting records failed"),
+            _ => {}
+        }
+        let c = clamav.clone();
+        match tokio::task::spawn_blocking(move || c.prune(wispd_store::unix_now())).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(removed = n, "expired quarantined messages deleted")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the quarantine failed"),
             _ => {}
         }
     }
@@ -460,54 +501,4 @@ async fn bind(key: &'static str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener
         out.push(l);
     }
     Ok(out)
-}
-
-/// What a clamd probe found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Clamd {
-    pub installed: bool,
-    pub running: bool,
-}
-
-/// Where Debian's and the upstream clamd put their socket.
-const CLAMD_SOCKETS: [&str; 3] = [
-    "/run/clamav/clamd.ctl",
-    "/var/run/clamav/clamd.ctl",
-    "/run/clamd.scan/clamd.sock",
-];
-const CLAMD_BINARIES: [&str; 2] = ["/usr/sbin/clamd", "/usr/bin/clamd"];
-
-/// Probes clamd: installed when its binary or socket exists, running when it answers `PING`
-/// with `PONG` within a second.
-pub async fn probe_clamd() -> Clamd {
-    let installed = CLAMD_BINARIES
-        .iter()
-        .chain(&CLAMD_SOCKETS)
-        .any(|p| Path::new(p).exists());
-    let mut running = false;
-    for sock in CLAMD_SOCKETS
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    {
-        if ping(&sock).await {
-            running = true;
-            break;
-        }
-    }
-    Clamd { installed, running }
-}
-
-async fn ping(sock: &Path) -> bool {
-    let attempt = async {
-        let mut s = tokio::net::UnixStream::connect(sock).await?;
-        s.write_all(b"zPING\0").await?;
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf[..n].starts_with(b"PONG"))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Ok(true))
-    )
 }

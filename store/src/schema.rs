@@ -492,3 +492,133 @@ pub struct GreyEntry {
     pub passed: i64,
     pub expires: i64,
 }
+
+/// The ClamAV settings (`/email/clamav`), under `"clamav"`.
+pub const MAIL_CLAMAV: Table<&str, ClamavSettings> = Table::new("mail_clamav");
+
+/// Virus scanning by clamd. Every field has a default, so a record written by an older wispd
+/// reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClamavSettings {
+    pub enabled: bool,
+    /// clamd's socket: a unix socket path, or `host:port` for its TCP socket.
+    pub socket: String,
+    /// A virus: `reject` (`554 5.7.1`) or `quarantine` (held for the admin).
+    pub action: String,
+    /// clamd down or failing: `tempfail` (`451 4.3.0`) or `accept` (`X-Virus-Status: Unscanned`).
+    pub on_error: String,
+    /// Messages larger than this are not sent to clamd (its `StreamMaxLength`).
+    pub max_size_mb: u64,
+    /// A message over `max_size_mb`: `accept` (unscanned) or `reject` (`552 5.3.4`).
+    pub oversize: String,
+    /// Seconds a scan may take before it counts as an error.
+    pub timeout_seconds: u64,
+    /// Days a quarantined message is kept before it is deleted.
+    pub quarantine_days: u64,
+}
+
+impl Default for ClamavSettings {
+    fn default() -> Self {
+        ClamavSettings {
+            enabled: false,
+            socket: "/run/clamav/clamd.ctl".into(),
+            action: "reject".into(),
+            on_error: "tempfail".into(),
+            max_size_mb: 25,
+            oversize: "accept".into(),
+            timeout_seconds: 30,
+            quarantine_days: 30,
+        }
+    }
+}
+
+/// Messages held because clamd found a virus (action `quarantine`), by id; the message itself
+/// is in [`MAIL_QUARANTINE_DATA`] under the same id.
+pub const MAIL_QUARANTINE: Table<u64, QuarantineEntry> = Table::new("mail_quarantine");
+pub const MAIL_QUARANTINE_DATA: crate::RawTable<u64> = crate::RawTable::new("mail_quarantine_data");
+
+/// A held message and what its delivery would have been.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub id: u64,
+    pub received_at: i64,
+    /// `mx` or `submission`.
+    pub source: String,
+    /// What clamd named.
+    pub signature: String,
+    /// The envelope sender as received.
+    pub from: String,
+    /// The submitting account's address (submission).
+    #[serde(default)]
+    pub account: Option<String>,
+    pub subject: String,
+    pub size: u64,
+    /// Local recipients: account ids and the addresses they were reached at.
+    pub accounts: Vec<u64>,
+    pub local: Vec<String>,
+    /// Other domains' recipients (address, the forwarder's address it came through).
+    pub remote: Vec<(String, Option<String>)>,
+    /// The envelope sender the copy for other domains leaves with (SRS for a forward).
+    pub remote_sender: String,
+    /// The domain whose DKIM key signs that copy when it is released (submission).
+    #[serde(default)]
+    pub sign_domain: Option<String>,
+    /// The client's address and the SMTP transaction id.
+    pub client: String,
+    pub smtp_id: String,
+    pub expires: i64,
+}
+
+/// Rate-limit groups for outgoing mail (`/email/ratelimit`), by name; `default` covers every
+/// account no other group has.
+pub const MAIL_RATE_GROUPS: Table<&str, RateGroup> = Table::new("mail_rate_groups");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateGroup {
+    pub name: String,
+    /// 0: no limit.
+    pub messages_per_hour: u64,
+    pub recipients_per_hour: u64,
+    pub messages_per_day: u64,
+    /// Whether recipients on this server count (local accounts, any of its domains).
+    #[serde(default)]
+    pub count_local: bool,
+    pub created_at: i64,
+}
+
+/// Who is in which group: an account (`user@domain`) or a whole domain (`domain`) -> group.
+/// An account's own entry wins over its domain's.
+pub const MAIL_RATE_MEMBERS: Table<&str, RateMember> = Table::new("mail_rate_members");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateMember {
+    pub member: String,
+    pub group: String,
+}
+
+/// What an account has sent in its current windows, by account id (written with the
+/// deliveries that count, in their commit).
+pub const MAIL_RATE_USAGE: Table<u64, RateUsage> = Table::new("mail_rate_usage");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RateUsage {
+    pub account: u64,
+    /// Start of the hour window (unix seconds) and what it has counted.
+    pub hour_start: i64,
+    pub hour_messages: u64,
+    pub hour_recipients: u64,
+    pub day_start: i64,
+    pub day_messages: u64,
+}
+
+/// Limits on the MX per client network (an IPv4 /24, an IPv6 /64), under `"inbound"`.
+pub const MAIL_RATE_INBOUND: Table<&str, InboundRate> = Table::new("mail_rate_inbound");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InboundRate {
+    /// 0: no limit.
+    pub connections_per_minute: u64,
+    pub messages_per_minute: u64,
+}

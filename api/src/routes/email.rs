@@ -8,9 +8,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wispd_engine::address;
+use wispd_engine::clamav::Probe as Clamd;
 use wispd_engine::directory::{DirError, Directory, NewAccount};
 use wispd_engine::dkim::{self, Published};
-use wispd_engine::service::{Clamd, MailStatus};
+use wispd_engine::service::MailStatus;
 use wispd_store::schema::{
     DkimKey, MailAccount, MailCatchall, MailForwarder, QueuedMessage, QueuedRecipient,
 };
@@ -224,9 +225,9 @@ pub struct StatusView {
     pub dovecot_installed: bool,
     /// `dovecot.running`.
     pub dovecot_running: bool,
-    /// A clamd binary or socket exists.
+    /// clamd's socket (`/email/clamav` `socket`) exists, or its daemon is installed.
     pub clamav_installed: bool,
-    /// clamd answers `PING`.
+    /// clamd answers `PING` on that socket.
     pub clamav_running: bool,
 }
 
@@ -294,7 +295,7 @@ pub async fn install(
 
 async fn status_view(state: &AppState) -> Result<StatusView, ApiError> {
     let mail = state.mail.status().await?;
-    let clamd = wispd_engine::service::probe_clamd().await;
+    let clamd = state.mail.clamav().probe().await;
     let mta_path = if mail.installed {
         std::env::current_exe()
             .map(|p| p.display().to_string())
@@ -1106,8 +1107,9 @@ mod tests {
     //! The views serialize to exactly what the `json!` literals they replaced produced (field
     //! order, `null` vs absent): panel clients compare these bytes.
 
+    use wispd_engine::clamav::Probe as Clamd;
     use wispd_engine::dkim::Published;
-    use wispd_engine::service::{Clamd, MailStatus};
+    use wispd_engine::service::MailStatus;
     use wispd_store::schema::{
         DkimKey, MailAccount, MailCatchall, MailForwarder, QueuedMessage, QueuedRecipient,
     };
@@ -1191,6 +1193,7 @@ mod tests {
         let clamd = Clamd {
             installed: true,
             running: false,
+            version: None,
         };
         assert_eq!(
             json(&StatusView::new(&mail, &clamd, "/usr/bin/wispd".into())),

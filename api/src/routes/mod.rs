@@ -1,11 +1,13 @@
 //! One module per resource group; each documents its operations in an OpenAPI part of its own.
 
+pub mod clamav;
 pub mod csf;
 pub mod email;
 pub mod firewall;
 pub mod health;
 pub mod lfd;
 pub mod openapi;
+pub mod ratelimit;
 pub mod rbl;
 pub mod sieve;
 pub mod spam;
@@ -19,6 +21,8 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
         sieve::SieveApi::openapi(),
         rbl::RblApi::openapi(),
         spam::SpamApi::openapi(),
+        clamav::ClamavApi::openapi(),
+        ratelimit::RatelimitApi::openapi(),
         csf::CsfApi::openapi(),
         lfd::LfdApi::openapi(),
         firewall::FirewallApi::openapi(),

@@ -732,7 +732,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Verdict::Refused => {
                 let n = self.server.logins.failures(self.peer.ip());
-                tracing::info!(failures = n, "imap login failed");
+                tracing::debug!(failures = n, "imap login failed");
                 self.tagged(tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed.");
             }
             Verdict::Busy => {

@@ -125,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Verdict::Accepted(account) => self.open(account),
             Verdict::Refused => {
                 let n = self.server.logins.failures(self.peer.ip());
-                tracing::info!(failures = n, "pop3 login failed");
+                tracing::debug!(failures = n, "pop3 login failed");
                 self.reply(&Reply::err("Authentication failed.").with(Code::Auth));
             }
             Verdict::Busy => {

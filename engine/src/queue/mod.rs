@@ -577,6 +577,7 @@ impl Queue {
                             local_domain: &local,
                             now: now(),
                             spam: crate::spam::SpamLevel::Unknown,
+                            virus: 0,
                             arc_set: None,
                         },
                     )
@@ -626,6 +627,7 @@ impl Queue {
                         outbound: onward,
                         bounce: None,
                         effects,
+                        also: None,
                     })
                     .await
                 {

@@ -36,6 +36,8 @@ pub struct Outgoing<'a> {
     pub now: i64,
     /// What `spamtest` reports.
     pub spam: crate::spam::SpamLevel,
+    /// What `virustest` reports (RFC 5235: 0 not scanned, 1 clean, 5 a virus).
+    pub virus: u32,
     /// The ARC set (RFC 8617) for a copy redirected unchanged.
     pub arc_set: Option<&'a str>,
 }
@@ -92,6 +94,7 @@ impl Filters {
                             from: out.from,
                             to: &r.envelope_to,
                             spam: out.spam,
+                            virus: out.virus,
                         },
                         &parsed,
                         out.now,

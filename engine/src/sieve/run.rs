@@ -76,6 +76,8 @@ pub struct MailEnvelope<'a> {
     pub to: &'a str,
     /// What `spamtest` reports.
     pub spam: crate::spam::SpamLevel,
+    /// What `virustest` reports (0 not scanned, 1 clean).
+    pub virus: u32,
 }
 
 /// The key a seen id is kept under: its kind and a hash (vacation ids hold the whole reason).
@@ -285,6 +287,11 @@ impl Filters {
         }
         ctx.set_envelope(Envelope::To, envelope.to);
         ctx.set_spam_status(envelope.spam.sieve());
+        ctx.set_virus_status(match envelope.virus {
+            1 => ::sieve::VirusStatus::Clean,
+            5 => ::sieve::VirusStatus::Virus,
+            _ => ::sieve::VirusStatus::Unknown,
+        });
         let replying = may_reply(message, envelope.from);
         // Sieve's message numbers -> indexes into plan.created.
         let mut created: HashMap<usize, usize> = HashMap::new();
@@ -453,6 +460,7 @@ impl Filters {
                 from: "a@b.test",
                 to: "c@d.test",
                 spam: crate::spam::SpamLevel::Unknown,
+                virus: 0,
             },
             &parsed,
             ("fuzz", script),

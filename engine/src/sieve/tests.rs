@@ -39,6 +39,7 @@ fn plan(filters: &Filters, id: u64, message: &str, from: &str) -> Option<Plan> {
             from,
             to: "ann+work@example.com",
             spam: crate::spam::SpamLevel::Unknown,
+            virus: 0,
         },
         &parsed,
         1_000_000,

@@ -145,7 +145,7 @@ impl Core {
             }
             Verdict::Refused => {
                 let n = self.server.logins.failures(self.peer.ip());
-                tracing::info!(failures = n, "smtp authentication failed");
+                tracing::debug!(failures = n, "smtp authentication failed");
                 self.reply(Reply::new(
                     535,
                     "5.7.8",

@@ -223,6 +223,52 @@ impl Core {
             }
         }
         let now = wispd_store::unix_now();
+        // Viruses (`/email/clamav`): the message as it would be stored, MX and submission alike.
+        let mut virus_header = String::new();
+        let mut virus = 0;
+        if let Some(clamav) = self.server.clamav.clone().filter(|c| c.enabled())
+            && (!tx.accounts.is_empty() || !tx.remote.is_empty())
+        {
+            body = crate::inbound::strip_virus_fields(&body);
+            let mut scanned = Vec::with_capacity(received.len() + body.len());
+            scanned.extend_from_slice(&received);
+            scanned.extend_from_slice(&body);
+            match clamav.check(&scanned).await {
+                crate::clamav::Decision::Skip => {}
+                crate::clamav::Decision::Deliver { header, virus: v } => {
+                    virus_header = header;
+                    virus = v;
+                }
+                crate::clamav::Decision::Refuse(code, enhanced, why) => {
+                    tracing::info!(id = %tx.id, from = %tx.from, %why, "refused by the virus scan");
+                    self.count_message(MessageOutcome::Virus);
+                    return Reply::new(code, enhanced, why);
+                }
+                crate::clamav::Decision::Quarantine(signature) => {
+                    return self
+                        .quarantine(&tx, &clamav, signature, scanned, &body)
+                        .await;
+                }
+            }
+        }
+        // Submission: the account's rate-limit group, charged with this message; the charge
+        // is committed with the delivery (and given back if it fails).
+        let mut charge = None;
+        if let (Some(r), Some(account)) = (self.server.ratelimit.clone(), &self.account) {
+            match r.charge(
+                account,
+                tx.remote.len() as u64,
+                tx.accounts.len() as u64,
+                now,
+            ) {
+                Ok(c) => charge = c.map(|c| (r, c)),
+                Err(limited) => {
+                    tracing::info!(id = %tx.id, user = %account.email(), reason = %limited.0, "message refused: rate limit");
+                    self.count_message(MessageOutcome::RateLimited);
+                    return Reply::new(451, "4.7.0", limited.0);
+                }
+            }
+        }
         let outbound = (!tx.remote.is_empty())
             .then(|| self.outbound(&tx, arc_set.as_deref(), &received, &body));
         let mut message = Vec::new();
@@ -233,6 +279,7 @@ impl Core {
                 message.extend_from_slice(header.as_bytes());
             }
             message.extend_from_slice(spam_headers.as_bytes());
+            message.extend_from_slice(virus_header.as_bytes());
             message.extend_from_slice(&received);
             message.extend_from_slice(&body);
         }
@@ -282,6 +329,7 @@ impl Core {
                         local_domain: &local,
                         now,
                         spam: spam_level,
+                        virus,
                         arc_set: arc_set.as_deref(),
                     },
                 );
@@ -339,11 +387,15 @@ impl Core {
                     addresses: tx.emails.clone(),
                 }),
                 effects,
+                also: charge.as_ref().map(|(_, (_, also))| also.clone()),
             })
             .await
         {
             Ok(d) => d,
             Err(e) => {
+                if let Some((r, (c, _))) = charge {
+                    r.refund(c);
+                }
                 tracing::error!(id = %tx.id, error = %e, "delivery failed");
                 self.count_message(MessageOutcome::StoreFailed);
                 return Reply::new(
@@ -397,6 +449,66 @@ impl Core {
         }
     }
 
+    /// Holds a message clamd found a virus in (action `quarantine`) with what its delivery
+    /// would have been, and answers as for a delivered one: the sender learns nothing.
+    async fn quarantine(
+        &mut self,
+        tx: &Transaction,
+        clamav: &crate::clamav::Clamav,
+        signature: String,
+        message: Vec<u8>,
+        body: &[u8],
+    ) -> Reply {
+        let submission = self.account.is_some();
+        let remote_sender = if tx.remote.is_empty() {
+            String::new()
+        } else {
+            self.outbound_sender(tx).0
+        };
+        let sign_domain = self.account.as_ref().and_then(|_| {
+            header_from(body)
+                .or_else(|| Some(tx.from.clone()))
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        });
+        let entry = wispd_store::schema::QuarantineEntry {
+            id: 0,
+            received_at: wispd_store::unix_now(),
+            source: if submission { "submission" } else { "mx" }.into(),
+            signature: signature.clone(),
+            from: tx.from.clone(),
+            account: self.account.as_ref().map(|a| a.email()),
+            subject: header_subject(body),
+            size: 0,
+            accounts: tx.accounts.clone(),
+            local: tx.emails.clone(),
+            remote: tx.remote.clone(),
+            remote_sender,
+            sign_domain,
+            client: self.peer.ip().to_string(),
+            smtp_id: tx.id.clone(),
+            expires: 0,
+        };
+        match clamav
+            .quarantine(&self.server.deliverer, entry, message)
+            .await
+        {
+            Ok(q) => {
+                tracing::warn!(id = %tx.id, from = %tx.from, %signature, quarantine_id = q, "virus quarantined");
+                self.count_message(MessageOutcome::Virus);
+                Reply::new(250, "2.0.0", format!("Ok: queued as {}", tx.id))
+            }
+            Err(e) => {
+                tracing::error!(id = %tx.id, error = %e, "quarantining failed");
+                self.count_message(MessageOutcome::StoreFailed);
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary failure storing the message, try again later",
+                )
+            }
+        }
+    }
+
     /// The queued copy for other domains: without `Return-Path:` (the receiving server adds
     /// it), DKIM-signed when submitted by an account whose From: domain has a key, and with
     /// the envelope sender rewritten (SRS) when forwarding someone else's mail.
@@ -429,7 +541,20 @@ impl Core {
         }
         message.extend_from_slice(received);
         message.extend_from_slice(body);
-        let (sender, source) = if self.account.is_some() {
+        let (sender, source) = self.outbound_sender(tx);
+        Outbound {
+            message,
+            sender,
+            source,
+            recipients: tx.remote.clone(),
+        }
+    }
+
+    /// The envelope sender of the copy for other domains and what it is: the account's own
+    /// for a submission; for a forward, the null sender or one of ours kept, any other
+    /// rewritten (SRS) into the forwarding domain so SPF passes at the destination.
+    fn outbound_sender(&self, tx: &Transaction) -> (String, &'static str) {
+        if self.account.is_some() {
             (tx.from.clone(), "submission")
         } else {
             // Forwarded: keep a null sender (a bounce) or one of our own domains; rewrite any
@@ -453,12 +578,6 @@ impl Core {
                 self.server.queue.srs().forward(&tx.from, &forwarding)
             };
             (sender, "forward")
-        };
-        Outbound {
-            message,
-            sender,
-            source,
-            recipients: tx.remote.clone(),
         }
     }
 
@@ -603,6 +722,17 @@ fn check_authors(account: &str, message: &[u8]) -> Result<(), String> {
 }
 
 /// The first address of the message's From: header, if it has one.
+/// The Subject: of a message, decoded and cut to 200 characters (empty when it has none).
+fn header_subject(message: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse_headers(message)
+        .and_then(|m| {
+            m.subject()
+                .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect())
+        })
+        .unwrap_or_default()
+}
+
 fn header_from(message: &[u8]) -> Option<String> {
     let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
     let from = parsed.from()?;

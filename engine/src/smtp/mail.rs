@@ -53,6 +53,18 @@ impl Core {
                 return self.reply(Reply::new(553, "5.7.1", msg));
             }
         }
+        let now = wispd_store::unix_now();
+        // the MX's per-network message rate (a submitting account's group is checked per
+        // recipient: a message only for local accounts may not count)
+        if let Some(r) = self.server.ratelimit.clone()
+            && self.account.is_none()
+            && self.port == Port::Mx
+            && let Err(limited) = r.inbound_message(self.peer.ip(), now)
+        {
+            tracing::info!(reason = %limited.0, "message refused: over the network's rate");
+            Reply::new(421, "4.7.0", limited.0).write_to(&mut self.out);
+            return Flow::Close;
+        }
         self.tx = Some(Transaction {
             id: new_id(),
             from: sender,

@@ -112,6 +112,10 @@ pub struct Server {
     rbl: Option<Arc<crate::rbl::Rbl>>,
     /// Spam scoring and greylisting of mail arriving at the MX.
     spam: Option<Arc<crate::spam::Spam>>,
+    /// Virus scanning of every message accepted.
+    clamav: Option<Arc<crate::clamav::Clamav>>,
+    /// Rate limits: groups for submission, per-network caps on the MX.
+    ratelimit: Option<Arc<crate::ratelimit::RateLimits>>,
 }
 
 impl Server {
@@ -124,6 +128,18 @@ impl Server {
     /// Looks MX clients up in the configured DNSBLs.
     pub fn with_rbl(mut self, rbl: Arc<crate::rbl::Rbl>) -> Server {
         self.rbl = Some(rbl);
+        self
+    }
+
+    /// Scans every message with clamd (`/email/clamav`).
+    pub fn with_clamav(mut self, clamav: Arc<crate::clamav::Clamav>) -> Server {
+        self.clamav = Some(clamav);
+        self
+    }
+
+    /// Applies the rate limits (`/email/ratelimit`).
+    pub fn with_ratelimit(mut self, r: Arc<crate::ratelimit::RateLimits>) -> Server {
+        self.ratelimit = Some(r);
         self
     }
 
@@ -173,6 +189,8 @@ impl Server {
             inbound: None,
             rbl: None,
             spam: None,
+            clamav: None,
+            ratelimit: None,
         }
     }
 

@@ -109,6 +109,9 @@ impl Core {
         }
         let (accounts, remote) = match self.server.directory.resolve(&rcpt) {
             Ok(Resolution::Foreign) if self.port != Port::Mx => {
+                if let Some(refused) = self.rate_recipient(false) {
+                    return refused;
+                }
                 return self.accept_remote(rcpt, None);
             }
             Ok(Resolution::Foreign) => {
@@ -151,6 +154,9 @@ impl Core {
                 RcptRefusal::MailboxFull,
                 Reply::new(452, "4.2.2", format!("<{rcpt}>: Mailbox full")),
             );
+        }
+        if let Some(refused) = self.rate_recipient(true) {
+            return refused;
         }
         if let Some(tx) = self.tx.as_mut() {
             for a in enabled.iter().filter(|a| !full(a)) {
@@ -206,6 +212,25 @@ impl Core {
             .into_iter()
             .find(|a| a.enabled)
             .map(|a| a.email()))
+    }
+
+    /// A submitting account past its group's recipients per hour: `451 4.7.0` for this one.
+    fn rate_recipient(&mut self, local: bool) -> Option<Flow> {
+        let (Some(r), Some(account), Some(tx)) = (
+            self.server.ratelimit.clone(),
+            self.account.as_ref(),
+            self.tx.as_ref(),
+        ) else {
+            return None;
+        };
+        let (remote, so_far) = (tx.remote.len() as u64, tx.accounts.len() as u64);
+        match r.check_recipient(account, local, remote, so_far, wispd_store::unix_now()) {
+            Ok(()) => None,
+            Err(limited) => {
+                tracing::info!(user = %account.email(), reason = %limited.0, "recipient refused: rate limit");
+                Some(self.reply(Reply::new(451, "4.7.0", limited.0)))
+            }
+        }
     }
 
     /// Accepts `address` in another domain for the outbound queue (`original`: what the

@@ -392,6 +392,17 @@ pub(super) async fn connection(
             return;
         }
     };
+    if port == Port::Mx
+        && let Some(r) = &server.ratelimit
+        && let Err(limited) = r.inbound_connection(peer.ip(), wispd_store::unix_now())
+    {
+        tracing::info!(reason = %limited.0, "connection refused: over the network's rate");
+        let mut out = Vec::new();
+        Reply::new(421, "4.7.0", limited.0).write_to(&mut out);
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;
+        return;
+    }
     server.metrics.session(port.listener());
     // the DNSBL lookup runs while the client greets and says who it is; RCPT waits for it
     let dnsbl = match (&server.rbl, port) {

@@ -412,7 +412,7 @@ impl Session {
             }
             Verdict::Refused => {
                 let n = self.server.logins.failures(self.peer.ip());
-                tracing::info!(failures = n, "managesieve login failed");
+                tracing::debug!(failures = n, "managesieve login failed");
                 self.errors += 1;
                 self.no(None, "Authentication failed.");
             }
