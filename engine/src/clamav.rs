@@ -30,6 +30,10 @@ const CLAMD_BINARIES: [&str; 2] = ["/usr/sbin/clamd", "/usr/bin/clamd"];
 const MAX_SHOWN_HEADERS: usize = 16 * 1024;
 /// Quarantined messages listed per page, at most.
 pub const MAX_PAGE: usize = 500;
+/// The quarantine holds at most this many messages and bytes; past either a virus is refused
+/// (`554 5.7.1`) as with `action` `reject`, so a flood of infected mail can't fill the disk.
+pub const MAX_HELD: u64 = 10_000;
+pub const MAX_HELD_BYTES: u64 = 2 << 30;
 
 /// What clamd said of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct Clamav {
     errors: AtomicU64,
     unscanned: AtomicU64,
     last_error: Mutex<Option<(i64, String)>>,
+    /// What the quarantine holds: messages and bytes (kept with its writes).
+    held: Mutex<(u64, u64)>,
 }
 
 /// Counters since start.
@@ -103,6 +109,10 @@ impl Clamav {
         let settings = store
             .read(|r| r.get(&MAIL_CLAMAV, "clamav"))?
             .unwrap_or_default();
+        let held = store.read(|r| {
+            let all: Vec<QuarantineEntry> = r.values_in(&MAIL_QUARANTINE, 0u64..)?;
+            Ok::<_, StoreError>((all.len() as u64, all.iter().map(|e| e.size).sum()))
+        })?;
         Ok(Clamav {
             store,
             settings: RwLock::new(settings),
@@ -111,6 +121,7 @@ impl Clamav {
             errors: AtomicU64::new(0),
             unscanned: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            held: Mutex::new(held),
         })
     }
 
@@ -161,18 +172,20 @@ impl Clamav {
         probe(&self.settings().socket).await
     }
 
-    /// Scans `message` (as it will be stored) and says what to do with it.
-    pub async fn check(&self, message: &[u8]) -> Decision {
+    /// Scans the message (as it will be stored, in `parts` so that it needn't be copied into
+    /// one buffer) and says what to do with it.
+    pub async fn check(&self, parts: &[&[u8]]) -> Decision {
         let s = self.settings();
         if !s.enabled {
             return Decision::Skip;
         }
         let limit = s.max_size_mb.saturating_mul(1 << 20);
-        let scan = if u64::try_from(message.len()).unwrap_or(u64::MAX) > limit {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let scan = if u64::try_from(size).unwrap_or(u64::MAX) > limit {
             Scan::TooBig
         } else {
             let timeout = Duration::from_secs(s.timeout_seconds.max(1));
-            match tokio::time::timeout(timeout, scan(&s.socket, message)).await {
+            match tokio::time::timeout(timeout, scan(&s.socket, parts)).await {
                 Ok(r) => r,
                 Err(_) => Scan::Error(format!("no answer within {}s", s.timeout_seconds)),
             }
@@ -188,9 +201,18 @@ impl Clamav {
             Scan::Virus(name) => {
                 self.scanned.fetch_add(1, Ordering::Relaxed);
                 self.infected.fetch_add(1, Ordering::Relaxed);
-                if s.action == "quarantine" {
+                let (count, bytes) = *self.held.lock().unwrap_or_else(PoisonError::into_inner);
+                let room = count < MAX_HELD && bytes.saturating_add(size as u64) <= MAX_HELD_BYTES;
+                if s.action == "quarantine" && room {
                     Decision::Quarantine(name)
                 } else {
+                    if s.action == "quarantine" {
+                        tracing::warn!(
+                            count,
+                            bytes,
+                            "the quarantine is full; refusing the virus instead"
+                        );
+                    }
                     Decision::Refuse(554, "5.7.1", format!("Virus found: {name}"))
                 }
             }
@@ -249,6 +271,7 @@ impl Clamav {
             .received_at
             .saturating_add(i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX));
         entry.size = message.len() as u64;
+        let size = entry.size;
         let id = deliverer
             .write(move |w| {
                 let id = w
@@ -262,7 +285,20 @@ impl Clamav {
                 Ok(id)
             })
             .await?;
+        self.hold(1, size);
         Ok(id)
+    }
+
+    /// Counts messages into (`n` > 0) or out of the quarantine.
+    fn hold(&self, n: i64, bytes: u64) {
+        let mut h = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if n > 0 {
+            h.0 += n.unsigned_abs();
+            h.1 = h.1.saturating_add(bytes);
+        } else {
+            h.0 = h.0.saturating_sub(n.unsigned_abs());
+            h.1 = h.1.saturating_sub(bytes);
+        }
     }
 
     /// Held messages, newest first.
@@ -309,11 +345,18 @@ impl Clamav {
     /// Deletes a held message.
     pub fn delete(&self, id: u64) -> Result<(), ClamavError> {
         let found = self.store.write(|w| {
-            let found = w.remove(&MAIL_QUARANTINE, id)?;
+            let entry: Option<QuarantineEntry> = w.get(&MAIL_QUARANTINE, id)?;
+            w.remove(&MAIL_QUARANTINE, id)?;
             w.remove_raw(&MAIL_QUARANTINE_DATA, id)?;
-            Ok::<_, StoreError>(found)
+            Ok::<_, StoreError>(entry)
         })?;
-        if found { Ok(()) } else { Err(not_found(id)) }
+        match found {
+            Some(e) => {
+                self.hold(-1, e.size);
+                Ok(())
+            }
+            None => Err(not_found(id)),
+        }
     }
 
     /// Delivers a held message as it would have been, without Sieve (to the local recipients'
@@ -396,18 +439,19 @@ impl Clamav {
         if let Some(q) = delivered.bounced {
             deliverer.queued().push(q);
         }
+        self.hold(-1, entry.size);
         tracing::info!(id, signature = %entry.signature, "quarantined message released");
         Ok(delivered.queued)
     }
 
     /// Deletes quarantined messages past their time; returns how many.
     pub fn prune(&self, now: i64) -> Result<usize, StoreError> {
-        let gone: Vec<u64> = self.store.read(|r| {
+        let gone: Vec<(u64, u64)> = self.store.read(|r| {
             Ok::<_, StoreError>(
                 r.values_in(&MAIL_QUARANTINE, 0u64..)?
                     .into_iter()
                     .filter(|e: &QuarantineEntry| e.expires <= now)
-                    .map(|e| e.id)
+                    .map(|e| (e.id, e.size))
                     .collect(),
             )
         })?;
@@ -415,12 +459,15 @@ impl Clamav {
             return Ok(0);
         }
         self.store.write(|w| {
-            for &id in &gone {
+            for &(id, _) in &gone {
                 w.remove(&MAIL_QUARANTINE, id)?;
                 w.remove_raw(&MAIL_QUARANTINE_DATA, id)?;
             }
             Ok::<_, StoreError>(())
         })?;
+        for &(_, size) in &gone {
+            self.hold(-1, size);
+        }
         Ok(gone.len())
     }
 }
@@ -502,15 +549,15 @@ async fn answer(s: &mut Box<dyn Stream>) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..end]).trim().to_string())
 }
 
-/// One `zINSTREAM` of `message` to clamd at `socket`.
-pub async fn scan(socket: &str, message: &[u8]) -> Scan {
+/// One `zINSTREAM` of the message in `parts` to clamd at `socket`.
+pub async fn scan(socket: &str, parts: &[&[u8]]) -> Scan {
     let mut s = match connect(socket).await {
         Ok(s) => s,
         Err(e) => return Scan::Error(format!("connecting to {socket}: {e}")),
     };
     let sent = async {
         s.write_all(b"zINSTREAM\0").await?;
-        for chunk in message.chunks(CHUNK) {
+        for chunk in parts.iter().flat_map(|p| p.chunks(CHUNK)) {
             let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             s.write_all(&len.to_be_bytes()).await?;
             s.write_all(chunk).await?;

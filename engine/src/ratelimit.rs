@@ -95,7 +95,7 @@ impl Meter {
             }
         }
         let w = self.windows.entry(net).or_insert((now, 0));
-        if now >= w.0 + 60 || now < w.0 {
+        if now >= w.0.saturating_add(60) || now < w.0 {
             *w = (now, 0);
         }
         w.1 += 1;
@@ -184,12 +184,12 @@ impl RateLimits {
     /// What the account's current windows hold at `now` (expired windows read as empty).
     fn current(&self, u: RateUsage, now: i64) -> RateUsage {
         let mut u = u;
-        if now >= u.hour_start + self.hour || now < u.hour_start {
+        if now >= u.hour_start.saturating_add(self.hour) || now < u.hour_start {
             u.hour_start = now;
             u.hour_messages = 0;
             u.hour_recipients = 0;
         }
-        if now >= u.day_start + self.day() || now < u.day_start {
+        if now >= u.day_start.saturating_add(self.day()) || now < u.day_start {
             u.day_start = now;
             u.day_messages = 0;
         }
@@ -199,7 +199,7 @@ impl RateLimits {
     fn refusal(what: &str, limit: u64, per: &str, group: &str, resets: i64, now: i64) -> Limited {
         Limited(format!(
             "Rate limit reached: {limit} {what} per {per} (group {group}); it resets in {}s",
-            (resets - now).max(1)
+            resets.saturating_sub(now).max(1)
         ))
     }
 
@@ -247,7 +247,7 @@ impl RateLimits {
                 g.messages_per_hour,
                 "hour",
                 name,
-                u.hour_start + self.hour,
+                u.hour_start.saturating_add(self.hour),
                 now,
             ));
         }
@@ -258,7 +258,7 @@ impl RateLimits {
                 g.messages_per_day,
                 "day",
                 name,
-                u.day_start + self.day(),
+                u.day_start.saturating_add(self.day()),
                 now,
             ));
         }
@@ -271,7 +271,7 @@ impl RateLimits {
                 g.recipients_per_hour,
                 "hour",
                 name,
-                u.hour_start + self.hour,
+                u.hour_start.saturating_add(self.hour),
                 now,
             ));
         }

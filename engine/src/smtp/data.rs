@@ -230,10 +230,7 @@ impl Core {
             && (!tx.accounts.is_empty() || !tx.remote.is_empty())
         {
             body = crate::inbound::strip_virus_fields(&body);
-            let mut scanned = Vec::with_capacity(received.len() + body.len());
-            scanned.extend_from_slice(&received);
-            scanned.extend_from_slice(&body);
-            match clamav.check(&scanned).await {
+            match clamav.check(&[&received, &body]).await {
                 crate::clamav::Decision::Skip => {}
                 crate::clamav::Decision::Deliver { header, virus: v } => {
                     virus_header = header;
@@ -246,7 +243,13 @@ impl Core {
                 }
                 crate::clamav::Decision::Quarantine(signature) => {
                     return self
-                        .quarantine(&tx, &clamav, signature, scanned, &body)
+                        .quarantine(
+                            &tx,
+                            &clamav,
+                            signature,
+                            [&received[..], &body].concat(),
+                            &body,
+                        )
                         .await;
                 }
             }
