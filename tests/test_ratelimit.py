@@ -107,7 +107,7 @@ def test_recipients_per_hour_local_counting_and_domain_members(mx):
 
 def test_the_mx_caps_messages_and_connections_per_network(mx):
     w, smtp = mx
-    r = w.request("PUT", "/api/v1/email/ratelimit/inbound", body={"messages_per_minute": 3})
+    r = w.request("PUT", "/api/v1/email/ratelimit/inbound", body={"connections_per_minute": 0, "messages_per_minute": 3})
     assert r.status == 200 and r.json["data"] == {"connections_per_minute": 0, "messages_per_minute": 3}
     msg = b"From: x@remote.test\r\nTo: alice@example.com\r\nSubject: in\r\n\r\nhi\r\n"
     with smtplib.SMTP(timeout=15, source_address=("127.0.0.7", 0)) as c:
@@ -151,17 +151,24 @@ def test_groups_are_validated_and_admin_only(mx):
     for body in bad_posts:
         r = w.request("POST", "/api/v1/email/ratelimit", body=body)
         assert r.status == 400 and r.json["code"] == "VALIDATION_ERROR", (body, r.json)
-    assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/nope", body={"messages_per_hour": 1}), 404, "NOT_FOUND")
-    assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/g1", body={"name": "other"}), 400, "VALIDATION_ERROR")
-    assert w.request("PUT", "/api/v1/email/ratelimit/default", body={"messages_per_day": 100}).status == 200
+    limits = {"messages_per_hour": 1, "recipients_per_hour": 0, "messages_per_day": 0}
+    assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/nope", body=limits), 404, "NOT_FOUND")
+    for missing in ("messages_per_hour", "recipients_per_hour", "messages_per_day"):
+        body = {k: v for k, v in limits.items() if k != missing}
+        assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/g1", body=body), 400, "VALIDATION_ERROR")
+    assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/g1"), 400, "VALIDATION_ERROR")
+    assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/g1", body={**limits, "name": "other"}), 400,
+                    "VALIDATION_ERROR")
+    assert w.request("PUT", "/api/v1/email/ratelimit/default",
+                     body={"messages_per_hour": 0, "recipients_per_hour": 0, "messages_per_day": 100}).status == 200
     assert_envelope(w.request("DELETE", "/api/v1/email/ratelimit/default"), 400, "VALIDATION_ERROR")
     assert_envelope(w.request("DELETE", "/api/v1/email/ratelimit/nope"), 404, "NOT_FOUND")
     for members in (["nobody@example.com"], ["unknown.test"], ["a b"], ["@example.com"], "alice@example.com"):
         r = w.request("PUT", "/api/v1/email/ratelimit/g1/members", body={"members": members})
         assert r.status == 400, (members, r.json)
     assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/nope/members", body={"members": []}), 404, "NOT_FOUND")
-    assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/inbound", body={"messages_per_minute": 2 ** 64}),
-                    400, "VALIDATION_ERROR")
+    for body in ({"messages_per_minute": 1}, {}, {"connections_per_minute": 0, "messages_per_minute": 2 ** 64}):
+        assert_envelope(w.request("PUT", "/api/v1/email/ratelimit/inbound", body=body), 400, "VALIDATION_ERROR")
     r = w.request("POST", "/api/v1/tokens", body={"name": "u", "role": "user", "domains": ["example.com"]})
     user = r.json["data"]["token"]
     for method, path in (("GET", "/api/v1/email/ratelimit"), ("POST", "/api/v1/email/ratelimit"),

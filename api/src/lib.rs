@@ -154,6 +154,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/csf/status", get(csf::status))
         .route(
+            "/api/v1/csf/conntrack/status",
+            get(routes::conntrack::status),
+        )
+        .route(
+            "/api/v1/csf/conntrack/connections",
+            get(routes::conntrack::connections),
+        )
+        .route(
+            "/api/v1/csf/synflood/status",
+            get(routes::protect::synflood),
+        )
+        .route(
             "/api/v1/csf/blacklist",
             get(csf::blacklist).post(csf::blacklist_add),
         )
@@ -256,6 +268,7 @@ pub fn fuzz_json_bodies(data: &[u8]) {
     let _ = parse_json::<firewall::FirewallToggle>(data);
     let _ = parse_json::<clamav::ClamavBody>(data);
     let _ = parse_json::<ratelimit::GroupBody>(data);
+    let _ = parse_json::<ratelimit::GroupUpdate>(data);
     let _ = parse_json::<ratelimit::MembersBody>(data);
     let _ = parse_json::<ratelimit::InboundBody>(data);
     if let Ok(c) = parse_json::<csf::ConfigUpdate>(data) {

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod blocklist;
+pub mod conntrack;
 mod engine;
 pub mod lfd;
 mod lockout;
@@ -17,7 +18,7 @@ pub mod plan;
 
 pub use engine::{
     Backend, CheckResult, EntryRequest, Firewall, FirewallConfig, FwError, ListKind, PortRequest,
-    RuleRequest, Status, Upkeep,
+    RuleRequest, Status, SynfloodStatus, Upkeep,
 };
 pub use lockout::Origin;
 pub use netlink::NetlinkError;

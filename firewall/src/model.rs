@@ -130,7 +130,7 @@ pub const PORT_KEYS: [&str; 8] = [
 ];
 
 /// Every csf.conf key wispd implements.
-const FIREWALL_KEYS: [&str; 23] = [
+const FIREWALL_KEYS: [&str; 26] = [
     "TCP_IN",
     "TCP_OUT",
     "UDP_IN",
@@ -154,6 +154,9 @@ const FIREWALL_KEYS: [&str; 23] = [
     "CC_INTERVAL",
     "LF_BOGON",
     "BOGON_INTERFACE",
+    "SYNFLOOD",
+    "SYNFLOOD_RATE",
+    "SYNFLOOD_BURST",
 ];
 
 /// Whether wispd implements the csf.conf key `k`.
@@ -170,7 +173,7 @@ pub fn keys() -> impl Iterator<Item = &'static str> {
 
 /// Defaults of the keys that don't depend on the machine; a stored settings map that predates a
 /// key reads it from here.
-const STATIC_DEFAULTS: [(&str, &str); 8] = [
+const STATIC_DEFAULTS: [(&str, &str); 11] = [
     ("CC_DENY", ""),
     ("CC_ALLOW", ""),
     ("CC_ALLOW_FILTER", ""),
@@ -185,6 +188,9 @@ const STATIC_DEFAULTS: [(&str, &str); 8] = [
     ("CC_INTERVAL", "7"),
     ("LF_BOGON", "0"),
     ("BOGON_INTERFACE", ""),
+    ("SYNFLOOD", "0"),
+    ("SYNFLOOD_RATE", "100/s"),
+    ("SYNFLOOD_BURST", "150"),
 ];
 
 /// Parsed settings.
@@ -214,8 +220,57 @@ pub struct Settings {
     pub cc_interval: u32,
     pub bogon: bool,
     pub bogon_interface: String,
+    /// SYNFLOOD: new TCP connections (SYNs) accepted at most at this rate, in all.
+    pub synflood: Option<Rate>,
     /// lfd's keys.
     pub lfd: crate::lfd::LfdSettings,
+}
+
+/// A kernel `limit`: `count` per `per` seconds, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per: u64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// CSF's spelling: `100/s`, `30/m`, `10/h`, `100/d`.
+    pub fn text(&self) -> String {
+        let unit = match self.per {
+            1 => "s",
+            60 => "m",
+            3600 => "h",
+            _ => "d",
+        };
+        format!("{}/{unit}", self.count)
+    }
+}
+
+/// `N/s`, `N/m`, `N/h` or `N/d` (N from 1 to `max`): (N, seconds).
+fn rate_text(key: &str, v: &str, max: u64) -> Result<(u64, u64), SettingError> {
+    let v = v.trim();
+    let parsed = v.split_once('/').and_then(|(n, unit)| {
+        let per = match unit.trim() {
+            "s" | "second" => 1,
+            "m" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            _ => return None,
+        };
+        let n = n
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))?;
+        Some((n, per))
+    });
+    parsed.ok_or_else(|| {
+        bad(
+            key,
+            format!("{v:?} must be N/s, N/m, N/h or N/d with N from 1 to {max}"),
+        )
+    })
 }
 
 impl Settings {
@@ -408,12 +463,26 @@ impl Settings {
                 }
             },
         };
+        let synflood_rate = rate_text("SYNFLOOD_RATE", get("SYNFLOOD_RATE"), 1_000_000)
+            .map_err(|e| errors.push(e))
+            .unwrap_or((100, 1));
+        let synflood_burst = number("SYNFLOOD_BURST", get("SYNFLOOD_BURST"), 1_000_000)
+            .map_err(|e| errors.push(e))
+            .unwrap_or(150);
+        if synflood_burst == 0 {
+            errors.push(bad("SYNFLOOD_BURST", "must be at least 1"));
+        }
         let lfd = crate::lfd::settings::parse(get, &mut errors);
         let mut flag_of = |k: &str| flag(k, get(k)).map_err(|e| errors.push(e)).unwrap_or(false);
         let icmp_in = flag_of("ICMP_IN");
         let icmp_out = flag_of("ICMP_OUT");
         let testing = flag_of("TESTING");
         let bogon = flag_of("LF_BOGON");
+        let synflood = flag_of("SYNFLOOD").then_some(Rate {
+            count: synflood_rate.0,
+            per: synflood_rate.1,
+            burst: u32::try_from(synflood_burst).unwrap_or(u32::MAX),
+        });
         if bogon && bogon_interface.is_empty() {
             errors.push(bad(
                 "BOGON_INTERFACE",
@@ -446,6 +515,7 @@ impl Settings {
             cc_interval: u32::try_from(cc_interval).unwrap_or(7),
             bogon,
             bogon_interface,
+            synflood,
             lfd,
         })
     }

@@ -15,6 +15,8 @@ pub enum MsgType {
     NewSetElem = 12,
     GetSetElem = 13,
     DelSetElem = 14,
+    NewObj = 18,
+    GetObj = 19,
 }
 
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -233,8 +235,7 @@ pub fn error_code(payload: &[u8]) -> Option<i32> {
         .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-#[cfg(test)]
-/// Iterates the attributes of a payload: (type without flags, data).
+/// Iterates the attributes of a payload: (type without flags, data); stops at a malformed one.
 pub fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while buf.len() >= 4 {

@@ -237,6 +237,97 @@ impl Netlink {
         }
     }
 
+    /// The packets and bytes of the named counter object, or `None` when it does not exist.
+    pub fn counter(&mut self, table: &str, name: &str) -> Result<Option<(u64, u64)>, NetlinkError> {
+        let seq = self.bump();
+        let mut w = msg::Writer::with_capacity(96);
+        w.begin(
+            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetObj as u16,
+            NLM_F_REQUEST,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        w.str(1, table); // NFTA_OBJ_TABLE
+        w.str(2, name); // NFTA_OBJ_NAME
+        w.u32(3, crate::plan::OBJ_COUNTER); // NFTA_OBJ_TYPE
+        w.end();
+        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
+            .map_err(std::io::Error::from)?;
+        loop {
+            let n = self.recv()?;
+            for reply in msg::replies(&self.buf[..n]) {
+                if reply.seq != seq {
+                    continue;
+                }
+                if reply.ty == NLMSG_ERROR {
+                    let code = msg::error_code(reply.payload).unwrap_or(0);
+                    return match code {
+                        0 => Ok(None),
+                        -2 => Ok(None),
+                        c => Err(NetlinkError::Rejected {
+                            errno: -c,
+                            what: "counter read".into(),
+                        }),
+                    };
+                }
+                let attrs = msg::attrs(reply.payload.get(4..).unwrap_or(&[]));
+                let data = attrs
+                    .iter()
+                    .find(|(t, _)| *t == 4)
+                    .map(|(_, d)| msg::attrs(d));
+                let get = |ty: u16| {
+                    data.as_ref()
+                        .and_then(|d| d.iter().find(|(t, _)| *t == ty))
+                        .and_then(|(_, v)| v.get(..8))
+                        .and_then(|v| v.try_into().ok())
+                        .map(u64::from_be_bytes)
+                };
+                return Ok(Some((get(2).unwrap_or(0), get(1).unwrap_or(0))));
+            }
+        }
+    }
+
+    /// Sends a dump request (`ty`, with the nfgenmsg `family` and no attributes) and hands each
+    /// answer's payload (the nfgenmsg header first) to `each` as it arrives, until the kernel
+    /// says the dump is done. Nothing is kept between datagrams.
+    pub fn dump(
+        &mut self,
+        ty: u16,
+        family: u8,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.bump();
+        let mut w = msg::Writer::with_capacity(32);
+        w.begin(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
+        w.end();
+        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
+            .map_err(std::io::Error::from)?;
+        let mut going = true;
+        loop {
+            let n = self.recv()?;
+            for reply in msg::replies(&self.buf[..n]) {
+                if reply.seq != seq {
+                    continue;
+                }
+                match reply.ty {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = msg::error_code(reply.payload).unwrap_or(0);
+                        if code != 0 {
+                            return Err(NetlinkError::Rejected {
+                                errno: -code,
+                                what: "dump".into(),
+                            });
+                        }
+                    }
+                    _ if going => going = each(reply.payload),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     fn bump(&mut self) -> u32 {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(1);

@@ -273,6 +273,7 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     base_chain(batch, d.table, "output", NF_INET_LOCAL_OUT, policy);
     plain_chain(batch, d.table, "rules_in");
     plain_chain(batch, d.table, "rules_out");
+    counter_obj(batch, d.table, SYNFLOOD_COUNTER);
     for (set, ivs) in d.lists {
         list_elements(batch, d.table, *set, ivs, true, now);
     }
@@ -471,6 +472,23 @@ fn base_chain(batch: &mut Batch, table: &str, name: &str, hook: u32, policy: u32
     batch.end_msg();
 }
 
+/// The named counter SYNFLOOD's drops are counted in (read back for `/csf/synflood/status`).
+pub const SYNFLOOD_COUNTER: &str = "synflood_drops";
+/// `NFT_OBJECT_COUNTER`.
+pub const OBJ_COUNTER: u32 = 1;
+
+fn counter_obj(batch: &mut Batch, table: &str, name: &str) {
+    batch.msg(MsgType::NewObj, NLM_F_CREATE, NFPROTO_INET);
+    batch.w.str(1, table); // NFTA_OBJ_TABLE
+    batch.w.str(2, name); // NFTA_OBJ_NAME
+    batch.w.attr(3, &OBJ_COUNTER.to_be_bytes()); // NFTA_OBJ_TYPE
+    batch.w.nest(4); // NFTA_OBJ_DATA
+    batch.w.attr(1, &0u64.to_be_bytes()); // NFTA_COUNTER_BYTES
+    batch.w.attr(2, &0u64.to_be_bytes()); // NFTA_COUNTER_PACKETS
+    batch.w.unnest();
+    batch.end_msg();
+}
+
 fn plain_chain(batch: &mut Batch, table: &str, name: &str) {
     batch.msg(MsgType::NewChain, NLM_F_CREATE, NFPROTO_INET);
     batch.w.str(NFTA_CHAIN_TABLE, table);
@@ -639,6 +657,34 @@ impl Exprs<'_> {
         })
     }
 
+    /// Matches packets *over* `r` (`limit rate over`): the kernel's token bucket, `count`
+    /// per `per` seconds with bursts of `burst`.
+    fn limit_over(&mut self, r: &crate::model::Rate) -> &mut Self {
+        self.expr("limit", |w| {
+            w.attr(1, &r.count.to_be_bytes()); // RATE
+            w.attr(2, &r.per.to_be_bytes()); // UNIT (seconds)
+            w.attr(3, &r.burst.to_be_bytes()); // BURST
+            w.attr(4, &0u32.to_be_bytes()); // TYPE: packets
+            w.attr(5, &1u32.to_be_bytes()); // FLAGS: NFT_LIMIT_F_INV
+        })
+    }
+
+    /// Counts in the named counter object `name`.
+    fn objref_counter(&mut self, name: &str) -> &mut Self {
+        self.expr("objref", |w| {
+            w.attr(1, &OBJ_COUNTER.to_be_bytes()); // NFTA_OBJREF_IMM_TYPE
+            w.str(2, name); // NFTA_OBJREF_IMM_NAME
+        })
+    }
+
+    /// A TCP packet with SYN set and ACK, RST and FIN clear: a new connection's first packet.
+    fn tcp_syn(&mut self) -> &mut Self {
+        self.l4proto(IPPROTO_TCP)
+            .payload(NFT_PAYLOAD_TRANSPORT, 13, 1)
+            .bitwise(&[0x17])
+            .cmp(NFT_CMP_EQ, &[0x02])
+    }
+
     fn ct_established(&mut self) -> &mut Self {
         self.expr("ct", |w| {
             w.u32(1, 1); // DREG
@@ -796,6 +842,16 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         for name in d.drop_lists {
             let (n4, n6) = blocklist_sets(name);
             n += match_set(batch, &n4, false, NF_DROP) + match_set(batch, &n6, true, NF_DROP);
+        }
+        // SYNFLOOD: past the rate, new connections are dropped (the lists above were applied
+        // first: whitelisted and accepted-country sources are never limited)
+        if let (true, Some(rate)) = (inbound, d.settings.synflood.as_ref()) {
+            n += rule(batch, t, chain, |e| {
+                e.tcp_syn()
+                    .limit_over(rate)
+                    .objref_counter(SYNFLOOD_COUNTER)
+                    .verdict(NF_DROP);
+            });
         }
         n += rule(batch, t, chain, |e| {
             e.jump(if inbound { "rules_in" } else { "rules_out" });

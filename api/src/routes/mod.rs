@@ -1,12 +1,14 @@
 //! One module per resource group; each documents its operations in an OpenAPI part of its own.
 
 pub mod clamav;
+pub mod conntrack;
 pub mod csf;
 pub mod email;
 pub mod firewall;
 pub mod health;
 pub mod lfd;
 pub mod openapi;
+pub mod protect;
 pub mod ratelimit;
 pub mod rbl;
 pub mod sieve;
@@ -25,6 +27,8 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
         ratelimit::RatelimitApi::openapi(),
         csf::CsfApi::openapi(),
         lfd::LfdApi::openapi(),
+        conntrack::ConntrackApi::openapi(),
+        protect::ProtectApi::openapi(),
         firewall::FirewallApi::openapi(),
     ]
 }

@@ -36,6 +36,25 @@ pub struct GroupBody {
     pub count_local: bool,
 }
 
+/// A group's new limits (`PUT`: all three are given; 0 is no limit).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"messages_per_hour": 100, "recipients_per_hour": 500,
+    "messages_per_day": 1000, "count_local": false}))]
+pub struct GroupUpdate {
+    /// The group in the path, if given (a group can't be renamed).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[schema(required = true)]
+    pub messages_per_hour: Option<u64>,
+    #[schema(required = true)]
+    pub recipients_per_hour: Option<u64>,
+    #[schema(required = true)]
+    pub messages_per_day: Option<u64>,
+    #[serde(default)]
+    pub count_local: bool,
+}
+
 /// `PUT /email/ratelimit/:name/members`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -54,10 +73,8 @@ pub struct MembersBody {
 #[schema(example = json!({"connections_per_minute": 60, "messages_per_minute": 30}))]
 pub struct InboundBody {
     /// New connections to the MX per minute (0: no limit).
-    #[serde(default)]
     pub connections_per_minute: u64,
     /// Messages (MAIL FROM) per minute (0: no limit).
-    #[serde(default)]
     pub messages_per_minute: u64,
 }
 
@@ -214,14 +231,14 @@ pub async fn post(
     tag = "email",
     security(("bearer" = ["admin"])),
     params(("name" = String, Path, description = "The group")),
-    request_body = GroupBody,
+    request_body = GroupUpdate,
     responses((status = 200, description = "The group", body = Data<GroupInfo>))
 )]
 pub async fn put(
     State(s): State<AppState>,
     _a: Admin,
     Path(name): Path<String>,
-    JsonBody(b): JsonBody<GroupBody>,
+    JsonBody(b): JsonBody<GroupUpdate>,
 ) -> Result<Json<Data<GroupInfo>>, ApiError> {
     let name = name.trim().to_ascii_lowercase();
     if let Some(n) = &b.name
@@ -231,9 +248,18 @@ pub async fn put(
             "name: {n:?} is not the group in the path ({name}); a group can't be renamed"
         )));
     }
-    Ok(Json(Data::new(
-        put_group(&s, to_group(name, &b), false).await?,
-    )))
+    let required = |v: Option<u64>, field: &str| {
+        v.ok_or_else(|| ApiError::Validation(format!("{field}: required (0 is no limit)")))
+    };
+    let g = RateGroup {
+        name,
+        messages_per_hour: required(b.messages_per_hour, "messages_per_hour")?,
+        recipients_per_hour: required(b.recipients_per_hour, "recipients_per_hour")?,
+        messages_per_day: required(b.messages_per_day, "messages_per_day")?,
+        count_local: b.count_local,
+        created_at: 0,
+    };
+    Ok(Json(Data::new(put_group(&s, g, false).await?)))
 }
 
 /// Deletes a group; its members fall back to `default` (which can't be deleted).

@@ -12,6 +12,7 @@
 mod kernel;
 mod lists;
 mod ports;
+mod protect;
 mod rules;
 mod settings;
 mod upkeep;
@@ -33,6 +34,7 @@ use crate::netlink::{Netlink, NetlinkError};
 pub(crate) use kernel::{Kernel, ListPlan, View};
 pub use lists::{CheckResult, EntryRequest, ListKind};
 pub use ports::PortRequest;
+pub use protect::SynfloodStatus;
 pub use rules::{RuleRequest, typed_rule};
 
 /// Longest TTL accepted: ten years.

@@ -6,6 +6,7 @@
 //! `trigger` failures. Memory is bounded under a distributed attack by two generations of at
 //! most [`GENERATION`] addresses each: when the current one fills, the older is dropped.
 
+pub mod ct;
 pub mod settings;
 pub mod sshd;
 
@@ -168,6 +169,7 @@ pub struct Lfd {
     reporter: std::sync::OnceLock<Reporter>,
     /// Alerts wait here for their own writer, so that storing one holds up no ban.
     alert_tx: std::sync::OnceLock<SyncSender<PendingAlert>>,
+    pub(crate) ct: Mutex<ct::CtState>,
 }
 
 /// An alert on its way to the store.
@@ -333,6 +335,13 @@ impl Firewall {
             .spawn(move || fw.lfd_loop(rx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start lfd");
+        }
+        let fw = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wispd-lfd-ct".into())
+            .spawn(move || ct::run(fw));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the CT_LIMIT counter");
         }
         let fw = self.clone();
         let sshd_reporter = reporter.clone();

@@ -73,7 +73,7 @@ impl Service {
 }
 
 /// Every lfd key with its default.
-pub const DEFAULTS: [(&str, &str); 30] = [
+pub const DEFAULTS: [(&str, &str); 38] = [
     ("LF_DAEMON", "1"),
     ("LF_TRIGGER", "0"),
     ("LF_TRIGGER_PERM", "1"),
@@ -104,6 +104,14 @@ pub const DEFAULTS: [(&str, &str); 30] = [
     ("LF_TAMPER_ALERT", "1"),
     ("LF_BLOCKLIST_ALERT", "1"),
     ("LF_NETBLOCK", "0"),
+    ("CT_LIMIT", "0"),
+    ("CT_INTERVAL", "30"),
+    ("CT_EMAIL_ALERT", "1"),
+    ("CT_PERMANENT", "0"),
+    ("CT_BLOCK_TIME", "1800"),
+    ("CT_SKIP_TIME_WAIT", "0"),
+    ("CT_STATES", ""),
+    ("CT_PORTS", ""),
 ];
 
 /// A trigger: failures within `LF_INTERVAL` that ban, and for how long.
@@ -142,6 +150,24 @@ pub struct LfdSettings {
     pub sshd_log: String,
     pub tamper_alert: bool,
     pub blocklist_alert: bool,
+    pub ct: CtSettings,
+}
+
+/// Connection tracking limits (`CT_*`): connections per remote address, counted every
+/// `interval` seconds from the conntrack table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtSettings {
+    /// 0 = off.
+    pub limit: u32,
+    pub interval: i64,
+    pub email_alert: bool,
+    /// 0 = permanent, else seconds (`CT_PERMANENT` / `CT_BLOCK_TIME`).
+    pub ttl: i64,
+    pub skip_time_wait: bool,
+    /// Only TCP connections in these states count (empty: every connection).
+    pub states: Vec<String>,
+    /// Only connections to these local ports count (empty: every port).
+    pub ports: Vec<u16>,
 }
 
 impl LfdSettings {
@@ -315,6 +341,7 @@ pub fn parse<'a>(get: impl Fn(&str) -> &'a str, errors: &mut Vec<SettingError>) 
         ));
     }
     let alert_digest = count("LF_ALERT_DIGEST", get("LF_ALERT_DIGEST"), 86_400, errors);
+    let ct = ct_settings(&get, errors);
     let trigger = count("LF_TRIGGER", get("LF_TRIGGER"), 100_000, errors);
     LfdSettings {
         daemon: flag("LF_DAEMON", get("LF_DAEMON"), errors),
@@ -337,5 +364,73 @@ pub fn parse<'a>(get: impl Fn(&str) -> &'a str, errors: &mut Vec<SettingError>) 
         sshd_log,
         tamper_alert: flag("LF_TAMPER_ALERT", get("LF_TAMPER_ALERT"), errors),
         blocklist_alert: flag("LF_BLOCKLIST_ALERT", get("LF_BLOCKLIST_ALERT"), errors),
+        ct,
+    }
+}
+
+fn ct_settings<'a>(get: &impl Fn(&str) -> &'a str, errors: &mut Vec<SettingError>) -> CtSettings {
+    let limit = count("CT_LIMIT", get("CT_LIMIT"), 1_000_000, errors);
+    let interval = count("CT_INTERVAL", get("CT_INTERVAL"), 86_400, errors);
+    if interval < 5 {
+        errors.push(bad("CT_INTERVAL", "must be at least 5 seconds"));
+    }
+    let permanent = flag("CT_PERMANENT", get("CT_PERMANENT"), errors);
+    let block = count(
+        "CT_BLOCK_TIME",
+        get("CT_BLOCK_TIME"),
+        u64::try_from(crate::engine::MAX_TTL).unwrap_or(u64::MAX),
+        errors,
+    );
+    if !permanent && block == 0 {
+        errors.push(bad(
+            "CT_BLOCK_TIME",
+            "must be at least 1 second (or CT_PERMANENT 1)",
+        ));
+    }
+    let mut states = Vec::new();
+    for part in get("CT_STATES")
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let s = part.to_ascii_uppercase();
+        if crate::conntrack::TCP_STATES.contains(&s.as_str()) {
+            states.push(s);
+        } else {
+            errors.push(bad(
+                "CT_STATES",
+                format!(
+                    "{part:?} is not a TCP state ({})",
+                    crate::conntrack::TCP_STATES.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut ports = Vec::new();
+    for part in get("CT_PORTS")
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match part.parse::<u16>() {
+            Ok(p) if p > 0 => ports.push(p),
+            _ => errors.push(bad(
+                "CT_PORTS",
+                format!("{part:?} is not a port (1 to 65535)"),
+            )),
+        }
+    }
+    CtSettings {
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        interval: i64::try_from(interval).unwrap_or(30).max(5),
+        email_alert: flag("CT_EMAIL_ALERT", get("CT_EMAIL_ALERT"), errors),
+        ttl: if permanent {
+            0
+        } else {
+            i64::try_from(block).unwrap_or(1800)
+        },
+        skip_time_wait: flag("CT_SKIP_TIME_WAIT", get("CT_SKIP_TIME_WAIT"), errors),
+        states,
+        ports,
     }
 }
