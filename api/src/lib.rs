@@ -166,6 +166,10 @@ pub fn router(state: AppState) -> Router {
             get(routes::protect::synflood),
         )
         .route(
+            "/api/v1/csf/portflood/status",
+            get(routes::protect::portflood),
+        )
+        .route(
             "/api/v1/csf/blacklist",
             get(csf::blacklist).post(csf::blacklist_add),
         )

@@ -17,8 +17,9 @@ mod netlink;
 pub mod plan;
 
 pub use engine::{
-    Backend, CheckResult, EntryRequest, Firewall, FirewallConfig, FwError, ListKind, PortRequest,
-    RuleRequest, Status, SynfloodStatus, Upkeep,
+    Backend, CheckResult, ConnlimitEntry, EntryRequest, Firewall, FirewallConfig, FwError,
+    ListKind, PortRequest, PortfloodEntry, PortfloodStatus, RuleRequest, Status, SynfloodStatus,
+    Upkeep,
 };
 pub use lockout::Origin;
 pub use netlink::NetlinkError;

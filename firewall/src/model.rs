@@ -130,7 +130,7 @@ pub const PORT_KEYS: [&str; 8] = [
 ];
 
 /// Every csf.conf key wispd implements.
-const FIREWALL_KEYS: [&str; 26] = [
+const FIREWALL_KEYS: [&str; 28] = [
     "TCP_IN",
     "TCP_OUT",
     "UDP_IN",
@@ -157,6 +157,8 @@ const FIREWALL_KEYS: [&str; 26] = [
     "SYNFLOOD",
     "SYNFLOOD_RATE",
     "SYNFLOOD_BURST",
+    "CONNLIMIT",
+    "PORTFLOOD",
 ];
 
 /// Whether wispd implements the csf.conf key `k`.
@@ -173,7 +175,7 @@ pub fn keys() -> impl Iterator<Item = &'static str> {
 
 /// Defaults of the keys that don't depend on the machine; a stored settings map that predates a
 /// key reads it from here.
-const STATIC_DEFAULTS: [(&str, &str); 11] = [
+const STATIC_DEFAULTS: [(&str, &str); 13] = [
     ("CC_DENY", ""),
     ("CC_ALLOW", ""),
     ("CC_ALLOW_FILTER", ""),
@@ -191,6 +193,8 @@ const STATIC_DEFAULTS: [(&str, &str); 11] = [
     ("SYNFLOOD", "0"),
     ("SYNFLOOD_RATE", "100/s"),
     ("SYNFLOOD_BURST", "150"),
+    ("CONNLIMIT", ""),
+    ("PORTFLOOD", ""),
 ];
 
 /// Parsed settings.
@@ -222,8 +226,123 @@ pub struct Settings {
     pub bogon_interface: String,
     /// SYNFLOOD: new TCP connections (SYNs) accepted at most at this rate, in all.
     pub synflood: Option<Rate>,
+    /// CONNLIMIT: concurrent connections per source address to a TCP port.
+    pub connlimit: Vec<ConnLimit>,
+    /// PORTFLOOD: new connections per source address to a port in a window.
+    pub portflood: Vec<PortFlood>,
     /// lfd's keys.
     pub lfd: crate::lfd::LfdSettings,
+}
+
+/// `CONNLIMIT` entry: at most `limit` connections from one address to TCP `port` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimit {
+    pub port: u16,
+    pub limit: u32,
+}
+
+/// `PORTFLOOD` entry: more than `hits` new connections to `port` within `seconds` from one
+/// address block it until it has been quiet for `seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortFlood {
+    pub port: u16,
+    pub udp: bool,
+    pub hits: u32,
+    pub seconds: u32,
+}
+
+/// Entries CONNLIMIT and PORTFLOOD take at most (each is a rule and sets per family).
+pub const MAX_PROTECT_ENTRIES: usize = 32;
+
+fn connlimit(v: &str) -> Result<Vec<ConnLimit>, SettingError> {
+    let mut out: Vec<ConnLimit> = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let fields: Vec<&str> = part.split(';').map(str::trim).collect();
+        let parsed = match fields.as_slice() {
+            [port, limit] => port.parse::<u16>().ok().filter(|p| *p > 0).zip(
+                limit
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|l| (1..=100_000).contains(l)),
+            ),
+            _ => None,
+        };
+        let Some((port, limit)) = parsed else {
+            return Err(bad(
+                "CONNLIMIT",
+                format!("{part:?} must be port;limit (a port 1-65535, a limit 1-100000)"),
+            ));
+        };
+        if out.iter().any(|c| c.port == port) {
+            return Err(bad("CONNLIMIT", format!("port {port} is listed twice")));
+        }
+        out.push(ConnLimit { port, limit });
+    }
+    if out.len() > MAX_PROTECT_ENTRIES {
+        return Err(bad(
+            "CONNLIMIT",
+            format!("at most {MAX_PROTECT_ENTRIES} ports"),
+        ));
+    }
+    Ok(out)
+}
+
+fn portflood(v: &str) -> Result<Vec<PortFlood>, SettingError> {
+    let mut out: Vec<PortFlood> = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let fields: Vec<&str> = part.split(';').map(str::trim).collect();
+        let parsed = match fields.as_slice() {
+            [port, proto, hits, seconds] => {
+                let udp = match proto.to_ascii_lowercase().as_str() {
+                    "tcp" => Some(false),
+                    "udp" => Some(true),
+                    _ => None,
+                };
+                match (
+                    port.parse::<u16>().ok().filter(|p| *p > 0),
+                    udp,
+                    hits.parse::<u32>()
+                        .ok()
+                        .filter(|h| (1..=10_000).contains(h)),
+                    seconds
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|s| (1..=86_400).contains(s)),
+                ) {
+                    (Some(port), Some(udp), Some(hits), Some(seconds)) => Some(PortFlood {
+                        port,
+                        udp,
+                        hits,
+                        seconds,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some(p) = parsed else {
+            return Err(bad(
+                "PORTFLOOD",
+                format!(
+                    "{part:?} must be port;tcp|udp;hits;seconds (hits 1-10000, seconds 1-86400)"
+                ),
+            ));
+        };
+        if out.iter().any(|o| o.port == p.port && o.udp == p.udp) {
+            return Err(bad(
+                "PORTFLOOD",
+                format!("{part:?}: that port is listed twice"),
+            ));
+        }
+        out.push(p);
+    }
+    if out.len() > MAX_PROTECT_ENTRIES {
+        return Err(bad(
+            "PORTFLOOD",
+            format!("at most {MAX_PROTECT_ENTRIES} entries"),
+        ));
+    }
+    Ok(out)
 }
 
 /// A kernel `limit`: `count` per `per` seconds, bursts of `burst`.
@@ -472,6 +591,12 @@ impl Settings {
         if synflood_burst == 0 {
             errors.push(bad("SYNFLOOD_BURST", "must be at least 1"));
         }
+        let connlimit = connlimit(get("CONNLIMIT"))
+            .map_err(|e| errors.push(e))
+            .unwrap_or_default();
+        let portflood = portflood(get("PORTFLOOD"))
+            .map_err(|e| errors.push(e))
+            .unwrap_or_default();
         let lfd = crate::lfd::settings::parse(get, &mut errors);
         let mut flag_of = |k: &str| flag(k, get(k)).map_err(|e| errors.push(e)).unwrap_or(false);
         let icmp_in = flag_of("ICMP_IN");
@@ -516,6 +641,8 @@ impl Settings {
             bogon,
             bogon_interface,
             synflood,
+            connlimit,
+            portflood,
             lfd,
         })
     }

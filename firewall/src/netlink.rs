@@ -237,6 +237,55 @@ impl Netlink {
         }
     }
 
+    /// The elements of `set` in `table`: (key bytes, milliseconds until it expires). `None`
+    /// when the set does not exist.
+    pub fn set_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<Vec<(Vec<u8>, Option<u64>)>>, NetlinkError> {
+        let mut out = Vec::new();
+        let r = self.dump_with(
+            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetSetElem as u16,
+            NFPROTO_INET,
+            |w| {
+                w.str(1, table); // NFTA_SET_ELEM_LIST_TABLE
+                w.str(2, set); // NFTA_SET_ELEM_LIST_SET
+            },
+            |payload| {
+                let attrs = msg::attrs(payload.get(4..).unwrap_or(&[]));
+                for (ty, list) in attrs {
+                    if ty != 3 {
+                        continue; // NFTA_SET_ELEM_LIST_ELEMENTS
+                    }
+                    for (_, elem) in msg::attrs(list) {
+                        let e = msg::attrs(elem);
+                        let key = e
+                            .iter()
+                            .find(|(t, _)| *t == 1) // NFTA_SET_ELEM_KEY
+                            .and_then(|(_, k)| msg::attrs(k).into_iter().find(|(t, _)| *t == 1))
+                            .map(|(_, v)| v.to_vec());
+                        let expires = e
+                            .iter()
+                            .find(|(t, _)| *t == 5) // NFTA_SET_ELEM_EXPIRATION
+                            .and_then(|(_, v)| v.get(..8))
+                            .and_then(|v| v.try_into().ok())
+                            .map(u64::from_be_bytes);
+                        if let Some(k) = key {
+                            out.push((k, expires));
+                        }
+                    }
+                }
+                true
+            },
+        );
+        match r {
+            Ok(()) => Ok(Some(out)),
+            Err(NetlinkError::Rejected { errno: 2, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The packets and bytes of the named counter object, or `None` when it does not exist.
     pub fn counter(&mut self, table: &str, name: &str) -> Result<Option<(u64, u64)>, NetlinkError> {
         let seq = self.bump();
@@ -295,11 +344,23 @@ impl Netlink {
         &mut self,
         ty: u16,
         family: u8,
+        each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), NetlinkError> {
+        self.dump_with(ty, family, |_| {}, each)
+    }
+
+    /// [`Netlink::dump`] with attributes in the request.
+    pub fn dump_with(
+        &mut self,
+        ty: u16,
+        family: u8,
+        attrs: impl FnOnce(&mut msg::Writer),
         mut each: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), NetlinkError> {
         let seq = self.bump();
-        let mut w = msg::Writer::with_capacity(32);
+        let mut w = msg::Writer::with_capacity(64);
         w.begin(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
+        attrs(&mut w);
         w.end();
         rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
             .map_err(std::io::Error::from)?;

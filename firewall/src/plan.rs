@@ -71,6 +71,15 @@ const IPPROTO_ICMPV6: u8 = 58;
 
 const CT_ESTABLISHED: u32 = 1 << 1;
 const CT_RELATED: u32 = 1 << 2;
+const CT_NEW: u32 = 1 << 3;
+const NFT_SET_EVAL: u32 = 0x20;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_SIZE: u16 = 1;
+const NFTA_SET_TIMEOUT: u16 = 11;
+const NFT_DYNSET_OP_ADD: u32 = 0;
+const NFT_DYNSET_OP_UPDATE: u32 = 1;
+/// Elements a protection set holds at most (sources tracked at once per port and family).
+pub const PROTECT_SET_SIZE: u32 = 65_536;
 
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
@@ -274,6 +283,21 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     plain_chain(batch, d.table, "rules_in");
     plain_chain(batch, d.table, "rules_out");
     counter_obj(batch, d.table, SYNFLOOD_COUNTER);
+    let mut id = 1000;
+    for c in &d.settings.connlimit {
+        for (v6, name) in [false, true].into_iter().zip(connlimit_sets(c.port)) {
+            dyn_set(batch, d.table, &name, id, v6, None);
+            id += 1;
+        }
+    }
+    for p in &d.settings.portflood {
+        for (v6, (meter, block)) in [false, true].into_iter().zip(portflood_sets(p)) {
+            let window = u64::from(p.seconds) * 1000;
+            dyn_set(batch, d.table, &meter, id, v6, Some(window * 2));
+            dyn_set(batch, d.table, &block, id + 1, v6, Some(window));
+            id += 2;
+        }
+    }
     for (set, ivs) in d.lists {
         list_elements(batch, d.table, *set, ivs, true, now);
     }
@@ -469,6 +493,50 @@ fn base_chain(batch: &mut Batch, table: &str, name: &str, hook: u32, policy: u32
     batch.w.unnest();
     batch.w.u32(NFTA_CHAIN_POLICY, policy);
     batch.w.str(NFTA_CHAIN_TYPE, "filter");
+    batch.end_msg();
+}
+
+/// CONNLIMIT's sets for `port`: (IPv4, IPv6) sources with their connection counts.
+pub fn connlimit_sets(port: u16) -> [String; 2] {
+    [format!("cl4_{port}"), format!("cl6_{port}")]
+}
+
+/// PORTFLOOD's sets for an entry, per family (IPv4, IPv6): (the meter, the blocked sources).
+pub fn portflood_sets(p: &crate::model::PortFlood) -> [(String, String); 2] {
+    let proto = if p.udp { "udp" } else { "tcp" };
+    [4, 6].map(|f| {
+        (
+            format!("pfm{f}_{proto}{}", p.port),
+            format!("pfb{f}_{proto}{}", p.port),
+        )
+    })
+}
+
+/// A set the packet path adds to (`flags dynamic`), of source addresses, with a default
+/// timeout when `timeout_ms` is given.
+fn dyn_set(batch: &mut Batch, table: &str, name: &str, id: u32, v6: bool, timeout_ms: Option<u64>) {
+    batch.msg(MsgType::NewSet, NLM_F_CREATE, NFPROTO_INET);
+    batch.w.str(NFTA_SET_TABLE, table);
+    batch.w.str(NFTA_SET_NAME, name);
+    let flags = NFT_SET_EVAL
+        | if timeout_ms.is_some() {
+            NFT_SET_TIMEOUT
+        } else {
+            0
+        };
+    batch.w.u32(NFTA_SET_FLAGS, flags);
+    batch.w.u32(
+        NFTA_SET_KEY_TYPE,
+        if v6 { TYPE_IP6ADDR } else { TYPE_IPADDR },
+    );
+    batch.w.u32(NFTA_SET_KEY_LEN, if v6 { 16 } else { 4 });
+    batch.w.u32(NFTA_SET_ID, id);
+    if let Some(ms) = timeout_ms {
+        batch.w.u64(NFTA_SET_TIMEOUT, ms);
+    }
+    batch.w.nest(NFTA_SET_DESC);
+    batch.w.u32(NFTA_SET_DESC_SIZE, PROTECT_SET_SIZE);
+    batch.w.unnest();
     batch.end_msg();
 }
 
@@ -669,6 +737,43 @@ impl Exprs<'_> {
         })
     }
 
+    /// Adds or updates the key in register 1 in `set` (`op`), with `timeout_ms`, and with the
+    /// element's expression `inner` (`name` and its data) when given: the rule goes on only
+    /// when that expression matches.
+    fn dynset(
+        &mut self,
+        set: &str,
+        op: u32,
+        timeout_ms: Option<u64>,
+        inner: Option<(&str, &dyn Fn(&mut Writer))>,
+    ) -> &mut Self {
+        self.expr("dynset", |w| {
+            w.str(1, set); // NFTA_DYNSET_SET_NAME
+            w.u32(3, op); // NFTA_DYNSET_OP
+            w.u32(4, 1); // NFTA_DYNSET_SREG_KEY: reg 1
+            if let Some(ms) = timeout_ms {
+                w.u64(6, ms); // NFTA_DYNSET_TIMEOUT
+            }
+            if let Some((name, body)) = inner {
+                w.nest(7); // NFTA_DYNSET_EXPR
+                w.str(1, name); // NFTA_EXPR_NAME
+                w.nest(2); // NFTA_EXPR_DATA
+                body(w);
+                w.unnest();
+                w.unnest();
+            }
+        })
+    }
+
+    fn ct_new(&mut self) -> &mut Self {
+        self.expr("ct", |w| {
+            w.u32(1, 1); // DREG
+            w.u32(2, 0); // NFT_CT_STATE
+        })
+        .bitwise(&CT_NEW.to_ne_bytes())
+        .cmp(NFT_CMP_NEQ, &0u32.to_ne_bytes())
+    }
+
     /// Counts in the named counter object `name`.
     fn objref_counter(&mut self, name: &str) -> &mut Self {
         self.expr("objref", |w| {
@@ -853,6 +958,9 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
                     .verdict(NF_DROP);
             });
         }
+        if inbound {
+            n += protections(batch, d);
+        }
         n += rule(batch, t, chain, |e| {
             e.jump(if inbound { "rules_in" } else { "rules_out" });
         });
@@ -899,6 +1007,73 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         n += rule(batch, t, chain, |e| {
             e.nfproto(true).l4proto(IPPROTO_ICMPV6).verdict(NF_ACCEPT);
         });
+    }
+    n
+}
+
+/// CONNLIMIT and PORTFLOOD: rules whose state is in dynamic sets the packet path updates (a
+/// rule per port and family, never one per source).
+fn protections(batch: &mut Batch, d: &Desired<'_>) -> usize {
+    let t = d.table;
+    let mut n = 0;
+    for c in &d.settings.connlimit {
+        for (v6, set) in [false, true].into_iter().zip(connlimit_sets(c.port)) {
+            let count = |w: &mut Writer| {
+                w.u32(1, c.limit); // NFTA_CONNLIMIT_COUNT
+                w.u32(2, 1); // NFTA_CONNLIMIT_FLAGS: NFT_CONNLIMIT_F_INV ("over")
+            };
+            n += rule(batch, t, "input", |e| {
+                e.nfproto(v6)
+                    .l4proto(IPPROTO_TCP)
+                    .dport()
+                    .cmp(NFT_CMP_EQ, &c.port.to_be_bytes())
+                    .ct_new()
+                    .addr(v6, true)
+                    .dynset(&set, NFT_DYNSET_OP_ADD, None, Some(("connlimit", &count)))
+                    .reject(true);
+            });
+        }
+    }
+    for p in &d.settings.portflood {
+        let proto = if p.udp { IPPROTO_UDP } else { IPPROTO_TCP };
+        let window = u64::from(p.seconds) * 1000;
+        for (v6, (meter, block)) in [false, true].into_iter().zip(portflood_sets(p)) {
+            // blocked: each new attempt keeps the block on for another window
+            n += rule(batch, t, "input", |e| {
+                e.nfproto(v6)
+                    .l4proto(proto)
+                    .dport()
+                    .cmp(NFT_CMP_EQ, &p.port.to_be_bytes())
+                    .ct_new()
+                    .addr(v6, true)
+                    .lookup(&block)
+                    .addr(v6, true)
+                    .dynset(&block, NFT_DYNSET_OP_UPDATE, Some(window), None)
+                    .counter()
+                    .verdict(NF_DROP);
+            });
+            // more than `hits` in the window: blocked
+            let limit = |w: &mut Writer| {
+                w.attr(1, &u64::from(p.hits).to_be_bytes()); // RATE
+                w.attr(2, &u64::from(p.seconds).to_be_bytes()); // UNIT
+                w.attr(3, &p.hits.to_be_bytes()); // BURST
+                w.attr(4, &0u32.to_be_bytes()); // TYPE: packets
+                w.attr(5, &1u32.to_be_bytes()); // FLAGS: over
+            };
+            n += rule(batch, t, "input", |e| {
+                e.nfproto(v6)
+                    .l4proto(proto)
+                    .dport()
+                    .cmp(NFT_CMP_EQ, &p.port.to_be_bytes())
+                    .ct_new()
+                    .addr(v6, true)
+                    .dynset(&meter, NFT_DYNSET_OP_UPDATE, None, Some(("limit", &limit)))
+                    .addr(v6, true)
+                    .dynset(&block, NFT_DYNSET_OP_ADD, Some(window), None)
+                    .counter()
+                    .verdict(NF_DROP);
+            });
+        }
     }
     n
 }

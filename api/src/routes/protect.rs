@@ -50,6 +50,95 @@ pub async fn synflood(
     })))
 }
 
+/// A source PORTFLOOD blocks now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockedSource {
+    pub ip: String,
+    /// Seconds left; every new attempt starts the window again.
+    pub expires_in: Option<u64>,
+}
+
+/// One PORTFLOOD entry (`port;proto;hits;seconds`) and whom it blocks now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortfloodView {
+    pub port: u16,
+    #[schema(example = "tcp")]
+    pub protocol: String,
+    pub hits: u32,
+    pub seconds: u32,
+    /// At most 1000; `blocked_count` counts them all.
+    pub blocked: Vec<BlockedSource>,
+    pub blocked_count: usize,
+}
+
+/// One CONNLIMIT entry (`port;limit`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnlimitView {
+    pub port: u16,
+    pub limit: u32,
+    /// Source addresses with connections to the port that the kernel is counting now.
+    pub sources: usize,
+}
+
+/// `GET /csf/portflood/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortfloodStatusView {
+    /// PORTFLOOD or CONNLIMIT has an entry.
+    pub enabled: bool,
+    pub portflood: Vec<PortfloodView>,
+    pub connlimit: Vec<ConnlimitView>,
+    /// The kernel's sets were read (false when the firewall is off).
+    pub applied: bool,
+}
+
+/// PORTFLOOD and CONNLIMIT: their entries and the sources in the kernel's sets now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/csf/portflood/status",
+    operation_id = "csf_portflood_status",
+    tag = "csf",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "PORTFLOOD and CONNLIMIT", body = Data<PortfloodStatusView>))
+)]
+pub async fn portflood(
+    State(state): State<AppState>,
+    _a: Admin,
+) -> Result<Json<Data<PortfloodStatusView>>, ApiError> {
+    let s = on_fw(&state, |fw| fw.portflood_status()).await?;
+    Ok(Json(Data::new(PortfloodStatusView {
+        enabled: !s.portflood.is_empty() || !s.connlimit.is_empty(),
+        portflood: s
+            .portflood
+            .into_iter()
+            .map(|p| PortfloodView {
+                port: p.port,
+                protocol: p.protocol.to_string(),
+                hits: p.hits,
+                seconds: p.seconds,
+                blocked: p
+                    .blocked
+                    .into_iter()
+                    .map(|(ip, ms)| BlockedSource {
+                        ip: ip.to_string(),
+                        expires_in: ms.map(|m| m.div_ceil(1000)),
+                    })
+                    .collect(),
+                blocked_count: p.blocked_count,
+            })
+            .collect(),
+        connlimit: s
+            .connlimit
+            .into_iter()
+            .map(|c| ConnlimitView {
+                port: c.port,
+                limit: c.limit,
+                sources: c.sources,
+            })
+            .collect(),
+        applied: s.applied,
+    })))
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(synflood))]
+#[openapi(paths(synflood, portflood))]
 pub struct ProtectApi;

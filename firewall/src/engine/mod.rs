@@ -34,7 +34,7 @@ use crate::netlink::{Netlink, NetlinkError};
 pub(crate) use kernel::{Kernel, ListPlan, View};
 pub use lists::{CheckResult, EntryRequest, ListKind};
 pub use ports::PortRequest;
-pub use protect::SynfloodStatus;
+pub use protect::{ConnlimitEntry, PortfloodEntry, PortfloodStatus, SynfloodStatus};
 pub use rules::{RuleRequest, typed_rule};
 
 /// Longest TTL accepted: ten years.

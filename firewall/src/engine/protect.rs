@@ -56,3 +56,110 @@ impl Firewall {
         })
     }
 }
+
+/// One PORTFLOOD entry and the sources it blocks now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortfloodEntry {
+    pub port: u16,
+    pub protocol: &'static str,
+    pub hits: u32,
+    pub seconds: u32,
+    /// Blocked now, with milliseconds left (renewed by every new attempt), at most
+    /// [`MAX_LISTED`]; `blocked_count` has them all.
+    pub blocked: Vec<(std::net::IpAddr, Option<u64>)>,
+    pub blocked_count: usize,
+}
+
+/// One CONNLIMIT entry and how many sources hold connections to it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnlimitEntry {
+    pub port: u16,
+    pub limit: u32,
+    pub sources: usize,
+}
+
+/// `/csf/portflood/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortfloodStatus {
+    pub portflood: Vec<PortfloodEntry>,
+    pub connlimit: Vec<ConnlimitEntry>,
+    /// The sets could be read (the firewall is on and the table is there).
+    pub applied: bool,
+}
+
+/// Blocked sources listed per entry, at most.
+pub const MAX_LISTED: usize = 1000;
+
+fn addr(key: &[u8]) -> Option<std::net::IpAddr> {
+    match key.len() {
+        4 => <[u8; 4]>::try_from(key)
+            .ok()
+            .map(|b| std::net::IpAddr::from(b)),
+        16 => <[u8; 16]>::try_from(key)
+            .ok()
+            .map(|b| std::net::IpAddr::from(b)),
+        _ => None,
+    }
+}
+
+impl Firewall {
+    pub fn portflood_status(&self) -> Result<PortfloodStatus, FwError> {
+        let s = self.parsed_settings()?;
+        let table = self.config().table.clone();
+        let mut nl = if self.config().kernel {
+            Netlink::open().ok()
+        } else {
+            None
+        };
+        let mut applied = nl.is_some();
+        let mut read = |set: &str| -> Vec<(Vec<u8>, Option<u64>)> {
+            match nl.as_mut().map(|n| n.set_elements(&table, set)) {
+                Some(Ok(Some(v))) => v,
+                _ => {
+                    applied = false;
+                    Vec::new()
+                }
+            }
+        };
+        let mut portflood = Vec::new();
+        for p in &s.portflood {
+            let mut blocked = Vec::new();
+            let mut count = 0;
+            for (_, block) in crate::plan::portflood_sets(p) {
+                for (key, expires) in read(&block) {
+                    count += 1;
+                    if blocked.len() < MAX_LISTED
+                        && let Some(ip) = addr(&key)
+                    {
+                        blocked.push((ip, expires));
+                    }
+                }
+            }
+            portflood.push(PortfloodEntry {
+                port: p.port,
+                protocol: if p.udp { "udp" } else { "tcp" },
+                hits: p.hits,
+                seconds: p.seconds,
+                blocked,
+                blocked_count: count,
+            });
+        }
+        let mut connlimit = Vec::new();
+        for c in &s.connlimit {
+            let sources = crate::plan::connlimit_sets(c.port)
+                .iter()
+                .map(|set| read(set).len())
+                .sum();
+            connlimit.push(ConnlimitEntry {
+                port: c.port,
+                limit: c.limit,
+                sources,
+            });
+        }
+        Ok(PortfloodStatus {
+            portflood,
+            connlimit,
+            applied,
+        })
+    }
+}
