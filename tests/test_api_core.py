@@ -56,7 +56,7 @@ def test_token_with_right_id_but_wrong_secret_is_401(wispd):
 
 
 def test_unknown_route_is_404_envelope(wispd):
-    for path in ["/api/v1/nope", "/", "/api/v2/health", "/api/v1/email/queues", "/api/v1/csf/portscan/status"]:
+    for path in ["/api/v1/nope", "/", "/api/v2/health", "/api/v1/email/queues", "/api/v1/csf/nothing/status"]:
         r = wispd.request("GET", path)
         assert_envelope(r, 404, "NOT_FOUND")
         assert r.header("x-ratelimit-limit") is not None

@@ -170,6 +170,10 @@ pub fn router(state: AppState) -> Router {
             get(routes::protect::portflood),
         )
         .route(
+            "/api/v1/csf/portscan/status",
+            get(routes::protect::portscan),
+        )
+        .route(
             "/api/v1/csf/blacklist",
             get(csf::blacklist).post(csf::blacklist_add),
         )

@@ -1017,5 +1017,10 @@ mod tests {
         let ok = Settings::parse(&default_settings(&[2083, 2525])).expect("defaults valid");
         assert_eq!(format_ports(ok.ports("TCP_IN")), "22,2083,2525");
         assert!(ok.testing);
+        // CSF's defaults for the protections: all off, PS_PORTS from port 0 read as 1:65535
+        assert!(ok.synflood.is_none() && ok.connlimit.is_empty() && ok.portflood.is_empty());
+        assert_eq!(ok.lfd.ps.interval, 0);
+        assert!(ok.lfd.ps.icmp && format_ports(&ok.lfd.ps.ports) == "1:65535");
+        assert_eq!(ok.lfd.ct.limit, 0);
     }
 }

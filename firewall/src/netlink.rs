@@ -237,6 +237,72 @@ impl Netlink {
         }
     }
 
+    /// A socket bound to NFLOG `group` (nfnetlink_log), copying the first `snaplen` bytes of
+    /// each logged packet. Fails with `EBUSY` when another process has the group.
+    pub fn nflog(group: u16, snaplen: u32) -> Result<Netlink, NetlinkError> {
+        const NFNL_SUBSYS_ULOG: u16 = 4;
+        const NFULNL_MSG_CONFIG: u16 = 1;
+        const NFULA_CFG_CMD: u16 = 1;
+        const NFULA_CFG_MODE: u16 = 2;
+        const NFULNL_CFG_CMD_BIND: u8 = 1;
+        const NFULNL_COPY_PACKET: u8 = 2;
+        let mut nl = Netlink::open()?;
+        let ty = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
+        let ask =
+            |nl: &mut Netlink, build: &dyn Fn(&mut msg::Writer)| -> Result<(), NetlinkError> {
+                let seq = nl.bump();
+                let mut w = msg::Writer::with_capacity(64);
+                w.begin(ty, NLM_F_REQUEST | msg::NLM_F_ACK, seq, 0, group);
+                build(&mut w);
+                w.end();
+                rustix::net::send(&nl.fd, &w.into_bytes(), SendFlags::empty())
+                    .map_err(std::io::Error::from)?;
+                loop {
+                    let n = nl.recv()?;
+                    for reply in msg::replies(&nl.buf[..n]) {
+                        if reply.seq == seq && reply.ty == NLMSG_ERROR {
+                            return match msg::error_code(reply.payload).unwrap_or(0) {
+                                0 => Ok(()),
+                                c => Err(NetlinkError::Rejected {
+                                    errno: -c,
+                                    what: "NFLOG configuration".into(),
+                                }),
+                            };
+                        }
+                    }
+                }
+            };
+        ask(&mut nl, &|w| w.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]))?;
+        ask(&mut nl, &|w| {
+            let mut mode = snaplen.to_be_bytes().to_vec();
+            mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+            w.attr(NFULA_CFG_MODE, &mode);
+        })?;
+        Ok(nl)
+    }
+
+    /// Waits for logged packets (up to the socket's receive timeout) and hands each one's
+    /// family and bytes (from the network header on) to `each`. Returns after one datagram, or
+    /// with `Timeout` when none came.
+    pub fn nflog_packets(&mut self, mut each: impl FnMut(u8, &[u8])) -> Result<(), NetlinkError> {
+        const NFULA_PAYLOAD: u16 = 9;
+        let n = self.recv()?;
+        for reply in msg::replies(&self.buf[..n]) {
+            if reply.ty != (4 << 8) {
+                continue; // NFULNL_MSG_PACKET of NFNL_SUBSYS_ULOG
+            }
+            let Some(&family) = reply.payload.first() else {
+                continue;
+            };
+            for (ty, data) in msg::attrs(reply.payload.get(4..).unwrap_or(&[])) {
+                if ty == NFULA_PAYLOAD {
+                    each(family, data);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The elements of `set` in `table`: (key bytes, milliseconds until it expires). `None`
     /// when the set does not exist.
     pub fn set_elements(

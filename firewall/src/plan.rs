@@ -298,6 +298,31 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
             id += 2;
         }
     }
+    let ps = &d.settings.lfd.ps;
+    if ps.interval > 0 {
+        new_set(
+            batch,
+            d.table,
+            "ps_ports",
+            990,
+            NFT_SET_INTERVAL,
+            TYPE_INET_SERVICE,
+            2,
+        );
+        let ivs: Vec<Interval> = ps
+            .ports
+            .iter()
+            .map(|p| Interval {
+                start: u128::from(p.lo),
+                end: u128::from(p.hi),
+                expires: None,
+            })
+            .collect();
+        port_elements(batch, d.table, "ps_ports", &ivs);
+        let window = u64::try_from(ps.interval).unwrap_or(1) * 1000;
+        dyn_set(batch, d.table, "pslog4", 991, false, Some(window * 2));
+        dyn_set(batch, d.table, "pslog6", 992, true, Some(window * 2));
+    }
     for (set, ivs) in d.lists {
         list_elements(batch, d.table, *set, ivs, true, now);
     }
@@ -494,6 +519,73 @@ fn base_chain(batch: &mut Batch, table: &str, name: &str, hook: u32, policy: u32
     batch.w.u32(NFTA_CHAIN_POLICY, policy);
     batch.w.str(NFTA_CHAIN_TYPE, "filter");
     batch.end_msg();
+}
+
+/// The NFLOG group port-scan candidates are logged to (lfd reads it).
+pub const PORTSCAN_GROUP: u16 = 7331;
+/// Bytes of each logged packet copied: the IP and transport headers.
+pub const PORTSCAN_SNAPLEN: u32 = 80;
+
+/// Port-scan detection's rules, last in the input chain: what reaches them was accepted by
+/// nothing. New TCP connections and UDP packets to `PS_PORTS` (and ICMP echo requests with
+/// `ICMP`) go to NFLOG, at most 4 × `PS_LIMIT` per source per `PS_INTERVAL` (a meter in
+/// a dynamic set): lfd counts distinct ports, which the kernel can't.
+fn portscan(batch: &mut Batch, d: &Desired<'_>) -> usize {
+    let ps = &d.settings.lfd.ps;
+    if ps.interval <= 0 {
+        return 0;
+    }
+    let k = u64::from(ps.limit.max(1)).saturating_mul(4);
+    let rate = crate::model::Rate {
+        count: k,
+        per: u64::try_from(ps.interval).unwrap_or(1),
+        burst: u32::try_from(k).unwrap_or(u32::MAX),
+    };
+    let meter = |w: &mut Writer| {
+        w.attr(1, &rate.count.to_be_bytes());
+        w.attr(2, &rate.per.to_be_bytes());
+        w.attr(3, &rate.burst.to_be_bytes());
+        w.attr(4, &0u32.to_be_bytes());
+        w.attr(5, &0u32.to_be_bytes()); // under the rate: log
+    };
+    let mut n = 0;
+    for (v6, set) in [(false, "pslog4"), (true, "pslog6")] {
+        n += rule(batch, d.table, "input", |e| {
+            e.tcp_syn()
+                .dport()
+                .lookup("ps_ports")
+                .nfproto(v6)
+                .addr(v6, true)
+                .dynset(set, NFT_DYNSET_OP_UPDATE, None, Some(("limit", &meter)))
+                .log_group(PORTSCAN_GROUP, PORTSCAN_SNAPLEN);
+        });
+        n += rule(batch, d.table, "input", |e| {
+            e.l4proto(IPPROTO_UDP)
+                .dport()
+                .lookup("ps_ports")
+                .nfproto(v6)
+                .addr(v6, true)
+                .dynset(set, NFT_DYNSET_OP_UPDATE, None, Some(("limit", &meter)))
+                .log_group(PORTSCAN_GROUP, PORTSCAN_SNAPLEN);
+        });
+        if ps.icmp {
+            let (proto, echo) = if v6 {
+                (IPPROTO_ICMPV6, 128u8)
+            } else {
+                (IPPROTO_ICMP, 8u8)
+            };
+            n += rule(batch, d.table, "input", |e| {
+                e.nfproto(v6)
+                    .l4proto(proto)
+                    .payload(NFT_PAYLOAD_TRANSPORT, 0, 1)
+                    .cmp(NFT_CMP_EQ, &[echo])
+                    .addr(v6, true)
+                    .dynset(set, NFT_DYNSET_OP_UPDATE, None, Some(("limit", &meter)))
+                    .log_group(PORTSCAN_GROUP, PORTSCAN_SNAPLEN);
+            });
+        }
+    }
+    n
 }
 
 /// CONNLIMIT's sets for `port`: (IPv4, IPv6) sources with their connection counts.
@@ -765,6 +857,14 @@ impl Exprs<'_> {
         })
     }
 
+    fn log_group(&mut self, group: u16, snaplen: u32) -> &mut Self {
+        self.expr("log", |w| {
+            w.attr(1, &group.to_be_bytes()); // NFTA_LOG_GROUP
+            w.u32(3, snaplen); // NFTA_LOG_SNAPLEN
+            w.attr(4, &0u16.to_be_bytes()); // NFTA_LOG_QTHRESHOLD
+        })
+    }
+
     fn ct_new(&mut self) -> &mut Self {
         self.expr("ct", |w| {
             w.u32(1, 1); // DREG
@@ -1007,6 +1107,9 @@ fn skeleton(batch: &mut Batch, d: &Desired<'_>) -> usize {
         n += rule(batch, t, chain, |e| {
             e.nfproto(true).l4proto(IPPROTO_ICMPV6).verdict(NF_ACCEPT);
         });
+        if inbound {
+            n += portscan(batch, d);
+        }
     }
     n
 }

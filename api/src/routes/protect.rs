@@ -139,6 +139,80 @@ pub async fn portflood(
     })))
 }
 
+/// `PS_*` as parsed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortscanSettings {
+    /// `PS_INTERVAL` (0 = off).
+    pub interval: i64,
+    pub limit: u32,
+    /// `PS_PORTS` ranges (`0:65535`) and whether ICMP echo requests count.
+    pub ports: Vec<String>,
+    pub icmp: bool,
+    pub diversity: u32,
+    /// Seconds a ban lasts; 0 = permanent (`PS_PERMANENT`).
+    pub block_seconds: i64,
+    pub email_alert: bool,
+}
+
+/// `GET /csf/portscan/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortscanView {
+    pub enabled: bool,
+    /// The NFLOG group is bound and read.
+    pub running: bool,
+    /// The NFLOG group the kernel logs candidates to.
+    pub group: u16,
+    pub settings: PortscanSettings,
+    /// Logged packets lfd has counted since start.
+    pub packets_seen: u64,
+    /// Sources with hits in their window now.
+    pub tracked: usize,
+    pub bans_total: u64,
+    pub last_ban_ip: Option<String>,
+    pub last_ban_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Port-scan detection: its settings and what it has seen and banned.
+#[utoipa::path(
+    get,
+    path = "/api/v1/csf/portscan/status",
+    operation_id = "csf_portscan_status",
+    tag = "csf",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "Port-scan detection", body = Data<PortscanView>))
+)]
+pub async fn portscan(
+    State(state): State<AppState>,
+    _a: Admin,
+) -> Result<Json<Data<PortscanView>>, ApiError> {
+    let (s, st) = on_fw(&state, |fw| {
+        Ok((fw.parsed_settings()?, fw.portscan_state()))
+    })
+    .await?;
+    let ps = s.lfd.ps;
+    Ok(Json(Data::new(PortscanView {
+        enabled: ps.interval > 0 && s.lfd.daemon,
+        running: st.running,
+        group: wispd_firewall::plan::PORTSCAN_GROUP,
+        settings: PortscanSettings {
+            interval: ps.interval,
+            limit: ps.limit,
+            ports: ps.ports.iter().map(ToString::to_string).collect(),
+            icmp: ps.icmp,
+            diversity: ps.diversity,
+            block_seconds: ps.ttl,
+            email_alert: ps.email_alert,
+        },
+        packets_seen: st.packets_seen,
+        tracked: st.tracked,
+        bans_total: st.bans_total,
+        last_ban_ip: st.last_ban.as_ref().map(|b| b.0.clone()),
+        last_ban_at: st.last_ban.map(|b| crate::rfc3339(b.1)),
+        last_error: st.last_error,
+    })))
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(synflood, portflood))]
+#[openapi(paths(synflood, portflood, portscan))]
 pub struct ProtectApi;

@@ -7,6 +7,7 @@
 //! most [`GENERATION`] addresses each: when the current one fills, the older is dropped.
 
 pub mod ct;
+pub mod portscan;
 pub mod settings;
 pub mod sshd;
 
@@ -170,6 +171,7 @@ pub struct Lfd {
     /// Alerts wait here for their own writer, so that storing one holds up no ban.
     alert_tx: std::sync::OnceLock<SyncSender<PendingAlert>>,
     pub(crate) ct: Mutex<ct::CtState>,
+    pub(crate) ps: Mutex<portscan::PsState>,
 }
 
 /// An alert on its way to the store.
@@ -335,6 +337,13 @@ impl Firewall {
             .spawn(move || fw.lfd_loop(rx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start lfd");
+        }
+        let fw = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wispd-lfd-portscan".into())
+            .spawn(move || portscan::run(fw));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start port scan detection");
         }
         let fw = self.clone();
         let spawned = std::thread::Builder::new()

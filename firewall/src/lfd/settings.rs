@@ -73,7 +73,7 @@ impl Service {
 }
 
 /// Every lfd key with its default.
-pub const DEFAULTS: [(&str, &str); 38] = [
+pub const DEFAULTS: [(&str, &str); 45] = [
     ("LF_DAEMON", "1"),
     ("LF_TRIGGER", "0"),
     ("LF_TRIGGER_PERM", "1"),
@@ -112,6 +112,13 @@ pub const DEFAULTS: [(&str, &str); 38] = [
     ("CT_SKIP_TIME_WAIT", "0"),
     ("CT_STATES", ""),
     ("CT_PORTS", ""),
+    ("PS_INTERVAL", "0"),
+    ("PS_LIMIT", "10"),
+    ("PS_PORTS", "0:65535,ICMP"),
+    ("PS_DIVERSITY", "1"),
+    ("PS_PERMANENT", "0"),
+    ("PS_BLOCK_TIME", "3600"),
+    ("PS_EMAIL_ALERT", "1"),
 ];
 
 /// A trigger: failures within `LF_INTERVAL` that ban, and for how long.
@@ -151,6 +158,24 @@ pub struct LfdSettings {
     pub tamper_alert: bool,
     pub blocklist_alert: bool,
     pub ct: CtSettings,
+    pub ps: PsSettings,
+}
+
+/// Port-scan detection (`PS_*`): hits on closed ports per source within `interval` seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsSettings {
+    /// 0 = off.
+    pub interval: i64,
+    pub limit: u32,
+    /// Ports watched (TCP SYNs and UDP packets that no rule accepted).
+    pub ports: Vec<crate::model::PortRange>,
+    /// Dropped ICMP echo requests count too (`ICMP` in `PS_PORTS`).
+    pub icmp: bool,
+    /// Distinct ports (ICMP counting as one) among the hits before a ban.
+    pub diversity: u32,
+    /// 0 = permanent (`PS_PERMANENT`), else `PS_BLOCK_TIME`.
+    pub ttl: i64,
+    pub email_alert: bool,
 }
 
 /// Connection tracking limits (`CT_*`): connections per remote address, counted every
@@ -342,6 +367,7 @@ pub fn parse<'a>(get: impl Fn(&str) -> &'a str, errors: &mut Vec<SettingError>) 
     }
     let alert_digest = count("LF_ALERT_DIGEST", get("LF_ALERT_DIGEST"), 86_400, errors);
     let ct = ct_settings(&get, errors);
+    let ps = ps_settings(&get, errors);
     let trigger = count("LF_TRIGGER", get("LF_TRIGGER"), 100_000, errors);
     LfdSettings {
         daemon: flag("LF_DAEMON", get("LF_DAEMON"), errors),
@@ -365,6 +391,67 @@ pub fn parse<'a>(get: impl Fn(&str) -> &'a str, errors: &mut Vec<SettingError>) 
         tamper_alert: flag("LF_TAMPER_ALERT", get("LF_TAMPER_ALERT"), errors),
         blocklist_alert: flag("LF_BLOCKLIST_ALERT", get("LF_BLOCKLIST_ALERT"), errors),
         ct,
+        ps,
+    }
+}
+
+fn ps_settings<'a>(get: &impl Fn(&str) -> &'a str, errors: &mut Vec<SettingError>) -> PsSettings {
+    let interval = count("PS_INTERVAL", get("PS_INTERVAL"), 86_400, errors);
+    let limit = count("PS_LIMIT", get("PS_LIMIT"), 10_000, errors);
+    if interval > 0 && limit == 0 {
+        errors.push(bad(
+            "PS_LIMIT",
+            "must be at least 1 while PS_INTERVAL is set",
+        ));
+    }
+    let diversity = count("PS_DIVERSITY", get("PS_DIVERSITY"), 65_536, errors);
+    if diversity == 0 || diversity > limit.max(1) {
+        errors.push(bad("PS_DIVERSITY", "must be from 1 to PS_LIMIT"));
+    }
+    let mut icmp = false;
+    let mut ranges: Vec<String> = Vec::new();
+    for part in get("PS_PORTS")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        if part.eq_ignore_ascii_case("ICMP") {
+            icmp = true;
+        } else if let Some(hi) = part.strip_prefix("0:") {
+            // CSF's default starts at port 0, which no packet goes to
+            ranges.push(format!("1:{hi}"));
+        } else if part != "0" {
+            ranges.push(part.to_string());
+        }
+    }
+    let ports = crate::model::parse_ports("PS_PORTS", &ranges.join(","))
+        .map_err(|e| errors.push(e))
+        .unwrap_or_default();
+    let permanent = flag("PS_PERMANENT", get("PS_PERMANENT"), errors);
+    let block = count(
+        "PS_BLOCK_TIME",
+        get("PS_BLOCK_TIME"),
+        u64::try_from(crate::engine::MAX_TTL).unwrap_or(u64::MAX),
+        errors,
+    );
+    if !permanent && block == 0 {
+        errors.push(bad(
+            "PS_BLOCK_TIME",
+            "must be at least 1 second (or PS_PERMANENT 1)",
+        ));
+    }
+    PsSettings {
+        interval: i64::try_from(interval).unwrap_or(0),
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        ports,
+        icmp,
+        diversity: u32::try_from(diversity).unwrap_or(1).max(1),
+        ttl: if permanent {
+            0
+        } else {
+            i64::try_from(block).unwrap_or(3600)
+        },
+        email_alert: flag("PS_EMAIL_ALERT", get("PS_EMAIL_ALERT"), errors),
     }
 }
 
