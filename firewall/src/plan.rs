@@ -467,6 +467,27 @@ pub fn flush_set(batch: &mut Batch, table: &str, set: ListSet) {
     batch.end_msg();
 }
 
+/// Replaces the contents of the port sets (`TCP_IN`, ...) and nothing else: a port change
+/// leaves the chains, the lists and every blocklist's sets as they are.
+pub fn replace_ports(batch: &mut Batch, table: &str, settings: &Settings) {
+    for (key, name, _) in PORT_SETS {
+        batch.msg(MsgType::DelSetElem, 0, NFPROTO_INET);
+        batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+        batch.w.str(NFTA_SET_ELEM_LIST_SET, name);
+        batch.end_msg();
+        let ivs: Vec<Interval> = settings
+            .ports(key)
+            .iter()
+            .map(|p| Interval {
+                start: u128::from(p.lo),
+                end: u128::from(p.hi),
+                expires: None,
+            })
+            .collect();
+        port_elements(batch, table, name, &ivs);
+    }
+}
+
 /// Sets both base chains' policy.
 pub fn policy(batch: &mut Batch, table: &str, drop: bool) {
     let policy = if drop { NF_DROP } else { NF_ACCEPT };

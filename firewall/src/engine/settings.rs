@@ -37,6 +37,11 @@ impl Firewall {
         if !unknown.is_empty() {
             return Err(FwError::Settings(unknown));
         }
+        let changed: Vec<String> = changes
+            .iter()
+            .filter(|(k, v)| state.settings.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
         state.settings.extend(changes);
         let settings = Settings::parse(&state.settings).map_err(FwError::Settings)?;
         if !origin.force {
@@ -59,7 +64,29 @@ impl Firewall {
                 .insert(key.to_string(), model::format_ports(settings.ports(key)));
         }
         self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &state))?;
-        if let Err(e) = self.apply_full(&mut k) {
+        // Only ports changed (the usual change) and the table is as we left it: the port sets
+        // get their new contents in one transaction, and no blocklist is sent again.
+        let ports_only = !changed.is_empty()
+            && changed.iter().all(|k| model::PORT_KEYS.contains(&k.as_str()))
+            && before.enabled == state.enabled;
+        let fast = ports_only && k.rules > 0 && !k.stale;
+        let table = self.cfg.table.clone();
+        let applied = match k.nl.as_mut() {
+            Some(nl) if fast => {
+                let mut batch = crate::msg::Batch::new(nl.next_seq());
+                crate::plan::replace_ports(&mut batch, &table, &settings);
+                let sent = nl.commit(batch);
+                if sent.as_ref().is_err_and(crate::netlink::NetlinkError::is_unknown) {
+                    k.stale = true;
+                }
+                if sent.is_ok() {
+                    self.publish(&k, None);
+                }
+                sent.map_err(FwError::from)
+            }
+            _ => self.apply_full(&mut k),
+        };
+        if let Err(e) = applied {
             if let Err(restore) = self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before)) {
                 tracing::error!(error = %restore, "could not restore the settings after a refused apply");
             }
