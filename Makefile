@@ -89,7 +89,7 @@ BENCHES := firewall blocklist smtp sieve outbound imap pop3 authflood lfd
 bench: deps-build deps-test release
 	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
 	@echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections
-	$(call apt_install_nostart,iperf3 ipset iptables postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve fail2ban python3-pyinotify $(BENCH_DAEMONS),postfix dovecot opendkim opendmarc fail2ban)
+	$(call apt_install_nostart,iperf3 ipset iptables conntrack postfix dovecot-lmtpd dovecot-imapd dovecot-pop3d dovecot-sieve fail2ban python3-pyinotify $(BENCH_DAEMONS),postfix dovecot opendkim opendmarc fail2ban)
 	@$(PY) -m pip install -q --disable-pip-version-check argon2-cffi
 	@failed=""; for b in $(BENCHES); do \
 	  echo "== bench $$b"; \

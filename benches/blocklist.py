@@ -4,7 +4,12 @@
 1. Load: N CIDRs fetched over loopback HTTP, parsed and loaded into the kernel by wispd
    (POST /csf/blocklists/:name/refresh), vs `nft -f` and `ipset restore` of the same set.
 2. Packet path: TCP throughput (iperf3) between two namespaces with 0, 100k and 1M non-matching
-   entries loaded in wispd's blocklist, vs 10k linear iptables rules (how CSF bans without ipset).
+   entries loaded in wispd's blocklist, vs 10k linear iptables rules (how CSF bans without ipset);
+   and with every protection on (SYNFLOOD, CONNLIMIT, PORTFLOOD, port-scan detection, CT_LIMIT).
+3. A port change with the largest blocklist loaded (POST /csf/ports/, then DELETE) vs the full
+   `nft -f` reload of the same ruleset CSF-style tools do for any change.
+4. The conntrack table with ~100k entries: /csf/conntrack/status and a filtered
+   /csf/conntrack/connections vs `conntrack -L` and `conntrack -C` (Debian's conntrack).
 
 Usage: benches/blocklist.py [--bin target/release/wispd] [--sizes 100000,1000000]
 """
@@ -68,7 +73,7 @@ def main():
 
     pair = Pair(250).create()
     pair.enter()
-    results = {"load": [], "path": []}
+    results = {"load": [], "path": [], "change": [], "ct": []}
     try:
         handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
         http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
@@ -97,7 +102,53 @@ def main():
             assert r.status == 200 and r.json["data"]["entry_count"] == n, r
             results["load"].append(("wispd (HTTP fetch + parse + kernel + store)", n, took))
             results["path"].append((f"wispd, {n:,} blocklist entries", n, iperf(pair)))
+            if n == max(sizes):
+                t = time.monotonic()
+                r = w.request("POST", "/api/v1/csf/ports/", body={"port": 8081, "protocol": "tcp", "direction": "in"})
+                results["change"].append(("wispd: open a port (POST /csf/ports/)", n, time.monotonic() - t))
+                assert r.status == 201, r
+                t = time.monotonic()
+                r = w.request("DELETE", "/api/v1/csf/ports/8081")
+                results["change"].append(("wispd: close it (DELETE /csf/ports/8081)", n, time.monotonic() - t))
+                assert r.status == 200, r
+                # what a full reload sends: the whole table, the blocklist set included
+                dump = sh("nft", "list", "table", "inet", "wispd").stdout
+                full = work / "reload.nft"
+                full.write_text("table inet wispd_reload\ndelete table inet wispd_reload\n"
+                                + dump.replace("table inet wispd {", "table inet wispd_reload {", 1))
+                results["change"].append(("full reload of the same table (nft -f)", n,
+                                          timed(["nft", "-f", str(full)])))
+                sh("nft", "delete", "table", "inet", "wispd_reload", check=False)
             w.request("DELETE", f"/api/v1/csf/blocklists/{name}")
+        # every protection on, none matching the benchmark's own flow
+        r = w.request("PUT", "/api/v1/csf/config", body={
+            "SYNFLOOD": "1", "SYNFLOOD_RATE": "1000/s", "SYNFLOOD_BURST": "2000",
+            "CONNLIMIT": "5201;50,22;10", "PORTFLOOD": "5201;tcp;500;10,22;tcp;50;60",
+            "PS_INTERVAL": "300", "PS_LIMIT": "20", "CT_LIMIT": "5000", "CT_INTERVAL": "30"})
+        assert r.status == 200, r.json
+        results["path"].append(("wispd, every protection on", 0, iperf(pair)))
+        r = w.request("PUT", "/api/v1/csf/config", body={
+            "SYNFLOOD": "0", "CONNLIMIT": "", "PORTFLOOD": "", "PS_INTERVAL": "0", "CT_LIMIT": "0",
+            "UDP_IN": "1:65535"})
+        assert r.status == 200, r.json
+        # ~100k tracked flows: UDP from two client sockets to 50,000 ports each (accepted, so
+        # their conntrack entries are confirmed)
+        code = (f"import socket\nfor k in range(2):\n s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f" for p in range(1, 50001): s.sendto(b'x', ('{pair.srv4}', p))\n")
+        sh("python3", "-c", code, ns=pair.cli, timeout=120)
+        entries = int(open("/proc/sys/net/netfilter/nf_conntrack_count").read())
+        t = time.monotonic()
+        r = w.request("GET", "/api/v1/csf/conntrack/status")
+        results["ct"].append(("wispd: GET /csf/conntrack/status (counts)", entries, time.monotonic() - t))
+        assert r.status == 200, r.json
+        t = time.monotonic()
+        r = w.request("GET", f"/api/v1/csf/conntrack/connections?ip={pair.cli4}&port=4242")
+        results["ct"].append(("wispd: GET /csf/conntrack/connections?ip=&port=", entries, time.monotonic() - t))
+        assert r.status == 200 and r.json["data"]["total"] == 2, r.json
+        results["ct"].append(("conntrack -L (to /dev/null)", entries, timed(["conntrack", "-L"])))
+        results["ct"].append(("conntrack -L -s <ip> -p udp --dport 4242", entries,
+                              timed(["conntrack", "-L", "-s", pair.cli4, "-p", "udp", "--dport", "4242"])))
+        results["ct"].append(("conntrack -C", entries, timed(["conntrack", "-C"])))
         w.stop()
 
         for n in sizes:
@@ -142,6 +193,15 @@ def main():
         wispd = next(s for who, s in row.items() if who.startswith("wispd"))
         print(f"  {n:,}: nft -f / wispd = {row['nft -f (same set, interval)'] / wispd:.1f}x, "
               f"ipset restore / wispd = {row['ipset restore (hash:net)'] / wispd:.2f}x")
+    print("\na port change with the blocklist loaded")
+    for who, n, s in results["change"]:
+        print(f"{who:48} {n:>10,} {s * 1000:>9.1f} ms")
+    if results["change"]:
+        reload = results["change"][-1][2]
+        print(f"  full reload / wispd port change: {reload / max(results['change'][0][2], 1e-6):.0f}x")
+    print("\nconntrack table")
+    for who, n, s in results["ct"]:
+        print(f"{who:48} {n:>10,} {s * 1000:>9.1f} ms")
     print("\npacket path: iperf3 TCP, client namespace -> server namespace, source not listed")
     base = results["path"][0][2]
     for who, n, gbps in results["path"]:
