@@ -111,12 +111,20 @@ def main():
                 r = w.request("DELETE", "/api/v1/csf/ports/8081")
                 results["change"].append(("wispd: close it (DELETE /csf/ports/8081)", n, time.monotonic() - t))
                 assert r.status == 200, r
-                # what a full reload sends: the whole table, the blocklist set included
-                dump = sh("nft", "list", "table", "inet", "wispd").stdout
+                # what a full reload sends for any change: a table like wispd's (its port sets,
+                # its chain, the blocklist set with all its entries), written for nft -f
                 full = work / "reload.nft"
-                full.write_text("table inet wispd_reload\ndelete table inet wispd_reload\n"
-                                + dump.replace("table inet wispd {", "table inet wispd_reload {", 1))
-                results["change"].append(("full reload of the same table (nft -f)", n,
+                with open(full, "w") as f:
+                    f.write("table inet wispd_reload\ndelete table inet wispd_reload\n"
+                            "table inet wispd_reload {\n"
+                            " set tcp_in { type inet_service; flags interval; elements = { 22, 5201, 8081 } }\n"
+                            " set bl4 { type ipv4_addr; flags interval; }\n"
+                            " chain input { type filter hook input priority filter; policy accept;\n"
+                            "  ct state established,related accept\n"
+                            "  ip saddr @bl4 counter drop\n"
+                            "  tcp dport @tcp_in accept\n }\n}\n")
+                    f.write("add element inet wispd_reload bl4 { " + ", ".join(cidrs(n)) + " }\n")
+                results["change"].append(("full reload, the same table and entries (nft -f)", n,
                                           timed(["nft", "-f", str(full)])))
                 sh("nft", "delete", "table", "inet", "wispd_reload", check=False)
             w.request("DELETE", f"/api/v1/csf/blocklists/{name}")
