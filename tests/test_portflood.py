@@ -1,7 +1,7 @@
 """CONNLIMIT and PORTFLOOD against the real kernel in namespaces the tests create: the 4th
 concurrent connection of a 3-limit port is reset while another source still connects; the
 (hits+1)th new connection in the window is dropped, the block lasts while the source keeps
-trying and lifts once it has been quiet for the window. Both live in dynamic sets the packet
+trying (shown in check-ip, with one alert) and lifts once it has been quiet for the window. Both live in dynamic sets the packet
 path updates: the table has a rule per port and family, none per source."""
 
 import json
@@ -97,6 +97,11 @@ for _ in range(5):
 print(json.dumps(out))
 """)
         assert got == ["timeout"] * 5, got
+        # the block shows in check-ip, and upkeep raised an alert for it
+        check = w.request("GET", f"/api/v1/csf/check-ip?ip={net.cli4}").json["data"]
+        assert any(m["list"] == "portflood" and m["name"] == f"{ECHO}/tcp" for m in check["matches"]), check
+        alerts = w.request("GET", "/api/v1/csf/alerts").json["data"]["alerts"]
+        assert [a["kind"] for a in alerts if a["ip"] == net.cli4] == ["portflood"], alerts
         # quiet for the window: let through again
         time.sleep(3.5)
         assert client(net, "print(json.dumps(connect()))") == "ok"

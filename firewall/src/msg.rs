@@ -41,6 +41,9 @@ pub struct Writer {
     buf: Vec<u8>,
     msg_start: usize,
     nests: Vec<usize>,
+    /// An attribute, a nest or a message came out longer than its length field holds; the
+    /// bytes are not sent (see [`Writer::overflowed`]).
+    overflow: bool,
 }
 
 fn align4(n: usize) -> usize {
@@ -53,6 +56,7 @@ impl Writer {
             buf: Vec::with_capacity(n),
             msg_start: 0,
             nests: Vec::new(),
+            overflow: false,
         }
     }
 
@@ -79,14 +83,20 @@ impl Writer {
 
     /// Finishes the current message, patching its length.
     pub fn end(&mut self) {
-        let len = u32::try_from(self.buf.len() - self.msg_start).unwrap_or(u32::MAX);
+        let len = u32::try_from(self.buf.len() - self.msg_start).unwrap_or_else(|_| {
+            self.overflow = true;
+            u32::MAX
+        });
         self.buf[self.msg_start..self.msg_start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
     pub fn attr(&mut self, ty: u16, data: &[u8]) {
         let len = 4 + data.len();
-        self.buf
-            .extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
+        let field = u16::try_from(len).unwrap_or_else(|_| {
+            self.overflow = true;
+            u16::MAX
+        });
+        self.buf.extend_from_slice(&field.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.buf.extend_from_slice(data);
         self.buf.resize(self.buf.len() + align4(len) - len, 0);
@@ -117,7 +127,10 @@ impl Writer {
 
     pub fn unnest(&mut self) {
         if let Some(start) = self.nests.pop() {
-            let len = u16::try_from(self.buf.len() - start).unwrap_or(u16::MAX);
+            let len = u16::try_from(self.buf.len() - start).unwrap_or_else(|_| {
+                self.overflow = true;
+                u16::MAX
+            });
             self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         }
     }
@@ -129,6 +142,11 @@ impl Writer {
 
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
+    }
+
+    /// Whether some length did not fit its field: the bytes would be misread by the kernel.
+    pub fn overflowed(&self) -> bool {
+        self.overflow
     }
 }
 
@@ -185,6 +203,11 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.acked.is_empty()
+    }
+
+    /// Whether a length in the batch did not fit its field (then it must not be sent).
+    pub fn overflowed(&self) -> bool {
+        self.w.overflowed()
     }
 
     /// Closes the batch; returns its bytes and the sequence numbers to await.
@@ -253,6 +276,22 @@ pub fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attribute_too_long_for_its_length_field_is_an_error_not_a_wrap() {
+        let mut b = Batch::new(1);
+        b.msg(MsgType::NewSetElem, 0, NFPROTO_INET);
+        b.w.nest(3);
+        b.w.attr(1, &vec![0u8; 70_000]);
+        b.w.unnest();
+        b.end_msg();
+        assert!(b.overflowed());
+        let mut ok = Batch::new(1);
+        ok.msg(MsgType::NewTable, 0, NFPROTO_INET);
+        ok.w.attr(1, &[0u8; 60_000]);
+        ok.end_msg();
+        assert!(!ok.overflowed());
+    }
 
     #[test]
     fn batch_frames_messages_with_lengths_and_alignment() {

@@ -138,6 +138,14 @@ impl Netlink {
         if batch.is_empty() {
             return Ok(());
         }
+        if batch.overflowed() {
+            // sent, the kernel would read a wrapped length as something else: refuse it whole
+            return Err(NetlinkError::Rejected {
+                errno: 90,
+                what: "a netlink attribute longer than 65,535 bytes was built; nothing was sent"
+                    .into(),
+            });
+        }
         let (bytes, acked, next) = batch.finish();
         self.seq = next;
         let first = acked.first().copied().unwrap_or(0).wrapping_sub(1);
@@ -301,6 +309,55 @@ impl Netlink {
             }
         }
         Ok(())
+    }
+
+    /// Whether `set` in `table` holds any element (`None`: there is no such set). Reads only
+    /// the start of the dump: use a socket of its own and drop it afterwards.
+    pub fn has_elements(&mut self, table: &str, set: &str) -> Result<Option<bool>, NetlinkError> {
+        let seq = self.bump();
+        let mut w = msg::Writer::with_capacity(64);
+        w.begin(
+            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetSetElem as u16,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        w.str(1, table);
+        w.str(2, set);
+        w.end();
+        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
+            .map_err(std::io::Error::from)?;
+        loop {
+            let n = self.recv()?;
+            for reply in msg::replies(&self.buf[..n]) {
+                if reply.seq != seq {
+                    continue;
+                }
+                match reply.ty {
+                    NLMSG_DONE => return Ok(Some(false)),
+                    NLMSG_ERROR => {
+                        return match msg::error_code(reply.payload).unwrap_or(0) {
+                            0 => Ok(Some(false)),
+                            -2 => Ok(None),
+                            c => Err(NetlinkError::Rejected {
+                                errno: -c,
+                                what: "set element dump".into(),
+                            }),
+                        };
+                    }
+                    _ => {
+                        let attrs = msg::attrs(reply.payload.get(4..).unwrap_or(&[]));
+                        if attrs
+                            .iter()
+                            .any(|(t, list)| *t == 3 && !msg::attrs(list).is_empty())
+                        {
+                            return Ok(Some(true));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The elements of `set` in `table`: (key bytes, milliseconds until it expires). `None`

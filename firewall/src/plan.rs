@@ -467,6 +467,11 @@ pub fn flush_set(batch: &mut Batch, table: &str, set: ListSet) {
     batch.end_msg();
 }
 
+/// The port sets: (csf key, set name).
+pub fn port_set_names() -> impl Iterator<Item = (&'static str, &'static str)> {
+    PORT_SETS.into_iter().map(|(k, n, _)| (k, n))
+}
+
 /// Replaces the contents of the port sets (`TCP_IN`, ...) and nothing else: a port change
 /// leaves the chains, the lists and every blocklist's sets as they are.
 pub fn replace_ports(batch: &mut Batch, table: &str, settings: &Settings) {

@@ -58,7 +58,8 @@ pub struct EntryRequest {
 /// Where an address matches.
 #[derive(Debug, Clone)]
 pub struct CheckResult {
-    /// `whitelist`, `blacklist` or `blocklist`.
+    /// `whitelist`, `blacklist`, `blocklist` or `portflood` (the kernel blocks new connections
+    /// to that port only).
     pub list: &'static str,
     /// The blocklist's name.
     pub name: Option<String>,
@@ -526,6 +527,7 @@ impl Firewall {
             .filter(|d| d.enabled)
             .map(|d| d.name)
             .collect();
+        out.extend(self.portflood_matches(addr));
         let ranges = super::unpoison(self.ranges.read());
         for name in enabled {
             if let Some((a, b)) = ranges.get(&name).and_then(|r| r.find(addr)) {

@@ -109,6 +109,8 @@ pub struct Firewall {
     ranges: RwLock<BTreeMap<String, Arc<Ranges>>>,
     /// A second socket for upkeep's read-only dumps, so that a slow dump holds up no change.
     upkeep_nl: Mutex<Option<Netlink>>,
+    /// Sources PORTFLOOD blocks that an alert was raised for, by block set.
+    portflood_seen: Mutex<std::collections::HashSet<(String, IpAddr)>>,
     counters: Counters,
     lfd: crate::lfd::Lfd,
     alerts: crate::alerts::Alerts,
@@ -167,6 +169,7 @@ impl Firewall {
             view: Mutex::new(View::new()),
             ranges: RwLock::new(BTreeMap::new()),
             upkeep_nl: Mutex::new(None),
+            portflood_seen: Mutex::new(std::collections::HashSet::new()),
             lfd: crate::lfd::Lfd::default(),
             alerts: crate::alerts::Alerts::load(store.clone())?,
             cfg,

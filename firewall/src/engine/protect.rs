@@ -1,5 +1,7 @@
 //! Flood protection read back from the kernel: SYNFLOOD's limit and what it dropped.
 
+use std::net::IpAddr;
+
 use super::{Firewall, FwError};
 use crate::netlink::Netlink;
 
@@ -161,5 +163,110 @@ impl Firewall {
             connlimit,
             applied,
         })
+    }
+}
+
+/// PORTFLOOD alerts raised per upkeep tick at most (a summary alert counts the rest).
+const MAX_ALERTS_PER_TICK: usize = 50;
+
+impl Firewall {
+    /// Raises a `portflood` alert for each source PORTFLOOD began blocking since the last call
+    /// (the kernel blocks on its own; upkeep reads its block sets to tell the operator).
+    pub fn portflood_alerts(&self) -> Result<usize, FwError> {
+        let s = self.parsed_settings()?;
+        if s.portflood.is_empty() || !self.config().kernel {
+            super::unpoison(self.portflood_seen.lock()).clear();
+            return Ok(0);
+        }
+        let Ok(mut nl) = Netlink::open() else {
+            return Ok(0);
+        };
+        let mut now_blocked = std::collections::HashSet::new();
+        let mut fresh = Vec::new();
+        {
+            let seen = super::unpoison(self.portflood_seen.lock());
+            for p in &s.portflood {
+                for (_, block) in crate::plan::portflood_sets(p) {
+                    let Ok(Some(elements)) = nl.set_elements(&self.config().table, &block) else {
+                        continue;
+                    };
+                    for (key, _) in elements {
+                        if let Some(ip) = addr(&key) {
+                            let k = (block.clone(), ip);
+                            if !seen.contains(&k) {
+                                fresh.push((*p, ip));
+                            }
+                            now_blocked.insert(k);
+                        }
+                    }
+                }
+            }
+        }
+        *super::unpoison(self.portflood_seen.lock()) = now_blocked;
+        let email = s.lfd.email_alert;
+        for (p, ip) in fresh.iter().take(MAX_ALERTS_PER_TICK) {
+            let message = format!(
+                "{ip} blocked on port {}/{}: more than {} new connections in {}s (PORTFLOOD), until quiet for {}s",
+                p.port,
+                if p.udp { "udp" } else { "tcp" },
+                p.hits,
+                p.seconds,
+                p.seconds
+            );
+            if let Err(e) =
+                self.alerts()
+                    .raise("portflood", Some(ip.to_string()), None, message, email)
+            {
+                tracing::error!(error = %e, "could not store a PORTFLOOD alert");
+            }
+        }
+        if fresh.len() > MAX_ALERTS_PER_TICK {
+            let message = format!(
+                "PORTFLOOD began blocking {} more sources in the last few seconds",
+                fresh.len() - MAX_ALERTS_PER_TICK
+            );
+            if let Err(e) = self.alerts().raise("portflood", None, None, message, email) {
+                tracing::error!(error = %e, "could not store a PORTFLOOD alert");
+            }
+        }
+        Ok(fresh.len())
+    }
+
+    /// PORTFLOOD's blocks of `ip` now, for check-ip.
+    pub(crate) fn portflood_matches(&self, ip: IpAddr) -> Vec<super::CheckResult> {
+        let Ok(s) = self.parsed_settings() else {
+            return Vec::new();
+        };
+        if s.portflood.is_empty() || !self.config().kernel {
+            return Vec::new();
+        }
+        let Ok(mut nl) = Netlink::open() else {
+            return Vec::new();
+        };
+        let t = super::now();
+        let mut out = Vec::new();
+        for p in &s.portflood {
+            for (_, block) in crate::plan::portflood_sets(p) {
+                let Ok(Some(elements)) = nl.set_elements(&self.config().table, &block) else {
+                    continue;
+                };
+                for (key, expires) in elements {
+                    if addr(&key).is_some_and(|a| a == ip) {
+                        let proto = if p.udp { "udp" } else { "tcp" };
+                        out.push(super::CheckResult {
+                            list: "portflood",
+                            name: Some(format!("{}/{proto}", p.port)),
+                            entry: ip.to_string(),
+                            comment: format!(
+                                "PORTFLOOD {};{proto};{};{}: new connections to port {} dropped until quiet for {}s",
+                                p.port, p.hits, p.seconds, p.port, p.seconds
+                            ),
+                            expires_at: expires.map(|ms| t + i64::try_from(ms.div_ceil(1000)).unwrap_or(0)),
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 }

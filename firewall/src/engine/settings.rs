@@ -67,7 +67,9 @@ impl Firewall {
         // Only ports changed (the usual change) and the table is as we left it: the port sets
         // get their new contents in one transaction, and no blocklist is sent again.
         let ports_only = !changed.is_empty()
-            && changed.iter().all(|k| model::PORT_KEYS.contains(&k.as_str()))
+            && changed
+                .iter()
+                .all(|k| model::PORT_KEYS.contains(&k.as_str()))
             && before.enabled == state.enabled;
         let fast = ports_only && k.rules > 0 && !k.stale;
         let table = self.cfg.table.clone();
@@ -76,7 +78,10 @@ impl Firewall {
                 let mut batch = crate::msg::Batch::new(nl.next_seq());
                 crate::plan::replace_ports(&mut batch, &table, &settings);
                 let sent = nl.commit(batch);
-                if sent.as_ref().is_err_and(crate::netlink::NetlinkError::is_unknown) {
+                if sent
+                    .as_ref()
+                    .is_err_and(crate::netlink::NetlinkError::is_unknown)
+                {
                     k.stale = true;
                 }
                 if sent.is_ok() {

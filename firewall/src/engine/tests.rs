@@ -326,4 +326,187 @@ mod kernel {
         fw.reload().expect("reload");
         assert!(ruleset().contains("192.0.2.1"));
     }
+
+    fn nft_json() -> serde_json::Value {
+        let out = std::process::Command::new("nft")
+            .args(["-j", "list", "table", "inet", "wispd"])
+            .output()
+            .expect("nft");
+        serde_json::from_slice(&out.stdout).expect("nft -j answers JSON")
+    }
+
+    /// The batches plan.rs builds, read back by an independent decoder (nft's libnftables, in
+    /// JSON): every set with its type and flags, every protection's expressions as meant, and
+    /// as many rules as the engine counts.
+    #[test]
+    fn nft_reads_back_what_the_plan_built() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare needs root");
+        let dir = std::env::temp_dir().join(format!("wispd-fworacle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fw = Firewall::start(
+            Store::open(&dir).expect("store"),
+            FirewallConfig {
+                table: "wispd".into(),
+                kernel: true,
+                protected_tcp_ports: vec![2083],
+                api_port: None,
+            },
+        )
+        .expect("start");
+        let changes: std::collections::BTreeMap<String, String> = [
+            ("SYNFLOOD", "1"),
+            ("SYNFLOOD_RATE", "100/s"),
+            ("SYNFLOOD_BURST", "150"),
+            ("CONNLIMIT", "22;5"),
+            ("PORTFLOOD", "80;tcp;20;60"),
+            ("PS_INTERVAL", "300"),
+            ("PS_LIMIT", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        fw.update_settings(changes, crate::Origin::default())
+            .expect("settings");
+        fw.add(
+            ListKind::Black,
+            EntryRequest {
+                ip: "192.0.2.7".into(),
+                comment: String::new(),
+                ttl: 0,
+                force: false,
+                caller: None,
+            },
+        )
+        .expect("ban");
+        let doc = nft_json();
+        let items = doc["nftables"].as_array().expect("nftables array");
+        let sets: std::collections::BTreeMap<String, &serde_json::Value> = items
+            .iter()
+            .filter_map(|i| i.get("set"))
+            .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s))
+            .collect();
+        let flags = |name: &str| -> Vec<String> {
+            sets[name]["flags"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(sets["blacklist4"]["type"], "ipv4_addr");
+        assert!(
+            flags("blacklist4").contains(&"timeout".to_string()),
+            "{:?}",
+            sets["blacklist4"]
+        );
+        assert_eq!(sets["tcp_in"]["type"], "inet_service");
+        assert!(flags("tcp_in").contains(&"interval".to_string()));
+        // (nft's JSON leaves `dynamic` out even for sets nft made itself; its text says it)
+        for dynamic in [
+            "cl4_22",
+            "cl6_22",
+            "pfm4_tcp80",
+            "pfb4_tcp80",
+            "pslog4",
+            "pslog6",
+        ] {
+            let out = std::process::Command::new("nft")
+                .args(["list", "set", "inet", "wispd", dynamic])
+                .output()
+                .expect("nft");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("flags dynamic"), "{dynamic}: {text}");
+            assert_eq!(sets[dynamic]["size"], 65536, "{dynamic}");
+        }
+        assert_eq!(sets["pfb6_tcp80"]["type"], "ipv6_addr");
+        assert_eq!(
+            sets["pfb4_tcp80"]["timeout"], 60,
+            "{:?}",
+            sets["pfb4_tcp80"]
+        );
+        let rules: Vec<&serde_json::Value> = items.iter().filter_map(|i| i.get("rule")).collect();
+        assert_eq!(
+            rules.len(),
+            fw.kernel().rules,
+            "nft counts the rules the engine counts"
+        );
+        let text: Vec<String> = rules.iter().map(|r| r["expr"].to_string()).collect();
+        let has = |needle: &str| text.iter().filter(|t| t.contains(needle)).count();
+        assert_eq!(
+            has(
+                r#""limit":{"rate":100,"burst":150,"per":"second","inv":true}},{"counter":"synflood_drops"},{"drop":null}"#
+            ),
+            1,
+            "{text:#?}"
+        );
+        assert_eq!(
+            has(
+                r#""set":"@cl4_22","stmt":[{"ct count":{"val":5,"inv":true}}]}},{"reject":{"type":"tcp reset"}}"#
+            ),
+            1,
+            "{text:#?}"
+        );
+        assert_eq!(
+            has(
+                r#""set":"@cl6_22","stmt":[{"ct count":{"val":5,"inv":true}}]}},{"reject":{"type":"tcp reset"}}"#
+            ),
+            1,
+            "{text:#?}"
+        );
+        assert_eq!(
+            has(
+                r#""set":"@pfm4_tcp80","stmt":[{"limit":{"rate":20,"burst":20,"per":"minute","inv":true}}]"#
+            ),
+            1,
+            "{text:#?}"
+        );
+        assert_eq!(
+            has(
+                r#""op":"update","elem":{"elem":{"val":{"payload":{"protocol":"ip","field":"saddr"}},"timeout":60}},"set":"@pfb4_tcp80""#
+            ),
+            1,
+            "{text:#?}"
+        );
+        assert_eq!(
+            has(
+                r#""op":"add","elem":{"elem":{"val":{"payload":{"protocol":"ip","field":"saddr"}},"timeout":60}},"set":"@pfb4_tcp80""#
+            ),
+            1,
+            "{text:#?}"
+        );
+        // TCP, UDP and ICMP echo requests, per family
+        assert_eq!(
+            has(r#""set":"@pslog4","stmt":[{"limit":{"rate":40,"burst":40"#),
+            3,
+            "{text:#?}"
+        );
+        assert_eq!(has(r#""log":{"group":7331,"snaplen":80}"#), 6, "{text:#?}");
+        // the objects: the named counter
+        assert!(
+            items
+                .iter()
+                .any(|i| i["counter"]["name"] == "synflood_drops")
+        );
+
+        // a flushed set is noticed by upkeep and restored
+        let out = std::process::Command::new("nft")
+            .args(["flush", "set", "inet", "wispd", "blacklist4"])
+            .output()
+            .expect("nft");
+        assert!(out.status.success());
+        assert!(!ruleset().contains("192.0.2.7"));
+        let up = fw.tick().expect("tick");
+        assert!(
+            up.repaired
+                .as_deref()
+                .is_some_and(|r| r.contains("blacklist4")),
+            "{up:?}"
+        );
+        assert!(ruleset().contains("192.0.2.7"));
+        // and a quiet table is left alone
+        assert_eq!(fw.tick().expect("tick").repaired, None);
+    }
 }

@@ -53,6 +53,13 @@ impl Firewall {
                         self.cfg.table, k.rules
                     ),
                 });
+            } else if let (false, Some(set)) = (moved, self.emptied_set(&k, &settings, t)) {
+                tracing::warn!(%set, table = %self.cfg.table, "a firewall set was emptied or deleted from outside; restoring the table");
+                self.apply_full(&mut k)?;
+                out.repaired = Some(format!(
+                    "set {set} of table inet {} was emptied or deleted from outside",
+                    self.cfg.table
+                ));
             } else if k.policy_drop && !Self::policy_for(&settings, k.applied_at, t) {
                 tracing::warn!(
                     "TESTING: lifting the restrictive policy (set TESTING to 0 to keep it)"
@@ -72,6 +79,9 @@ impl Firewall {
             )
         {
             tracing::error!(error = %e, "could not store a tamper alert");
+        }
+        if let Err(e) = self.portflood_alerts() {
+            tracing::warn!(error = %e, "reading PORTFLOOD's blocks failed");
         }
         for kind in [ListKind::Black, ListKind::White] {
             let expired: Vec<String> = self
@@ -101,6 +111,46 @@ impl Firewall {
             }
         }
         Ok(out)
+    }
+
+    /// The first set that should hold elements and holds none (or is gone): a `nft flush set`
+    /// from outside leaves every rule in place, so the rule count can't see it. Each check
+    /// reads only the start of a set's dump, on a socket of its own.
+    fn emptied_set(&self, k: &super::Kernel, settings: &Settings, t: i64) -> Option<String> {
+        let mut expected: Vec<String> = Vec::new();
+        for (set, ivs) in &k.applied {
+            // an element that times out soon may be gone already: only lasting ones count
+            if ivs.iter().any(|iv| iv.expires.is_none_or(|x| x > t + 5)) {
+                expected.push(set.name().to_string());
+            }
+        }
+        for (key, name) in crate::plan::port_set_names() {
+            if !settings.ports(key).is_empty() {
+                expected.push(name.to_string());
+            }
+        }
+        let defs = self.blocklists().ok()?;
+        let plan = self.with_loaded(|loaded| super::ListPlan::new(settings, &defs, loaded));
+        for (name, ranges) in &plan.sets {
+            let (n4, n6) = crate::plan::blocklist_sets(name);
+            if !ranges.v4.is_empty() {
+                expected.push(n4);
+            }
+            if !ranges.v6.is_empty() {
+                expected.push(n6);
+            }
+        }
+        for set in expected {
+            let Ok(mut nl) = Netlink::open() else {
+                return None;
+            };
+            match nl.has_elements(&self.cfg.table, &set) {
+                Ok(Some(true)) => {}
+                Ok(Some(false) | None) => return Some(set),
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// The rules the kernel table holds now (`None`: no table), read on upkeep's own socket.
