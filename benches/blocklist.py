@@ -6,8 +6,8 @@
 2. Packet path: TCP throughput (iperf3) between two namespaces with 0, 100k and 1M non-matching
    entries loaded in wispd's blocklist, vs 10k linear iptables rules (how CSF bans without ipset);
    and with every protection on (SYNFLOOD, CONNLIMIT, PORTFLOOD, port-scan detection, CT_LIMIT).
-3. A port change with the largest blocklist loaded (POST /csf/ports/, then DELETE) vs the full
-   `nft -f` reload of the same ruleset CSF-style tools do for any change.
+3. Changes with the largest blocklist loaded (a port opened and closed, a rule added, a setting
+   changed) vs the full `nft -f` reload of the same ruleset CSF-style tools do for any change.
 4. The conntrack table with ~100k entries: /csf/conntrack/status and a filtered
    /csf/conntrack/connections vs `conntrack -L` and `conntrack -C` (Debian's conntrack).
 
@@ -111,6 +111,15 @@ def main():
                 r = w.request("DELETE", "/api/v1/csf/ports/8081")
                 results["change"].append(("wispd: close it (DELETE /csf/ports/8081)", n, time.monotonic() - t))
                 assert r.status == 200, r
+                t = time.monotonic()
+                r = w.request("POST", "/api/v1/firewall/rules",
+                              body={"chain": "INPUT", "protocol": "tcp", "port": 8082, "action": "ACCEPT"})
+                results["change"].append(("wispd: add a rule (POST /firewall/rules)", n, time.monotonic() - t))
+                assert r.status == 201, r
+                t = time.monotonic()
+                r = w.request("PUT", "/api/v1/csf/config", body={"LF_IMAPD": "7"})
+                results["change"].append(("wispd: change a setting (PUT /csf/config)", n, time.monotonic() - t))
+                assert r.status == 200, r
                 # what a full reload sends for any change: a table like wispd's (its port sets,
                 # its chain, the blocklist set with all its entries), written for nft -f
                 full = work / "reload.nft"
@@ -201,7 +210,7 @@ def main():
         wispd = next(s for who, s in row.items() if who.startswith("wispd"))
         print(f"  {n:,}: nft -f / wispd = {row['nft -f (same set, interval)'] / wispd:.1f}x, "
               f"ipset restore / wispd = {row['ipset restore (hash:net)'] / wispd:.2f}x")
-    print("\na port change with the blocklist loaded")
+    print("\nchanges with the blocklist loaded")
     for who, n, s in results["change"]:
         print(f"{who:48} {n:>10,} {s * 1000:>9.1f} ms")
     if results["change"]:

@@ -11,6 +11,7 @@ pub enum MsgType {
     NewChain = 3,
     NewRule = 6,
     GetRule = 7,
+    DelRule = 8,
     NewSet = 9,
     NewSetElem = 12,
     GetSetElem = 13,

@@ -347,6 +347,52 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
     count
 }
 
+/// What decides the table's sets (which exist, their keys and timeouts): while it stays the same
+/// a change can rebuild the chains alone and keep every set and its contents.
+pub fn shape(d: &Desired<'_>) -> String {
+    let s = d.settings;
+    format!(
+        "{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        s.connlimit.iter().map(|c| c.port).collect::<Vec<_>>(),
+        s.portflood
+            .iter()
+            .map(|p| (p.port, p.udp, p.seconds))
+            .collect::<Vec<_>>(),
+        (s.lfd.ps.interval, format_ps(&s.lfd.ps.ports)),
+        d.allow_filter.is_some(),
+        d.bogon_interface,
+        d.blocklists.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        d.drop_lists,
+        d.accept_lists,
+        s.cc_allow_filter,
+    )
+}
+
+fn format_ps(p: &[PortRange]) -> String {
+    crate::model::format_ports(p)
+}
+
+/// Rebuilds the chains alone, in one transaction: every rule is flushed and added again, the
+/// policy and the port sets set anew, and every other set (lists, blocklists, the protections'
+/// dynamic sets with what the packet path put in them) is kept as it is. Only for a table whose
+/// [`shape`] is unchanged. Returns the number of rules.
+pub fn chains(batch: &mut Batch, d: &Desired<'_>) -> usize {
+    for chain in ["input", "output", "rules_in", "rules_out"] {
+        batch.msg(MsgType::DelRule, 0, NFPROTO_INET);
+        batch.w.str(NFTA_RULE_TABLE, d.table);
+        batch.w.str(NFTA_RULE_CHAIN, chain);
+        batch.end_msg();
+    }
+    policy(batch, d.table, d.policy_drop);
+    replace_ports(batch, d.table, d.settings);
+    let mut count = 0;
+    for r in d.rules {
+        count += basic_rule(batch, d.table, r);
+    }
+    count += skeleton(batch, d);
+    count
+}
+
 /// The built-in bogon ranges, merged.
 pub fn bogon_ranges() -> Ranges {
     let mut p = crate::blocklist::parse::Parser::new(0);

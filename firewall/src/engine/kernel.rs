@@ -28,6 +28,8 @@ pub(crate) struct Kernel {
     pub(super) stale: bool,
     pub(super) policy_drop: bool,
     pub(super) applied_at: i64,
+    /// The [`plan::shape`] of the table last applied whole.
+    pub(super) shape: Option<String>,
 }
 
 impl Kernel {
@@ -40,6 +42,7 @@ impl Kernel {
             stale: false,
             policy_drop: false,
             applied_at: now(),
+            shape: None,
         }
     }
 
@@ -245,6 +248,16 @@ impl Firewall {
     /// Rebuilds the whole table from the store in one transaction (or removes it when the
     /// firewall is toggled off).
     pub(super) fn apply_full(&self, k: &mut Kernel) -> Result<(), FwError> {
+        self.apply(k, false)
+    }
+
+    /// Applies a change of settings or rules: the chains alone when the table's sets stay as
+    /// they are (no blocklist is sent again), else the whole table.
+    pub(super) fn apply_change(&self, k: &mut Kernel) -> Result<(), FwError> {
+        self.apply(k, true)
+    }
+
+    fn apply(&self, k: &mut Kernel, chains_only: bool) -> Result<(), FwError> {
         let Some(nl) = k.nl.as_mut() else {
             return Ok(());
         };
@@ -293,11 +306,32 @@ impl Firewall {
             allow_filter: plan_lists.filter.as_ref(),
             bogon_interface: settings.bogon.then_some(settings.bogon_interface.as_str()),
         };
-        let count = plan::full(&mut batch, &d, t);
+        let shape = plan::shape(&d);
+        let keep_sets = chains_only
+            && k.rules > 0
+            && !k.stale
+            && k.shape.as_deref() == Some(shape.as_str())
+            && k.applied == lists;
+        let (count, applied_at) = if keep_sets {
+            // TESTING's clock keeps running from the last whole apply
+            let d = Desired {
+                policy_drop: Self::policy_for(&settings, k.applied_at, t),
+                ..d
+            };
+            (plan::chains(&mut batch, &d), k.applied_at)
+        } else {
+            (plan::full(&mut batch, &d, t), applied_at)
+        };
+        let policy_drop = if keep_sets {
+            Self::policy_for(&settings, applied_at, t)
+        } else {
+            policy_drop
+        };
         let Some(nl) = k.nl.as_mut() else {
             return Ok(());
         };
         nl.commit(batch)?;
+        k.shape = Some(shape);
         k.applied = lists;
         k.rules = count;
         k.stale = false;

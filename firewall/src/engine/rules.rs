@@ -74,7 +74,7 @@ impl Firewall {
             w.put(&FW_RULES, rule.id, &rule)?;
             Ok::<_, StoreError>(rule.clone())
         })?;
-        if let Err(e) = self.apply_full(&mut k) {
+        if let Err(e) = self.apply_change(&mut k) {
             self.store.write(|w| w.remove(&FW_RULES, stored.id))?;
             return Err(e);
         }
@@ -87,7 +87,7 @@ impl Firewall {
             return Err(FwError::NotFound(format!("No firewall rule with id {id}")));
         };
         self.store.write(|w| w.remove(&FW_RULES, id))?;
-        if let Err(e) = self.apply_full(&mut k) {
+        if let Err(e) = self.apply_change(&mut k) {
             self.store.write(|w| w.put(&FW_RULES, id, &rule))?;
             return Err(e);
         }

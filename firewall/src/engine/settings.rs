@@ -89,7 +89,7 @@ impl Firewall {
                 }
                 sent.map_err(FwError::from)
             }
-            _ => self.apply_full(&mut k),
+            _ => self.apply_change(&mut k),
         };
         if let Err(e) = applied {
             if let Err(restore) = self.store.write(|w| w.put(&FW_STATE, STATE_KEY, &before)) {

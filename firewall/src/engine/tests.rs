@@ -508,5 +508,58 @@ mod kernel {
         assert!(ruleset().contains("192.0.2.7"));
         // and a quiet table is left alone
         assert_eq!(fw.tick().expect("tick").repaired, None);
+
+        // a change that keeps the table's sets rebuilds the chains alone: what the packet path
+        // put in a dynamic set is still there, and nft still counts what the engine counts
+        let out = std::process::Command::new("nft")
+            .args([
+                "add",
+                "element",
+                "inet",
+                "wispd",
+                "pfb4_tcp80",
+                "{ 198.51.100.9 timeout 60s }",
+            ])
+            .output()
+            .expect("nft");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lfd: std::collections::BTreeMap<String, String> = [
+            ("LF_IMAPD".to_string(), "7".to_string()),
+            ("SYNFLOOD_RATE".to_string(), "50/s".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        fw.update_settings(lfd, crate::Origin::default())
+            .expect("settings");
+        let after = ruleset();
+        assert!(
+            after.contains("198.51.100.9") && after.contains("192.0.2.7"),
+            "{after}"
+        );
+        assert!(after.contains("limit rate over 50/second"), "{after}");
+        let rules = nft_json()["nftables"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|i| i.get("rule").is_some())
+            .count();
+        assert_eq!(rules, fw.kernel().rules);
+        assert_eq!(fw.tick().expect("tick").repaired, None);
+        // one that changes the sets (a PORTFLOOD window) rebuilds it whole
+        let pf: std::collections::BTreeMap<String, String> =
+            [("PORTFLOOD".to_string(), "80;tcp;20;30".to_string())]
+                .into_iter()
+                .collect();
+        fw.update_settings(pf, crate::Origin::default())
+            .expect("settings");
+        let after = ruleset();
+        assert!(
+            !after.contains("198.51.100.9") && after.contains("192.0.2.7"),
+            "{after}"
+        );
     }
 }
