@@ -74,6 +74,7 @@ def main():
     pair = Pair(250).create()
     pair.enter()
     results = {"load": [], "path": [], "change": [], "ct": []}
+    w = None
     try:
         handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
         http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
@@ -198,6 +199,9 @@ def main():
         iperf_srv.kill()
         httpd.shutdown()
     finally:
+        # a failed run must not leave its wispd behind in a namespace that is about to go
+        if w is not None and w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()
         pair.leave()
         pair.destroy()
 
