@@ -203,46 +203,78 @@ impl Netlink {
         }
     }
 
-    /// How many rules the table has, or `None` when it does not exist.
-    pub fn rule_count(&mut self, table: &str) -> Result<Option<usize>, NetlinkError> {
+    /// Sends one request (`ty`, `flags`, the nfgenmsg `family` and `res_id`, the attributes
+    /// `attrs` writes) and hands each reply to it to `each` until `each` gives a result.
+    fn request<R>(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        (family, res_id): (u8, u16),
+        attrs: impl FnOnce(&mut msg::Writer),
+        mut each: impl FnMut(&msg::Reply<'_>) -> Option<Result<R, NetlinkError>>,
+    ) -> Result<R, NetlinkError> {
         let seq = self.bump();
-        let mut w = msg::Writer::with_capacity(64);
-        w.begin(
-            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetRule as u16,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            NFPROTO_INET,
-            0,
-        );
-        w.str(1, table); // NFTA_RULE_TABLE
+        let mut w = msg::Writer::with_capacity(96);
+        w.begin(ty, NLM_F_REQUEST | flags, seq, family, res_id);
+        attrs(&mut w);
         w.end();
         rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
             .map_err(std::io::Error::from)?;
-        let mut count = 0usize;
         loop {
             let n = self.recv()?;
             for reply in msg::replies(&self.buf[..n]) {
                 if reply.seq != seq {
                     continue;
                 }
-                match reply.ty {
-                    NLMSG_DONE => return Ok(Some(count)),
-                    NLMSG_ERROR => {
-                        let code = msg::error_code(reply.payload).unwrap_or(0);
-                        if code == -2 {
-                            return Ok(None);
-                        }
-                        if code != 0 {
-                            return Err(NetlinkError::Rejected {
-                                errno: -code,
-                                what: "rule dump".into(),
-                            });
-                        }
-                    }
-                    _ => count += 1,
+                if let Some(r) = each(&reply) {
+                    return r;
                 }
             }
         }
+    }
+
+    /// An nf_tables request about `table` (and `name`, when given) in the inet family.
+    fn nft_request<R>(
+        &mut self,
+        ty: MsgType,
+        flags: u16,
+        names: &[(u16, &str)],
+        each: impl FnMut(&msg::Reply<'_>) -> Option<Result<R, NetlinkError>>,
+    ) -> Result<R, NetlinkError> {
+        self.request(
+            (msg::NFNL_SUBSYS_NFTABLES << 8) | ty as u16,
+            flags,
+            (NFPROTO_INET, 0),
+            |w| {
+                for (attr, name) in names {
+                    w.str(*attr, name);
+                }
+            },
+            each,
+        )
+    }
+
+    /// How many rules the table has, or `None` when it does not exist.
+    pub fn rule_count(&mut self, table: &str) -> Result<Option<usize>, NetlinkError> {
+        let mut count = 0usize;
+        // NFTA_RULE_TABLE
+        self.nft_request(
+            MsgType::GetRule,
+            NLM_F_DUMP,
+            &[(1, table)],
+            |reply| match reply.ty {
+                NLMSG_DONE => Some(Ok(Some(count))),
+                NLMSG_ERROR => match errno(reply) {
+                    0 => None,
+                    2 => Some(Ok(None)),
+                    e => Some(Err(rejected(e, "rule dump"))),
+                },
+                _ => {
+                    count += 1;
+                    None
+                }
+            },
+        )
     }
 
     /// A socket bound to NFLOG `group` (nfnetlink_log), copying the first `snaplen` bytes of
@@ -256,36 +288,28 @@ impl Netlink {
         const NFULNL_COPY_PACKET: u8 = 2;
         let mut nl = Netlink::open()?;
         let ty = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
-        let ask =
-            |nl: &mut Netlink, build: &dyn Fn(&mut msg::Writer)| -> Result<(), NetlinkError> {
-                let seq = nl.bump();
-                let mut w = msg::Writer::with_capacity(64);
-                w.begin(ty, NLM_F_REQUEST | msg::NLM_F_ACK, seq, 0, group);
-                build(&mut w);
-                w.end();
-                rustix::net::send(&nl.fd, &w.into_bytes(), SendFlags::empty())
-                    .map_err(std::io::Error::from)?;
-                loop {
-                    let n = nl.recv()?;
-                    for reply in msg::replies(&nl.buf[..n]) {
-                        if reply.seq == seq && reply.ty == NLMSG_ERROR {
-                            return match msg::error_code(reply.payload).unwrap_or(0) {
-                                0 => Ok(()),
-                                c => Err(NetlinkError::Rejected {
-                                    errno: -c,
-                                    what: "NFLOG configuration".into(),
-                                }),
-                            };
-                        }
-                    }
-                }
-            };
-        ask(&mut nl, &|w| w.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]))?;
-        ask(&mut nl, &|w| {
-            let mut mode = snaplen.to_be_bytes().to_vec();
-            mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
-            w.attr(NFULA_CFG_MODE, &mode);
-        })?;
+        let acked = |reply: &msg::Reply<'_>| {
+            (reply.ty == NLMSG_ERROR).then(|| match errno(reply) {
+                0 => Ok(()),
+                e => Err(rejected(e, "NFLOG configuration")),
+            })
+        };
+        nl.request(
+            ty,
+            msg::NLM_F_ACK,
+            (0, group),
+            |w| w.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]),
+            acked,
+        )?;
+        let mut mode = snaplen.to_be_bytes().to_vec();
+        mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+        nl.request(
+            ty,
+            msg::NLM_F_ACK,
+            (0, group),
+            |w| w.attr(NFULA_CFG_MODE, &mode),
+            acked,
+        )?;
         Ok(nl)
     }
 
@@ -314,50 +338,23 @@ impl Netlink {
     /// Whether `set` in `table` holds any element (`None`: there is no such set). Reads only
     /// the start of the dump: use a socket of its own and drop it afterwards.
     pub fn has_elements(&mut self, table: &str, set: &str) -> Result<Option<bool>, NetlinkError> {
-        let seq = self.bump();
-        let mut w = msg::Writer::with_capacity(64);
-        w.begin(
-            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetSetElem as u16,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            NFPROTO_INET,
-            0,
-        );
-        w.str(1, table);
-        w.str(2, set);
-        w.end();
-        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
-            .map_err(std::io::Error::from)?;
-        loop {
-            let n = self.recv()?;
-            for reply in msg::replies(&self.buf[..n]) {
-                if reply.seq != seq {
-                    continue;
-                }
-                match reply.ty {
-                    NLMSG_DONE => return Ok(Some(false)),
-                    NLMSG_ERROR => {
-                        return match msg::error_code(reply.payload).unwrap_or(0) {
-                            0 => Ok(Some(false)),
-                            -2 => Ok(None),
-                            c => Err(NetlinkError::Rejected {
-                                errno: -c,
-                                what: "set element dump".into(),
-                            }),
-                        };
-                    }
-                    _ => {
-                        let attrs = msg::attrs(reply.payload.get(4..).unwrap_or(&[]));
-                        if attrs
-                            .iter()
-                            .any(|(t, list)| *t == 3 && !msg::attrs(list).is_empty())
-                        {
-                            return Ok(Some(true));
-                        }
-                    }
-                }
-            }
-        }
+        // NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET
+        self.nft_request(
+            MsgType::GetSetElem,
+            NLM_F_DUMP,
+            &[(1, table), (2, set)],
+            |reply| match reply.ty {
+                NLMSG_DONE => Some(Ok(Some(false))),
+                NLMSG_ERROR => match errno(reply) {
+                    0 => Some(Ok(Some(false))),
+                    2 => Some(Ok(None)),
+                    e => Some(Err(rejected(e, "set element dump"))),
+                },
+                _ => element_lists(reply)
+                    .any(|list| !msg::attrs(list).is_empty())
+                    .then_some(Ok(Some(true))),
+            },
+        )
     }
 
     /// The elements of `set` in `table`: (key bytes, milliseconds until it expires). `None`
@@ -368,96 +365,66 @@ impl Netlink {
         set: &str,
     ) -> Result<Option<Vec<(Vec<u8>, Option<u64>)>>, NetlinkError> {
         let mut out = Vec::new();
-        let r = self.dump_with(
-            (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetSetElem as u16,
-            NFPROTO_INET,
-            |w| {
-                w.str(1, table); // NFTA_SET_ELEM_LIST_TABLE
-                w.str(2, set); // NFTA_SET_ELEM_LIST_SET
-            },
-            |payload| {
-                let attrs = msg::attrs(payload.get(4..).unwrap_or(&[]));
-                for (ty, list) in attrs {
-                    if ty != 3 {
-                        continue; // NFTA_SET_ELEM_LIST_ELEMENTS
+        self.nft_request(
+            MsgType::GetSetElem,
+            NLM_F_DUMP,
+            &[(1, table), (2, set)],
+            |reply| {
+                match reply.ty {
+                    NLMSG_DONE => return Some(Ok(true)),
+                    NLMSG_ERROR => {
+                        return match errno(reply) {
+                            0 => None,
+                            2 => Some(Ok(false)),
+                            e => Some(Err(rejected(e, "set element dump"))),
+                        };
                     }
+                    _ => {}
+                }
+                for list in element_lists(reply) {
                     for (_, elem) in msg::attrs(list) {
                         let e = msg::attrs(elem);
-                        let key = e
-                            .iter()
-                            .find(|(t, _)| *t == 1) // NFTA_SET_ELEM_KEY
-                            .and_then(|(_, k)| msg::attrs(k).into_iter().find(|(t, _)| *t == 1))
-                            .map(|(_, v)| v.to_vec());
-                        let expires = e
-                            .iter()
-                            .find(|(t, _)| *t == 5) // NFTA_SET_ELEM_EXPIRATION
-                            .and_then(|(_, v)| v.get(..8))
-                            .and_then(|v| v.try_into().ok())
-                            .map(u64::from_be_bytes);
+                        let key = attr(&e, 1) // NFTA_SET_ELEM_KEY
+                        .and_then(|k| attr(&msg::attrs(k), 1).map(<[u8]>::to_vec)); // NFTA_DATA_VALUE
+                        let expires = attr(&e, 5).and_then(be64); // NFTA_SET_ELEM_EXPIRATION
                         if let Some(k) = key {
                             out.push((k, expires));
                         }
                     }
                 }
-                true
+                None
             },
-        );
-        match r {
-            Ok(()) => Ok(Some(out)),
-            Err(NetlinkError::Rejected { errno: 2, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        )
+        .map(|found| found.then_some(out))
     }
 
     /// The packets and bytes of the named counter object, or `None` when it does not exist.
     pub fn counter(&mut self, table: &str, name: &str) -> Result<Option<(u64, u64)>, NetlinkError> {
-        let seq = self.bump();
-        let mut w = msg::Writer::with_capacity(96);
-        w.begin(
+        let counter_type = crate::plan::OBJ_COUNTER.to_be_bytes();
+        self.request(
             (msg::NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetObj as u16,
-            NLM_F_REQUEST,
-            seq,
-            NFPROTO_INET,
             0,
-        );
-        w.str(1, table); // NFTA_OBJ_TABLE
-        w.str(2, name); // NFTA_OBJ_NAME
-        w.u32(3, crate::plan::OBJ_COUNTER); // NFTA_OBJ_TYPE
-        w.end();
-        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
-            .map_err(std::io::Error::from)?;
-        loop {
-            let n = self.recv()?;
-            for reply in msg::replies(&self.buf[..n]) {
-                if reply.seq != seq {
-                    continue;
-                }
+            (NFPROTO_INET, 0),
+            |w| {
+                w.str(1, table); // NFTA_OBJ_TABLE
+                w.str(2, name); // NFTA_OBJ_NAME
+                w.attr(3, &counter_type); // NFTA_OBJ_TYPE
+            },
+            |reply| {
                 if reply.ty == NLMSG_ERROR {
-                    let code = msg::error_code(reply.payload).unwrap_or(0);
-                    return match code {
-                        0 => Ok(None),
-                        -2 => Ok(None),
-                        c => Err(NetlinkError::Rejected {
-                            errno: -c,
-                            what: "counter read".into(),
-                        }),
-                    };
+                    return Some(match errno(reply) {
+                        0 | 2 => Ok(None),
+                        e => Err(rejected(e, "counter read")),
+                    });
                 }
                 let attrs = msg::attrs(reply.payload.get(4..).unwrap_or(&[]));
-                let data = attrs
-                    .iter()
-                    .find(|(t, _)| *t == 4)
-                    .map(|(_, d)| msg::attrs(d));
-                let get = |ty: u16| {
-                    data.as_ref()
-                        .and_then(|d| d.iter().find(|(t, _)| *t == ty))
-                        .and_then(|(_, v)| v.get(..8))
-                        .and_then(|v| v.try_into().ok())
-                        .map(u64::from_be_bytes)
-                };
-                return Ok(Some((get(2).unwrap_or(0), get(1).unwrap_or(0))));
-            }
-        }
+                let data = attr(&attrs, 4).map(msg::attrs).unwrap_or_default(); // NFTA_OBJ_DATA
+                // NFTA_COUNTER_PACKETS, NFTA_COUNTER_BYTES
+                let (packets, bytes) =
+                    (attr(&data, 2).and_then(be64), attr(&data, 1).and_then(be64));
+                Some(Ok(Some((packets.unwrap_or(0), bytes.unwrap_or(0)))))
+            },
+        )
     }
 
     /// Sends a dump request (`ty`, with the nfgenmsg `family` and no attributes) and hands each
@@ -467,49 +434,28 @@ impl Netlink {
         &mut self,
         ty: u16,
         family: u8,
-        each: impl FnMut(&[u8]) -> bool,
-    ) -> Result<(), NetlinkError> {
-        self.dump_with(ty, family, |_| {}, each)
-    }
-
-    /// [`Netlink::dump`] with attributes in the request.
-    pub fn dump_with(
-        &mut self,
-        ty: u16,
-        family: u8,
-        attrs: impl FnOnce(&mut msg::Writer),
         mut each: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), NetlinkError> {
-        let seq = self.bump();
-        let mut w = msg::Writer::with_capacity(64);
-        w.begin(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
-        attrs(&mut w);
-        w.end();
-        rustix::net::send(&self.fd, &w.into_bytes(), SendFlags::empty())
-            .map_err(std::io::Error::from)?;
         let mut going = true;
-        loop {
-            let n = self.recv()?;
-            for reply in msg::replies(&self.buf[..n]) {
-                if reply.seq != seq {
-                    continue;
-                }
-                match reply.ty {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = msg::error_code(reply.payload).unwrap_or(0);
-                        if code != 0 {
-                            return Err(NetlinkError::Rejected {
-                                errno: -code,
-                                what: "dump".into(),
-                            });
-                        }
+        self.request(
+            ty,
+            NLM_F_DUMP,
+            (family, 0),
+            |_| {},
+            |reply| match reply.ty {
+                NLMSG_DONE => Some(Ok(())),
+                NLMSG_ERROR => match errno(reply) {
+                    0 => None,
+                    e => Some(Err(rejected(e, "dump"))),
+                },
+                _ => {
+                    if going {
+                        going = each(reply.payload);
                     }
-                    _ if going => going = each(reply.payload),
-                    _ => {}
+                    None
                 }
-            }
-        }
+            },
+        )
     }
 
     fn bump(&mut self) -> u32 {
@@ -517,4 +463,34 @@ impl Netlink {
         self.seq = self.seq.wrapping_add(1);
         s
     }
+}
+
+/// The errno an NLMSG_ERROR reply carries (0: an acknowledgement).
+fn errno(reply: &msg::Reply<'_>) -> i32 {
+    -msg::error_code(reply.payload).unwrap_or(0)
+}
+
+fn rejected(errno: i32, what: &str) -> NetlinkError {
+    NetlinkError::Rejected {
+        errno,
+        what: what.into(),
+    }
+}
+
+fn attr<'a>(attrs: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
+    attrs.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d)
+}
+
+fn be64(v: &[u8]) -> Option<u64> {
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+/// The NFTA_SET_ELEM_LIST_ELEMENTS of a set element dump answer.
+fn element_lists<'a>(reply: &msg::Reply<'a>) -> impl Iterator<Item = &'a [u8]> {
+    msg::attrs(reply.payload.get(4..).unwrap_or(&[]))
+        .into_iter()
+        .filter(|(t, _)| *t == 3)
+        .map(|(_, list)| list)
 }

@@ -598,6 +598,16 @@ pub const PORTSCAN_GROUP: u16 = 7331;
 /// Bytes of each logged packet copied: the IP and transport headers.
 pub const PORTSCAN_SNAPLEN: u32 = 80;
 
+/// A `limit` expression's attributes: `r.count` packets per `r.per` seconds, bursts of
+/// `r.burst`; `over` matches packets past the rate (`NFT_LIMIT_F_INV`), else those within it.
+fn limit_attrs(w: &mut Writer, r: &crate::model::Rate, over: bool) {
+    w.attr(1, &r.count.to_be_bytes()); // NFTA_LIMIT_RATE
+    w.attr(2, &r.per.to_be_bytes()); // NFTA_LIMIT_UNIT (seconds)
+    w.attr(3, &r.burst.to_be_bytes()); // NFTA_LIMIT_BURST
+    w.attr(4, &0u32.to_be_bytes()); // NFTA_LIMIT_TYPE: packets
+    w.attr(5, &u32::from(over).to_be_bytes()); // NFTA_LIMIT_FLAGS
+}
+
 /// Port-scan detection's rules, last in the input chain: what reaches them was accepted by
 /// nothing. New TCP connections and UDP packets to `PS_PORTS` (and ICMP echo requests with
 /// `ICMP`) go to NFLOG, at most 4 × `PS_LIMIT` per source per `PS_INTERVAL` (a meter in
@@ -613,13 +623,8 @@ fn portscan(batch: &mut Batch, d: &Desired<'_>) -> usize {
         per: u64::try_from(ps.interval).unwrap_or(1),
         burst: u32::try_from(k).unwrap_or(u32::MAX),
     };
-    let meter = |w: &mut Writer| {
-        w.attr(1, &rate.count.to_be_bytes());
-        w.attr(2, &rate.per.to_be_bytes());
-        w.attr(3, &rate.burst.to_be_bytes());
-        w.attr(4, &0u32.to_be_bytes());
-        w.attr(5, &0u32.to_be_bytes()); // under the rate: log
-    };
+    // under the rate: logged
+    let meter = |w: &mut Writer| limit_attrs(w, &rate, false);
     let mut n = 0;
     for (v6, set) in [(false, "pslog4"), (true, "pslog6")] {
         n += rule(batch, d.table, "input", |e| {
@@ -892,13 +897,7 @@ impl Exprs<'_> {
     /// Matches packets *over* `r` (`limit rate over`): the kernel's token bucket, `count`
     /// per `per` seconds with bursts of `burst`.
     fn limit_over(&mut self, r: &crate::model::Rate) -> &mut Self {
-        self.expr("limit", |w| {
-            w.attr(1, &r.count.to_be_bytes()); // RATE
-            w.attr(2, &r.per.to_be_bytes()); // UNIT (seconds)
-            w.attr(3, &r.burst.to_be_bytes()); // BURST
-            w.attr(4, &0u32.to_be_bytes()); // TYPE: packets
-            w.attr(5, &1u32.to_be_bytes()); // FLAGS: NFT_LIMIT_F_INV
-        })
+        self.expr("limit", |w| limit_attrs(w, r, true))
     }
 
     /// Adds or updates the key in register 1 in `set` (`op`), with `timeout_ms`, and with the
@@ -1228,13 +1227,12 @@ fn protections(batch: &mut Batch, d: &Desired<'_>) -> usize {
                     .verdict(NF_DROP);
             });
             // more than `hits` in the window: blocked
-            let limit = |w: &mut Writer| {
-                w.attr(1, &u64::from(p.hits).to_be_bytes()); // RATE
-                w.attr(2, &u64::from(p.seconds).to_be_bytes()); // UNIT
-                w.attr(3, &p.hits.to_be_bytes()); // BURST
-                w.attr(4, &0u32.to_be_bytes()); // TYPE: packets
-                w.attr(5, &1u32.to_be_bytes()); // FLAGS: over
+            let rate = crate::model::Rate {
+                count: u64::from(p.hits),
+                per: u64::from(p.seconds),
+                burst: p.hits,
             };
+            let limit = |w: &mut Writer| limit_attrs(w, &rate, true);
             n += rule(batch, t, "input", |e| {
                 e.nfproto(v6)
                     .l4proto(proto)

@@ -260,17 +260,6 @@ pub struct QuarantineList {
     pub per_page: u64,
 }
 
-fn page_param(v: Option<&str>, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
-    match v.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::Validation(format!("{name} must be 1 to {max}"))),
-    }
-}
-
 fn quarantine_id(id: &str) -> Result<u64, ApiError> {
     id.trim()
         .parse()
@@ -292,8 +281,8 @@ pub async fn quarantine_list(
     _a: Admin,
     Query(q): Query<QuarantineQuery>,
 ) -> Result<Json<Data<QuarantineList>>, ApiError> {
-    let page = page_param(q.page.as_deref(), "page", 1, 1_000_000)?;
-    let per_page = page_param(q.per_page.as_deref(), "per_page", 50, 500)?;
+    let page = super::query_number(q.page.as_deref(), "page", 1u64, 1_000_000, 1)?;
+    let per_page = super::query_number(q.per_page.as_deref(), "per_page", 1u64, 500, 50)?;
     let clamav = s.mail.clamav().clone();
     let offset = usize::try_from((page - 1).saturating_mul(per_page)).unwrap_or(usize::MAX);
     let limit = usize::try_from(per_page).unwrap_or(500);

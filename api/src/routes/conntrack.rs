@@ -220,26 +220,6 @@ pub struct ConnectionList {
     pub per_page: u64,
 }
 
-fn number<T: std::str::FromStr + PartialOrd>(
-    v: Option<&str>,
-    name: &str,
-    lo: T,
-    hi: T,
-    default: T,
-) -> Result<T, ApiError>
-where
-    T: std::fmt::Display + Copy,
-{
-    match v.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<T>()
-            .ok()
-            .filter(|n| *n >= lo && *n <= hi)
-            .ok_or_else(|| ApiError::Validation(format!("{name} must be {lo} to {hi}"))),
-    }
-}
-
 /// The table's connections, filtered and paged (in the kernel's order).
 #[utoipa::path(
     get,
@@ -264,7 +244,13 @@ pub async fn connections(
     };
     let port = match q.port.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
-        Some(_) => Some(number(q.port.as_deref(), "port", 1u16, 65535, 1)?),
+        Some(_) => Some(super::query_number(
+            q.port.as_deref(),
+            "port",
+            1u16,
+            65535,
+            1,
+        )?),
     };
     let state = match q.state.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
@@ -297,8 +283,8 @@ pub async fn connections(
             )
         }
     };
-    let page = number(q.page.as_deref(), "page", 1u64, 1_000_000, 1)?;
-    let per_page = number(q.per_page.as_deref(), "per_page", 1u64, 1000, 100)?;
+    let page = super::query_number(q.page.as_deref(), "page", 1u64, 1_000_000, 1)?;
+    let per_page = super::query_number(q.per_page.as_deref(), "per_page", 1u64, 1000, 100)?;
     let filter = Filter {
         ip,
         port,

@@ -323,17 +323,6 @@ pub struct AlertList {
     pub per_page: u64,
 }
 
-fn page_param(v: Option<&str>, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
-    match v.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::Validation(format!("{name} must be 1 to {max}"))),
-    }
-}
-
 /// The alerts lfd and the firewall raised, newest first.
 #[utoipa::path(
     get,
@@ -349,8 +338,8 @@ pub async fn alerts(
     _a: Admin,
     Query(q): Query<AlertsQuery>,
 ) -> Result<Json<Data<AlertList>>, ApiError> {
-    let page = page_param(q.page.as_deref(), "page", 1, 1_000_000)?;
-    let per_page = page_param(q.per_page.as_deref(), "per_page", 50, 500)?;
+    let page = super::query_number(q.page.as_deref(), "page", 1u64, 1_000_000, 1)?;
+    let per_page = super::query_number(q.per_page.as_deref(), "per_page", 1u64, 500, 50)?;
     let (list, total) = on_fw(&state, move |fw| Ok(fw.alerts().list(page, per_page)?)).await?;
     Ok(Json(Data::new(AlertList {
         alerts: list

@@ -15,6 +15,30 @@ pub mod sieve;
 pub mod spam;
 pub mod tokens;
 
+/// A number from a query parameter: `default` when absent or empty, else `lo..=hi` or a 400
+/// naming the parameter.
+pub(crate) fn query_number<T>(
+    v: Option<&str>,
+    name: &str,
+    lo: T,
+    hi: T,
+    default: T,
+) -> Result<T, crate::error::ApiError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match v.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= lo && *n <= hi)
+            .ok_or_else(|| {
+                crate::error::ApiError::Validation(format!("{name} must be {lo} to {hi}"))
+            }),
+    }
+}
+
 /// The OpenAPI parts of the resource groups, merged into the whole document.
 pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
     use utoipa::OpenApi;
