@@ -309,15 +309,7 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
             TYPE_INET_SERVICE,
             2,
         );
-        let ivs: Vec<Interval> = ps
-            .ports
-            .iter()
-            .map(|p| Interval {
-                start: u128::from(p.lo),
-                end: u128::from(p.hi),
-                expires: None,
-            })
-            .collect();
+        let ivs = port_intervals(&ps.ports);
         port_elements(batch, d.table, "ps_ports", &ivs);
         let window = u64::try_from(ps.interval).unwrap_or(1) * 1000;
         dyn_set(batch, d.table, "pslog4", 991, false, Some(window * 2));
@@ -327,16 +319,7 @@ pub fn full(batch: &mut Batch, d: &Desired<'_>, now: i64) -> usize {
         list_elements(batch, d.table, *set, ivs, true, now);
     }
     for (key, name, _) in PORT_SETS {
-        let ivs: Vec<Interval> = d
-            .settings
-            .ports(key)
-            .iter()
-            .map(|p| Interval {
-                start: u128::from(p.lo),
-                end: u128::from(p.hi),
-                expires: None,
-            })
-            .collect();
+        let ivs = port_intervals(d.settings.ports(key));
         port_elements(batch, d.table, name, &ivs);
     }
     let mut count = 0;
@@ -526,15 +509,7 @@ pub fn replace_ports(batch: &mut Batch, table: &str, settings: &Settings) {
         batch.w.str(NFTA_SET_ELEM_LIST_TABLE, table);
         batch.w.str(NFTA_SET_ELEM_LIST_SET, name);
         batch.end_msg();
-        let ivs: Vec<Interval> = settings
-            .ports(key)
-            .iter()
-            .map(|p| Interval {
-                start: u128::from(p.lo),
-                end: u128::from(p.hi),
-                expires: None,
-            })
-            .collect();
+        let ivs = port_intervals(settings.ports(key));
         port_elements(batch, table, name, &ivs);
     }
 }
@@ -735,6 +710,18 @@ fn plain_chain(batch: &mut Batch, table: &str, name: &str) {
 
 fn key_bytes(v: u128, len: usize) -> Vec<u8> {
     v.to_be_bytes()[16 - len..].to_vec()
+}
+
+/// Port ranges as the intervals of a port set.
+fn port_intervals(ports: &[PortRange]) -> Vec<Interval> {
+    ports
+        .iter()
+        .map(|p| Interval {
+            start: u128::from(p.lo),
+            end: u128::from(p.hi),
+            expires: None,
+        })
+        .collect()
 }
 
 fn port_elements(batch: &mut Batch, table: &str, set: &str, ivs: &[Interval]) {
