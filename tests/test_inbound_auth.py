@@ -38,6 +38,9 @@ def mx(make_wispd, tmp_path):
     # quarantine.example: SPF excludes loopback, p=quarantine
     dns.txt["quarantine.example"] = ["v=spf1 ip4:192.0.2.1 -all"]
     dns.txt["_dmarc.quarantine.example"] = ["v=DMARC1; p=quarantine"]
+    # sampled.example: p=reject for none of its failing mail (pct=0): the next-lower policy
+    dns.txt["sampled.example"] = ["v=spf1 ip4:192.0.2.1 -all"]
+    dns.txt["_dmarc.sampled.example"] = ["v=DMARC1; p=reject; pct=0"]
     config = mail_config(verify_senders=True).replace(
         "[firewall]", f'[dns]\nnameservers = ["127.0.0.1:{dns.port}"]\n[firewall]')
     w = make_wispd(config=config)
@@ -133,3 +136,19 @@ def test_dmarc_quarantine_files_into_junk(mx):
     [m] = fetch(imap, "Junk")
     r = " ".join(m["Authentication-Results"].split())
     assert "spf=fail" in r and "dmarc=fail" in r, r
+
+
+def test_dmarc_pct_below_100_applies_the_next_lower_policy_to_the_rest(mx):
+    w, smtp, imap, dns, private = mx
+    # p=reject with pct=0: never refused, quarantined (Junk) instead
+    assert send(smtp, message("x@sampled.example", "sampled"), "x@sampled.example") == {}
+    assert fetch(imap) == []
+    [m] = fetch(imap, "Junk")
+    assert "dmarc=fail" in " ".join(m["Authentication-Results"].split())
+    # p=quarantine with pct=0, found for a subdomain at its parent: delivered to the INBOX
+    # (another domain: the resolver caches what it has seen)
+    dns.txt["_dmarc.sampled2.example"] = ["v=DMARC1; p=quarantine; pct=0"]
+    dns.txt["sub.sampled2.example"] = ["v=spf1 ip4:192.0.2.1 -all"]
+    assert send(smtp, message("y@sub.sampled2.example", "sampled 2"), "y@sub.sampled2.example") == {}
+    assert [x["Subject"] for x in fetch(imap)] == ["sampled 2"]
+

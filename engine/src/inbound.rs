@@ -212,6 +212,31 @@ pub struct Inbound {
     caches: Caches,
 }
 
+/// Whether a failing message falls in the `pct` share the policy applies to.
+fn sampled(pct: u8) -> bool {
+    if pct >= 100 {
+        return true;
+    }
+    let mut b = [0u8; 2];
+    if getrandom::fill(&mut b).is_err() {
+        return true;
+    }
+    u16::from_ne_bytes(b) % 100 < u16::from(pct)
+}
+
+/// `pct=` of a DMARC record's text, when it is there and valid (0 to 100).
+fn parse_pct(record: &str) -> Option<u8> {
+    if !record.trim_start().starts_with("v=DMARC1") {
+        return None;
+    }
+    record.split(';').find_map(|tag| {
+        let (k, v) = tag.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("pct"))
+            .then(|| v.trim().parse::<u8>().ok().filter(|p| *p <= 100))
+            .flatten()
+    })
+}
+
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
@@ -222,6 +247,25 @@ impl std::fmt::Debug for Inbound {
 }
 
 impl Inbound {
+    /// The `pct` of the DMARC record that applies to `domain`: its own, else its parents'
+    /// (the DMARCbis tree walk, up to two labels). `None`: no record says `pct`.
+    async fn dmarc_pct(&self, domain: &str) -> Option<u8> {
+        let mut d = domain.trim_end_matches('.').to_ascii_lowercase();
+        loop {
+            if let Ok(raw) = self.auth.txt_raw_lookup(format!("_dmarc.{d}.")).await {
+                let text = String::from_utf8_lossy(&raw);
+                if text.contains("v=DMARC1") {
+                    return parse_pct(&text);
+                }
+            }
+            let (_, parent) = d.split_once('.')?;
+            if !parent.contains('.') {
+                return None;
+            }
+            d = parent.to_string();
+        }
+    }
+
     /// Over the configured nameservers (`[dns] nameservers`), or the system's.
     pub fn new(
         nameservers: &[SocketAddr],
@@ -393,7 +437,22 @@ impl Inbound {
         } else {
             Verdict::None
         };
-        let action = match (failed, dmarc.policy(), self.mode) {
+        // RFC 7489 6.6.4: `pct` below 100 applies the policy to that share of failing mail and
+        // the next-lower policy to the rest. mail-auth 0.12 reads DMARCbis, which dropped
+        // `pct`, so the record is read here again (from the resolver's cache).
+        let mut policy = dmarc.policy();
+        if failed
+            && matches!(policy, Policy::Reject | Policy::Quarantine)
+            && let Some(pct) = self.dmarc_pct(dmarc.domain()).await
+            && !sampled(pct)
+        {
+            policy = if policy == Policy::Reject {
+                Policy::Quarantine
+            } else {
+                Policy::None
+            };
+        }
+        let action = match (failed, policy, self.mode) {
             (false, ..) | (_, _, DmarcMode::Record) => Action::Accept,
             (true, Policy::Reject, DmarcMode::Enforce) if !testing => Action::Reject(format!(
                 "DMARC policy of {} rejects this message",
@@ -523,6 +582,25 @@ fn claims(field: &[u8], hostname: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pct_is_read_from_the_record_and_bounded() {
+        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=20"), Some(20));
+        assert_eq!(
+            parse_pct("v=DMARC1;p=reject;PCT = 0 ;rua=mailto:x@y"),
+            Some(0)
+        );
+        assert_eq!(parse_pct("v=DMARC1; p=reject"), None);
+        for bad in [
+            "v=DMARC1; pct=101",
+            "v=DMARC1; pct=-1",
+            "v=DMARC1; pct=99999999999",
+            "pct=5",
+        ] {
+            assert_eq!(parse_pct(bad), None, "{bad}");
+        }
+        assert!(sampled(100) && !sampled(0));
+    }
 
     #[test]
     fn forged_results_for_this_host_are_removed_others_kept() {
