@@ -58,6 +58,28 @@ pub fn settings_lockout(
     api_port: u16,
     caller: IpAddr,
 ) -> Option<String> {
+    // PORTFLOOD and CONNLIMIT on the API port count the panel's own connections (each request
+    // may be one): a low limit blocks or resets the caller itself
+    let guards = |s: &Settings| {
+        (
+            s.portflood
+                .iter()
+                .find(|p| p.port == api_port && !p.udp)
+                .copied(),
+            s.connlimit.iter().find(|c| c.port == api_port).copied(),
+        )
+    };
+    let (flood, conn) = guards(after.0);
+    if after.1 && flood.is_some() && flood != guards(before.0).0 {
+        return Some(format!(
+            "PORTFLOOD would limit new connections to the API port {api_port} from your address              {caller} (each API request may be one): whitelist it first"
+        ));
+    }
+    if after.1 && conn.is_some() && conn != guards(before.0).1 {
+        return Some(format!(
+            "CONNLIMIT would limit your address {caller}'s connections to the API port {api_port}:              whitelist it first"
+        ));
+    }
     let was = shutout(before.0, before.1, api_port, caller);
     let now = shutout(after.0, after.1, api_port, caller);
     if now <= was {

@@ -226,6 +226,8 @@ pub struct Settings {
     pub bogon_interface: String,
     /// SYNFLOOD: new TCP connections (SYNs) accepted at most at this rate, in all.
     pub synflood: Option<Rate>,
+    /// `SYNFLOOD_RATE` / `SYNFLOOD_BURST` as parsed, whether SYNFLOOD is on or not.
+    pub synflood_rate: Rate,
     /// CONNLIMIT: concurrent connections per source address to a TCP port.
     pub connlimit: Vec<ConnLimit>,
     /// PORTFLOOD: new connections per source address to a port in a window.
@@ -603,11 +605,12 @@ impl Settings {
         let icmp_out = flag_of("ICMP_OUT");
         let testing = flag_of("TESTING");
         let bogon = flag_of("LF_BOGON");
-        let synflood = flag_of("SYNFLOOD").then_some(Rate {
+        let synflood_rate = Rate {
             count: synflood_rate.0,
             per: synflood_rate.1,
             burst: u32::try_from(synflood_burst).unwrap_or(u32::MAX),
-        });
+        };
+        let synflood = flag_of("SYNFLOOD").then_some(synflood_rate);
         if bogon && bogon_interface.is_empty() {
             errors.push(bad(
                 "BOGON_INTERFACE",
@@ -641,6 +644,7 @@ impl Settings {
             bogon,
             bogon_interface,
             synflood,
+            synflood_rate,
             connlimit,
             portflood,
             lfd,

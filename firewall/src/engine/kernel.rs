@@ -292,11 +292,9 @@ impl Firewall {
             .iter()
             .filter_map(|r| super::typed_rule(r).ok())
             .collect();
-        let applied_at = t;
-        let policy_drop = Self::policy_for(&settings, applied_at, t);
-        let d = Desired {
+        let mut d = Desired {
             table: &self.cfg.table,
-            policy_drop,
+            policy_drop: true,
             settings: &settings,
             lists: &lists,
             rules: &rules,
@@ -312,20 +310,14 @@ impl Firewall {
             && !k.stale
             && k.shape.as_deref() == Some(shape.as_str())
             && k.applied == lists;
-        let (count, applied_at) = if keep_sets {
-            // TESTING's clock keeps running from the last whole apply
-            let d = Desired {
-                policy_drop: Self::policy_for(&settings, k.applied_at, t),
-                ..d
-            };
-            (plan::chains(&mut batch, &d), k.applied_at)
+        // TESTING's clock keeps running from the last whole apply; a whole apply starts it again
+        let applied_at = if keep_sets { k.applied_at } else { t };
+        d.policy_drop = Self::policy_for(&settings, applied_at, t);
+        let policy_drop = d.policy_drop;
+        let count = if keep_sets {
+            plan::chains(&mut batch, &d)
         } else {
-            (plan::full(&mut batch, &d, t), applied_at)
-        };
-        let policy_drop = if keep_sets {
-            Self::policy_for(&settings, applied_at, t)
-        } else {
-            policy_drop
+            plan::full(&mut batch, &d, t)
         };
         let Some(nl) = k.nl.as_mut() else {
             return Ok(());

@@ -22,22 +22,7 @@ pub struct SynfloodStatus {
 impl Firewall {
     pub fn synflood_status(&self) -> Result<SynfloodStatus, FwError> {
         let s = self.parsed_settings()?;
-        let (rate, burst) = match &s.synflood {
-            Some(r) => (r.text(), r.burst),
-            None => {
-                // what it would be: the settings' values, parsed the same way when enabled
-                let get = |k: &str| {
-                    self.state()
-                        .ok()
-                        .and_then(|st| st.settings.get(k).cloned())
-                        .unwrap_or_default()
-                };
-                (
-                    get("SYNFLOOD_RATE"),
-                    get("SYNFLOOD_BURST").parse().unwrap_or(0),
-                )
-            }
-        };
+        let (rate, burst) = (s.synflood_rate.text(), s.synflood_rate.burst);
         let counter = if self.config().kernel {
             Netlink::open()
                 .ok()

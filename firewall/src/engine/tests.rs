@@ -168,6 +168,20 @@ mod store_only {
         };
         refusal(fw.update_settings(closing.clone(), mapped));
         refusal(fw.remove_port("2083", None, None, remote));
+        // PORTFLOOD / CONNLIMIT on the API port would count the caller's own requests
+        for (key, value) in [("PORTFLOOD", "2083;tcp;3;60"), ("CONNLIMIT", "2083;1")] {
+            let why = refusal(fw.update_settings(change(&[(key, value)]), remote));
+            assert!(
+                why.contains(key) && why.contains("2083") && why.contains("force"),
+                "{why}"
+            );
+        }
+        // on another port, or for UDP, it is fine
+        fw.update_settings(
+            change(&[("PORTFLOOD", "80;tcp;3;60,2083;udp;3;60")]),
+            remote,
+        )
+        .expect("another port");
         // loopback callers can't be locked out (lo is accepted first); nor whitelisted ones
         let lo = Origin {
             caller: Some("127.0.0.1".parse().expect("ip")),

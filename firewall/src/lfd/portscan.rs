@@ -85,10 +85,13 @@ fn port_name(p: u32) -> String {
 
 impl Firewall {
     /// Counts one logged packet; bans when the source crosses the trigger.
-    fn portscan_hit(&self, tracks: &mut HashMap<IpAddr, Track>, ip: IpAddr, port: u32) {
-        let Ok(settings) = self.parsed_settings() else {
-            return;
-        };
+    fn portscan_hit(
+        &self,
+        settings: &crate::model::Settings,
+        tracks: &mut HashMap<IpAddr, Track>,
+        ip: IpAddr,
+        port: u32,
+    ) {
         let ps = &settings.lfd.ps;
         if ps.interval <= 0 || !settings.lfd.daemon {
             return;
@@ -189,18 +192,19 @@ pub(super) fn run(fw: Arc<Firewall>) {
         if Arc::strong_count(&fw) == 1 {
             return;
         }
-        let on = fw.config().kernel
-            && fw
-                .parsed_settings()
-                .is_ok_and(|s| s.lfd.ps.interval > 0 && s.lfd.daemon);
-        if !on {
+        // read once per datagram, not once per packet in it
+        let settings = fw
+            .parsed_settings()
+            .ok()
+            .filter(|s| fw.config().kernel && s.lfd.ps.interval > 0 && s.lfd.daemon);
+        let Some(settings) = settings else {
             if sock.take().is_some() {
                 unpoison(fw.lfd().ps.lock()).running = false;
                 tracks.clear();
             }
             std::thread::sleep(Duration::from_secs(1));
             continue;
-        }
+        };
         if sock.is_none() {
             match Netlink::nflog(PORTSCAN_GROUP, PORTSCAN_SNAPLEN) {
                 Ok(nl) => {
@@ -237,7 +241,7 @@ pub(super) fn run(fw: Arc<Firewall>) {
             }
         }
         for (ip, port) in seen {
-            fw.portscan_hit(&mut tracks, ip, port);
+            fw.portscan_hit(&settings, &mut tracks, ip, port);
         }
         unpoison(fw.lfd().ps.lock()).tracked = tracks.len();
     }
