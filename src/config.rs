@@ -48,6 +48,9 @@ pub struct RawApi {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub rate_limit_per_minute: i64,
+    /// Where the API is reached from outside (`https://mail.example.com:2083`), for links in
+    /// mail (mailing lists' one-click unsubscribe); empty: `https://HOSTNAME:PORT`.
+    pub public_url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +184,7 @@ impl Default for RawApi {
             tls_cert: None,
             tls_key: None,
             rate_limit_per_minute: 60,
+            public_url: String::new(),
         }
     }
 }
@@ -268,6 +272,8 @@ pub struct ApiConfig {
     /// Configured certificate and key; `None` means self-signed material under `DATA_DIR/tls/`.
     pub tls_files: Option<(PathBuf, PathBuf)>,
     pub rate_limit_per_minute: NonZeroU32,
+    /// Empty: `https://HOSTNAME:PORT`.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -561,6 +567,16 @@ impl RawConfig {
                 self.api.rate_limit_per_minute
             ));
         }
+        let public_url = self.api.public_url.trim().trim_end_matches('/').to_string();
+        if !public_url.is_empty()
+            && (!(public_url.starts_with("https://") || public_url.starts_with("http://"))
+                || public_url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '>'))
+        {
+            errors.push(format!(
+                "`api.public_url`: must be an http(s) URL such as https://mail.example.com:2083, not {:?}",
+                self.api.public_url
+            ));
+        }
 
         let smtp_listen = addrs("smtp.listen", &self.smtp.listen, &mut errors);
         let submission = addrs("smtp.submission", &self.smtp.submission, &mut errors);
@@ -764,6 +780,7 @@ impl RawConfig {
                 tls: self.api.tls,
                 tls_files,
                 rate_limit_per_minute: rate,
+                public_url,
             },
             smtp: SmtpConfig {
                 listen: smtp_listen,

@@ -90,7 +90,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let mail_tasks = TaskTracker::new();
     let mail = Arc::new(
         Mail::new(
-            mail_config(&cfg, mail_certs),
+            mail_config(&cfg, mail_certs, &public_url(&cfg, api_addr.port())),
             store.clone(),
             Directory::new(store.clone()),
             shutdown.clone(),
@@ -197,7 +197,16 @@ struct MailCerts {
     pop3: Arc<rustls::ServerConfig>,
 }
 
-fn mail_config(cfg: &Config, certs: MailCerts) -> MailConfig {
+/// Where links in mail reach the API: `[api] public_url`, else the hostname and API port.
+fn public_url(cfg: &Config, port: u16) -> String {
+    if !cfg.api.public_url.is_empty() {
+        return cfg.api.public_url.clone();
+    }
+    let scheme = if cfg.api.tls { "https" } else { "http" };
+    format!("{scheme}://{}:{port}", cfg.hostname)
+}
+
+fn mail_config(cfg: &Config, certs: MailCerts, api_url: &str) -> MailConfig {
     let mut smtp = SmtpSettings::new(
         cfg.hostname.clone(),
         usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
@@ -236,6 +245,7 @@ fn mail_config(cfg: &Config, certs: MailCerts) -> MailConfig {
             q.retry_max = cfg.smtp.max_retry;
             q.lifetime = cfg.smtp.queue_lifetime;
             q.per_destination = cfg.smtp.destination_concurrency;
+            q.api_url = std::sync::Arc::from(api_url);
             q
         },
         memory_budget: cfg

@@ -176,6 +176,7 @@ impl From<wispd_engine::directory::DirError> for ApiError {
             | DirError::StoredHash(_)
             | DirError::TooCostly(_) => ApiError::Internal(e.to_string()),
             DirError::Store(s) => ApiError::from(s),
+            DirError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }
 }

@@ -17,6 +17,15 @@ use crate::view::ErrorEnvelope;
 /// Paths that need no token.
 pub const OPEN_PATHS: [&str; 2] = [crate::HEALTH_PATH, OPENAPI_PATH];
 
+/// Paths under this need no token either: the one-click unsubscribe links in list mail,
+/// whose own signature is the authority.
+pub const UNSUBSCRIBE_PREFIX: &str = "/api/v1/email/unsubscribe/";
+
+/// Whether `path` (as requested, or as documented) needs no token.
+pub fn is_open(path: &str) -> bool {
+    OPEN_PATHS.contains(&path) || path.starts_with(UNSUBSCRIBE_PREFIX)
+}
+
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 #[derive(OpenApi)]
@@ -124,7 +133,7 @@ impl Modify for Conventions {
             ))))
         };
         for (path, item) in doc.paths.paths.iter_mut() {
-            let open = OPEN_PATHS.contains(&path.as_str());
+            let open = is_open(path);
             for op in [
                 &mut item.get,
                 &mut item.put,
@@ -204,7 +213,7 @@ mod tests {
                 .into_iter()
                 .flatten()
             {
-                let open = super::OPEN_PATHS.contains(&path.as_str());
+                let open = super::is_open(path);
                 assert_eq!(op.security.is_none(), open, "{path}: security");
                 if !open {
                     assert!(op.responses.responses.contains_key("401"), "{path}");

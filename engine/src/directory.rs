@@ -51,6 +51,9 @@ pub enum DirError {
     TooCostly(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A part the request needs is not working (the delivery writer).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A request to create an account.
@@ -66,7 +69,7 @@ pub struct NewAccount {
 /// clones to the API and the mail engine.
 #[derive(Debug, Clone)]
 pub struct Directory {
-    store: Store,
+    pub(crate) store: Store,
     routing: Arc<Mutex<RoutingCache>>,
 }
 
@@ -94,11 +97,13 @@ struct RoutingCache {
 }
 
 #[derive(Debug, Default)]
-struct Routes {
-    domains: HashSet<String>,
-    accounts: HashSet<String>,
-    forwards: HashMap<String, Vec<String>>,
-    catchall: HashMap<String, String>,
+pub(crate) struct Routes {
+    pub(crate) domains: HashSet<String>,
+    pub(crate) accounts: HashSet<String>,
+    pub(crate) forwards: HashMap<String, Vec<String>>,
+    pub(crate) catchall: HashMap<String, String>,
+    /// Mailing lists: address -> list id.
+    pub(crate) lists: HashMap<String, u64>,
 }
 
 use wispd_store::unix_now as now;
@@ -154,7 +159,7 @@ impl Directory {
     }
 
     /// A store write that also drops the routing cache once it is over.
-    fn write<R, E: From<StoreError>>(
+    pub(crate) fn write<R, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Write<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
@@ -165,7 +170,7 @@ impl Directory {
         result
     }
 
-    fn routes(&self) -> Result<Arc<Routes>, DirError> {
+    pub(crate) fn routes(&self) -> Result<Arc<Routes>, DirError> {
         let generation = {
             let cache = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(r) = &cache.routes {
@@ -173,14 +178,19 @@ impl Directory {
             }
             cache.generation
         };
-        let (accounts, forwarders, catchalls) = self.store.read(|r| {
+        let (accounts, forwarders, catchalls, lists) = self.store.read(|r| {
             Ok::<_, StoreError>((
                 r.all(&MAIL_ACCOUNTS)?,
                 r.all(&MAIL_FORWARDERS)?,
                 r.all(&MAIL_CATCHALL)?,
+                r.all(&wispd_store::schema::MAIL_LISTS)?,
             ))
         })?;
         let mut routes = Routes::default();
+        for l in lists {
+            routes.domains.insert(l.domain.clone());
+            routes.lists.insert(l.address(), l.id);
+        }
         for a in accounts {
             routes.domains.insert(a.domain.clone());
             routes.accounts.insert(a.email());
@@ -309,6 +319,11 @@ impl Directory {
         let quota_mb = check_quota(req.quota_mb.unwrap_or(0))?;
         let password_hash = hash(&password)?;
         let email = format!("{username}@{domain}");
+        if self.is_list_address(&email)? {
+            return Err(DirError::Conflict(format!(
+                "{email} is a mailing list address"
+            )));
+        }
         self.write(|w| {
             if w.get(&MAIL_ADDRESSES, email.as_str())?.is_some() {
                 return Err(DirError::Conflict(format!(
@@ -491,6 +506,9 @@ impl Directory {
             return Err(DirError::Invalid(
                 "A forwarder cannot point at its own source".into(),
             ));
+        }
+        if self.is_list_address(&src)? {
+            return Err(DirError::Conflict(format!("{src} is a mailing list address")));
         }
         self.write(|w| {
             let local = w.get(&MAIL_ADDRESSES, dst.as_str())?.is_some();

@@ -291,6 +291,32 @@ impl SigningKey {
             .map_err(|source| DkimError::Sign { domain, source })
     }
 
+    /// A `DKIM-Signature:` for a list's post: what the list sets and the author wrote, not
+    /// the per-member `List-Unsubscribe` that is added after.
+    pub fn dkim_list(self, message: &[u8]) -> Result<String, DkimError> {
+        use mail_auth::common::headers::HeaderWriter;
+        use mail_auth::dkim::{Canonicalization, DkimSigner};
+        const LIST_HEADERS: &[&str] = &[
+            "From", "Reply-To", "Cc", "To", "Subject", "Date", "Message-ID", "In-Reply-To",
+            "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "List-Id",
+            "List-Post", "List-Help", "List-Subscribe", "List-Unsubscribe-Post", "Precedence",
+        ];
+        let SigningKey {
+            domain,
+            selector,
+            key,
+        } = self;
+        DkimSigner::from_key(key)
+            .domain(domain.as_str())
+            .selector(selector.as_str())
+            .headers(LIST_HEADERS.iter().copied())
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
+            .sign(message)
+            .map(|s| s.to_header())
+            .map_err(|source| DkimError::Sign { domain, source })
+    }
+
     /// An ARC set (RFC 8617: `ARC-Seal`, `ARC-Message-Signature`, `ARC-Authentication-Results`,
     /// CRLF-terminated) for `message` as it leaves, recording `results` and continuing the
     /// chain it arrived with (`arc`). `None` when that chain failed (it is not sealed again).

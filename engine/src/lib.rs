@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod imap;
 pub mod inbound;
 pub mod limits;
+pub mod lists;
 pub mod login;
 pub mod mailbox;
 pub mod mailstore;

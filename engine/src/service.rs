@@ -106,6 +106,7 @@ pub struct Mail {
     spam: Arc<crate::spam::Spam>,
     clamav: Arc<crate::clamav::Clamav>,
     ratelimit: Arc<crate::ratelimit::RateLimits>,
+    lists: Arc<crate::lists::Lists>,
 }
 
 impl std::fmt::Debug for Mail {
@@ -139,6 +140,14 @@ impl Mail {
             .with_metrics(metrics.clone())
             .with_filters(filters.clone()),
         );
+        let lists = Arc::new(crate::lists::Lists::new(
+            store.clone(),
+            directory.clone(),
+            deliverer.clone(),
+            config.smtp.hostname.clone(),
+            config.queue.api_url.to_string(),
+            &config.nameservers,
+        ));
         let logins = Logins::new(directory.clone()).map_err(std::io::Error::other)?;
         // the buffer a message is read into may run a read past its size: the largest message
         // must still fit when the server is otherwise idle
@@ -175,7 +184,13 @@ impl Mail {
             spam,
             clamav,
             ratelimit,
+            lists,
         })
+    }
+
+    /// Mailing lists (`/email/mailinglist`): held posts are approved through this.
+    pub fn lists(&self) -> &Arc<crate::lists::Lists> {
+        &self.lists
     }
 
     /// Queues a notice wispd itself sends (a firewall alert) to `to`, from `from` with the
@@ -312,7 +327,8 @@ impl Mail {
                 .with_rbl(self.rbl.clone())
                 .with_spam(self.spam.clone())
                 .with_clamav(self.clamav.clone())
-                .with_ratelimit(self.ratelimit.clone()),
+                .with_ratelimit(self.ratelimit.clone())
+                .with_lists(self.lists.clone()),
         );
         let mut bound = Vec::new();
         let all = listeners

@@ -622,3 +622,105 @@ pub struct InboundRate {
     pub connections_per_minute: u64,
     pub messages_per_minute: u64,
 }
+
+/// Mailing lists by address (`name@domain`, lowercase).
+pub const MAIL_LISTS: Table<&str, MailList> = Table::new("mail_lists");
+
+/// List members by (list id, member address, lowercase).
+pub const MAIL_LIST_MEMBERS: Table<(u64, &str), ListMember> = Table::new("mail_list_members");
+
+/// Posts held for the moderator by id, and their messages.
+pub const MAIL_LIST_HELD: Table<u64, HeldPost> = Table::new("mail_list_held");
+pub const MAIL_LIST_HELD_DATA: crate::RawTable<u64> = crate::RawTable::new("mail_list_held_data");
+
+/// Subscribe/unsubscribe requests by mail waiting for their confirmation, by token.
+pub const MAIL_LIST_PENDING: Table<&str, PendingRequest> = Table::new("mail_list_pending");
+
+/// Archived posts by (list id, post number), and their messages by archive id.
+pub const MAIL_LIST_ARCHIVE: Table<(u64, u64), ArchivedPost> = Table::new("mail_list_archive");
+pub const MAIL_LIST_ARCHIVE_DATA: crate::RawTable<(u64, u64)> =
+    crate::RawTable::new("mail_list_archive_data");
+
+/// A mailing list as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailList {
+    pub id: u64,
+    pub domain: String,
+    /// The local part, lowercase.
+    pub name: String,
+    pub owner: String,
+    /// `members`, `anyone`, `moderated` or `announce`.
+    pub policy: String,
+    /// `list` or `author`.
+    pub reply_to: String,
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
+    #[serde(default)]
+    pub archive: bool,
+    /// Bounces after which a member is disabled.
+    pub bounce_limit: u32,
+    /// Key of the per-member unsubscribe links (hex), made at creation.
+    pub secret: String,
+    /// Posts distributed so far (the archive's numbering).
+    #[serde(default)]
+    pub posts: u64,
+    pub created_at: i64,
+}
+
+impl MailList {
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.name, self.domain)
+    }
+}
+
+/// One member of a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMember {
+    pub address: String,
+    /// False once `bounces` reached the list's limit (or set so by the API).
+    pub enabled: bool,
+    #[serde(default)]
+    pub bounces: u32,
+    /// Unix seconds.
+    pub added_at: i64,
+    #[serde(default)]
+    pub last_bounce: Option<i64>,
+}
+
+/// A post waiting for the moderator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPost {
+    pub id: u64,
+    pub list_id: u64,
+    /// Envelope sender.
+    pub sender: String,
+    /// The From: address.
+    pub author: String,
+    pub subject: String,
+    pub size: u64,
+    pub received_at: i64,
+    /// Whether the author's domain asks for DMARC enforcement (the From: is rewritten).
+    #[serde(default)]
+    pub dmarc_strict: bool,
+}
+
+/// A subscribe/unsubscribe request by mail waiting for the reply that confirms it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub token: String,
+    pub list_id: u64,
+    pub address: String,
+    /// `subscribe` or `unsubscribe`.
+    pub action: String,
+    pub expires_at: i64,
+}
+
+/// An archived post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedPost {
+    pub number: u64,
+    pub author: String,
+    pub subject: String,
+    pub size: u64,
+    pub posted_at: i64,
+}

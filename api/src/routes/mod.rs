@@ -7,6 +7,7 @@ pub mod email;
 pub mod firewall;
 pub mod health;
 pub mod lfd;
+pub mod lists;
 pub mod openapi;
 pub mod protect;
 pub mod ratelimit;
@@ -49,6 +50,7 @@ pub fn documents() -> Vec<utoipa::openapi::OpenApi> {
         spam::SpamApi::openapi(),
         clamav::ClamavApi::openapi(),
         ratelimit::RatelimitApi::openapi(),
+        lists::ListsApi::openapi(),
         csf::CsfApi::openapi(),
         lfd::LfdApi::openapi(),
         conntrack::ConntrackApi::openapi(),

@@ -47,12 +47,13 @@ pub struct QueueSettings {
     pub command_timeout: Duration,
     /// Port of MX hosts (25).
     pub mx_port: u16,
+    /// Where mailing lists' one-click unsubscribe links point (the API's base URL).
+    pub api_url: Arc<str>,
 }
 
 impl QueueSettings {
     pub fn new(hostname: String) -> QueueSettings {
         QueueSettings {
-            hostname,
             relay: None,
             retry_initial: Duration::from_secs(300),
             retry_max: Duration::from_secs(4000),
@@ -62,6 +63,8 @@ impl QueueSettings {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
             mx_port: 25,
+            api_url: Arc::from(format!("https://{hostname}:2083")),
+            hostname,
         }
     }
 }
@@ -459,6 +462,8 @@ impl Queue {
         let local = self.directory.is_local_domain(domain).unwrap_or(false);
         let verdicts = if local {
             self.deliver_local(&entry.sender, &rcpts, &body).await
+        } else if entry.source == "list" {
+            self.deliver_list(domain, &entry.sender, &rcpts, &body).await
         } else {
             remote::deliver(self, domain, &entry.sender, &rcpts, &body).await
         };
@@ -509,6 +514,56 @@ impl Queue {
                     .insert((now() + secs(self.settings.retry_initial), id));
             }
         }
+    }
+
+    /// A list's post to members at `domain`: each its own transaction, with its return path
+    /// (`name+bounces-user=host@`) and unsubscribe link, over up to `per_destination`
+    /// connections at once.
+    async fn deliver_list(
+        &self,
+        domain: &str,
+        sender: &str,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> Vec<Verdict> {
+        let Some(list) =
+            crate::lists::ListSender::load(&self.store, sender, self.settings.api_url.clone())
+        else {
+            let gone = Verdict::Failed {
+                remote: None,
+                reply: "550 5.1.1 the mailing list no longer exists".into(),
+                status: "5.1.1".into(),
+            };
+            return vec![gone; rcpts.len()];
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let out: Mutex<Vec<Option<Verdict>>> = Mutex::new(vec![None; rcpts.len()]);
+        let workers = self.settings.per_destination.clamp(1, rcpts.len().max(1));
+        let work = |_| async {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(rcpt) = rcpts.get(i) else {
+                    break;
+                };
+                let (from, message) = list.copy_for(rcpt, body);
+                let v = remote::deliver(self, domain, &from, std::slice::from_ref(rcpt), &message)
+                    .await
+                    .into_iter()
+                    .next();
+                out.lock().unwrap_or_else(PoisonError::into_inner)[i] = v;
+            }
+        };
+        futures_util::future::join_all((0..workers).map(work)).await;
+        out.into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .into_iter()
+            .map(|v| {
+                v.unwrap_or_else(|| Verdict::Deferred {
+                    remote: None,
+                    reply: "451 4.4.2 not sent".into(),
+                })
+            })
+            .collect()
     }
 
     /// Queue recipients in local domains (bounces to local senders, SRS bounces for local
@@ -735,7 +790,17 @@ fn record(
     }
     let mut bounced = None;
     if !failures.is_empty() {
-        if entry.sender.is_empty() {
+        if entry.source == "list"
+            && let Some(list) = crate::lists::list_of_bounce_address(&entry.sender)
+        {
+            // a list's copy: the bounce is the list's, counted against the member
+            let members: Vec<String> = failures
+                .iter()
+                .map(|f| f.original.clone().unwrap_or_else(|| f.recipient.clone()))
+                .collect();
+            let disabled = crate::lists::record_bounces(w, &list, &members, t)?;
+            tracing::info!(queue_id = id, %list, bounced = members.len(), disabled = disabled.len(), "list bounces counted");
+        } else if entry.sender.is_empty() {
             tracing::warn!(
                 queue_id = id,
                 failed = failures.len(),

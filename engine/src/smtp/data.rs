@@ -21,7 +21,7 @@ impl Core {
         if tx.chunking {
             return self.reply(Reply::new(503, "5.5.1", "DATA after BDAT"));
         }
-        if tx.accounts.is_empty() && tx.remote.is_empty() {
+        if tx.accounts.is_empty() && tx.remote.is_empty() && tx.list.is_none() {
             return self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
         }
         let deadline = tokio::time::Instant::now() + self.server.settings.data_timeout;
@@ -51,7 +51,7 @@ impl Core {
         let limit = self.server.settings.max_message_size;
         let verdict = match self.tx.as_mut() {
             None => Err(Reply::new(503, "5.5.1", "Need MAIL command first")),
-            Some(tx) if tx.accounts.is_empty() && tx.remote.is_empty() => {
+            Some(tx) if tx.accounts.is_empty() && tx.remote.is_empty() && tx.list.is_none() => {
                 Err(Reply::new(554, "5.5.1", "No valid recipients"))
             }
             Some(tx) => {
@@ -141,7 +141,7 @@ impl Core {
         let mut junk = false;
         let mx = self.account.is_none()
             && self.port == super::Port::Mx
-            && (!tx.accounts.is_empty() || !tx.remote.is_empty());
+            && (!tx.accounts.is_empty() || !tx.remote.is_empty() || tx.list.is_some());
         let helo = self
             .helo
             .as_ref()
@@ -227,7 +227,7 @@ impl Core {
         let mut virus_header = String::new();
         let mut virus = 0;
         if let Some(clamav) = self.server.clamav.clone().filter(|c| c.enabled())
-            && (!tx.accounts.is_empty() || !tx.remote.is_empty())
+            && (!tx.accounts.is_empty() || !tx.remote.is_empty() || tx.list.is_some())
         {
             body = crate::inbound::strip_virus_fields(&body);
             match clamav.check(&[&received, &body]).await {
@@ -253,6 +253,47 @@ impl Core {
                         .await;
                 }
             }
+        }
+        // A mailing-list address: the list takes it from here.
+        if let (Some(target), Some(lists)) = (tx.list.clone(), self.server.lists.clone()) {
+            let mut trace = authentication.unwrap_or_default();
+            trace.push_str(&spam_headers);
+            trace.push_str(&virus_header);
+            let post = crate::lists::Post {
+                sender: tx.from.clone(),
+                authenticated: self.account.as_ref().map(|a| a.email()),
+                dkim_pass: verdicts.as_ref().map_or(Vec::new(), |v| {
+                    v.dkim
+                        .iter()
+                        .filter(|(r, _)| *r == crate::inbound::Verdict::Pass)
+                        .map(|(_, d)| d.clone())
+                        .collect()
+                }),
+                spf_pass: verdicts
+                    .as_ref()
+                    .is_some_and(|v| v.spf == crate::inbound::Verdict::Pass),
+                trace,
+            };
+            let mut message = received;
+            message.extend_from_slice(&body);
+            drop(body);
+            return match lists.receive(&target, post, message).await {
+                crate::lists::Received::Done(text) => {
+                    self.count_message(MessageOutcome::Accepted);
+                    tracing::info!(id = %tx.id, from = %tx.from, list = %target.list, %text, "list mail taken");
+                    Reply::new(250, "2.0.0", text)
+                }
+                crate::lists::Received::Refused(code, status, text) => {
+                    self.count_message(MessageOutcome::Refused);
+                    tracing::info!(id = %tx.id, from = %tx.from, list = %target.list, %text, "list mail refused");
+                    Reply::new(code, status, text)
+                }
+                crate::lists::Received::Failed(why) => {
+                    self.count_message(MessageOutcome::StoreFailed);
+                    tracing::error!(id = %tx.id, list = %target.list, error = %why, "list mail failed");
+                    Reply::new(451, "4.3.0", "Temporary failure handling the list's mail, try again later")
+                }
+            };
         }
         // Submission: the account's rate-limit group, charged with this message; the charge
         // is committed with the delivery (and given back if it fails).

@@ -76,6 +76,7 @@ impl Core {
             remote: Vec::new(),
             chunking: false,
             deadline: None,
+            list: None,
         });
         self.reply(Reply::new(250, "2.1.0", "Ok"))
     }

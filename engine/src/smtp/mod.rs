@@ -116,6 +116,8 @@ pub struct Server {
     clamav: Option<Arc<crate::clamav::Clamav>>,
     /// Rate limits: groups for submission, per-network caps on the MX.
     ratelimit: Option<Arc<crate::ratelimit::RateLimits>>,
+    /// Mailing lists: posts, requests and bounces at their addresses.
+    lists: Option<Arc<crate::lists::Lists>>,
 }
 
 impl Server {
@@ -146,6 +148,12 @@ impl Server {
     /// Scores and greylists mail arriving at the MX (`/email/spam`).
     pub fn with_spam(mut self, spam: Arc<crate::spam::Spam>) -> Server {
         self.spam = Some(spam);
+        self
+    }
+
+    /// Takes mail for mailing-list addresses (`/email/mailinglist`).
+    pub fn with_lists(mut self, lists: Arc<crate::lists::Lists>) -> Server {
+        self.lists = Some(lists);
         self
     }
 
@@ -191,6 +199,7 @@ impl Server {
             spam: None,
             clamav: None,
             ratelimit: None,
+            lists: None,
         }
     }
 

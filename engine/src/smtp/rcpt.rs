@@ -19,6 +19,16 @@ impl Core {
         if tx.chunking {
             return self.reply(Reply::new(503, "5.5.1", "RCPT after BDAT"));
         }
+        if tx.list.is_some() {
+            return self.refuse_rcpt(
+                RcptRefusal::TooMany,
+                Reply::new(
+                    452,
+                    "4.5.3",
+                    "Too many recipients: a mailing list takes a transaction of its own",
+                ),
+            );
+        }
         if tx.rcpts.len() >= self.server.settings.max_recipients {
             return self.refuse_rcpt(
                 RcptRefusal::TooMany,
@@ -63,6 +73,21 @@ impl Core {
                     RcptRefusal::Lookup,
                     Reply::new(451, "4.3.0", "Temporary lookup failure"),
                 );
+            }
+        }
+        // A mailing list's addresses (its own, requests, VERP bounces). Before the syntax
+        // check: VERP local parts may be longer than 64 characters.
+        if self.server.lists.is_some() {
+            match self.server.directory.list_target(&rcpt) {
+                Ok(Some(target)) => return self.accept_list(target, rcpt),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "recipient lookup failed");
+                    return self.refuse_rcpt(
+                        RcptRefusal::Lookup,
+                        Reply::new(451, "4.3.0", "Temporary lookup failure"),
+                    );
+                }
             }
         }
         // A bounce coming back to an address this server rewrote when forwarding (SRS). Before
@@ -178,6 +203,33 @@ impl Core {
 }
 
 impl Core {
+    /// A list address as the recipient: alone in its transaction (its copies differ from
+    /// what other recipients would get, and its verdict is its own).
+    fn accept_list(&mut self, target: crate::lists::ListTarget, rcpt: String) -> Flow {
+        let busy = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| !tx.rcpts.is_empty() || tx.list.is_some());
+        if busy {
+            return self.refuse_rcpt(
+                RcptRefusal::TooMany,
+                Reply::new(
+                    452,
+                    "4.5.3",
+                    format!("Too many recipients: <{rcpt}> is a mailing list and takes a transaction of its own"),
+                ),
+            );
+        }
+        if let Some(refused) = self.rate_recipient(true) {
+            return refused;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.list = Some(target);
+            tx.rcpts.push(rcpt);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Ok"))
+    }
+
     /// Where mail for `rcpt` goes when it is a postmaster address this server must accept
     /// but no account or forwarder has: the configured `smtp.postmaster`, else the domain's
     /// first account (the server's first for a bare `<postmaster>`). `None`: not such an

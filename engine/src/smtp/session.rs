@@ -59,6 +59,8 @@ pub(super) struct Transaction {
     /// When the message must be in (set at DATA or the first BDAT): trickling bytes can't
     /// stretch a transfer past it.
     pub deadline: Option<tokio::time::Instant>,
+    /// A mailing-list address: it is the transaction's only recipient.
+    pub list: Option<crate::lists::ListTarget>,
 }
 
 /// The protocol state of a session, independent of the stream it runs over.
