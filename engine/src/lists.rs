@@ -1408,9 +1408,8 @@ pub fn list_message(list: &MailList, message: &[u8], author: &str, author_name: 
     } else if strict {
         push(&mut out, &format!("Reply-To: <{author}>\r\n"));
     }
-    if split == message.len() {
-        out.extend_from_slice(b"\r\n");
-    }
+    // the empty line that ends the header (`fields` leaves it out)
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
 }
@@ -1518,7 +1517,8 @@ mod tests {
         assert!(out.contains("From: \"Ann via team\" <team@example.com>\r\n"));
         assert!(out.contains("Reply-To: <ann@strict.org>\r\n"));
         assert!(!out.contains("x@y"));
-        assert!(out.ends_with("\r\n\r\nbody\r\n"));
+        assert!(out.ends_with("\r\n\r\nbody\r\n"), "{out:?}");
+        assert_eq!(out.matches("\r\n\r\n").count(), 1);
         let plain = String::from_utf8(list_message(&l, b"From: ann@a.org\r\nSubject: [team] re\r\n\r\nb", "ann@a.org", None, false)).unwrap();
         assert!(plain.contains("From: ann@a.org\r\n") && plain.contains("Subject: [team] re\r\n"), "{plain}");
     }
