@@ -210,13 +210,14 @@ class Postfix:
     (OpenDKIM verifying, OpenDMARC enforcing), all over the system resolver."""
 
     def __init__(self, work: Path, domain: str, lmtp_port: int, relayhost: str = "",
-                 checks=False, dnsbl="", milters=(), name="postfix"):
+                 checks=False, dnsbl="", milters=(), name="postfix", extra=""):
         self.dir = work / name
         self.port = free_port()
         self.domain = domain
         self.lmtp_port = lmtp_port
         self.relayhost = relayhost  # "host:port": other domains go there (relay bench)
         self.checks, self.dnsbl, self.milters = checks, dnsbl, list(milters)
+        self.extra = extra  # more main.cf (the list bench's virtual alias)
 
     def start(self):
         etc, spool, data = self.dir / "etc", self.dir / "spool", self.dir / "data"
@@ -273,6 +274,7 @@ message_size_limit = 52428800
                 "non_smtpd_milters =\n"
                 "milter_default_action = tempfail\n"
                 "milter_protocol = 6\n")
+        main += self.extra
         (etc / "main.cf").write_text(main)
         master = []
         for line in Path("/usr/share/postfix/master.cf.dist").read_text().splitlines():

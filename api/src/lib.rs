@@ -298,7 +298,7 @@ pub fn rfc3339(unix: i64) -> String {
 #[doc(hidden)]
 pub fn fuzz_json_bodies(data: &[u8]) {
     use extract::parse_json;
-    use routes::{clamav, csf, email, firewall, ratelimit, tokens};
+    use routes::{clamav, csf, email, firewall, lists, ratelimit, tokens};
     let _ = parse_json::<tokens::CreateToken>(data);
     let _ = parse_json::<email::AccountBody>(data);
     let _ = parse_json::<email::AccountUpdate>(data);
@@ -315,6 +315,9 @@ pub fn fuzz_json_bodies(data: &[u8]) {
     let _ = parse_json::<ratelimit::GroupUpdate>(data);
     let _ = parse_json::<ratelimit::MembersBody>(data);
     let _ = parse_json::<ratelimit::InboundBody>(data);
+    let _ = parse_json::<lists::ListBody>(data);
+    let _ = parse_json::<lists::MembersBody>(data);
+    let _ = parse_json::<lists::ModerateBody>(data);
     if let Ok(c) = parse_json::<csf::ConfigUpdate>(data) {
         let _ = c.into_changes();
     }

@@ -779,7 +779,10 @@ impl Lists {
             Some(m) => {
                 let a = m.from().and_then(|f| f.first());
                 (
-                    a.and_then(|a| a.address()).map(str::to_ascii_lowercase),
+                    // only a plain address: it goes into Reply-To/Cc when From: is rewritten
+                    a.and_then(|a| a.address())
+                        .and_then(address::address)
+                        .map(|(l, d)| format!("{l}@{d}")),
                     a.and_then(|a| a.name()).map(str::to_string),
                     m.subject().unwrap_or_default().to_string(),
                 )
@@ -992,22 +995,20 @@ impl Lists {
             }
         }
         let bounce_address = format!("{}+bounces@{}", list.name, list.domain);
-        let mut variants = Vec::with_capacity(local.len());
-        let mut recipients = Vec::with_capacity(local.len());
-        let head = format!("Return-Path: <{bounce_address}>\r\n{trace}");
-        for (i, (account, member)) in local.iter().enumerate() {
-            let extra = member_header(list, &self.api_url, member);
-            let mut copy = Vec::with_capacity(head.len() + extra.len() + common.len());
-            copy.extend_from_slice(head.as_bytes());
-            copy.extend_from_slice(extra.as_bytes());
-            copy.extend_from_slice(&common);
-            variants.push(copy);
-            let mut r = Recipient::inbox(*account);
-            for c in &mut r.copies {
-                c.variant = Some(i);
-            }
-            recipients.push(r);
+        // Local members share one stored copy (single-instance: a 1,000-member post is stored
+        // once, not 1,000 times), so theirs names the mailto: way out only; each remote
+        // member's copy gets its own one-click link when the queue sends it.
+        let mut shared = Vec::new();
+        if !local.is_empty() {
+            let head = format!(
+                "Return-Path: <{bounce_address}>\r\n{trace}List-Unsubscribe: <mailto:{}-unsubscribe@{}>\r\n",
+                list.name, list.domain
+            );
+            shared.reserve(head.len() + common.len());
+            shared.extend_from_slice(head.as_bytes());
+            shared.extend_from_slice(&common);
         }
+        let recipients: Vec<Recipient> = local.iter().map(|(a, _)| Recipient::inbox(*a)).collect();
         let outbound = (!remote.is_empty()).then(|| Outbound {
             message: common.clone(),
             sender: bounce_address,
@@ -1042,8 +1043,8 @@ impl Lists {
         let delivered = self
             .deliverer
             .deliver_all(Delivery {
-                message: Vec::new(),
-                variants,
+                message: shared,
+                variants: Vec::new(),
                 recipients,
                 internal_date: t,
                 outbound,

@@ -451,12 +451,17 @@ impl Mail {
     pub fn shutdown(self) {
         // The queue holds a handle on the writer too: it goes first, or the writer never ends.
         let Mail {
-            queue, deliverer, ..
+            queue,
+            deliverer,
+            lists,
+            ..
         } = self;
         if Arc::strong_count(&queue) > 1 {
             tracing::warn!("outbound queue still in use at exit");
         }
         drop(queue);
+        // the list engine sends through the writer as well
+        drop(lists);
         deliverer.shutdown();
     }
 }

@@ -371,6 +371,18 @@ pub async fn update(
     JsonBody(b): JsonBody<ListBody>,
 ) -> Result<Json<Data<ListView>>, ApiError> {
     let domain = require_domain(&p, &domain)?;
+    let nothing = b.owner.is_none()
+        && b.members.is_none()
+        && b.policy.is_none()
+        && b.reply_to.is_none()
+        && b.subject_prefix.is_none()
+        && b.archive.is_none()
+        && b.bounce_limit.is_none();
+    if nothing {
+        return Err(ApiError::Validation(
+            "Nothing to change: give at least one of owner, members, policy, reply_to, subject_prefix, archive, bounce_limit".into(),
+        ));
+    }
     let view = on_dir(&s, move |d| {
         let l = d.update_list(&domain, &name, b.spec())?;
         Ok(ListView::new(&l, count(d, &l)?))
