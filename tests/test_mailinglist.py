@@ -72,7 +72,7 @@ def test_a_members_post_reaches_every_member_once_with_the_list_headers(lists):
         # one transaction per member, each with its own VERP return path
         (rcpt,) = m["rcpt_tos"]
         user, host = rcpt.split("@")
-        assert m["mail_from"] == f"team+bounces-{user}={host}@example.com", m
+        assert re.fullmatch(rf"team\+bounces-[0-9a-f]{{8}}-{user}={host}@example\.com", m["mail_from"]), m
         msg = email.message_from_string(m["data"])
         assert msg["List-Id"] == "<team.example.com>"
         assert msg["List-Post"] == "<mailto:team@example.com>"
@@ -128,6 +128,9 @@ def test_addresses_conflict_and_tokens_reach_only_their_domains(lists):
                     400, "VALIDATION_ERROR")
     assert_envelope(w.request("POST", LIST, body={"name": "x", "owner": "info@example.com", "members": ["nope"]}),
                     400, "VALIDATION_ERROR")
+    # a list here can't be a member of a list here
+    assert_envelope(w.request("POST", LIST, body={"name": "x", "owner": "info@example.com",
+                                                  "members": ["team@example.com"]}), 400, "VALIDATION_ERROR")
     token = w.request("POST", "/api/v1/tokens",
                       body={"name": "other", "role": "user", "domains": ["other.org"]}).json["data"]["token"]
     assert_envelope(w.request("GET", LIST, token=token), 403, "FORBIDDEN")
@@ -244,11 +247,16 @@ def test_a_remote_member_that_bounces_three_times_is_disabled(lists):
     post(w, "someone@remote.example", subject="post 3")
     sink.wait(4)
     assert w.request("GET", "/api/v1/email/queue").json["data"] == []
-    # a bounce that arrives later at the VERP address (a DSN) counts for the member it names
+    # a bounce that arrives later at the VERP address (a DSN) counts for the member it names;
+    # one at a made-up VERP address (anyone could write one) does not
+    verp = sink.messages()[0]["mail_from"]
+    assert re.fullmatch(r"team\+bounces-[0-9a-f]{8}-r1=remote\.example@example\.com", verp), verp
+    forged = re.sub(r"bounces-[0-9a-f]{8}-", "bounces-00000000-", verp)
+    dsn = b"From: MAILER-DAEMON@remote.example\r\nSubject: Undelivered\r\n\r\nmailbox gone\r\n"
     with smtplib.SMTP("127.0.0.1", mx_port(w), timeout=30) as c:
         c.ehlo("mx.remote.example")
-        c.sendmail("", ["team+bounces-r1=remote.example@example.com"],
-                   b"From: MAILER-DAEMON@remote.example\r\nSubject: Undelivered\r\n\r\nmailbox gone\r\n")
+        c.sendmail("", [forged], dsn)
+        c.sendmail("", [verp], dsn)
     ms = {x["address"]: x for x in w.request("GET", f"{LIST}/team/members").json["data"]}
     assert ms["r1@remote.example"]["bounces"] == 1
     # adding a disabled member again enables it

@@ -87,8 +87,9 @@ pub enum Role {
     Subscribe,
     Unsubscribe,
     Confirm(String),
-    /// A bounce, with the member the VERP address names.
-    Bounce(Option<String>),
+    /// A bounce, with the member the VERP address names and its tag (checked against the
+    /// list's secret: a forged bounce must not disable anyone).
+    Bounce(Option<(String, String)>),
 }
 
 /// A recipient address that belongs to a list.
@@ -133,11 +134,15 @@ pub fn target(
         if tag == "bounces" {
             return hit(base, Role::Bounce(None));
         }
-        if let Some(member) = tag.strip_prefix("bounces-") {
-            let member = member
-                .rsplit_once('=')
-                .map(|(u, h)| format!("{u}@{h}"))
-                .filter(|m| address::address(m).is_some());
+        if let Some(rest) = tag.strip_prefix("bounces-") {
+            let member = rest
+                .split_once('-')
+                .filter(|(tag, _)| tag.len() == VERP_TAG && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|(tag, m)| {
+                    let (u, h) = m.rsplit_once('=')?;
+                    let m = format!("{u}@{h}");
+                    address::address(&m).map(|_| (m, tag.to_string()))
+                });
             return hit(base, Role::Bounce(member));
         }
         if let Some(name) = base.strip_suffix("-confirm")
@@ -158,12 +163,30 @@ pub fn target(
     None
 }
 
-/// The return path of the copy for `member`: `name+bounces-user=host@domain`.
-pub fn verp(list: &str, member: &str) -> String {
-    let (name, domain) = list.rsplit_once('@').unwrap_or((list, ""));
+/// Hex digits of the tag in a VERP address.
+const VERP_TAG: usize = 8;
+
+/// The tag that makes a VERP address the list's own: an HMAC of the member under the list's
+/// secret, so that nobody can count bounces against a member by writing to its address.
+fn verp_tag(list: &MailList, member: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, list.secret.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("verp:{member}").as_bytes());
+    tag.as_ref()[..VERP_TAG / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The return path of the copy for `member`: `name+bounces-TAG-user=host@domain`.
+pub fn verp(list: &MailList, member: &str) -> String {
     match member.rsplit_once('@') {
-        Some((u, h)) => format!("{name}+bounces-{u}={h}@{domain}"),
-        None => format!("{name}+bounces@{domain}"),
+        Some((u, h)) => format!(
+            "{}+bounces-{}-{u}={h}@{}",
+            list.name,
+            verp_tag(list, member),
+            list.domain
+        ),
+        None => format!("{}+bounces@{}", list.name, list.domain),
     }
 }
 
@@ -314,6 +337,7 @@ impl Directory {
         if members.len() > MAX_MEMBERS {
             return Err(invalid(format!("A list has at most {MAX_MEMBERS} members")));
         }
+        self.check_members(&members)?;
         let mut list = MailList {
             id: 0,
             domain: domain.clone(),
@@ -338,6 +362,17 @@ impl Directory {
             add_members(w, id, &members, list.created_at)?;
             Ok(list)
         })
+    }
+
+    /// Refuses members that are list addresses here (a list on this server is not followed
+    /// into: its members would get the post through the list's own checks only by mail).
+    fn check_members<'a>(&self, members: impl IntoIterator<Item = &'a String>) -> Result<(), DirError> {
+        for m in members {
+            if self.is_list_address(m)? {
+                return Err(invalid(format!("{m} is a mailing list here; a list can't be a member of a list on the same server")));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a list name whose addresses an account, forwarder or list already has.
@@ -435,6 +470,9 @@ impl Directory {
         if members.as_ref().is_some_and(|m| m.len() > MAX_MEMBERS) {
             return Err(invalid(format!("A list has at most {MAX_MEMBERS} members")));
         }
+        if let Some(m) = &members {
+            self.check_members(m)?;
+        }
         self.write(|w| {
             if w.get(&MAIL_LISTS, l.address().as_str())?.is_none() {
                 return Err(DirError::NotFound(format!("No list {}", l.address())));
@@ -492,6 +530,7 @@ impl Directory {
             .collect::<Result<BTreeSet<_>, _>>()?
             .into_iter()
             .collect();
+        self.check_members(&addresses)?;
         self.store.write(|w| add_members(w, l.id, &addresses, now()))
     }
 
@@ -747,7 +786,15 @@ impl Lists {
         };
         let r = match &target.role {
             Role::Post => self.post(&list, post, message).await,
-            Role::Bounce(member) => self.bounce(&list, member.as_deref(), &message).await,
+            Role::Bounce(Some((member, tag))) => {
+                if *tag == verp_tag(&list, member) {
+                    self.bounce(&list, Some(member), &message).await
+                } else {
+                    tracing::warn!(list = %list.address(), %member, "bounce at a forged VERP address ignored");
+                    Ok(Received::Done("Ok".into()))
+                }
+            }
+            Role::Bounce(None) => self.bounce(&list, None, &message).await,
             Role::Subscribe => self.request(&list, &post, "subscribe").await,
             Role::Unsubscribe => self.request(&list, &post, "unsubscribe").await,
             Role::Confirm(token) => self.confirm(&list, token).await,
@@ -1453,7 +1500,7 @@ impl ListSender {
         let mut m = Vec::with_capacity(header.len() + message.len());
         m.extend_from_slice(header.as_bytes());
         m.extend_from_slice(message);
-        (verp(&self.list.address(), member), m)
+        (verp(&self.list, member), m)
     }
 }
 
@@ -1489,10 +1536,23 @@ mod tests {
         assert_eq!(t("team-confirm+ab12"), Some(Role::Confirm("ab12".into())));
         assert_eq!(t("team-confirm+zz"), None);
         assert_eq!(t("team+bounces"), Some(Role::Bounce(None)));
-        assert_eq!(t("team+bounces-a.b=x.org"), Some(Role::Bounce(Some("a.b@x.org".into()))));
+        assert_eq!(
+            t("team+bounces-0123abcd-a.b=x.org"),
+            Some(Role::Bounce(Some(("a.b@x.org".into(), "0123abcd".into()))))
+        );
+        assert_eq!(t("team+bounces-a.b=x.org"), Some(Role::Bounce(None)));
         assert_eq!(t("team+other"), None);
         assert_eq!(t("other"), None);
-        assert_eq!(verp("team@example.com", "a.b@x.org"), "team+bounces-a.b=x.org@example.com");
+        let l = list();
+        let v = verp(&l, "a-b@x.org");
+        assert!(v.starts_with("team+bounces-") && v.ends_with("-a-b=x.org@example.com"), "{v}");
+        let local = v.split('@').next().unwrap();
+        let mut lists = std::collections::HashMap::new();
+        lists.insert("team@example.com".to_string(), 7u64);
+        let Some(ListTarget { role: Role::Bounce(Some((m, tag))), .. }) = target(&lists, local, "example.com") else {
+            panic!("{v}");
+        };
+        assert_eq!((m.as_str(), tag), ("a-b@x.org", verp_tag(&l, "a-b@x.org")));
         assert_eq!(list_of_bounce_address("team+bounces@example.com").as_deref(), Some("team@example.com"));
     }
 
