@@ -321,3 +321,43 @@ def test_the_archive_keeps_posts(lists):
     assert r.status == 200 and r.header("content-type") == "message/rfc822"
     assert b"List-Id: <team.example.com>" in r.raw and b"Hello, list." in r.raw
     assert_envelope(w.request("GET", f"{LIST}/team/archive/2"), 404, "NOT_FOUND")
+
+
+def test_what_the_poster_writes_cannot_inject_headers_or_reach_other_lists(lists):
+    w, sink, _ = lists
+    make_list(w, members=["r1@remote.example", "bob@example.com"], policy="anyone", subject_prefix="[team]")
+    # an encoded CR LF in the display name of a DMARC p=reject author: the rewritten From: is
+    # one line, no header is made of it
+    evil = "=?utf-8?q?Eve=0D=0ABcc=3A_victim=40elsewhere=2Eexample?= <eve@strict.example>"
+    post(w, "eve@strict.example", author=evil, subject="inject")
+    (m,) = sink.wait(1)
+    msg = email.message_from_string(m["data"])
+    assert msg["Bcc"] is None and "Bcc" not in msg.keys(), m["data"][:800]
+    assert msg["From"].startswith('"Eve') and msg["From"].count('"') == 2  # stays inside the phrase
+    assert msg["From"].endswith("<team@example.com>") and "\n" not in msg["From"]
+    assert msg["Reply-To"] == "<eve@strict.example>"
+    # an address that is no plain address is not copied into Reply-To
+    post(w, "x@remote.example", author='"odd" <"a\\"b"@strict.example>', subject="odd")
+    odd = email.message_from_string(sink.wait(2)[-1]["data"])
+    assert odd["Reply-To"] is None or "\"" not in odd["Reply-To"]
+    # another domain's list, its held posts and archive are out of a user token's reach
+    w.request("POST", "/api/v1/email/accounts",
+              body={"domain": "other.org", "username": "own", "password": "password123"})
+    r = w.request("POST", "/api/v1/email/mailinglist/other.org",
+                  body={"name": "priv", "owner": "own@other.org", "policy": "moderated", "archive": True})
+    assert r.status == 201, r
+    post(w, "outsider@remote.example", to="priv@other.org", subject="secret")
+    (h,) = w.request("GET", "/api/v1/email/mailinglist/other.org/priv/held").json["data"]
+    mine = w.request("POST", "/api/v1/tokens",
+                     body={"name": "mine", "role": "user", "domains": ["example.com"]}).json["data"]["token"]
+    assert_envelope(w.request("POST", f"{LIST}/team/held/{h['id']}", token=mine, body={"action": "approve"}),
+                    404, "NOT_FOUND")
+    assert_envelope(w.request("GET", "/api/v1/email/mailinglist/other.org/priv/held", token=mine), 403, "FORBIDDEN")
+    assert_envelope(w.request("GET", "/api/v1/email/mailinglist/other.org/priv/archive/1", token=mine),
+                    403, "FORBIDDEN")
+    assert_envelope(w.request("GET", f"{LIST}/priv", token=mine), 404, "NOT_FOUND")
+    assert len(w.request("GET", "/api/v1/email/mailinglist/other.org/priv/held").json["data"]) == 1
+    # overflowing numbers are a 404, not a panic
+    assert_envelope(w.request("POST", f"{LIST}/team/held/99999999999999999999999", body={"action": "reject"}),
+                    404, "NOT_FOUND")
+    assert_envelope(w.request("PUT", f"{LIST}/team", body={"bounce_limit": 4294967296}), 400, "VALIDATION_ERROR")

@@ -1494,13 +1494,9 @@ impl ListSender {
         })
     }
 
-    /// The return path and the message for `member`.
-    pub fn copy_for(&self, member: &str, message: &[u8]) -> (String, Vec<u8>) {
-        let header = member_header(&self.list, &self.api_url, member);
-        let mut m = Vec::with_capacity(header.len() + message.len());
-        m.extend_from_slice(header.as_bytes());
-        m.extend_from_slice(message);
-        (verp(&self.list, member), m)
+    /// The return path and the header of the copy for `member` (it goes before the message).
+    pub fn copy_for(&self, member: &str) -> (String, String) {
+        (verp(&self.list, member), member_header(&self.list, &self.api_url, member))
     }
 }
 

@@ -465,7 +465,7 @@ impl Queue {
         } else if entry.source == "list" {
             self.deliver_list(domain, &entry.sender, &rcpts, &body).await
         } else {
-            remote::deliver(self, domain, &entry.sender, &rcpts, &body).await
+            remote::deliver(self, domain, &entry.sender, &rcpts, &[&body]).await
         };
         for (r, v) in rcpts.iter().zip(&verdicts) {
             use crate::metrics::QueueOutcome;
@@ -545,8 +545,14 @@ impl Queue {
                 let Some(rcpt) = rcpts.get(i) else {
                     break;
                 };
-                let (from, message) = list.copy_for(rcpt, body);
-                let v = remote::deliver(self, domain, &from, std::slice::from_ref(rcpt), &message)
+                let (from, header) = list.copy_for(rcpt);
+                let v = remote::deliver(
+                    self,
+                    domain,
+                    &from,
+                    std::slice::from_ref(rcpt),
+                    &[header.as_bytes(), body],
+                )
                     .await
                     .into_iter()
                     .next();

@@ -51,7 +51,7 @@ impl Conn {
         remote: &str,
         sender: &str,
         rcpts: &[String],
-        body: &[u8],
+        body: &[&[u8]],
     ) -> Result<(Vec<Verdict>, bool), Skip> {
         match self {
             Conn::Plain(c) => transaction(c, ehlo, remote, sender, rcpts, body).await,
@@ -174,7 +174,7 @@ pub(super) async fn deliver(
     domain: &str,
     sender: &str,
     rcpts: &[String],
-    body: &[u8],
+    body: &[&[u8]],
 ) -> Vec<Verdict> {
     let key = q.destination_key(domain);
     // A connection kept from an earlier message to this destination, if it still answers.
@@ -323,7 +323,7 @@ async fn session(
     remote: &str,
     sender: &str,
     rcpts: &[String],
-    body: &[u8],
+    body: &[&[u8]],
     tls: bool,
 ) -> Result<Vec<Verdict>, Skip> {
     let s = &q.settings;
@@ -384,14 +384,14 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     remote: &str,
     sender: &str,
     rcpts: &[String],
-    body: &[u8],
+    body: &[&[u8]],
 ) -> Result<(Vec<Verdict>, bool), Skip> {
     let lost = |e: mail_send::Error| deferred(Some(remote), format!("451 4.4.2 {remote}: {e}"));
     let mut params = String::new();
     if ehlo.has_capability(EXT_SIZE) {
-        params.push_str(&format!(" SIZE={}", body.len()));
+        params.push_str(&format!(" SIZE={}", body.iter().map(|p| p.len()).sum::<usize>()));
     }
-    if ehlo.has_capability(EXT_8BIT_MIME) && !body.is_ascii() {
+    if ehlo.has_capability(EXT_8BIT_MIME) && !body.iter().all(|p| p.is_ascii()) {
         params.push_str(" BODY=8BITMIME");
     }
     match c.cmd(format!("MAIL FROM:<{sender}>{params}\r\n")).await {
@@ -468,27 +468,37 @@ const FINAL_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// written has the command timeout, so a large message on a slow link is not cut off.
 async fn send_body<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
-    body: &[u8],
+    body: &[&[u8]],
 ) -> Result<Response<String>, mail_send::Error> {
     let timeout = c.timeout;
-    let mut out = Vec::with_capacity(body.len() + body.len() / 50 + 8);
+    // dot-stuffed 64 KiB at a time: a large message is not copied whole per delivery
+    const CHUNK: usize = 64 * 1024;
+    let mut out = Vec::with_capacity(CHUNK + 16);
     let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            out.push(b'.');
+    let mut last = [0u8; 2];
+    for part in body {
+        for &b in *part {
+            if line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            line_start = b == b'\n';
+            last = [last[1], b];
+            if out.len() >= CHUNK {
+                tokio::time::timeout(timeout, c.stream.write_all(&out))
+                    .await
+                    .map_err(|_| mail_send::Error::Timeout)??;
+                out.clear();
+            }
         }
-        out.push(b);
-        line_start = b == b'\n';
     }
-    if !out.ends_with(b"\r\n") {
+    if last != *b"\r\n" {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-    for chunk in out.chunks(64 * 1024) {
-        tokio::time::timeout(timeout, c.stream.write_all(chunk))
-            .await
-            .map_err(|_| mail_send::Error::Timeout)??;
-    }
+    tokio::time::timeout(timeout, c.stream.write_all(&out))
+        .await
+        .map_err(|_| mail_send::Error::Timeout)??;
     tokio::time::timeout(timeout, c.stream.flush())
         .await
         .map_err(|_| mail_send::Error::Timeout)??;
