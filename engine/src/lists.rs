@@ -1056,12 +1056,6 @@ impl Lists {
             shared.extend_from_slice(&common);
         }
         let recipients: Vec<Recipient> = local.iter().map(|(a, _)| Recipient::inbox(*a)).collect();
-        let outbound = (!remote.is_empty()).then(|| Outbound {
-            message: common.clone(),
-            sender: bounce_address,
-            source: "list",
-            recipients: remote.clone(),
-        });
         let (list_key, archive, t) = (list.address(), list.archive, now());
         let archived = ArchivedPost {
             number: 0,
@@ -1070,7 +1064,13 @@ impl Lists {
             size: common.len() as u64,
             posted_at: t,
         };
-        let kept = common.clone();
+        let kept = if archive { common.clone() } else { Vec::new() };
+        let outbound = (!remote.is_empty()).then(|| Outbound {
+            message: std::mem::take(&mut common),
+            sender: bounce_address,
+            source: "list",
+            recipients: remote.clone(),
+        });
         let also = Also::new(move |w| {
             let Some(mut l) = w.get(&MAIL_LISTS, list_key.as_str())? else {
                 return Ok(());
