@@ -570,7 +570,9 @@ impl RawConfig {
         let public_url = self.api.public_url.trim().trim_end_matches('/').to_string();
         if !public_url.is_empty()
             && (!(public_url.starts_with("https://") || public_url.starts_with("http://"))
-                || public_url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '>'))
+                || public_url
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '>'))
         {
             errors.push(format!(
                 "`api.public_url`: must be an http(s) URL such as https://mail.example.com:2083, not {:?}",

@@ -508,7 +508,9 @@ impl Directory {
             ));
         }
         if self.is_list_address(&src)? {
-            return Err(DirError::Conflict(format!("{src} is a mailing list address")));
+            return Err(DirError::Conflict(format!(
+                "{src} is a mailing list address"
+            )));
         }
         self.write(|w| {
             let local = w.get(&MAIL_ADDRESSES, dst.as_str())?.is_some();

@@ -297,9 +297,24 @@ impl SigningKey {
         use mail_auth::common::headers::HeaderWriter;
         use mail_auth::dkim::{Canonicalization, DkimSigner};
         const LIST_HEADERS: &[&str] = &[
-            "From", "Reply-To", "Cc", "To", "Subject", "Date", "Message-ID", "In-Reply-To",
-            "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "List-Id",
-            "List-Post", "List-Help", "List-Subscribe", "List-Unsubscribe-Post", "Precedence",
+            "From",
+            "Reply-To",
+            "Cc",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "In-Reply-To",
+            "References",
+            "MIME-Version",
+            "Content-Type",
+            "Content-Transfer-Encoding",
+            "List-Id",
+            "List-Post",
+            "List-Help",
+            "List-Subscribe",
+            "List-Unsubscribe-Post",
+            "Precedence",
         ];
         let SigningKey {
             domain,

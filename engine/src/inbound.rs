@@ -688,7 +688,16 @@ mod tests {
         }
         headers.push_str("From: a@example.com\r\nSubject: x\r\n");
         let pieces: [&[u8]; 10] = [
-            b"\r\n", b"\n", b" ", b"\t", b"a", b"\r", b"word ", b"\r\n\r\n", b".", b" \t \r\n",
+            b"\r\n",
+            b"\n",
+            b" ",
+            b"\t",
+            b"a",
+            b"\r",
+            b"word ",
+            b"\r\n\r\n",
+            b".",
+            b" \t \r\n",
         ];
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -719,8 +728,14 @@ mod tests {
         assert!(hashes.iter().all(|h| !h.3.is_empty()));
         for m in &cases {
             let ours = parse_authenticated(m).map(|a| (a.body_offset, a.body_hashes, a.headers));
-            let theirs = AuthenticatedMessage::parse(m).map(|a| (a.body_offset, a.body_hashes, a.headers));
-            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&m[..m.len().min(600)]));
+            let theirs =
+                AuthenticatedMessage::parse(m).map(|a| (a.body_offset, a.body_hashes, a.headers));
+            assert_eq!(
+                ours,
+                theirs,
+                "{:?}",
+                String::from_utf8_lossy(&m[..m.len().min(600)])
+            );
         }
     }
 

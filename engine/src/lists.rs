@@ -137,7 +137,9 @@ pub fn target(
         if let Some(rest) = tag.strip_prefix("bounces-") {
             let member = rest
                 .split_once('-')
-                .filter(|(tag, _)| tag.len() == VERP_TAG && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+                .filter(|(tag, _)| {
+                    tag.len() == VERP_TAG && tag.bytes().all(|b| b.is_ascii_hexdigit())
+                })
                 .and_then(|(tag, m)| {
                     let (u, h) = m.rsplit_once('=')?;
                     let m = format!("{u}@{h}");
@@ -273,9 +275,15 @@ fn members_of(w: &Write<'_>, id: u64) -> Result<Vec<ListMember>, StoreError> {
 }
 
 /// Adds `addresses` (already checked) to list `id`; returns those that were not members.
-fn add_members(w: &Write<'_>, id: u64, addresses: &[String], t: i64) -> Result<Vec<String>, DirError> {
+fn add_members(
+    w: &Write<'_>,
+    id: u64,
+    addresses: &[String],
+    t: i64,
+) -> Result<Vec<String>, DirError> {
     let mut added = Vec::new();
-    let mut count = w.values_in(&MAIL_LIST_MEMBERS, (id, "")..(id + 1, ""))
+    let mut count = w
+        .values_in(&MAIL_LIST_MEMBERS, (id, "")..(id + 1, ""))
         .map(|v: Vec<ListMember>| v.len())?;
     for a in addresses {
         if let Some(mut m) = w.get(&MAIL_LIST_MEMBERS, (id, a.as_str()))? {
@@ -366,10 +374,15 @@ impl Directory {
 
     /// Refuses members that are list addresses here (a list on this server is not followed
     /// into: its members would get the post through the list's own checks only by mail).
-    fn check_members<'a>(&self, members: impl IntoIterator<Item = &'a String>) -> Result<(), DirError> {
+    fn check_members<'a>(
+        &self,
+        members: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), DirError> {
         for m in members {
             if self.is_list_address(m)? {
-                return Err(invalid(format!("{m} is a mailing list here; a list can't be a member of a list on the same server")));
+                return Err(invalid(format!(
+                    "{m} is a mailing list here; a list can't be a member of a list on the same server"
+                )));
             }
         }
         Ok(())
@@ -380,7 +393,9 @@ impl Directory {
         let routes = self.routes()?;
         for a in role_addresses(name, domain) {
             let (local, _) = a.rsplit_once('@').unwrap_or((&a, ""));
-            let taken = w.get(&wispd_store::schema::MAIL_ADDRESSES, a.as_str())?.is_some()
+            let taken = w
+                .get(&wispd_store::schema::MAIL_ADDRESSES, a.as_str())?
+                .is_some()
                 || routes.forwards.contains_key(&a)
                 || target(&routes.lists, local, domain).is_some()
                 || w.get(&MAIL_LISTS, a.as_str())?.is_some();
@@ -452,9 +467,18 @@ impl Directory {
     }
 
     /// Changes a list's settings; `members`, when given, replaces the membership.
-    pub fn update_list(&self, domain: &str, name: &str, spec: ListSpec) -> Result<MailList, DirError> {
+    pub fn update_list(
+        &self,
+        domain: &str,
+        name: &str,
+        spec: ListSpec,
+    ) -> Result<MailList, DirError> {
         let mut l = self.find_list(domain, name)?;
-        if spec.name.as_deref().is_some_and(|n| !n.eq_ignore_ascii_case(&l.name)) {
+        if spec
+            .name
+            .as_deref()
+            .is_some_and(|n| !n.eq_ignore_ascii_case(&l.name))
+        {
             return Err(invalid("A list can't be renamed; create a new one"));
         }
         apply_spec(&mut l, &spec)?;
@@ -522,7 +546,12 @@ impl Directory {
     }
 
     /// Adds members (idempotent); returns those added.
-    pub fn add_list_members(&self, domain: &str, name: &str, addresses: &[String]) -> Result<Vec<String>, DirError> {
+    pub fn add_list_members(
+        &self,
+        domain: &str,
+        name: &str,
+        addresses: &[String],
+    ) -> Result<Vec<String>, DirError> {
         let l = self.find_list(domain, name)?;
         let addresses: Vec<String> = addresses
             .iter()
@@ -531,11 +560,17 @@ impl Directory {
             .into_iter()
             .collect();
         self.check_members(&addresses)?;
-        self.store.write(|w| add_members(w, l.id, &addresses, now()))
+        self.store
+            .write(|w| add_members(w, l.id, &addresses, now()))
     }
 
     /// Removes members (idempotent); returns those removed.
-    pub fn remove_list_members(&self, domain: &str, name: &str, addresses: &[String]) -> Result<Vec<String>, DirError> {
+    pub fn remove_list_members(
+        &self,
+        domain: &str,
+        name: &str,
+        addresses: &[String],
+    ) -> Result<Vec<String>, DirError> {
         let l = self.find_list(domain, name)?;
         let addresses: BTreeSet<String> = addresses
             .iter()
@@ -553,26 +588,6 @@ impl Directory {
         })
     }
 
-    /// Re-enables members (a disabled member's bounce count starts over).
-    pub fn enable_list_members(&self, domain: &str, name: &str, addresses: &[String]) -> Result<Vec<String>, DirError> {
-        let l = self.find_list(domain, name)?;
-        self.store.write(|w| {
-            let mut changed = Vec::new();
-            for a in addresses {
-                let a = member_address(a)?;
-                if let Some(mut m) = w.get(&MAIL_LIST_MEMBERS, (l.id, a.as_str()))? {
-                    if !m.enabled || m.bounces > 0 {
-                        m.enabled = true;
-                        m.bounces = 0;
-                        w.put(&MAIL_LIST_MEMBERS, (l.id, a.as_str()), &m)?;
-                        changed.push(a);
-                    }
-                }
-            }
-            Ok::<_, DirError>(changed)
-        })
-    }
-
     pub fn held_posts(&self, domain: &str, name: &str) -> Result<Vec<HeldPost>, DirError> {
         let l = self.find_list(domain, name)?;
         let all: Vec<HeldPost> = self.store.read(|r| r.all(&MAIL_LIST_HELD))?;
@@ -580,11 +595,19 @@ impl Directory {
     }
 
     /// A held post and its message, taken out of the hold.
-    pub fn take_held(&self, domain: &str, name: &str, id: u64) -> Result<(MailList, HeldPost, Vec<u8>), DirError> {
+    pub fn take_held(
+        &self,
+        domain: &str,
+        name: &str,
+        id: u64,
+    ) -> Result<(MailList, HeldPost, Vec<u8>), DirError> {
         let l = self.find_list(domain, name)?;
         let missing = || DirError::NotFound(format!("No held post {id} for {}", l.address()));
         self.store.write(|w| {
-            let h = w.get(&MAIL_LIST_HELD, id)?.filter(|h: &HeldPost| h.list_id == l.id).ok_or_else(missing)?;
+            let h = w
+                .get(&MAIL_LIST_HELD, id)?
+                .filter(|h: &HeldPost| h.list_id == l.id)
+                .ok_or_else(missing)?;
             let data = w.get_raw(&MAIL_LIST_HELD_DATA, id)?.unwrap_or_default();
             w.remove(&MAIL_LIST_HELD, id)?;
             w.remove_raw(&MAIL_LIST_HELD_DATA, id)?;
@@ -603,7 +626,9 @@ impl Directory {
         let l = self.find_list(domain, name)?;
         self.store
             .read(|r| r.get_raw(&MAIL_LIST_ARCHIVE_DATA, (l.id, number)))?
-            .ok_or_else(|| DirError::NotFound(format!("No archived post {number} in {}", l.address())))
+            .ok_or_else(|| {
+                DirError::NotFound(format!("No archived post {number} in {}", l.address()))
+            })
     }
 
     /// The list and member a one-click unsubscribe token names, if it is genuine.
@@ -638,7 +663,9 @@ impl Directory {
 
     /// Whether `member` is on list `id`.
     pub fn list_member(&self, id: u64, member: &str) -> Result<Option<ListMember>, DirError> {
-        Ok(self.store.read(|r| r.get(&MAIL_LIST_MEMBERS, (id, member)))?)
+        Ok(self
+            .store
+            .read(|r| r.get(&MAIL_LIST_MEMBERS, (id, member)))?)
     }
 
     /// Removes `member` from list `id` (one-click unsubscribe); whether it was a member.
@@ -680,7 +707,12 @@ pub fn member_header(list: &MailList, api_url: &str, member: &str) -> String {
 
 /// Counts one bounce for each of `members` of list `list` (by address); a member reaching the
 /// list's limit is disabled. Returns those disabled now.
-pub fn record_bounces(w: &Write<'_>, list: &str, members: &[String], t: i64) -> Result<Vec<String>, StoreError> {
+pub fn record_bounces(
+    w: &Write<'_>,
+    list: &str,
+    members: &[String],
+    t: i64,
+) -> Result<Vec<String>, StoreError> {
     let Some(l) = w.get(&MAIL_LISTS, list)? else {
         return Ok(Vec::new());
     };
@@ -740,7 +772,9 @@ pub struct Lists {
 
 impl std::fmt::Debug for Lists {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lists").field("api_url", &self.api_url).finish()
+        f.debug_struct("Lists")
+            .field("api_url", &self.api_url)
+            .finish()
     }
 }
 
@@ -802,24 +836,35 @@ impl Lists {
         r.unwrap_or_else(|e| Received::Failed(e.to_string()))
     }
 
-    async fn post(&self, list: &MailList, post: Post, message: Vec<u8>) -> Result<Received, DirError> {
+    async fn post(
+        &self,
+        list: &MailList,
+        post: Post,
+        message: Vec<u8>,
+    ) -> Result<Received, DirError> {
         let header_end = crate::inbound::header_end(&message).unwrap_or(message.len());
         let headers = &message[..header_end];
         // a list never takes its own mail twice
         let id = list_id(list);
-        if fields(headers).iter().any(|f| {
-            field_name(f).eq_ignore_ascii_case("list-id") && contains_ci(f, id.as_bytes())
-        }) {
+        if fields(headers)
+            .iter()
+            .any(|f| field_name(f).eq_ignore_ascii_case("list-id") && contains_ci(f, id.as_bytes()))
+        {
             return Ok(Received::Refused(
                 554,
                 "5.4.6",
-                format!("Mail loop: this message has been through {} already", list.address()),
+                format!(
+                    "Mail loop: this message has been through {} already",
+                    list.address()
+                ),
             ));
         }
         if list_of_bounce_address(&post.sender).is_some_and(|l| l == list.address())
             || post.sender.starts_with(&format!("{}+bounces-", list.name))
         {
-            return Ok(Received::Done("Ok: the list's own bounce address does not post".into()));
+            return Ok(Received::Done(
+                "Ok: the list's own bounce address does not post".into(),
+            ));
         }
         let parsed = mail_parser::MessageParser::default().parse_headers(headers);
         let (author, author_name, subject) = match &parsed {
@@ -857,7 +902,13 @@ impl Lists {
             Policy::Moderated if member => {}
             Policy::Moderated => {
                 return self
-                    .hold(list, &post, author.as_deref().unwrap_or(&sender), &subject, message)
+                    .hold(
+                        list,
+                        &post,
+                        author.as_deref().unwrap_or(&sender),
+                        &subject,
+                        message,
+                    )
                     .await;
             }
             Policy::Announce => {
@@ -881,8 +932,15 @@ impl Lists {
             None => false,
         };
         let author = author.unwrap_or_else(|| sender.clone());
-        self.distribute(list, &post.trace, &author, author_name.as_deref(), strict, &message)
-            .await
+        self.distribute(
+            list,
+            &post.trace,
+            &author,
+            author_name.as_deref(),
+            strict,
+            &message,
+        )
+        .await
     }
 
     /// Whether `domain` publishes DMARC `p=reject` or `p=quarantine` (its own record, else its
@@ -905,10 +963,15 @@ impl Lists {
                     let tag = |name: &str| {
                         text.split(';').find_map(|t| {
                             let (k, v) = t.split_once('=')?;
-                            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_ascii_lowercase())
+                            (k.trim().eq_ignore_ascii_case(name))
+                                .then(|| v.trim().to_ascii_lowercase())
                         })
                     };
-                    let p = if own { tag("p") } else { tag("sp").or_else(|| tag("p")) };
+                    let p = if own {
+                        tag("p")
+                    } else {
+                        tag("sp").or_else(|| tag("p"))
+                    };
                     return matches!(p.as_deref(), Some("reject" | "quarantine"));
                 }
             }
@@ -923,7 +986,14 @@ impl Lists {
         }
     }
 
-    async fn hold(&self, list: &MailList, post: &Post, author: &str, subject: &str, message: Vec<u8>) -> Result<Received, DirError> {
+    async fn hold(
+        &self,
+        list: &MailList,
+        post: &Post,
+        author: &str,
+        subject: &str,
+        message: Vec<u8>,
+    ) -> Result<Received, DirError> {
         let (list_id, t) = (list.id, now());
         let sender = post.sender.clone();
         let (author, subject) = (author.to_string(), subject.to_string());
@@ -956,7 +1026,10 @@ impl Lists {
             return Ok(Received::Refused(
                 452,
                 "4.3.1",
-                format!("<{}> has too many posts waiting for the moderator", list.address()),
+                format!(
+                    "<{}> has too many posts waiting for the moderator",
+                    list.address()
+                ),
             ));
         };
         tracing::info!(list = %list.address(), held = h.id, author = %h.author, "post held for the moderator");
@@ -971,20 +1044,38 @@ impl Lists {
             name = list.name,
             id = h.id,
         );
-        self.notify(list, &list.owner, &format!("Post to {} held for approval", list.address()), &text, None)
-            .await;
-        Ok(Received::Done(format!("Ok: held for the moderator of {}", list.address())))
+        self.notify(
+            list,
+            &list.owner,
+            &format!("Post to {} held for approval", list.address()),
+            &text,
+            None,
+        )
+        .await;
+        Ok(Received::Done(format!(
+            "Ok: held for the moderator of {}",
+            list.address()
+        )))
     }
 
     /// A moderator's approval: the held message goes out as a post.
-    pub async fn approve(&self, list: &MailList, held: &HeldPost, message: &[u8]) -> Result<Received, DirError> {
+    pub async fn approve(
+        &self,
+        list: &MailList,
+        held: &HeldPost,
+        message: &[u8],
+    ) -> Result<Received, DirError> {
         let strict = match held.author.rsplit_once('@') {
             Some((_, d)) => self.dmarc_strict(d).await,
             None => false,
         };
         let name = mail_parser::MessageParser::default()
             .parse_headers(message)
-            .and_then(|m| m.from().and_then(|f| f.first()).and_then(|a| a.name().map(str::to_string)));
+            .and_then(|m| {
+                m.from()
+                    .and_then(|f| f.first())
+                    .and_then(|a| a.name().map(str::to_string))
+            });
         self.distribute(list, "", &held.author, name.as_deref(), strict, message)
             .await
     }
@@ -1014,10 +1105,14 @@ impl Lists {
                     signed.extend_from_slice(&common);
                     common = signed;
                 }
-                Err(e) => tracing::error!(list = %list.address(), error = %e, "DKIM signing the post failed; sent unsigned"),
+                Err(e) => {
+                    tracing::error!(list = %list.address(), error = %e, "DKIM signing the post failed; sent unsigned")
+                }
             },
             Ok(None) => {}
-            Err(e) => tracing::error!(list = %list.address(), error = %e, "loading the list domain's DKIM key failed"),
+            Err(e) => {
+                tracing::error!(list = %list.address(), error = %e, "loading the list domain's DKIM key failed")
+            }
         }
         let members: Vec<ListMember> = self
             .store
@@ -1028,7 +1123,10 @@ impl Lists {
         for m in members.iter().filter(|m| m.enabled) {
             match self.directory.resolve(&m.address)? {
                 Resolution::Foreign => remote.push((m.address.clone(), None)),
-                Resolution::Local { accounts, remote: onward } => {
+                Resolution::Local {
+                    accounts,
+                    remote: onward,
+                } => {
                     for a in accounts.into_iter().filter(|a| a.enabled) {
                         if seen.insert(a.id) {
                             local.push((a.id, m.address.clone()));
@@ -1078,7 +1176,14 @@ impl Lists {
             l.posts += 1;
             if archive {
                 let n = l.posts;
-                w.put(&MAIL_LIST_ARCHIVE, (l.id, n), &ArchivedPost { number: n, ..archived.clone() })?;
+                w.put(
+                    &MAIL_LIST_ARCHIVE,
+                    (l.id, n),
+                    &ArchivedPost {
+                        number: n,
+                        ..archived.clone()
+                    },
+                )?;
                 w.put_raw(&MAIL_LIST_ARCHIVE_DATA, (l.id, n), &kept)?;
                 if n > MAX_ARCHIVE {
                     w.remove(&MAIL_LIST_ARCHIVE, (l.id, n - MAX_ARCHIVE))?;
@@ -1125,8 +1230,15 @@ impl Lists {
     }
 
     /// A bounce at the list's VERP address: one more for the member it names.
-    async fn bounce(&self, list: &MailList, member: Option<&str>, message: &[u8]) -> Result<Received, DirError> {
-        let member = member.map(str::to_string).or_else(|| final_recipient(message));
+    async fn bounce(
+        &self,
+        list: &MailList,
+        member: Option<&str>,
+        message: &[u8],
+    ) -> Result<Received, DirError> {
+        let member = member
+            .map(str::to_string)
+            .or_else(|| final_recipient(message));
         let Some(member) = member else {
             return Ok(Received::Done("Ok: bounce without a member taken".into()));
         };
@@ -1142,7 +1254,12 @@ impl Lists {
     }
 
     /// `name-subscribe@` / `name-unsubscribe@`: a token mailed to the sender, to be confirmed.
-    async fn request(&self, list: &MailList, post: &Post, action: &'static str) -> Result<Received, DirError> {
+    async fn request(
+        &self,
+        list: &MailList,
+        post: &Post,
+        action: &'static str,
+    ) -> Result<Received, DirError> {
         let done = || Ok(Received::Done(format!("Ok: {action} request taken")));
         let Some(address) = address::address(&post.sender).map(|(l, d)| format!("{l}@{d}")) else {
             return done(); // the null sender can't confirm anything
@@ -1185,7 +1302,11 @@ impl Lists {
             .await
             .map_err(|e| DirError::Unavailable(e.to_string()))?;
         if !taken {
-            return Ok(Received::Refused(452, "4.3.1", "Too many requests waiting; try again later".into()));
+            return Ok(Received::Refused(
+                452,
+                "4.3.1",
+                "Too many requests waiting; try again later".into(),
+            ));
         }
         let confirm = format!("{}-confirm+{token}@{}", list.name, list.domain);
         let text = format!(
@@ -1220,7 +1341,9 @@ impl Lists {
                     return Ok(None);
                 }
                 if p.action == "subscribe" {
-                    if w.get(&MAIL_LIST_MEMBERS, (list_id, p.address.as_str()))?.is_none() {
+                    if w.get(&MAIL_LIST_MEMBERS, (list_id, p.address.as_str()))?
+                        .is_none()
+                    {
                         w.put(
                             &MAIL_LIST_MEMBERS,
                             (list_id, p.address.as_str()),
@@ -1241,7 +1364,11 @@ impl Lists {
             .await
             .map_err(|e| DirError::Unavailable(e.to_string()))?;
         let Some(p) = done else {
-            return Ok(Received::Refused(550, "5.7.1", "Unknown or expired confirmation token".into()));
+            return Ok(Received::Refused(
+                550,
+                "5.7.1",
+                "Unknown or expired confirmation token".into(),
+            ));
         };
         tracing::info!(list = %list.address(), address = %p.address, action = %p.action, "request confirmed");
         let text = if p.action == "subscribe" {
@@ -1264,15 +1391,29 @@ impl Lists {
     }
 
     /// A message from the list to `to` (with the list's bounce address as return path).
-    async fn notify(&self, list: &MailList, to: &str, subject: &str, text: &str, reply_to: Option<&str>) {
+    async fn notify(
+        &self,
+        list: &MailList,
+        to: &str,
+        subject: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) {
         let t = now();
         let message = notice(&self.hostname, list, to, subject, text, reply_to, t);
         let bounce_address = format!("{}+bounces@{}", list.name, list.domain);
         let local = self.directory.resolve(to);
         let (recipients, remote): (Vec<Recipient>, Vec<(String, Option<String>)>) = match local {
             Ok(Resolution::Local { accounts, remote }) => (
-                accounts.iter().filter(|a| a.enabled).map(|a| Recipient::inbox(a.id)).collect(),
-                remote.into_iter().map(|r| (r, Some(to.to_string()))).collect(),
+                accounts
+                    .iter()
+                    .filter(|a| a.enabled)
+                    .map(|a| Recipient::inbox(a.id))
+                    .collect(),
+                remote
+                    .into_iter()
+                    .map(|r| (r, Some(to.to_string())))
+                    .collect(),
             ),
             _ => (Vec::new(), vec![(to.to_string(), None)]),
         };
@@ -1306,7 +1447,15 @@ pub fn list_id(list: &MailList) -> String {
     format!("<{}.{}>", list.name, list.domain)
 }
 
-fn notice(hostname: &str, list: &MailList, to: &str, subject: &str, text: &str, reply_to: Option<&str>, t: i64) -> Vec<u8> {
+fn notice(
+    hostname: &str,
+    list: &MailList,
+    to: &str,
+    subject: &str,
+    text: &str,
+    reply_to: Option<&str>,
+    t: i64,
+) -> Vec<u8> {
     use time::format_description::well_known::Rfc2822;
     let date = time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
@@ -1359,7 +1508,8 @@ fn field_name(f: &[u8]) -> &str {
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn subject_of(message: &[u8]) -> String {
@@ -1375,7 +1525,10 @@ fn phrase(name: &str) -> String {
     if name.is_ascii() {
         format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
-        format!("=?utf-8?b?{}?=", base64::engine::general_purpose::STANDARD.encode(name.as_bytes()))
+        format!(
+            "=?utf-8?b?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(name.as_bytes())
+        )
     }
 }
 
@@ -1394,7 +1547,13 @@ const REPLACED: &[&str] = &[
 ];
 
 /// The post as the list sends it, without the per-member `List-Unsubscribe`.
-pub fn list_message(list: &MailList, message: &[u8], author: &str, author_name: Option<&str>, strict: bool) -> Vec<u8> {
+pub fn list_message(
+    list: &MailList,
+    message: &[u8],
+    author: &str,
+    author_name: Option<&str>,
+    strict: bool,
+) -> Vec<u8> {
     let split = crate::inbound::header_end(message).unwrap_or(message.len());
     let (headers, body) = message.split_at(split);
     let address = list.address();
@@ -1406,9 +1565,21 @@ pub fn list_message(list: &MailList, message: &[u8], author: &str, author_name: 
     } else {
         push(&mut out, &format!("List-Post: <mailto:{address}>\r\n"));
     }
-    push(&mut out, &format!("List-Help: <mailto:{}?subject=help>\r\n", list.owner));
-    push(&mut out, &format!("List-Subscribe: <mailto:{}-subscribe@{}>\r\n", list.name, list.domain));
-    push(&mut out, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nPrecedence: list\r\n");
+    push(
+        &mut out,
+        &format!("List-Help: <mailto:{}?subject=help>\r\n", list.owner),
+    );
+    push(
+        &mut out,
+        &format!(
+            "List-Subscribe: <mailto:{}-subscribe@{}>\r\n",
+            list.name, list.domain
+        ),
+    );
+    push(
+        &mut out,
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nPrecedence: list\r\n",
+    );
     let replace_reply_to = strict || list.reply_to == "list";
     let mut had_subject = false;
     for f in fields(headers) {
@@ -1442,10 +1613,15 @@ pub fn list_message(list: &MailList, message: &[u8], author: &str, author_name: 
         push(&mut out, &format!("Subject: {p} (no subject)\r\n"));
     }
     if strict {
-        let who = author_name.filter(|n| !n.trim().is_empty()).unwrap_or(author);
+        let who = author_name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or(author);
         push(
             &mut out,
-            &format!("From: {} <{address}>\r\n", phrase(&format!("{who} via {}", list.name))),
+            &format!(
+                "From: {} <{address}>\r\n",
+                phrase(&format!("{who} via {}", list.name))
+            ),
         );
     }
     if list.reply_to == "list" {
@@ -1496,7 +1672,10 @@ impl ListSender {
 
     /// The return path and the header of the copy for `member` (it goes before the message).
     pub fn copy_for(&self, member: &str) -> (String, String) {
-        (verp(&self.list, member), member_header(&self.list, &self.api_url, member))
+        (
+            verp(&self.list, member),
+            member_header(&self.list, &self.api_url, member),
+        )
     }
 }
 
@@ -1541,15 +1720,25 @@ mod tests {
         assert_eq!(t("other"), None);
         let l = list();
         let v = verp(&l, "a-b@x.org");
-        assert!(v.starts_with("team+bounces-") && v.ends_with("-a-b=x.org@example.com"), "{v}");
+        assert!(
+            v.starts_with("team+bounces-") && v.ends_with("-a-b=x.org@example.com"),
+            "{v}"
+        );
         let local = v.split('@').next().unwrap();
         let mut lists = std::collections::HashMap::new();
         lists.insert("team@example.com".to_string(), 7u64);
-        let Some(ListTarget { role: Role::Bounce(Some((m, tag))), .. }) = target(&lists, local, "example.com") else {
+        let Some(ListTarget {
+            role: Role::Bounce(Some((m, tag))),
+            ..
+        }) = target(&lists, local, "example.com")
+        else {
             panic!("{v}");
         };
         assert_eq!((m.as_str(), tag), ("a-b@x.org", verp_tag(&l, "a-b@x.org")));
-        assert_eq!(list_of_bounce_address("team+bounces@example.com").as_deref(), Some("team@example.com"));
+        assert_eq!(
+            list_of_bounce_address("team+bounces@example.com").as_deref(),
+            Some("team@example.com")
+        );
     }
 
     #[test]
@@ -1560,14 +1749,18 @@ mod tests {
         assert_eq!(&URL_SAFE_NO_PAD.decode(payload).unwrap()[8..], b"a@x.org");
         let mut other = l.clone();
         other.secret = "11".repeat(32);
-        assert_ne!(sign_member(&other, "a@x.org").split_once('.').unwrap().1, mac);
+        assert_ne!(
+            sign_member(&other, "a@x.org").split_once('.').unwrap().1,
+            mac
+        );
     }
 
     #[test]
     fn the_list_message_has_the_list_headers_and_rewrites_from_when_strict() {
         let l = list();
         let m = b"From: Ann <ann@strict.org>\r\nSubject: hello\r\nList-Id: <other.list>\r\nReply-To: x@y\r\n\r\nbody\r\n";
-        let out = String::from_utf8(list_message(&l, m, "ann@strict.org", Some("Ann"), true)).unwrap();
+        let out =
+            String::from_utf8(list_message(&l, m, "ann@strict.org", Some("Ann"), true)).unwrap();
         assert!(out.starts_with("List-Id: <team.example.com>\r\n"), "{out}");
         assert!(!out.contains("<other.list>"));
         assert!(out.contains("Subject: [team] hello\r\n"));
@@ -1576,8 +1769,18 @@ mod tests {
         assert!(!out.contains("x@y"));
         assert!(out.ends_with("\r\n\r\nbody\r\n"), "{out:?}");
         assert_eq!(out.matches("\r\n\r\n").count(), 1);
-        let plain = String::from_utf8(list_message(&l, b"From: ann@a.org\r\nSubject: [team] re\r\n\r\nb", "ann@a.org", None, false)).unwrap();
-        assert!(plain.contains("From: ann@a.org\r\n") && plain.contains("Subject: [team] re\r\n"), "{plain}");
+        let plain = String::from_utf8(list_message(
+            &l,
+            b"From: ann@a.org\r\nSubject: [team] re\r\n\r\nb",
+            "ann@a.org",
+            None,
+            false,
+        ))
+        .unwrap();
+        assert!(
+            plain.contains("From: ann@a.org\r\n") && plain.contains("Subject: [team] re\r\n"),
+            "{plain}"
+        );
     }
 
     #[test]

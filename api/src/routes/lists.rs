@@ -32,7 +32,9 @@ fn require_domain(p: &Principal, domain: &str) -> Result<String, ApiError> {
     if p.owns_domain(&d) {
         Ok(d)
     } else {
-        Err(ApiError::Forbidden(format!("This token does not manage {d}")))
+        Err(ApiError::Forbidden(format!(
+            "This token does not manage {d}"
+        )))
     }
 }
 
@@ -182,7 +184,9 @@ impl MembersBody {
         let mut all = self.addresses;
         all.extend(self.address);
         if all.is_empty() {
-            return Err(ApiError::Validation("address or addresses is required".into()));
+            return Err(ApiError::Validation(
+                "address or addresses is required".into(),
+            ));
         }
         Ok(all)
     }
@@ -439,7 +443,9 @@ pub async fn members(
 ) -> Result<Json<Data<Vec<MemberView>>>, ApiError> {
     let domain = require_domain(&p, &domain)?;
     let (_, members) = on_dir(&s, move |d| d.list(&domain, &name)).await?;
-    Ok(Json(Data::new(members.iter().map(MemberView::from).collect())))
+    Ok(Json(Data::new(
+        members.iter().map(MemberView::from).collect(),
+    )))
 }
 
 /// Adds members (idempotent; a member disabled by bounces is enabled again).
@@ -561,7 +567,11 @@ pub async fn moderate(
     let approve = match b.action.as_deref() {
         Some("approve") => true,
         Some("reject") => false,
-        _ => return Err(ApiError::Validation("action must be approve or reject".into())),
+        _ => {
+            return Err(ApiError::Validation(
+                "action must be approve or reject".into(),
+            ));
+        }
     };
     let (list, post, message) = on_dir(&s, move |d| d.take_held(&domain, &name, id)).await?;
     let view = HeldView::from(&post);

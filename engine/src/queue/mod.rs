@@ -463,7 +463,8 @@ impl Queue {
         let verdicts = if local {
             self.deliver_local(&entry.sender, &rcpts, &body).await
         } else if entry.source == "list" {
-            self.deliver_list(domain, &entry.sender, &rcpts, &body).await
+            self.deliver_list(domain, &entry.sender, &rcpts, &body)
+                .await
         } else {
             remote::deliver(self, domain, &entry.sender, &rcpts, &[&body]).await
         };
@@ -553,9 +554,9 @@ impl Queue {
                     std::slice::from_ref(rcpt),
                     &[header.as_bytes(), body],
                 )
-                    .await
-                    .into_iter()
-                    .next();
+                .await
+                .into_iter()
+                .next();
                 out.lock().unwrap_or_else(PoisonError::into_inner)[i] = v;
             }
         };

@@ -389,7 +389,10 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     let lost = |e: mail_send::Error| deferred(Some(remote), format!("451 4.4.2 {remote}: {e}"));
     let mut params = String::new();
     if ehlo.has_capability(EXT_SIZE) {
-        params.push_str(&format!(" SIZE={}", body.iter().map(|p| p.len()).sum::<usize>()));
+        params.push_str(&format!(
+            " SIZE={}",
+            body.iter().map(|p| p.len()).sum::<usize>()
+        ));
     }
     if ehlo.has_capability(EXT_8BIT_MIME) && !body.iter().all(|p| p.is_ascii()) {
         params.push_str(" BODY=8BITMIME");

@@ -291,7 +291,11 @@ impl Core {
                 crate::lists::Received::Failed(why) => {
                     self.count_message(MessageOutcome::StoreFailed);
                     tracing::error!(id = %tx.id, list = %target.list, error = %why, "list mail failed");
-                    Reply::new(451, "4.3.0", "Temporary failure handling the list's mail, try again later")
+                    Reply::new(
+                        451,
+                        "4.3.0",
+                        "Temporary failure handling the list's mail, try again later",
+                    )
                 }
             };
         }
