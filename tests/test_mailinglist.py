@@ -394,3 +394,28 @@ def test_floods_of_requests_and_a_big_post_stay_bounded(lists):
     assert grown_mb < 300, grown_mb
     members = w.request("GET", f"{LIST}/team/members").json["data"]
     assert len(members) == 40  # nobody joined without confirming
+
+
+def test_an_acknowledged_post_survives_kill_9(make_wispd, tmp_path):
+    """The 250 for a post means every member's copy is committed: killed (-9) at once, with the
+    destination down, the local copies are there after the restart and the remote members get
+    theirs once the destination is up, each with its own VERP return path."""
+    import signal
+    port = free_port()
+    w = start(make_wispd, relay=f"127.0.0.1:{port}", retry_seconds=1, max_retry_seconds=1)
+    make_list(w, members=["bob@example.com", "r1@remote.example", "r2@remote.example"], policy="anyone")
+    post(w, "someone@remote.example", subject="durable")
+    assert w.stop(signal.SIGKILL)[0] == -signal.SIGKILL
+    w.start()
+    (m,) = inbox(w, "bob@example.com")
+    assert m["Subject"] == "durable"
+    (q,) = w.request("GET", "/api/v1/email/queue").json["data"]
+    assert q["source"] == "list" and sorted(r["address"] for r in q["recipients"]) == ["r1@remote.example", "r2@remote.example"]
+    dest = Receiver(tmp_path / "dest", f"127.0.0.1:{port}").start()
+    try:
+        got = dest.wait(2, timeout=30)
+        assert sorted(x["rcpt_tos"][0] for x in got) == ["r1@remote.example", "r2@remote.example"]
+        assert all(x["mail_from"].startswith("team+bounces-") for x in got)
+        assert wait_until(lambda: w.request("GET", "/api/v1/email/queue").json["data"] == [], timeout=20)
+    finally:
+        dest.stop()
