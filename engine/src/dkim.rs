@@ -273,29 +273,12 @@ impl SigningKey {
 
     /// A `DKIM-Signature:` header (with its CRLF) for `message` (relaxed/relaxed).
     pub fn dkim(self, message: &[u8]) -> Result<String, DkimError> {
-        use mail_auth::common::headers::HeaderWriter;
-        use mail_auth::dkim::{Canonicalization, DkimSigner};
-        let SigningKey {
-            domain,
-            selector,
-            key,
-        } = self;
-        DkimSigner::from_key(key)
-            .domain(domain.as_str())
-            .selector(selector.as_str())
-            .headers(SIGNED_HEADERS)
-            .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(Canonicalization::Relaxed)
-            .sign(message)
-            .map(|s| s.to_header())
-            .map_err(|source| DkimError::Sign { domain, source })
+        self.sign_headers(message, &SIGNED_HEADERS)
     }
 
     /// A `DKIM-Signature:` for a list's post: what the list sets and the author wrote, not
     /// the per-member `List-Unsubscribe` that is added after.
     pub fn dkim_list(self, message: &[u8]) -> Result<String, DkimError> {
-        use mail_auth::common::headers::HeaderWriter;
-        use mail_auth::dkim::{Canonicalization, DkimSigner};
         const LIST_HEADERS: &[&str] = &[
             "From",
             "Reply-To",
@@ -316,6 +299,12 @@ impl SigningKey {
             "List-Unsubscribe-Post",
             "Precedence",
         ];
+        self.sign_headers(message, LIST_HEADERS)
+    }
+
+    fn sign_headers(self, message: &[u8], headers: &[&str]) -> Result<String, DkimError> {
+        use mail_auth::common::headers::HeaderWriter;
+        use mail_auth::dkim::{Canonicalization, DkimSigner};
         let SigningKey {
             domain,
             selector,
@@ -324,7 +313,7 @@ impl SigningKey {
         DkimSigner::from_key(key)
             .domain(domain.as_str())
             .selector(selector.as_str())
-            .headers(LIST_HEADERS.iter().copied())
+            .headers(headers.iter().copied())
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed)
             .sign(message)

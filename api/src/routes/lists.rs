@@ -468,18 +468,7 @@ pub async fn members_add(
     Path((domain, name)): Path<(String, String)>,
     JsonBody(b): JsonBody<MembersBody>,
 ) -> Result<Json<Data<MembersChanged>>, ApiError> {
-    let domain = require_domain(&p, &domain)?;
-    let all = b.all()?;
-    let changed = on_dir(&s, move |d| {
-        let changed = d.add_list_members(&domain, &name, &all)?;
-        let (_, m) = d.list(&domain, &name)?;
-        Ok(MembersChanged {
-            changed,
-            members: m.len(),
-        })
-    })
-    .await?;
-    Ok(Json(Data::new(changed)))
+    change_members(&s, &p, &domain, &name, b, true).await
 }
 
 /// Removes members (idempotent).
@@ -502,10 +491,26 @@ pub async fn members_remove(
     Path((domain, name)): Path<(String, String)>,
     JsonBody(b): JsonBody<MembersBody>,
 ) -> Result<Json<Data<MembersChanged>>, ApiError> {
-    let domain = require_domain(&p, &domain)?;
+    change_members(&s, &p, &domain, &name, b, false).await
+}
+
+async fn change_members(
+    s: &AppState,
+    p: &Principal,
+    domain: &str,
+    name: &str,
+    b: MembersBody,
+    add: bool,
+) -> Result<Json<Data<MembersChanged>>, ApiError> {
+    let domain = require_domain(p, domain)?;
     let all = b.all()?;
-    let changed = on_dir(&s, move |d| {
-        let changed = d.remove_list_members(&domain, &name, &all)?;
+    let name = name.to_string();
+    let changed = on_dir(s, move |d| {
+        let changed = if add {
+            d.add_list_members(&domain, &name, &all)?
+        } else {
+            d.remove_list_members(&domain, &name, &all)?
+        };
         let (_, m) = d.list(&domain, &name)?;
         Ok(MembersChanged {
             changed,
