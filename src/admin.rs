@@ -173,6 +173,31 @@ fn summary(fw: &Value) -> String {
 }
 
 /// `wispd messages`: straight from the store when no server holds it, else through the API.
+/// `wispd import`: through the running server's API.
+pub fn import(
+    target: &Target,
+    source: crate::cli::ImportSource,
+    from: &[PathBuf],
+    dry_run: bool,
+) -> ExitCode {
+    let result = locate(target).and_then(|(data_dir, cert)| {
+        let dirs = crate::import::dirs(from)?;
+        let api = Api::connect(&data_dir, &cert)?;
+        let report = runtime()?.block_on(async {
+            match source {
+                crate::cli::ImportSource::Csf => crate::import::csf(&api, &dirs, dry_run).await,
+            }
+        })?;
+        if target.json {
+            println!("{}", report.json(dry_run));
+        } else {
+            report.print(dry_run);
+        }
+        Ok(())
+    });
+    finish(result)
+}
+
 pub fn messages(target: &Target, address: &str, raw: bool) -> ExitCode {
     let located = locate(target);
     let (data_dir, cert) = match located {

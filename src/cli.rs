@@ -39,6 +39,13 @@ pub struct Target {
     pub json: bool,
 }
 
+/// What `wispd import` reads.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ImportSource {
+    /// ConfigServer Firewall: settings and lists.
+    Csf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (API, mail and firewall) until SIGTERM/SIGINT.
@@ -88,6 +95,22 @@ pub enum Command {
         /// Include each whole message (as text) under "raw" (through the API: 64 MiB at most).
         #[arg(long)]
         raw: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Bring another server's setup over to the running server, through its API: `csf` reads
+    /// csf.conf, csf.allow, csf.deny, csf.tempban, csf.ignore and csf.blocklists. Running it
+    /// again changes nothing; every item that can't come over is listed with the reason.
+    Import {
+        /// What to import from.
+        #[arg(value_enum)]
+        source: ImportSource,
+        /// Where its files are (repeatable); default /etc/csf and /var/lib/csf.
+        #[arg(long, value_name = "DIR")]
+        from: Vec<PathBuf>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         target: Target,
     },

@@ -134,6 +134,10 @@ impl Api {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.base.trim_end_matches('/'))
     }

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod client;
 mod config;
+mod import;
 mod serve;
 mod tls;
 
@@ -50,6 +51,12 @@ fn main() -> ExitCode {
             raw,
             target,
         } => admin::messages(&target, &address, raw),
+        Command::Import {
+            source,
+            from,
+            dry_run,
+            target,
+        } => admin::import(&target, source, &from, dry_run),
         Command::Serve { config, data_dir } => {
             init_tracing();
             let cfg = match &config {

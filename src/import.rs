@@ -1,0 +1,537 @@
+//! `wispd import csf`: a CSF server's settings and lists onto the running wispd, through its
+//! API (so every change is validated, lockout-guarded and applied in the kernel as any other).
+//!
+//! Read from the `--from` directories (default `/etc/csf` and `/var/lib/csf`): `csf.conf` (every
+//! key wispd has goes to `/csf/config`; the others are listed), `csf.allow` and `csf.deny` (with
+//! their comments, `#do not delete` included), `csf.tempban` (with what is left of each TTL),
+//! `csf.ignore` (into `LF_IGNORE`) and `csf.blocklists`. Idempotent: what is already so is
+//! counted, not sent again; `--dry-run` says what would change and changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use crate::client::Api;
+
+/// What an import did (or would do, in a dry run).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One line per change.
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    /// (item, why).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Report {
+    fn skip(&mut self, item: impl Into<String>, why: impl Into<String>) {
+        self.skipped.push((item.into(), why.into()));
+    }
+
+    pub fn json(&self, dry_run: bool) -> Value {
+        json!({
+            "dry_run": dry_run,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped.iter().map(|(i, w)| json!({"item": i, "reason": w})).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn print(&self, dry_run: bool) {
+        let verb = if dry_run { "would change" } else { "changed" };
+        for c in &self.changed {
+            println!("{verb}: {c}");
+        }
+        for (item, why) in &self.skipped {
+            println!("skipped: {item}: {why}");
+        }
+        if self.changed.is_empty() {
+            println!(
+                "nothing to do: {} item(s) already so, {} skipped",
+                self.unchanged,
+                self.skipped.len()
+            );
+        } else {
+            println!(
+                "{} {verb}, {} already so, {} skipped",
+                self.changed.len(),
+                self.unchanged,
+                self.skipped.len()
+            );
+        }
+    }
+}
+
+/// The first of `dirs` that has `name`.
+fn find(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn read(path: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `KEY = "value"` lines of csf.conf, in order, with their line numbers.
+pub fn parse_conf(text: &str) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        out.push((n + 1, k.trim().to_string(), v.to_string()));
+    }
+    out
+}
+
+/// A value as compared: comma lists as sets, blanks trimmed.
+fn normal(v: &str) -> BTreeSet<String> {
+    v.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// One entry of csf.allow / csf.deny / csf.ignore: (line, address or CIDR, comment).
+type ListLine = (usize, String, String);
+
+/// The plain entries of a CSF list file; advanced filters and `Include` lines are skipped.
+pub fn parse_list(file: &str, text: &str, report: &mut Report) -> Vec<ListLine> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (spec, comment) = match line.split_once('#') {
+            Some((s, c)) => (s.trim(), c.trim()),
+            None => (line, ""),
+        };
+        let item = format!("{file}:{}: {spec}", n + 1);
+        if spec.to_ascii_lowercase().starts_with("include") {
+            report.skip(
+                item,
+                "Include lines are not followed: import the included file with its own --from",
+            );
+            continue;
+        }
+        if spec.contains('|') {
+            report.skip(
+                item,
+                "advanced filters (proto|dir|port|address) are not built in wispd",
+            );
+            continue;
+        }
+        if spec.contains(char::is_whitespace) {
+            report.skip(item, "not an address or CIDR");
+            continue;
+        }
+        let comment: String = comment
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        out.push((n + 1, spec.to_string(), comment));
+    }
+    out
+}
+
+/// Whether `a` (from a CSF file) and `b` (as wispd lists it) are the same entry.
+fn same_net(a: &str, b: &str) -> bool {
+    let bare = |s: &str| {
+        s.strip_suffix("/32")
+            .or_else(|| s.strip_suffix("/128"))
+            .unwrap_or(s)
+            .to_ascii_lowercase()
+    };
+    bare(a) == bare(b)
+}
+
+/// A progress bar on a terminal; nothing otherwise (the lines printed at the end say it all).
+fn bar(len: usize, what: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || len < 2 {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>14} [{bar:30}] {pos}/{len} ({per_sec}, {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    Some(pb)
+}
+
+async fn entries(api: &Api, which: &str) -> Result<Vec<(String, String)>> {
+    let v = api.get(&format!("/csf/{which}")).await?;
+    Ok(v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["ip"].as_str().unwrap_or_default().to_string(),
+                        e["comment"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Adds the entries of one list file that wispd doesn't have.
+async fn import_list(
+    api: &Api,
+    which: &str,
+    file: &str,
+    lines: Vec<ListLine>,
+    ttl_of: impl Fn(&str) -> i64,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let have = entries(api, which).await?;
+    let pb = bar(lines.len(), file);
+    for (n, ip, comment) in lines {
+        if let Some(pb) = &pb {
+            pb.inc(1);
+        }
+        if have.iter().any(|(h, _)| same_net(&ip, h)) {
+            report.unchanged += 1;
+            continue;
+        }
+        let what = format!(
+            "{which} {ip}{}",
+            if comment.is_empty() {
+                String::new()
+            } else {
+                format!(" ({comment})")
+            }
+        );
+        if dry_run {
+            report.changed.push(what);
+            continue;
+        }
+        let mut body = json!({"ip": ip, "comment": comment});
+        let ttl = ttl_of(&ip);
+        if ttl > 0 {
+            body["ttl"] = json!(ttl);
+        }
+        match api.post(&format!("/csf/{which}"), &body).await {
+            Ok(_) => report.changed.push(what),
+            Err(e) => report.skip(format!("{file}:{n}: {ip}"), format!("{e:#}")),
+        }
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(())
+}
+
+/// `csf.tempban` lines (`time|ip|port|dir|seconds|message`): (ip, seconds left, message), the
+/// expired ones left out.
+fn parse_tempban(text: &str, now: i64) -> Vec<(String, i64, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split('|').collect();
+            if f.len() < 5 {
+                return None;
+            }
+            let start: i64 = f[0].trim().parse().ok()?;
+            let secs: i64 = f[4].trim().parse().ok()?;
+            let left = start.saturating_add(secs).saturating_sub(now);
+            (left > 0).then(|| {
+                (
+                    f[1].trim().to_string(),
+                    left,
+                    f.get(5).map_or("", |m| m.trim()).to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+pub async fn csf(api: &Api, dirs: &[PathBuf], dry_run: bool) -> Result<Report> {
+    let mut report = Report::default();
+    let now = wispd_store::unix_now();
+    // settings, with csf.ignore merged into LF_IGNORE
+    let current = api.get("/csf/config").await?;
+    let current: BTreeMap<String, String> = current["data"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    match find(dirs, "csf.conf") {
+        Some(path) => {
+            for (n, k, v) in parse_conf(&read(&path)?) {
+                if !current.contains_key(&k) {
+                    report.skip(format!("csf.conf:{n}: {k}"), "not a setting wispd has");
+                    continue;
+                }
+                wanted.insert(k, v);
+            }
+        }
+        None => report.skip("csf.conf", "not found in the --from directories"),
+    }
+    if let Some(path) = find(dirs, "csf.ignore") {
+        let ignore = parse_list("csf.ignore", &read(&path)?, &mut report);
+        if !ignore.is_empty() {
+            let base = wanted
+                .get("LF_IGNORE")
+                .or_else(|| current.get("LF_IGNORE"))
+                .cloned()
+                .unwrap_or_default();
+            let mut all: Vec<String> = base
+                .split([',', ' '])
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            for (_, ip, _) in ignore {
+                if !all.iter().any(|a| same_net(a, &ip)) {
+                    all.push(ip);
+                }
+            }
+            wanted.insert("LF_IGNORE".into(), all.join(","));
+        }
+    }
+    let changes: BTreeMap<String, String> = wanted
+        .into_iter()
+        .filter(|(k, v)| {
+            let same = current.get(k).is_some_and(|c| normal(c) == normal(v));
+            if same {
+                report.unchanged += 1;
+            }
+            !same
+        })
+        .collect();
+    if !changes.is_empty() {
+        let lines: Vec<String> = changes
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "csf.conf {k} = \"{v}\" (was \"{}\")",
+                    current.get(k).map_or("", |c| c.as_str())
+                )
+            })
+            .collect();
+        if dry_run {
+            report.changed.extend(lines);
+        } else {
+            let body = Value::Object(changes.iter().map(|(k, v)| (k.clone(), json!(v))).collect());
+            match api.put("/csf/config", &body).await {
+                Ok(_) => report.changed.extend(lines),
+                // one at a time, so that one refused key doesn't keep the others out
+                Err(_) => {
+                    for ((k, v), line) in changes.iter().zip(lines) {
+                        match api.put("/csf/config", &json!({ k: v })).await {
+                            Ok(_) => report.changed.push(line),
+                            Err(e) => report.skip(format!("csf.conf {k}"), format!("{e:#}")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // the lists: allow before deny, so that nothing allowed is locked out in between
+    match find(dirs, "csf.allow") {
+        Some(path) => {
+            let lines = parse_list("csf.allow", &read(&path)?, &mut report);
+            import_list(
+                api,
+                "whitelist",
+                "csf.allow",
+                lines,
+                |_| 0,
+                dry_run,
+                &mut report,
+            )
+            .await?;
+        }
+        None => report.skip("csf.allow", "not found in the --from directories"),
+    }
+    match find(dirs, "csf.deny") {
+        Some(path) => {
+            let lines = parse_list("csf.deny", &read(&path)?, &mut report);
+            import_list(
+                api,
+                "blacklist",
+                "csf.deny",
+                lines,
+                |_| 0,
+                dry_run,
+                &mut report,
+            )
+            .await?;
+        }
+        None => report.skip("csf.deny", "not found in the --from directories"),
+    }
+    if let Some(path) = find(dirs, "csf.tempban") {
+        let bans = parse_tempban(&read(&path)?, now);
+        let ttls: BTreeMap<String, i64> = bans
+            .iter()
+            .map(|(ip, left, _)| (ip.clone(), *left))
+            .collect();
+        let lines: Vec<ListLine> = bans
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ip, _, m))| {
+                (
+                    i + 1,
+                    ip,
+                    if m.is_empty() {
+                        "csf tempban".into()
+                    } else {
+                        m
+                    },
+                )
+            })
+            .collect();
+        import_list(
+            api,
+            "blacklist",
+            "csf.tempban",
+            lines,
+            |ip| ttls.get(ip).copied().unwrap_or(0),
+            dry_run,
+            &mut report,
+        )
+        .await?;
+    }
+    if let Some(path) = find(dirs, "csf.blocklists") {
+        blocklists(api, &read(&path)?, dry_run, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// `NAME|INTERVAL|MAX|URL` lines (CSF ships them commented out: only the enabled ones count).
+async fn blocklists(api: &Api, text: &str, dry_run: bool, report: &mut Report) -> Result<()> {
+    let have = api.get("/csf/blocklists").await?;
+    let have = have["data"].as_array().cloned().unwrap_or_default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.splitn(4, '|').map(str::trim).collect();
+        let item = format!("csf.blocklists:{}: {line}", n + 1);
+        let (Some(name), Some(interval), Some(max), Some(url)) =
+            (f.first(), f.get(1), f.get(2), f.get(3))
+        else {
+            report.skip(item, "not NAME|INTERVAL|MAX|URL");
+            continue;
+        };
+        let (Ok(interval), Ok(max)) = (interval.parse::<i64>(), max.parse::<i64>()) else {
+            report.skip(item, "INTERVAL and MAX must be numbers");
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        // CSF's shortest refresh is an hour; wispd's is 300 s
+        let interval = interval.max(300);
+        let body = json!({"name": name, "url": url, "interval": interval, "max": max});
+        let existing = have
+            .iter()
+            .find(|b| b["name"].as_str() == Some(name.as_str()));
+        let same = existing.is_some_and(|b| {
+            b["url"].as_str() == Some(*url)
+                && b["interval"].as_i64() == Some(interval)
+                && b["max"].as_i64() == Some(max)
+        });
+        if same {
+            report.unchanged += 1;
+            continue;
+        }
+        let what = format!("blocklist {name} ({url}, every {interval} s, max {max})");
+        if dry_run {
+            report.changed.push(what);
+            continue;
+        }
+        let r = if existing.is_some() {
+            api.put(&format!("/csf/blocklists/{name}"), &body).await
+        } else {
+            api.post("/csf/blocklists", &body).await
+        };
+        match r {
+            Ok(_) => report.changed.push(what),
+            Err(e) => report.skip(item, format!("{e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// The directories to read: `--from`, else CSF's own.
+pub fn dirs(from: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if from.is_empty() {
+        return Ok(vec![
+            PathBuf::from("/etc/csf"),
+            PathBuf::from("/var/lib/csf"),
+        ]);
+    }
+    for d in from {
+        if !d.is_dir() {
+            bail!("--from {}: not a directory", d.display());
+        }
+    }
+    Ok(from.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csf_files_are_read_as_csf_writes_them() {
+        let conf =
+            "# comment\nTESTING = \"0\"\nTCP_IN = \"20,21,22\"\n\nLF_SSHD=\"5\"\nbroken line\n";
+        let parsed: Vec<(String, String)> = parse_conf(conf)
+            .into_iter()
+            .map(|(_, k, v)| (k, v))
+            .collect();
+        assert_eq!(
+            parsed,
+            [("TESTING", "0"), ("TCP_IN", "20,21,22"), ("LF_SSHD", "5")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let mut r = Report::default();
+        let list = "1.2.3.4 # office\n10.0.0.0/8\n#5.5.5.5\ntcp|in|d=22|s=6.6.6.6\nInclude /etc/csf/more\n7.7.7.7 # lfd: (sshd) Failed login - Mon Jan 1 #do not delete\n";
+        let got = parse_list("csf.allow", list, &mut r);
+        assert_eq!(
+            got.iter().map(|(_, ip, _)| ip.as_str()).collect::<Vec<_>>(),
+            ["1.2.3.4", "10.0.0.0/8", "7.7.7.7"]
+        );
+        assert_eq!(got[0].2, "office");
+        assert!(got[2].2.contains("do not delete"), "{:?}", got[2]);
+        assert_eq!(r.skipped.len(), 2);
+        assert!(normal("22, 20,21") == normal("20,21,22"));
+        assert!(same_net("1.2.3.4", "1.2.3.4/32") && !same_net("1.2.3.4", "1.2.3.5"));
+        let bans = parse_tempban(
+            "1000|9.9.9.9|22|in|3600|lfd ban\n1000|8.8.8.8|22|in|10|gone\n",
+            1100,
+        );
+        assert_eq!(
+            bans,
+            vec![("9.9.9.9".to_string(), 3500, "lfd ban".to_string())]
+        );
+    }
+}

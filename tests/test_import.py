@@ -1,0 +1,124 @@
+"""`wispd import csf` against the real server: a CSF configuration (csf.conf with keys wispd
+has and keys it doesn't, csf.allow and csf.deny with CSF's comments, `#do not delete`, an
+advanced filter and an Include, csf.tempban with one live and one expired ban, csf.ignore,
+csf.blocklists with CSF's commented-out defaults and one enabled list) comes over through the
+API; a dry run changes nothing; a second run has nothing to do."""
+
+import json
+import subprocess
+import time
+
+from conftest import WISPD_BIN
+
+CSF_CONF = """\
+###############################################################################
+# SECTION:Initial Settings
+###############################################################################
+TESTING = "0"
+TESTING_INTERVAL = "5"
+AUTO_UPDATES = "1"
+TCP_IN = "20,21,22,25,53,80,110,143,443,465,587,993,995"
+TCP_OUT = "20,21,22,25,53,80,110,113,443,587,993,995"
+UDP_IN = "20,21,53,80,443"
+UDP_OUT = "20,21,53,113,123"
+ICMP_IN = "1"
+LF_SSHD = "7"
+LF_TRIGGER = "0"
+RESTRICT_SYSLOG = "0"
+"""
+
+ALLOW = """\
+###############################################################################
+# Copyright (C) 2006-2025 Jonathan Michaelson
+###############################################################################
+# The following IP addresses will be allowed through iptables.
+192.0.2.10 # office - Tue Dec  1 10:00:00 2026
+198.51.100.0/24 # monitoring
+tcp|in|d=22|s=203.0.113.9
+Include /etc/csf/csf.allow.extra
+"""
+
+DENY = """\
+###############################################################################
+# The following IP addresses will be blocked in iptables
+###############################################################################
+203.0.113.66 # lfd: (sshd) Failed SSH login from 203.0.113.66: 7 in the last 3600 secs - Mon Nov 30 12:00:00 2026
+203.0.113.77 # manual ban #do not delete
+"""
+
+IGNORE = """\
+# The following IP addresses will be ignored by lfd
+127.0.0.1
+192.0.2.0/28 # backups
+"""
+
+BLOCKLISTS = """\
+# Spamhaus Don't Route Or Peer List (DROP)
+#SPAMDROP|86400|0|https://www.spamhaus.org/drop/drop.txt
+LOCALLIST|3600|100|file:///tmp/wispd-import-list.txt
+"""
+
+
+def csf_dir(tmp_path):
+    d = tmp_path / "csf"
+    d.mkdir()
+    (d / "csf.conf").write_text(CSF_CONF)
+    (d / "csf.allow").write_text(ALLOW)
+    (d / "csf.deny").write_text(DENY)
+    (d / "csf.ignore").write_text(IGNORE)
+    (d / "csf.blocklists").write_text(BLOCKLISTS)
+    now = int(time.time())
+    (d / "csf.tempban").write_text(f"{now - 60}|203.0.113.88|22|in|3600|lfd temp ban\n"
+                                   f"{now - 7200}|203.0.113.99|22|in|3600|expired\n")
+    return d
+
+
+def run(w, d, *extra):
+    out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(d), "--data-dir", str(w.data_dir), *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return out
+
+
+def test_a_csf_setup_comes_over_once(wispd, tmp_path):
+    d = csf_dir(tmp_path)
+    before = wispd.request("GET", "/api/v1/csf/config").json["data"]
+    dry = json.loads(run(wispd, d, "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["changed"], dry
+    assert wispd.request("GET", "/api/v1/csf/config").json["data"] == before
+    assert wispd.request("GET", "/api/v1/csf/whitelist").json["data"] == []
+
+    first = json.loads(run(wispd, d, "--json").stdout)
+    skipped = {s["item"].split(": ", 1)[-1]: s["reason"] for s in first["skipped"]}
+    assert "AUTO_UPDATES" in skipped and "RESTRICT_SYSLOG" in skipped, first
+    assert "advanced filters" in skipped["tcp|in|d=22|s=203.0.113.9"]
+    assert "Include" in skipped["Include /etc/csf/csf.allow.extra"]
+    cfg = wispd.request("GET", "/api/v1/csf/config").json["data"]
+    assert cfg["LF_SSHD"] == "7" and cfg["TESTING"] == "0", cfg
+    assert set(cfg["TCP_IN"].split(",")) >= {"22", "25", "587", "993"}
+    assert {"127.0.0.1", "192.0.2.0/28"} <= set(cfg["LF_IGNORE"].replace(" ", "").split(","))
+    allow = {e["ip"]: e["comment"] for e in wispd.request("GET", "/api/v1/csf/whitelist").json["data"]}
+    assert set(allow) == {"192.0.2.10", "198.51.100.0/24"} or set(allow) == {"192.0.2.10/32", "198.51.100.0/24"}, allow
+    assert any("office" in c for c in allow.values())
+    deny = {e["ip"].removesuffix("/32"): e for e in wispd.request("GET", "/api/v1/csf/blacklist").json["data"]}
+    assert set(deny) == {"203.0.113.66", "203.0.113.77", "203.0.113.88"}, deny
+    assert "do not delete" in deny["203.0.113.77"]["comment"]
+    assert deny["203.0.113.66"]["ttl"] == 0
+    assert 3400 <= deny["203.0.113.88"]["ttl"] <= 3540, deny["203.0.113.88"]
+    lists = {b["name"]: b for b in wispd.request("GET", "/api/v1/csf/blocklists").json["data"]}
+    assert lists["locallist"]["interval"] == 3600 and lists["locallist"]["max"] == 100
+    assert "spamdrop" not in lists
+
+    second = run(wispd, d)
+    assert "nothing to do" in second.stdout, second.stdout
+    again = json.loads(run(wispd, d, "--json").stdout)
+    assert again["changed"] == [] and again["unchanged"] >= 10, again
+
+
+def test_import_needs_a_running_server_and_real_directories(wispd, tmp_path):
+    out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(tmp_path / "nope"), "--data-dir", str(wispd.data_dir)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "not a directory" in out.stderr
+    out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(tmp_path), "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no running wispd" in out.stderr
