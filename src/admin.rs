@@ -181,11 +181,17 @@ pub fn import(
     dry_run: bool,
 ) -> ExitCode {
     let result = locate(target).and_then(|(data_dir, cert)| {
-        let dirs = crate::import::dirs(from)?;
+        use crate::cli::ImportSource;
+        let defaults: &[&str] = match source {
+            ImportSource::Csf => &["/etc/csf", "/var/lib/csf"],
+            ImportSource::Postfix => &["/etc/postfix"],
+        };
+        let dirs = crate::import::dirs(from, defaults)?;
         let api = Api::connect(&data_dir, &cert)?;
         let report = runtime()?.block_on(async {
             match source {
-                crate::cli::ImportSource::Csf => crate::import::csf(&api, &dirs, dry_run).await,
+                ImportSource::Csf => crate::import::csf(&api, &dirs, dry_run).await,
+                ImportSource::Postfix => crate::import::postfix(&api, &dirs, dry_run).await,
             }
         })?;
         if target.json {

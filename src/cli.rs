@@ -44,6 +44,8 @@ pub struct Target {
 pub enum ImportSource {
     /// ConfigServer Firewall: settings and lists.
     Csf,
+    /// Postfix: virtual_alias_maps (forwarders, catch-alls); what belongs in the config file is listed.
+    Postfix,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,13 +101,14 @@ pub enum Command {
         target: Target,
     },
     /// Bring another server's setup over to the running server, through its API: `csf` reads
-    /// csf.conf, csf.allow, csf.deny, csf.tempban, csf.ignore and csf.blocklists. Running it
-    /// again changes nothing; every item that can't come over is listed with the reason.
+    /// csf.conf, csf.allow, csf.deny, csf.tempban, csf.ignore and csf.blocklists; `postfix`
+    /// reads main.cf and its virtual_alias_maps. Running it again changes nothing; every item
+    /// that can't come over is listed with the reason.
     Import {
         /// What to import from.
         #[arg(value_enum)]
         source: ImportSource,
-        /// Where its files are (repeatable); default /etc/csf and /var/lib/csf.
+        /// Where its files are (repeatable); default /etc/csf and /var/lib/csf, or /etc/postfix.
         #[arg(long, value_name = "DIR")]
         from: Vec<PathBuf>,
         /// Say what would change; change nothing.

@@ -480,13 +480,259 @@ async fn blocklists(api: &Api, text: &str, dry_run: bool, report: &mut Report) -
     Ok(())
 }
 
-/// The directories to read: `--from`, else CSF's own.
-pub fn dirs(from: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// Postfix's `main.cf`: `key = value` with continuation lines (a line starting with blanks).
+pub fn parse_main_cf(text: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(k) = &last
+                && let Some(v) = out.get_mut(k)
+            {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let k = k.trim().to_string();
+            out.insert(k.clone(), v.trim().to_string());
+            last = Some(k);
+        }
+    }
+    out
+}
+
+/// `$name` and `${name}` in a main.cf value, from the other keys (one level, as used in maps).
+fn expand(v: &str, conf: &BTreeMap<String, String>) -> String {
+    let mut out = v.to_string();
+    for (k, val) in conf {
+        out = out
+            .replace(&format!("${{{k}}}"), val)
+            .replace(&format!("${k}"), val);
+    }
+    out
+}
+
+/// The entries of a Postfix lookup table source file (`key value, value…`, continuation
+/// lines starting with blanks), with their line numbers.
+pub fn parse_map(text: &str) -> Vec<(usize, String, Vec<String>)> {
+    let mut out: Vec<(usize, String, Vec<String>)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let values = |s: &str| -> Vec<String> {
+            s.split([',', ' ', '\t'])
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.2.extend(values(line));
+            }
+            continue;
+        }
+        let line = line.trim();
+        let (k, rest) = line.split_once([' ', '\t']).unwrap_or((line, ""));
+        out.push((n + 1, k.to_ascii_lowercase(), values(rest)));
+    }
+    out
+}
+
+/// Postfix: `virtual_alias_maps` (forwarders and `@domain` catch-alls) through the API; what
+/// main.cf says that belongs in wispd's config file (`relayhost`, `message_size_limit`) is
+/// listed to be set there.
+pub async fn postfix(api: &Api, dirs: &[PathBuf], dry_run: bool) -> Result<Report> {
+    let mut report = Report::default();
+    let Some(main) = find(dirs, "main.cf") else {
+        bail!("no main.cf in the --from directories");
+    };
+    let conf = parse_main_cf(&read(&main)?);
+    for (key, wispd_key) in [
+        ("relayhost", "[smtp] relay"),
+        ("message_size_limit", "[smtp] max_message_size"),
+    ] {
+        if let Some(v) = conf.get(key).filter(|v| !v.is_empty()) {
+            let v = v
+                .trim_start_matches('[')
+                .replace("]:", ":")
+                .trim_end_matches(']')
+                .to_string();
+            report.skip(
+                format!("main.cf {key} = {}", conf[key]),
+                format!("a config file setting: put {wispd_key} = {v:?} in wispd's config"),
+            );
+        }
+    }
+    if let Some(d) = conf
+        .get("virtual_mailbox_domains")
+        .filter(|v| !v.is_empty())
+    {
+        report.skip(
+            format!("main.cf virtual_mailbox_domains = {d}"),
+            "wispd receives mail for a domain once it has an account, forwarder or list there",
+        );
+    }
+    let maps = conf
+        .get("virtual_alias_maps")
+        .map(|v| expand(v, &conf))
+        .unwrap_or_default();
+    let mut entries = Vec::new();
+    for m in maps
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        let (kind, path) = m.split_once(':').unwrap_or(("", m));
+        if !matches!(kind, "hash" | "btree" | "texthash" | "lmdb" | "cdb") {
+            report.skip(
+                format!("virtual_alias_maps {m}"),
+                "only file tables (hash, btree, lmdb, cdb, texthash) are read",
+            );
+            continue;
+        }
+        // the source file next to the compiled table, or in a --from directory
+        let name = Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let source = [PathBuf::from(path)]
+            .into_iter()
+            .chain(dirs.iter().map(|d| d.join(&name)))
+            .find(|p| p.is_file());
+        let Some(source) = source else {
+            report.skip(
+                format!("virtual_alias_maps {m}"),
+                "its source file is not found",
+            );
+            continue;
+        };
+        let file = name.clone();
+        for (n, key, values) in parse_map(&read(&source)?) {
+            entries.push((format!("{file}:{n}"), key, values));
+        }
+    }
+    let have = api.get("/email/forwarders").await?;
+    let have: BTreeSet<(String, String)> = have["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["source"].as_str().unwrap_or_default().to_string(),
+                        f["destination"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut forwarders = Vec::new();
+    for (at, key, values) in entries {
+        if let Some(domain) = key.strip_prefix('@') {
+            match values.as_slice() {
+                [dest] if dest.contains('@') => {
+                    let now = api.get(&format!("/email/catchall/{domain}")).await;
+                    let same = now.as_ref().is_ok_and(|c| {
+                        c["data"]["enabled"].as_bool() == Some(true)
+                            && c["data"]["destination"].as_str() == Some(dest.as_str())
+                    });
+                    if same {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    let what = format!("catch-all @{domain} -> {dest}");
+                    if dry_run {
+                        report.changed.push(what);
+                        continue;
+                    }
+                    let body = json!({"enabled": true, "destination": dest});
+                    match api.put(&format!("/email/catchall/{domain}"), &body).await {
+                        Ok(_) => report.changed.push(what),
+                        Err(e) => report.skip(format!("{at}: {key}"), format!("{e:#}")),
+                    }
+                }
+                _ => report.skip(
+                    format!("{at}: {key}"),
+                    "a catch-all has one destination address in wispd",
+                ),
+            }
+            continue;
+        }
+        if !key.contains('@') {
+            report.skip(
+                format!("{at}: {key}"),
+                "not an address (a local alias or a regular expression)",
+            );
+            continue;
+        }
+        for v in values {
+            if !v.contains('@') {
+                report.skip(
+                    format!("{at}: {key} {v}"),
+                    "a destination without a domain (a local user)",
+                );
+                continue;
+            }
+            let pair = (key.clone(), v.to_ascii_lowercase());
+            if have.contains(&pair) {
+                report.unchanged += 1;
+            } else {
+                forwarders.push((at.clone(), pair));
+            }
+        }
+    }
+    // a forwarder to another forwarder needs that one first: refused ones get a second pass
+    let pb = bar(forwarders.len(), "forwarders");
+    let mut refused = Vec::new();
+    for pass in 0..2 {
+        let todo = if pass == 0 {
+            std::mem::take(&mut forwarders)
+        } else {
+            std::mem::take(&mut refused)
+        };
+        for (at, (src, dst)) in todo {
+            let what = format!("forwarder {src} -> {dst}");
+            if dry_run {
+                report.changed.push(what);
+                continue;
+            }
+            match api
+                .post(
+                    "/email/forwarders",
+                    &json!({"source": src, "destination": dst}),
+                )
+                .await
+            {
+                Ok(_) => {
+                    if let Some(pb) = &pb {
+                        pb.inc(1);
+                    }
+                    report.changed.push(what);
+                }
+                Err(e) if pass == 0 => {
+                    let _ = e;
+                    refused.push((at, (src, dst)));
+                }
+                Err(e) => report.skip(format!("{at}: {src} {dst}"), format!("{e:#}")),
+            }
+        }
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(report)
+}
+
+/// The directories to read: `--from`, else the source's own (`defaults`).
+pub fn dirs(from: &[PathBuf], defaults: &[&str]) -> Result<Vec<PathBuf>> {
     if from.is_empty() {
-        return Ok(vec![
-            PathBuf::from("/etc/csf"),
-            PathBuf::from("/var/lib/csf"),
-        ]);
+        return Ok(defaults.iter().map(PathBuf::from).collect());
     }
     for d in from {
         if !d.is_dir() {

@@ -122,3 +122,55 @@ def test_import_needs_a_running_server_and_real_directories(wispd, tmp_path):
     out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(tmp_path), "--data-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no running wispd" in out.stderr
+
+
+MAIN_CF = """\
+# See /usr/share/postfix/main.cf.dist for a commented, more complete version
+smtpd_banner = $myhostname ESMTP $mail_name
+myhostname = mail.example.com
+config_directory = {dir}
+relayhost = [smtp.isp.example]:587
+message_size_limit = 20480000
+virtual_mailbox_domains = example.com, other.org
+virtual_alias_maps = hash:$config_directory/virtual,
+    regexp:$config_directory/virtual.regexp
+"""
+
+VIRTUAL = """\
+# forwarders
+sales@example.com       info@example.com
+team@example.com        info@example.com, partner@remote.example
+  helper@remote.example
+chain@example.com       sales@example.com
+@other.org              info@example.com
+postmaster              root
+local@example.com       localuser
+"""
+
+
+def test_postfix_virtual_aliases_become_forwarders_and_catch_alls(make_wispd, tmp_path):
+    from mailutil import account, mail_config
+    w = make_wispd(config=mail_config())
+    assert w.request("POST", "/api/v1/email/install").status == 200
+    account(w, "info")
+    d = tmp_path / "postfix"
+    d.mkdir()
+    (d / "main.cf").write_text(MAIN_CF.format(dir=d))
+    (d / "virtual").write_text(VIRTUAL)
+    out = subprocess.run([WISPD_BIN, "import", "postfix", "--from", str(d), "--data-dir", str(w.data_dir), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)
+    fwd = {(f["source"], f["destination"]) for f in w.request("GET", "/api/v1/email/forwarders").json["data"]}
+    assert fwd == {("sales@example.com", "info@example.com"), ("team@example.com", "info@example.com"),
+                   ("team@example.com", "partner@remote.example"), ("team@example.com", "helper@remote.example"),
+                   ("chain@example.com", "sales@example.com")}, fwd
+    c = w.request("GET", "/api/v1/email/catchall/other.org").json["data"]
+    assert (c["enabled"], c["destination"]) == (True, "info@example.com"), c
+    reasons = " | ".join(f'{s["item"]}: {s["reason"]}' for s in first["skipped"])
+    for expected in ('relay = "smtp.isp.example:587"', "max_message_size", "regexp:", "postmaster", "localuser",
+                     "virtual_mailbox_domains"):
+        assert expected in reasons, reasons
+    again = subprocess.run([WISPD_BIN, "import", "postfix", "--from", str(d), "--data-dir", str(w.data_dir)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout
