@@ -185,6 +185,7 @@ pub fn import(
         let defaults: &[&str] = match source {
             ImportSource::Csf => &["/etc/csf", "/var/lib/csf"],
             ImportSource::Postfix => &["/etc/postfix"],
+            ImportSource::Dovecot => &["/etc/dovecot"],
         };
         let dirs = crate::import::dirs(from, defaults)?;
         let api = Api::connect(&data_dir, &cert)?;
@@ -192,6 +193,7 @@ pub fn import(
             match source {
                 ImportSource::Csf => crate::import::csf(&api, &dirs, dry_run).await,
                 ImportSource::Postfix => crate::import::postfix(&api, &dirs, dry_run).await,
+                ImportSource::Dovecot => crate::import::dovecot(&api, &dirs, dry_run).await,
             }
         })?;
         if target.json {

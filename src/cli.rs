@@ -46,6 +46,8 @@ pub enum ImportSource {
     Csf,
     /// Postfix: virtual_alias_maps (forwarders, catch-alls); what belongs in the config file is listed.
     Postfix,
+    /// Dovecot: passwd-file users with the password hashes they have (mailboxes: not yet).
+    Dovecot,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,7 +110,8 @@ pub enum Command {
         /// What to import from.
         #[arg(value_enum)]
         source: ImportSource,
-        /// Where its files are (repeatable); default /etc/csf and /var/lib/csf, or /etc/postfix.
+        /// Where its files are (repeatable; a file for dovecot's passwd-file); default
+        /// /etc/csf and /var/lib/csf, /etc/postfix, or /etc/dovecot.
         #[arg(long, value_name = "DIR")]
         from: Vec<PathBuf>,
         /// Say what would change; change nothing.

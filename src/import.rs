@@ -729,13 +729,184 @@ pub async fn postfix(api: &Api, dirs: &[PathBuf], dry_run: bool) -> Result<Repor
     Ok(report)
 }
 
+/// A quota rule's storage (`*:storage=1G`, `storage=512M`) in MiB; 0 for none.
+fn quota_mib(extra: &str) -> i64 {
+    for field in extra.split_whitespace() {
+        let Some((k, v)) = field.split_once('=') else {
+            continue;
+        };
+        if !k.ends_with("quota_rule") {
+            continue;
+        }
+        let Some(size) = v.split("storage=").nth(1) else {
+            continue;
+        };
+        let size = size.split(':').next().unwrap_or("").trim();
+        let (num, unit) = size.split_at(
+            size.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(size.len()),
+        );
+        let Ok(n) = num.parse::<i64>() else {
+            continue;
+        };
+        let bytes = match unit.to_ascii_uppercase().trim_end_matches('B') {
+            "" => n,
+            "K" => n.saturating_mul(1 << 10),
+            "M" => n.saturating_mul(1 << 20),
+            "G" => n.saturating_mul(1 << 30),
+            "T" => n.saturating_mul(1 << 40),
+            _ => continue,
+        };
+        return (bytes + (1 << 20) - 1) >> 20;
+    }
+    0
+}
+
+/// A crypt(3) string without Dovecot's `{SCHEME}` prefix, named by its `$id$`.
+fn with_scheme(hash: &str) -> Option<String> {
+    if hash.starts_with('{') {
+        return Some(hash.to_string());
+    }
+    let scheme = match hash.get(..3)? {
+        "$6$" => "SHA512-CRYPT",
+        "$5$" => "SHA256-CRYPT",
+        "$1$" => "MD5-CRYPT",
+        "$2y" | "$2b" | "$2a" => "BLF-CRYPT",
+        _ if hash.starts_with("$argon2id$") => "ARGON2ID",
+        _ if hash.starts_with("$argon2i$") => "ARGON2I",
+        _ => return None,
+    };
+    Some(format!("{{{scheme}}}{hash}"))
+}
+
+/// One passwd-file line: (address, hash, quota MiB).
+pub fn parse_passwd_line(line: &str) -> Result<Option<(String, String, i64)>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let f: Vec<&str> = line.split(':').collect();
+    let user = f[0].trim().to_ascii_lowercase();
+    if !user.contains('@') {
+        return Err("no domain in the user name".into());
+    }
+    let hash = f.get(1).copied().unwrap_or("").trim();
+    if hash.is_empty() {
+        return Err("no password hash".into());
+    }
+    let hash = with_scheme(hash).ok_or("no {SCHEME} prefix and not a crypt(3) string")?;
+    let extra = if f.len() > 7 {
+        f[7..].join(":")
+    } else {
+        String::new()
+    };
+    Ok(Some((user, hash, quota_mib(&extra))))
+}
+
+/// Dovecot: the users of its `passwd-file` passdbs, with the hashes they have (every file
+/// named `users`, `passwd` or `*.passwd` in the `--from` directories, or a `--from` file).
+pub async fn dovecot(api: &Api, from: &[PathBuf], dry_run: bool) -> Result<Report> {
+    let mut report = Report::default();
+    let mut files = Vec::new();
+    for p in from {
+        if p.is_file() {
+            files.push(p.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                f.is_file()
+                    && f.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n == "users" || n == "passwd" || n.ends_with(".passwd")
+                    })
+            })
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    if files.is_empty() {
+        bail!("no passwd-file (users, passwd, *.passwd) in the --from paths");
+    }
+    let have = api.get("/email/accounts").await?;
+    let have: BTreeSet<String> = have["accounts"]
+        .as_array()
+        .or_else(|| have["data"]["accounts"].as_array())
+        .or_else(|| have["data"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["email"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for file in files {
+        let name = file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+        let text = read(&file)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let pb = bar(lines.len(), "users");
+        for (n, line) in lines.into_iter().enumerate() {
+            if let Some(pb) = &pb {
+                pb.inc(1);
+            }
+            let at = format!("{name}:{}", n + 1);
+            let (user, hash, quota) = match parse_passwd_line(line) {
+                Ok(Some(u)) => u,
+                Ok(None) => continue,
+                Err(why) => {
+                    report.skip(
+                        format!("{at}: {}", line.split(':').next().unwrap_or("")),
+                        why,
+                    );
+                    continue;
+                }
+            };
+            if have.contains(&user) {
+                report.unchanged += 1;
+                continue;
+            }
+            let scheme = hash
+                .split('}')
+                .next()
+                .unwrap_or("")
+                .trim_start_matches('{')
+                .to_string();
+            let what = format!(
+                "account {user} ({scheme}{})",
+                if quota > 0 {
+                    format!(", quota {quota} MiB")
+                } else {
+                    String::new()
+                }
+            );
+            if dry_run {
+                report.changed.push(what);
+                continue;
+            }
+            let (username, domain) = user.rsplit_once('@').unwrap_or((&user, ""));
+            let body = json!({"domain": domain, "username": username, "password_hash": hash, "quota_mb": quota});
+            match api.post("/email/accounts/import", &body).await {
+                Ok(_) => report.changed.push(what),
+                Err(e) => report.skip(format!("{at}: {user}"), format!("{e:#}")),
+            }
+        }
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+    }
+    Ok(report)
+}
+
 /// The directories to read: `--from`, else the source's own (`defaults`).
 pub fn dirs(from: &[PathBuf], defaults: &[&str]) -> Result<Vec<PathBuf>> {
     if from.is_empty() {
         return Ok(defaults.iter().map(PathBuf::from).collect());
     }
     for d in from {
-        if !d.is_dir() {
+        if !d.exists() {
             bail!("--from {}: not a directory", d.display());
         }
     }

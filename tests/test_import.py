@@ -174,3 +174,59 @@ def test_postfix_virtual_aliases_become_forwarders_and_catch_alls(make_wispd, tm
     again = subprocess.run([WISPD_BIN, "import", "postfix", "--from", str(d), "--data-dir", str(w.data_dir)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout
+
+
+SCHEMES = ["SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2I", "ARGON2ID", "MD5-CRYPT", "SSHA512", "PLAIN"]
+
+
+def test_dovecot_users_log_in_with_their_old_passwords(make_wispd, tmp_path):
+    """A passwd-file with a user per scheme, each hash made by `doveadm pw`: after the import
+    every user logs in over IMAP with the password they had (then again, once the hash has
+    been replaced by Argon2id); a wrong password is refused; a second run has nothing to do."""
+    import imaplib
+    import shutil
+    import pytest
+    from mailutil import mail_config, ports
+    from netns import wait_until
+    assert shutil.which("doveadm"), "doveadm (dovecot-core, installed by make deps-test) is missing"
+    w = make_wispd(config=mail_config())
+    assert w.request("POST", "/api/v1/email/install").status == 200
+    _, imap, _ = ports(w)
+    lines = []
+    for i, scheme in enumerate(SCHEMES):
+        h = subprocess.run(["doveadm", "pw", "-s", scheme, "-p", f"old-pass-{i}"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+        lines.append(f"u{i}@example.com:{h}:1000:1000::/home/u{i}::userdb_quota_rule=*:storage={i + 1}M")
+    lines.append("nodomain:{PLAIN}x:1000:1000::/home/x::")
+    d = tmp_path / "dovecot"
+    d.mkdir()
+    (d / "users").write_text("# passwd-file\n" + "\n".join(lines) + "\n")
+    out = subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(d), "--data-dir", str(w.data_dir), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert len(report["changed"]) == len(SCHEMES), report
+    assert any("no domain" in s["reason"] for s in report["skipped"])
+    accounts = {a["email"]: a for a in w.request("GET", "/api/v1/email/accounts").json["accounts"]}
+    assert accounts["u2@example.com"]["quota_mb"] == 3
+    for i in (0, 5):  # a wrong password is refused (two schemes: each failure delays the next)
+        m = imaplib.IMAP4("127.0.0.1", imap, timeout=20)
+        with pytest.raises(imaplib.IMAP4.error):
+            m.login(f"u{i}@example.com", f"wrong-{i}")
+    for i, scheme in enumerate(SCHEMES):
+        m = imaplib.IMAP4("127.0.0.1", imap, timeout=20)
+        assert m.login(f"u{i}@example.com", f"old-pass-{i}")[0] == "OK", scheme
+        m.logout()
+    assert wait_until(lambda: w.log().count("imported password hash replaced by Argon2id") == len(SCHEMES), timeout=30), w.log()[-3000:]
+    for i, scheme in enumerate(SCHEMES):
+        m = imaplib.IMAP4("127.0.0.1", imap, timeout=20)
+        assert m.login(f"u{i}@example.com", f"old-pass-{i}")[0] == "OK", f"{scheme} after the rehash"
+        m.logout()
+    again = subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(d / "users"), "--data-dir", str(w.data_dir)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout
+    # a hash whose cost is over wispd's bound is refused at the import, not at a login
+    r = w.request("POST", "/api/v1/email/accounts/import",
+                  body={"domain": "example.com", "username": "slow",
+                        "password_hash": "{SHA512-CRYPT}$6$rounds=999999999$salt$hash"})
+    assert r.status == 400 and "rounds" in r.json["message"], r

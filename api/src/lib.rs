@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/email/accounts",
             get(email::accounts).post(email::account_create),
         )
+        .route("/api/v1/email/accounts/import", post(email::account_import))
         .route(
             "/api/v1/email/accounts/{id}",
             get(email::account_get)
@@ -302,6 +303,7 @@ pub fn fuzz_json_bodies(data: &[u8]) {
     let _ = parse_json::<tokens::CreateToken>(data);
     let _ = parse_json::<email::AccountBody>(data);
     let _ = parse_json::<email::AccountUpdate>(data);
+    let _ = parse_json::<email::AccountImport>(data);
     let _ = parse_json::<email::ForwarderBody>(data);
     let _ = parse_json::<email::CatchallBody>(data);
     let _ = parse_json::<email::DkimBody>(data);

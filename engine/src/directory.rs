@@ -63,6 +63,9 @@ pub struct NewAccount {
     pub username: Option<String>,
     pub password: Option<String>,
     pub quota_mb: Option<i64>,
+    /// Instead of `password`: a hash brought over from another server (`{SHA512-CRYPT}…`,
+    /// see [`crate::passwords`]), replaced by Argon2id at the first login that matches it.
+    pub password_hash: Option<String>,
 }
 
 /// The directory over the store. Clones share one routing cache, so build it once and hand
@@ -307,17 +310,27 @@ impl Directory {
         if user_in.is_empty() {
             return Err(DirError::Invalid("Username is required".into()));
         }
+        let imported = req.password_hash.filter(|h| !h.is_empty());
         let password = req.password.unwrap_or_default();
-        if password.is_empty() {
+        if password.is_empty() && imported.is_none() {
             return Err(DirError::Invalid("Password is required".into()));
         }
         let domain = address::domain(domain_in)
             .ok_or_else(|| DirError::Invalid(format!("Invalid domain: {domain_in:?}")))?;
         let username = address::local_part(user_in)
             .ok_or_else(|| DirError::Invalid(format!("Invalid username: {user_in:?} (letters, digits and .!#$%&'*+/=?^_`{{|}}~- ; no leading, trailing or double dots)")))?;
-        check_password(&password)?;
         let quota_mb = check_quota(req.quota_mb.unwrap_or(0))?;
-        let password_hash = hash(&password)?;
+        let password_hash = match imported {
+            Some(h) => {
+                crate::passwords::check(&h)
+                    .map_err(|why| DirError::Invalid(format!("password_hash: {why}")))?;
+                h
+            }
+            None => {
+                check_password(&password)?;
+                hash(&password)?
+            }
+        };
         let email = format!("{username}@{domain}");
         if self.is_list_address(&email)? {
             return Err(DirError::Conflict(format!(
@@ -361,6 +374,23 @@ impl Directory {
                 w.put(&MAIL_MAILBOXES, (id, name), &mb)?;
             }
             Ok(account)
+        })
+    }
+
+    /// After a login matched a brought-over hash: the account gets an Argon2id hash of the
+    /// same password (unless its hash changed meanwhile).
+    pub fn rehash(&self, id: u64, old: &str, password: &str) -> Result<bool, DirError> {
+        let new = hash(password)?;
+        self.write(|w| {
+            let Some(mut a) = w.get(&MAIL_ACCOUNTS, id)? else {
+                return Ok(false);
+            };
+            if a.password_hash != old {
+                return Ok(false);
+            }
+            a.password_hash = new;
+            w.put(&MAIL_ACCOUNTS, id, &a)?;
+            Ok::<_, DirError>(true)
         })
     }
 

@@ -17,6 +17,7 @@ pub mod login;
 pub mod mailbox;
 pub mod mailstore;
 pub mod metrics;
+pub mod passwords;
 pub mod pop3;
 pub mod queue;
 pub mod ratelimit;

@@ -219,6 +219,20 @@ impl Logins {
         match account {
             Some(a) if real && matched => {
                 self.cache.remember(&hash, password);
+                if hash.starts_with('{') {
+                    // a hash brought over from another server: ours from now on
+                    let (dir, id, password) = (self.directory.clone(), a.id, password.to_string());
+                    tokio::task::spawn_blocking(move || match dir.rehash(id, &hash, &password) {
+                        Ok(true) => tracing::info!(
+                            account = id,
+                            "imported password hash replaced by Argon2id"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(account = id, error = %e, "rehashing an imported password failed")
+                        }
+                    });
+                }
                 Verdict::Accepted(a)
             }
             _ => Verdict::Refused,
@@ -307,7 +321,13 @@ impl Hashing {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop()
                 .unwrap_or_default();
-            let result = verify_phc(&hash, &password, &mut memory);
+            let result = if hash.starts_with('{') {
+                crate::passwords::verify(&hash, &password, |phc| {
+                    verify_phc(phc, &password, &mut memory)
+                })
+            } else {
+                verify_phc(&hash, &password, &mut memory)
+            };
             pool.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(memory);

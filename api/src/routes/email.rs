@@ -368,6 +368,60 @@ pub async fn account_create(
         username: b.username,
         password: b.password,
         quota_mb: b.quota_mb,
+        password_hash: None,
+    };
+    let a = on_dir(&s, move |d| d.create_account(req)).await?;
+    Ok((StatusCode::CREATED, Json(Data::new(AccountView::from(&a)))))
+}
+
+/// `POST /email/accounts/import`: an account brought over from another server with the hash
+/// its users' password has there.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"domain": "example.com", "username": "info",
+    "password_hash": "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1",
+    "quota_mb": 1024}))]
+pub struct AccountImport {
+    #[schema(value_type = String, required = true, example = "example.com")]
+    domain: Option<String>,
+    #[schema(value_type = String, required = true, example = "info")]
+    username: Option<String>,
+    /// Dovecot's form: `{SHA512-CRYPT}`, `{SHA256-CRYPT}` (at most 100,000 rounds),
+    /// `{BLF-CRYPT}` (cost at most 12), `{ARGON2I}`, `{ARGON2ID}`, `{MD5-CRYPT}`, `{SSHA512}`,
+    /// `{PLAIN}`. Replaced by Argon2id at the first login that matches it.
+    #[schema(value_type = String, required = true)]
+    password_hash: Option<String>,
+    #[schema(example = 1024, minimum = 0, maximum = 1_073_741_824)]
+    quota_mb: Option<i64>,
+}
+
+/// Creates an account that keeps the password hash it has on another server.
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/accounts/import",
+    operation_id = "email_accounts_import",
+    tag = "email",
+    security(("bearer" = ["admin", "user"])),
+    request_body = AccountImport,
+    responses((status = 201, description = "Created", body = Data<AccountView>))
+)]
+pub async fn account_import(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<AccountImport>,
+) -> Result<(StatusCode, Json<Data<AccountView>>), ApiError> {
+    if let Some(d) = b.domain.as_deref().and_then(address::domain) {
+        require_domain(&p, &d)?;
+    }
+    let Some(hash) = b.password_hash.filter(|h| !h.is_empty()) else {
+        return Err(ApiError::Validation("password_hash is required".into()));
+    };
+    let req = NewAccount {
+        domain: b.domain,
+        username: b.username,
+        password: None,
+        quota_mb: b.quota_mb,
+        password_hash: Some(hash),
     };
     let a = on_dir(&s, move |d| d.create_account(req)).await?;
     Ok((StatusCode::CREATED, Json(Data::new(AccountView::from(&a)))))
@@ -1082,6 +1136,7 @@ pub async fn queue_delete(
     install,
     accounts,
     account_create,
+    account_import,
     account_get,
     account_update,
     account_toggle,
