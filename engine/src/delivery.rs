@@ -806,6 +806,7 @@ mod tests {
 
     fn account(dir: &Directory, user: &str, quota_mb: i64) -> u64 {
         dir.create_account(NewAccount {
+            password_hash: None,
             domain: Some("example.com".into()),
             username: Some(user.into()),
             password: Some("password1".into()),

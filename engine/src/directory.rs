@@ -657,6 +657,7 @@ mod tests {
 
     fn req(domain: &str, user: &str, pw: &str) -> NewAccount {
         NewAccount {
+            password_hash: None,
             domain: Some(domain.into()),
             username: Some(user.into()),
             password: Some(pw.into()),

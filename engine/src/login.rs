@@ -593,6 +593,7 @@ mod tests {
         let dir = directory("gate");
         let a = dir
             .create_account(NewAccount {
+                password_hash: None,
                 domain: Some("example.com".into()),
                 username: Some("info".into()),
                 password: Some("correct horse".into()),

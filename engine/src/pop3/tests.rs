@@ -27,6 +27,7 @@ fn server(name: &str, settings: Pop3Settings) -> (Arc<Server>, Store, u64) {
     let directory = Directory::new(store.clone());
     let id = directory
         .create_account(NewAccount {
+            password_hash: None,
             domain: Some("example.com".into()),
             username: Some("ann".into()),
             password: Some(PASSWORD.into()),

@@ -9,6 +9,7 @@ fn setup(name: &str) -> (Store, Filters, u64) {
     let dir = Directory::new(store.clone());
     let id = dir
         .create_account(NewAccount {
+            password_hash: None,
             domain: Some("example.com".into()),
             username: Some("ann".into()),
             password: Some("password1".into()),
