@@ -101,6 +101,9 @@ def test_a_members_post_reaches_every_member_once_with_the_list_headers(lists):
     with pytest.raises(smtplib.SMTPDataError) as e:
         post(w, "r1@remote.example", subject="again", extra="List-Id: <team.example.com>\r\n")
     assert e.value.smtp_code == 554
+    # automatic mail (an autoresponder's reply to the list) is taken and not distributed
+    post(w, "r1@remote.example", subject="Out of office", extra="Auto-Submitted: auto-replied\r\n")
+    assert not wait_until(lambda: len(sink.messages()) > 4, timeout=2)
     # a list takes a transaction of its own
     with smtplib.SMTP("127.0.0.1", mx_port(w), timeout=30) as c:
         c.ehlo("client.remote.example")
@@ -252,10 +255,19 @@ def test_a_remote_member_that_bounces_three_times_is_disabled(lists):
     verp = sink.messages()[0]["mail_from"]
     assert re.fullmatch(r"team\+bounces-[0-9a-f]{8}-r1=remote\.example@example\.com", verp), verp
     forged = re.sub(r"bounces-[0-9a-f]{8}-", "bounces-00000000-", verp)
-    dsn = b"From: MAILER-DAEMON@remote.example\r\nSubject: Undelivered\r\n\r\nmailbox gone\r\n"
+    dsn = (b"From: MAILER-DAEMON@remote.example\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nmailbox gone\r\n"
+           b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.remote.example\r\n\r\n"
+           b"Final-Recipient: rfc822; r1@remote.example\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n")
+    away = b"From: r1@remote.example\r\nAuto-Submitted: auto-replied\r\nSubject: Away\r\n\r\nOn holiday.\r\n"
     with smtplib.SMTP("127.0.0.1", mx_port(w), timeout=30) as c:
         c.ehlo("mx.remote.example")
         c.sendmail("", [forged], dsn)
+        # an out-of-office reply to the return path, and a DSN at the plain bounce address
+        # naming the member: neither is a bounce of the member's
+        c.sendmail("", [verp], away)
+        c.sendmail("", ["team+bounces@example.com"], dsn)
         c.sendmail("", [verp], dsn)
     ms = {x["address"]: x for x in w.request("GET", f"{LIST}/team/members").json["data"]}
     assert ms["r1@remote.example"]["bounces"] == 1

@@ -497,11 +497,14 @@ impl Directory {
         if let Some(m) = &members {
             self.check_members(m)?;
         }
+        let key = l.address();
         self.write(|w| {
-            if w.get(&MAIL_LISTS, l.address().as_str())?.is_none() {
-                return Err(DirError::NotFound(format!("No list {}", l.address())));
-            }
-            w.put(&MAIL_LISTS, l.address().as_str(), &l)?;
+            // the list as it is now: a post may have counted itself since it was read
+            let Some(mut l) = w.get(&MAIL_LISTS, key.as_str())? else {
+                return Err(DirError::NotFound(format!("No list {key}")));
+            };
+            apply_spec(&mut l, &spec)?;
+            w.put(&MAIL_LISTS, key.as_str(), &l)?;
             if let Some(members) = &members {
                 for m in members_of(w, l.id)? {
                     if !members.contains(&m.address) {
@@ -758,6 +761,8 @@ pub struct Post {
     pub spf_pass: bool,
     /// `Authentication-Results` (and other trace) for local copies.
     pub trace: String,
+    /// The spam score or a DMARC quarantine says Junk: the post is held for the moderator.
+    pub junk: bool,
 }
 
 /// The mailing-list engine: posts, requests by mail, bounces.
@@ -859,8 +864,26 @@ impl Lists {
                 ),
             ));
         }
+        let automatic = fields(headers).iter().any(|f| {
+            field_name(f).eq_ignore_ascii_case("auto-submitted")
+                && !String::from_utf8_lossy(
+                    &f[f.iter().position(|&b| b == b':').map_or(0, |i| i + 1)..],
+                )
+                .trim()
+                .eq_ignore_ascii_case("no")
+        });
+        if post.sender.is_empty() || automatic {
+            tracing::info!(list = %list.address(), sender = %post.sender, "automatic mail (null sender or Auto-Submitted) not distributed");
+            return Ok(Received::Done(
+                "Ok: automatic mail is not distributed".into(),
+            ));
+        }
         if list_of_bounce_address(&post.sender).is_some_and(|l| l == list.address())
-            || post.sender.starts_with(&format!("{}+bounces-", list.name))
+            || post
+                .sender
+                .to_ascii_lowercase()
+                .strip_suffix(&format!("@{}", list.domain))
+                .is_some_and(|l| l.starts_with(&format!("{}+bounces-", list.name)))
         {
             return Ok(Received::Done(
                 "Ok: the list's own bounce address does not post".into(),
@@ -889,6 +912,18 @@ impl Lists {
                 None => false,
             };
         let policy = Policy::parse(&list.policy).unwrap_or(Policy::Members);
+        // spam over junk_score, or a DMARC quarantine: not sent to everyone in the list's name
+        if post.junk && policy != Policy::Announce {
+            return self
+                .hold(
+                    list,
+                    &post,
+                    author.as_deref().unwrap_or(&sender),
+                    &subject,
+                    message,
+                )
+                .await;
+        }
         match policy {
             Policy::Anyone => {}
             Policy::Members if member => {}
@@ -951,12 +986,24 @@ impl Lists {
         };
         let mut d = domain.trim_end_matches('.').to_ascii_lowercase();
         let mut own = true;
-        loop {
+        // at most 8 lookups (DMARCbis' tree walk bound), the whole walk within 10 s
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        for _ in 0..8 {
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
             let lookup = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
                 auth.txt_raw_lookup(format!("_dmarc.{d}.")),
             )
             .await;
+            // no answer: rewrite (a rewritten From: is always deliverable)
+            if matches!(
+                lookup,
+                Err(_) | Ok(Err(mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))))
+            ) {
+                return true;
+            }
             if let Ok(Ok(raw)) = lookup {
                 let text = String::from_utf8_lossy(&raw).to_string();
                 if text.contains("v=DMARC1") {
@@ -981,9 +1028,16 @@ impl Lists {
             if !parent.contains('.') {
                 return false;
             }
-            d = parent.to_string();
+            // a long name goes on from its last 7 labels (DMARCbis 4.10.1)
+            let labels: Vec<&str> = parent.split('.').collect();
+            d = if labels.len() > 7 {
+                labels[labels.len() - 7..].join(".")
+            } else {
+                parent.to_string()
+            };
             own = false;
         }
+        false
     }
 
     async fn hold(
@@ -1229,19 +1283,23 @@ impl Lists {
         )))
     }
 
-    /// A bounce at the list's VERP address: one more for the member it names.
+    /// A bounce at the list's VERP address: one more for the member it names, when it is a
+    /// delivery failure report (an out-of-office reply or a delay notice is not a bounce).
+    /// Mail at the plain bounce address names nobody provably and counts for nobody.
     async fn bounce(
         &self,
         list: &MailList,
         member: Option<&str>,
         message: &[u8],
     ) -> Result<Received, DirError> {
-        let member = member
-            .map(str::to_string)
-            .or_else(|| final_recipient(message));
-        let Some(member) = member else {
-            return Ok(Received::Done("Ok: bounce without a member taken".into()));
+        let Some(member) = member.map(str::to_string) else {
+            tracing::info!(list = %list.address(), "mail at the plain bounce address dropped (it names no member provably)");
+            return Ok(Received::Done("Ok: taken".into()));
         };
+        if !is_failure_report(message) {
+            tracing::info!(list = %list.address(), %member, "mail at a VERP address that is no failure report dropped");
+            return Ok(Received::Done("Ok: taken".into()));
+        }
         let list_key = list.address();
         let m = member.clone();
         let disabled = self
@@ -1275,6 +1333,15 @@ impl Lists {
             .deliverer
             .write(move |w| {
                 let pending: Vec<PendingRequest> = w.all(&MAIL_LIST_PENDING)?;
+                // one confirmation an hour per address: forged requests can't mail-bomb it
+                if pending.iter().any(|p| {
+                    p.list_id == list_id
+                        && p.address == addr
+                        && p.expires_at > t
+                        && p.expires_at - PENDING_TTL > t - 3600
+                }) {
+                    return Ok(None);
+                }
                 let mut count = 0;
                 for p in &pending {
                     if p.expires_at < t || (p.list_id == list_id && p.address == addr) {
@@ -1284,7 +1351,7 @@ impl Lists {
                     }
                 }
                 if count >= MAX_PENDING {
-                    return Ok(false);
+                    return Ok(Some(false));
                 }
                 w.put(
                     &MAIL_LIST_PENDING,
@@ -1297,10 +1364,13 @@ impl Lists {
                         expires_at: t + PENDING_TTL,
                     },
                 )?;
-                Ok(true)
+                Ok(Some(true))
             })
             .await
             .map_err(|e| DirError::Unavailable(e.to_string()))?;
+        let Some(taken) = taken else {
+            return done(); // a confirmation went out within the hour
+        };
         if !taken {
             return Ok(Received::Refused(
                 452,
@@ -1336,11 +1406,19 @@ impl Lists {
                 let Some(p) = w.get(&MAIL_LIST_PENDING, tk.as_str())? else {
                     return Ok(None);
                 };
+                if p.list_id != list_id {
+                    return Ok(None); // another list's token stays good for that list
+                }
                 w.remove(&MAIL_LIST_PENDING, tk.as_str())?;
-                if p.list_id != list_id || p.expires_at < t {
+                if p.expires_at < t {
                     return Ok(None);
                 }
                 if p.action == "subscribe" {
+                    let members: Vec<ListMember> =
+                        w.values_in(&MAIL_LIST_MEMBERS, (list_id, "")..(list_id + 1, ""))?;
+                    if members.len() >= MAX_MEMBERS {
+                        return Ok(None);
+                    }
                     if w.get(&MAIL_LIST_MEMBERS, (list_id, p.address.as_str()))?
                         .is_none()
                     {
@@ -1582,8 +1660,10 @@ pub fn list_message(
     );
     let replace_reply_to = strict || list.reply_to == "list";
     let mut had_subject = false;
+    let mut had_cc = false;
     for f in fields(headers) {
         let name = field_name(f).to_ascii_lowercase();
+        had_cc |= name == "cc";
         if REPLACED.contains(&name.as_str())
             || (strict && name == "from")
             || (replace_reply_to && name == "reply-to")
@@ -1626,7 +1706,7 @@ pub fn list_message(
     }
     if list.reply_to == "list" {
         push(&mut out, &format!("Reply-To: <{address}>\r\n"));
-        if strict {
+        if strict && !had_cc {
             push(&mut out, &format!("Cc: <{author}>\r\n"));
         }
     } else if strict {
@@ -1638,8 +1718,29 @@ pub fn list_message(
     out
 }
 
-/// The failed recipient a DSN names (RFC 3464 `Final-Recipient`), for a bounce that reached
-/// the plain bounce address.
+/// Whether `message` reports a failed delivery: an RFC 3464 report (`report-type=
+/// delivery-status`) saying `Action: failed`, and no automatic reply (RFC 3834).
+fn is_failure_report(message: &[u8]) -> bool {
+    let head = &message[..message.len().min(256 * 1024)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let header_end = text
+        .find("\r\n\r\n")
+        .or_else(|| text.find("\n\n"))
+        .unwrap_or(text.len());
+    let headers = &text[..header_end];
+    let auto_reply = headers
+        .lines()
+        .any(|l| l.starts_with("auto-submitted:") && l.contains("auto-replied"));
+    !auto_reply
+        && text.contains("delivery-status")
+        && text.lines().any(|l| {
+            let l = l.trim();
+            l.starts_with("action:") && l.contains("failed")
+        })
+}
+
+/// The failed recipient a DSN names (RFC 3464 `Final-Recipient`).
+#[cfg(test)]
 fn final_recipient(message: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(&message[..message.len().min(256 * 1024)]);
     text.lines().find_map(|l| {
@@ -1781,6 +1882,17 @@ mod tests {
             plain.contains("From: ann@a.org\r\n") && plain.contains("Subject: [team] re\r\n"),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn only_failure_reports_are_bounces() {
+        let dsn = b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822; x@y.org\r\nAction: failed\r\n";
+        assert!(is_failure_report(dsn));
+        let delayed = String::from_utf8_lossy(dsn).replace("failed", "delayed");
+        assert!(!is_failure_report(delayed.as_bytes()));
+        assert!(!is_failure_report(
+            b"Auto-Submitted: auto-replied\r\nSubject: away\r\n\r\nI am on holiday\r\n"
+        ));
     }
 
     #[test]

@@ -340,6 +340,29 @@ impl Hashing {
     }
 }
 
+/// Argon2 passes at most, and memory × passes at most (in 1 KiB blocks): a stored hash can't
+/// make one check run for long, whatever its memory.
+const MAX_ARGON2_PASSES: u32 = 16;
+const MAX_ARGON2_WORK: u64 = 4 * 256 * 1024;
+
+/// Whether an Argon2 hash with `params` is cheap enough to check at a login.
+pub(crate) fn argon2_cost_ok(params: &Params) -> Result<(), String> {
+    let work = u64::from(params.t_cost()) * params.block_count() as u64;
+    if params.t_cost() > MAX_ARGON2_PASSES
+        || params.block_count() > MAX_HASH_BLOCKS
+        || work > MAX_ARGON2_WORK
+        || params.p_cost() > 16
+    {
+        return Err(format!(
+            "Argon2 m={} KiB t={} p={}: wispd takes at most {MAX_ARGON2_PASSES} passes over {MAX_HASH_BLOCKS} KiB and {MAX_ARGON2_WORK} KiB-passes in all",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(())
+}
+
 /// Verifies `password` against an Argon2 PHC string on `memory`, growing it only when this
 /// hash needs more than it has.
 fn verify_phc(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bool, DirError> {
@@ -356,7 +379,7 @@ fn verify_phc(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bo
     let salt = salt.decode_b64(&mut salt_buf)?;
     let expected = parsed.hash.ok_or(DirError::StoredHash("hash"))?;
     let blocks = params.block_count();
-    if blocks > MAX_HASH_BLOCKS {
+    if blocks > MAX_HASH_BLOCKS || argon2_cost_ok(&params).is_err() {
         return Err(DirError::TooCostly(blocks));
     }
     if memory.len() < blocks {

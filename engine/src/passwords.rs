@@ -69,6 +69,10 @@ fn sha_crypt_parts<'a>(rest: &'a str, id: &str) -> Result<(usize, &'a str, &'a s
 
 /// Whether a hash brought over can be verified here at a bounded cost; why not otherwise.
 pub fn check(hash: &str) -> Result<(), String> {
+    // every scheme's encoding is ASCII (and the slicing below relies on it)
+    if !hash.is_ascii() || hash.len() > 1024 {
+        return Err("not an ASCII hash of at most 1024 characters".into());
+    }
     let Some((scheme, rest)) = split(hash) else {
         return Err("not a {SCHEME} hash".into());
     };
@@ -88,9 +92,12 @@ pub fn check(hash: &str) -> Result<(), String> {
             }
             Ok(())
         }
-        Scheme::Argon2 => argon2::password_hash::PasswordHash::new(rest)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Scheme::Argon2 => {
+            let parsed =
+                argon2::password_hash::PasswordHash::new(rest).map_err(|e| e.to_string())?;
+            let params = argon2::Params::try_from(&parsed).map_err(|e| e.to_string())?;
+            crate::login::argon2_cost_ok(&params)
+        }
         Scheme::Md5Crypt => md5_parts(rest).map(|_| ()),
         Scheme::Ssha512 => match STANDARD.decode(rest) {
             Ok(b) if b.len() > 64 => Ok(()),
@@ -256,6 +263,14 @@ mod tests {
         );
         assert!(check("{CRAM-MD5}abc").is_err());
         assert!(check("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").is_err());
+        // passes without bound, a multi-byte salt: refused, no panic
+        assert!(
+            check("{ARGON2ID}$argon2id$v=19$m=8,t=4294967295,p=1$c2FsdGFsdA$aGFzaGhhc2g").is_err()
+        );
+        // what `doveadm pw -s ARGON2ID` makes
+        assert!(check("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$Sv0vrQxPM35VafTt/kLR3g$LrtHG/qeqLzX5gROZ4ThMdZEHga17JDR84feg1Zt7J4").is_ok());
+        assert!(check("{MD5-CRYPT}$1$a\u{e9}\u{e9}\u{e9}\u{e9}$x").is_err());
+        assert!(verify("{MD5-CRYPT}$1$a\u{e9}\u{e9}\u{e9}\u{e9}$x", b"x", no_argon2).is_err());
         assert!(check("{SSHA512}c2hvcnQ=").is_err());
     }
 }

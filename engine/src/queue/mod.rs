@@ -463,7 +463,21 @@ impl Queue {
         let verdicts = if local {
             self.deliver_local(&entry.sender, &rcpts, &body).await
         } else if entry.source == "list" {
-            self.deliver_list(domain, &entry.sender, &rcpts, &body)
+            // a member that forwards off-site: the copy is the member's (its VERP, its link)
+            let originals: HashMap<&str, &str> = entry
+                .recipients
+                .iter()
+                .filter_map(|r| r.original.as_deref().map(|o| (r.address.as_str(), o)))
+                .collect();
+            let members: Vec<String> = rcpts
+                .iter()
+                .map(|r| {
+                    originals
+                        .get(r.as_str())
+                        .map_or_else(|| r.clone(), |m| (*m).to_string())
+                })
+                .collect();
+            self.deliver_list(domain, &entry.sender, &rcpts, &members, &body)
                 .await
         } else {
             remote::deliver(self, domain, &entry.sender, &rcpts, &[&body]).await
@@ -525,6 +539,7 @@ impl Queue {
         domain: &str,
         sender: &str,
         rcpts: &[String],
+        members: &[String],
         body: &[u8],
     ) -> Vec<Verdict> {
         let Some(list) =
@@ -546,7 +561,7 @@ impl Queue {
                 let Some(rcpt) = rcpts.get(i) else {
                     break;
                 };
-                let (from, header) = list.copy_for(rcpt);
+                let (from, header) = list.copy_for(members.get(i).unwrap_or(rcpt));
                 let v = remote::deliver(
                     self,
                     domain,
@@ -738,11 +753,18 @@ fn record(
     };
     let expired = t.saturating_sub(entry.created_at) >= secs(settings.lifetime);
     let mut failures = Vec::new();
+    // by address, once: a list's entry has thousands of recipients
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(entry.recipients.len());
+    for (i, r) in entry.recipients.iter().enumerate() {
+        if r.status == "queued" {
+            index.entry(r.address.clone()).or_insert(i);
+        }
+    }
     for (address, verdict) in rcpts.iter().zip(verdicts) {
-        let Some(r) = entry
-            .recipients
-            .iter_mut()
-            .find(|r| r.address == *address && r.status == "queued")
+        let Some(r) = index
+            .get(address.as_str())
+            .and_then(|&i| entry.recipients.get_mut(i))
+            .filter(|r| r.status == "queued")
         else {
             continue;
         };

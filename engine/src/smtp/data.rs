@@ -273,6 +273,7 @@ impl Core {
                     .as_ref()
                     .is_some_and(|v| v.spf == crate::inbound::Verdict::Pass),
                 trace,
+                junk,
             };
             let mut message = received;
             message.extend_from_slice(&body);
