@@ -228,6 +228,10 @@ def test_one_click_unsubscribe_over_https(lists):
                          capture_output=True, text=True, timeout=20).stdout
     assert out.endswith("200") and '"subscribed":false' in out, out
     assert [x["address"] for x in w.request("GET", f"{LIST}/team/members").json["data"]] == ["info@example.com"]
+    # only `unsubscribe/TOKEN` is open: anything else under it still needs a token
+    for path in ("/api/v1/email/unsubscribe/", "/api/v1/email/unsubscribe/a/b"):
+        out = subprocess.run(curl + [f"https://{host}:{port}{path}"], capture_output=True, text=True, timeout=20).stdout
+        assert out.endswith("401"), (path, out)
 
 
 def test_a_remote_member_that_bounces_three_times_is_disabled(lists):

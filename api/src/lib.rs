@@ -87,7 +87,7 @@ pub fn router(state: AppState) -> Router {
             get(routes::lists::archived),
         )
         .route(
-            "/api/v1/email/unsubscribe/{token}",
+            openapi::UNSUBSCRIBE_PATH,
             get(routes::lists::unsubscribe_get).post(routes::lists::unsubscribe_post),
         )
         .route("/api/v1/email/install", post(email::install))

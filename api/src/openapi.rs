@@ -17,13 +17,17 @@ use crate::view::ErrorEnvelope;
 /// Paths that need no token.
 pub const OPEN_PATHS: [&str; 2] = [crate::HEALTH_PATH, OPENAPI_PATH];
 
-/// Paths under this need no token either: the one-click unsubscribe links in list mail,
-/// whose own signature is the authority.
-pub const UNSUBSCRIBE_PREFIX: &str = "/api/v1/email/unsubscribe/";
+/// Needs no token either: the one-click unsubscribe links in list mail, whose own signature is
+/// the authority (any `{token}`).
+pub const UNSUBSCRIBE_PATH: &str = "/api/v1/email/unsubscribe/{token}";
 
 /// Whether `path` (as requested, or as documented) needs no token.
 pub fn is_open(path: &str) -> bool {
-    OPEN_PATHS.contains(&path) || path.starts_with(UNSUBSCRIBE_PREFIX)
+    let unsubscribe = UNSUBSCRIBE_PATH.trim_end_matches("{token}");
+    OPEN_PATHS.contains(&path)
+        || path
+            .strip_prefix(unsubscribe)
+            .is_some_and(|t| !t.is_empty() && !t.contains('/'))
 }
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";

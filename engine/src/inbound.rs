@@ -531,15 +531,32 @@ fn strip_fields(message: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(message.len(), |p| p + 2);
-    let head = &message[..end];
     let mut out = Vec::with_capacity(message.len());
-    let mut i = 0;
     let mut changed = false;
-    while i < head.len() {
-        // one field: its first line and the continuation lines after it
+    for field in header_fields(&message[..end]) {
+        if drop(field) {
+            changed = true;
+        } else {
+            out.extend_from_slice(field);
+        }
+    }
+    if !changed {
+        return message.to_vec();
+    }
+    out.extend_from_slice(&message[end..]);
+    out
+}
+
+/// The fields of a header block, each with its continuation lines and line ends.
+pub(crate) fn header_fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= head.len() {
+            return None;
+        }
         let mut j = i;
         loop {
-            match head[j..].iter().position(|&c| c == b'\n') {
+            match memchr::memchr(b'\n', &head[j..]) {
                 Some(p) => j += p + 1,
                 None => {
                     j = head.len();
@@ -551,18 +568,9 @@ fn strip_fields(message: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
             }
         }
         let field = &head[i..j];
-        if drop(field) {
-            changed = true;
-        } else {
-            out.extend_from_slice(field);
-        }
         i = j;
-    }
-    if !changed {
-        return message.to_vec();
-    }
-    out.extend_from_slice(&message[end..]);
-    out
+        Some(field)
+    })
 }
 
 /// Whether a header field is an `Authentication-Results:` naming `hostname` as its authserv-id.

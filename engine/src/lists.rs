@@ -1560,24 +1560,11 @@ fn notice(
     m.into_bytes()
 }
 
-/// The header fields of a header block, each with its continuation lines and line end.
+/// The header fields of a header block (its empty last line left out).
 fn fields(headers: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < headers.len() {
-        let end = memchr::memchr(b'\n', &headers[i..]).map_or(headers.len(), |n| i + n + 1);
-        let next_continues = headers.get(end).is_some_and(|&b| b == b' ' || b == b'\t');
-        if !next_continues {
-            let f = &headers[start..end];
-            if !f.iter().all(|b| b.is_ascii_whitespace()) {
-                out.push(f);
-            }
-            start = end;
-        }
-        i = end;
-    }
-    out
+    crate::inbound::header_fields(headers)
+        .filter(|f| !f.iter().all(u8::is_ascii_whitespace))
+        .collect()
 }
 
 fn field_name(f: &[u8]) -> &str {
