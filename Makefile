@@ -13,7 +13,7 @@ BUILD_PKGS := build-essential pkg-config clang libclang-dev
 TEST_PKGS := nftables iproute2 curl openssl
 # daemons the tests start privately (own config, loopback port): installed with their system
 # service kept from starting and disabled
-TEST_DAEMONS := rspamd clamav-daemon dovecot-core
+TEST_DAEMONS := rspamd clamav-daemon dovecot-core dovecot-imapd dovecot-lmtpd
 # their services (clamav-daemon brings clamav-freshclam, which must not fetch or run either)
 TEST_SERVICES := rspamd clamav-daemon clamav-daemon.socket clamav-freshclam dovecot
 # the milters and policy service the SMTP bench's Postfix peer runs (private instances too)

@@ -24,14 +24,18 @@ pub enum Job {
 }
 
 /// The data directory and the API certificate of the server `target` names.
-fn locate(target: &Target) -> Result<(PathBuf, PathBuf)> {
-    let cfg = match &target.config {
+fn config(target: &Target) -> Result<Config> {
+    Ok(match &target.config {
         Some(path) => Config::load(path).map_err(|errors| {
             crate::report(&path.display().to_string(), &errors);
             anyhow::anyhow!("the config file has errors")
         })?,
         None => Config::embedded(),
-    };
+    })
+}
+
+fn locate(target: &Target) -> Result<(PathBuf, PathBuf)> {
+    let cfg = config(target)?;
     let data_dir = target.data_dir.clone().unwrap_or(cfg.data_dir);
     let configured = cfg.api.tls_files.map(|(cert, _)| cert);
     let cert = client::cert_file(&data_dir, configured.as_ref());
@@ -180,29 +184,38 @@ pub fn import(
     from: &[PathBuf],
     dry_run: bool,
 ) -> ExitCode {
-    let result = locate(target).and_then(|(data_dir, cert)| {
-        use crate::cli::ImportSource;
-        let defaults: &[&str] = match source {
-            ImportSource::Csf => &["/etc/csf", "/var/lib/csf"],
-            ImportSource::Postfix => &["/etc/postfix"],
-            ImportSource::Dovecot => &["/etc/dovecot"],
-        };
-        let dirs = crate::import::dirs(from, defaults)?;
-        let api = Api::connect(&data_dir, &cert)?;
-        let report = runtime()?.block_on(async {
-            match source {
-                ImportSource::Csf => crate::import::csf(&api, &dirs, dry_run).await,
-                ImportSource::Postfix => crate::import::postfix(&api, &dirs, dry_run).await,
-                ImportSource::Dovecot => crate::import::dovecot(&api, &dirs, dry_run).await,
+    let result = (|| {
+        let cfg = config(target)?;
+        let data_dir = target.data_dir.clone().unwrap_or(cfg.data_dir.clone());
+        let cert = client::cert_file(
+            &data_dir,
+            cfg.api.tls_files.as_ref().map(|(c, _)| c.clone()).as_ref(),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        rt.block_on(async {
+            // a stopped server's store is served here, the same API over the same store
+            let offline = crate::serve::Offline::start(&cfg, &data_dir).await?;
+            let api = match &offline {
+                Some(o) => Api::local(o.base.clone(), &data_dir)?,
+                None => Api::connect(&data_dir, &cert)?,
+            };
+            let report = crate::import::run(&api, source, from, dry_run).await;
+            if let Some(o) = offline {
+                o.stop().await;
             }
-        })?;
-        if target.json {
-            println!("{}", report.json(dry_run));
-        } else {
-            report.print(dry_run);
-        }
-        Ok(())
-    });
+            let report = report?;
+            if target.json {
+                println!("{}", report.json(dry_run));
+            } else {
+                report.print(dry_run);
+            }
+            Ok(())
+        })
+    })();
     finish(result)
 }
 

@@ -46,8 +46,11 @@ pub enum ImportSource {
     Csf,
     /// Postfix: virtual_alias_maps (forwarders, catch-alls); what belongs in the config file is listed.
     Postfix,
-    /// Dovecot: passwd-file users with the password hashes they have (mailboxes: not yet).
+    /// Dovecot: passwd-file users with the password hashes they have, their Maildir++ (UIDs,
+    /// flags, keywords, folders, subscriptions) and Sieve scripts.
     Dovecot,
+    /// All three, each from what the --from directories (or its defaults) hold.
+    All,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,10 +105,12 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Bring another server's setup over to the running server, through its API: `csf` reads
-    /// csf.conf, csf.allow, csf.deny, csf.tempban, csf.ignore and csf.blocklists; `postfix`
-    /// reads main.cf and its virtual_alias_maps. Running it again changes nothing; every item
-    /// that can't come over is listed with the reason.
+    /// Bring another server's setup over, through the running server's API (or, when wispd is
+    /// stopped, the same API served in this process over its data dir): `csf` reads csf.conf,
+    /// csf.allow, csf.deny, csf.tempban, csf.ignore and csf.blocklists; `postfix` reads main.cf
+    /// and its virtual_alias_maps; `dovecot` its passwd-file users, their Maildir++ and Sieve
+    /// scripts. Running it again changes nothing; an interrupted run resumes; every item that
+    /// can't come over is listed with the reason.
     Import {
         /// What to import from.
         #[arg(value_enum)]

@@ -18,6 +18,7 @@ use serde_json::Value;
 pub const API_URL_FILE: &str = "api.url";
 
 /// A client of one running server.
+#[derive(Clone)]
 pub struct Api {
     base: String,
     token: String,
@@ -104,7 +105,7 @@ impl Api {
             .trim()
             .to_string();
         let mut builder = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
+            .timeout(std::time::Duration::from_secs(300))
             .no_proxy();
         if base.starts_with("https://") {
             let cert = CertificateDer::pem_file_iter(cert)
@@ -123,6 +124,33 @@ impl Api {
         }
         let http = builder.build().context("building the HTTP client")?;
         Ok(Api { base, token, http })
+    }
+
+    /// A server in this process (`wispd import` on a stopped server's data dir): plain HTTP on
+    /// loopback, with the data dir's admin token.
+    pub fn local(base: String, data_dir: &Path) -> Result<Api> {
+        let token_file = data_dir.join("admin.token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read {}", token_file.display()))?
+            .trim()
+            .to_string();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(300))
+            .no_proxy()
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api { base, token, http })
+    }
+
+    /// `POST`s a JSON body already serialised (a mailbox import batch).
+    pub async fn post_json_bytes(&self, path: &str, body: Vec<u8>) -> Result<Value> {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await
     }
 
     /// `GET`s `path` (under `/api/v1`) and returns the JSON body, or says what the API said.

@@ -779,8 +779,20 @@ fn with_scheme(hash: &str) -> Option<String> {
     Some(format!("{{{scheme}}}{hash}"))
 }
 
-/// One passwd-file line: (address, hash, quota MiB).
-pub fn parse_passwd_line(line: &str) -> Result<Option<(String, String, i64)>, String> {
+/// One user of a passwd-file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdUser {
+    pub user: String,
+    pub hash: String,
+    pub quota_mib: i64,
+    /// The home directory field (or `userdb_home=`), if any.
+    pub home: Option<String>,
+    /// `userdb_mail=` (a mail location, `maildir:~/Maildir`), if any.
+    pub mail: Option<String>,
+}
+
+/// One passwd-file line (`user@domain:{SCHEME}hash:uid:gid:gecos:home:shell:extra fields`).
+pub fn parse_passwd_line(line: &str) -> Result<Option<PasswdUser>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -800,19 +812,140 @@ pub fn parse_passwd_line(line: &str) -> Result<Option<(String, String, i64)>, St
     } else {
         String::new()
     };
-    Ok(Some((user, hash, quota_mib(&extra))))
+    let field = |name: &str| {
+        extra
+            .split_whitespace()
+            .find_map(|x| x.strip_prefix(name))
+            .map(str::to_string)
+    };
+    let home = field("userdb_home=").or_else(|| {
+        f.get(5)
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+    });
+    Ok(Some(PasswdUser {
+        user,
+        hash,
+        quota_mib: quota_mib(&extra),
+        home,
+        mail: field("userdb_mail="),
+    }))
 }
 
-/// Dovecot: the users of its `passwd-file` passdbs, with the hashes they have (every file
-/// named `users`, `passwd` or `*.passwd` in the `--from` directories, or a `--from` file).
+/// The `mail_location` of the Dovecot config in `dirs` (`dovecot.conf` and `conf.d/*.conf`),
+/// the last one set.
+pub fn mail_location(dirs: &[PathBuf]) -> Option<String> {
+    let mut files = Vec::new();
+    for d in dirs {
+        files.push(d.join("dovecot.conf"));
+        if let Ok(rd) = std::fs::read_dir(d.join("conf.d")) {
+            let mut conf: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                .collect();
+            conf.sort();
+            files.extend(conf);
+        }
+    }
+    let mut found = None;
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if let Some((k, v)) = line.split_once('=')
+                && k.trim() == "mail_location"
+                && !v.trim().is_empty()
+            {
+                found = Some(v.trim().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// A user's Maildir from a mail location (`maildir:~/Maildir:INDEX=…`, `%u`, `%n`, `%d`,
+/// `%h`, `~`); an error names what can't be read.
+pub fn maildir_path(location: &str, u: &PasswdUser) -> Result<PathBuf, String> {
+    let (driver, rest) = location.split_once(':').unwrap_or(("maildir", location));
+    if driver != "maildir" {
+        return Err(format!(
+            "mail location {location:?}: only maildir can be imported"
+        ));
+    }
+    let mut parts = rest.split(':');
+    let path = parts.next().unwrap_or("");
+    if parts.any(|p| p.eq_ignore_ascii_case("LAYOUT=fs")) {
+        return Err(format!(
+            "mail location {location:?}: LAYOUT=fs (folders as subdirectories) is not Maildir++"
+        ));
+    }
+    let (local, domain) = u.user.rsplit_once('@').unwrap_or((&u.user, ""));
+    let home = u.home.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '~' if out.is_empty() => {
+                if home.is_empty() {
+                    return Err(format!(
+                        "mail location {location:?} uses ~ but the user has no home"
+                    ));
+                }
+                out.push_str(&home);
+            }
+            '%' => {
+                let var = match chars.next() {
+                    Some('{') => {
+                        let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                        name
+                    }
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                };
+                let lower = |s: &str| s.to_ascii_lowercase();
+                match var.as_str() {
+                    "u" | "user" => out.push_str(&u.user),
+                    "n" | "username" => out.push_str(local),
+                    "d" | "domain" => out.push_str(domain),
+                    "Lu" => out.push_str(&lower(&u.user)),
+                    "Ln" => out.push_str(&lower(local)),
+                    "Ld" => out.push_str(&lower(domain)),
+                    "h" | "home" => out.push_str(&home),
+                    "%" => out.push('%'),
+                    other => {
+                        return Err(format!("mail location {location:?}: %{other} is not known"));
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("mail location {location:?} names no directory"));
+    }
+    Ok(PathBuf::from(out))
+}
+
+/// Dovecot: the users of its `passwd-file` passdbs with the hashes they have (every file
+/// named `users`, `passwd` or `*.passwd` in the `--from` directories, or a `--from` file),
+/// then each user's Maildir++ (the userdb's `mail=`, else `mail_location` of the
+/// `dovecot.conf` in the `--from` directories, else `~/Maildir`) and Sieve scripts.
 pub async fn dovecot(api: &Api, from: &[PathBuf], dry_run: bool) -> Result<Report> {
     let mut report = Report::default();
     let mut files = Vec::new();
+    let mut conf_dirs = Vec::new();
     for p in from {
         if p.is_file() {
             files.push(p.clone());
+            if let Some(d) = p.parent() {
+                conf_dirs.push(d.to_path_buf());
+            }
             continue;
         }
+        conf_dirs.push(p.clone());
         let mut found: Vec<PathBuf> = std::fs::read_dir(p)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -830,17 +963,9 @@ pub async fn dovecot(api: &Api, from: &[PathBuf], dry_run: bool) -> Result<Repor
     if files.is_empty() {
         bail!("no passwd-file (users, passwd, *.passwd) in the --from paths");
     }
-    let have = api.get("/email/accounts").await?;
-    let have: BTreeSet<String> = have["accounts"]
-        .as_array()
-        .or_else(|| have["data"]["accounts"].as_array())
-        .or_else(|| have["data"].as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x["email"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let location = mail_location(&conf_dirs);
+    let mut have = accounts(api).await?;
+    let mut users = Vec::new();
     for file in files {
         let name = file
             .file_name()
@@ -853,7 +978,7 @@ pub async fn dovecot(api: &Api, from: &[PathBuf], dry_run: bool) -> Result<Repor
                 pb.inc(1);
             }
             let at = format!("{name}:{}", n + 1);
-            let (user, hash, quota) = match parse_passwd_line(line) {
+            let u = match parse_passwd_line(line) {
                 Ok(Some(u)) => u,
                 Ok(None) => continue,
                 Err(why) => {
@@ -864,40 +989,510 @@ pub async fn dovecot(api: &Api, from: &[PathBuf], dry_run: bool) -> Result<Repor
                     continue;
                 }
             };
-            if have.contains(&user) {
+            if have.contains_key(&u.user) {
                 report.unchanged += 1;
+                users.push(u);
                 continue;
             }
-            let scheme = hash
+            let scheme = u
+                .hash
                 .split('}')
                 .next()
                 .unwrap_or("")
                 .trim_start_matches('{')
                 .to_string();
             let what = format!(
-                "account {user} ({scheme}{})",
-                if quota > 0 {
-                    format!(", quota {quota} MiB")
+                "account {} ({scheme}{})",
+                u.user,
+                if u.quota_mib > 0 {
+                    format!(", quota {} MiB", u.quota_mib)
                 } else {
                     String::new()
                 }
             );
             if dry_run {
                 report.changed.push(what);
+                users.push(u);
                 continue;
             }
-            let (username, domain) = user.rsplit_once('@').unwrap_or((&user, ""));
-            let body = json!({"domain": domain, "username": username, "password_hash": hash, "quota_mb": quota});
+            let (username, domain) = u.user.rsplit_once('@').unwrap_or((&u.user, ""));
+            let body = json!({"domain": domain, "username": username, "password_hash": u.hash, "quota_mb": u.quota_mib});
             match api.post("/email/accounts/import", &body).await {
-                Ok(_) => report.changed.push(what),
-                Err(e) => report.skip(format!("{at}: {user}"), format!("{e:#}")),
+                Ok(_) => {
+                    report.changed.push(what);
+                    users.push(u);
+                }
+                Err(e) => report.skip(format!("{at}: {}", u.user), format!("{e:#}")),
             }
         }
         if let Some(pb) = pb {
             pb.finish_and_clear();
         }
     }
+    if !dry_run {
+        have = accounts(api).await?;
+    }
+    for u in &users {
+        let path = match u
+            .mail
+            .as_deref()
+            .or(location.as_deref())
+            .map_or_else(
+                || {
+                    u.home
+                        .as_ref()
+                        .map(|h| PathBuf::from(h).join("Maildir"))
+                        .ok_or_else(|| {
+                            "no mail location: no userdb mail=, no mail_location in dovecot.conf, no home".to_string()
+                        })
+                },
+                |l| maildir_path(l, u),
+            ) {
+            Ok(p) => p,
+            Err(why) => {
+                report.skip(format!("mail of {}", u.user), why);
+                continue;
+            }
+        };
+        if !path.is_dir() {
+            report.skip(
+                format!("mail of {}", u.user),
+                format!("no Maildir at {}", path.display()),
+            );
+        } else {
+            let id = have.get(&u.user).copied();
+            maildir(api, &u.user, id, &path, dry_run, &mut report).await?;
+        }
+        if let Some(home) = &u.home {
+            sieve(api, &u.user, Path::new(home), dry_run, &mut report).await?;
+        }
+    }
     Ok(report)
+}
+
+/// The server's accounts: address → id.
+async fn accounts(api: &Api) -> Result<BTreeMap<String, u64>> {
+    let have = api.get("/email/accounts").await?;
+    Ok(have["accounts"]
+        .as_array()
+        .or_else(|| have["data"]["accounts"].as_array())
+        .or_else(|| have["data"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| Some((x["email"].as_str()?.to_string(), x["id"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A batch's message bytes (before base64) past which it is sent.
+const BATCH_BYTES: u64 = 4 << 20;
+/// Messages in a batch at most.
+const BATCH_MESSAGES: usize = 2_000;
+/// Largest message file brought over: what one import request carries (the API's 72 MiB,
+/// base64).
+const MAX_IMPORT_MESSAGE: u64 = 50 << 20;
+
+/// The RFC 6154 attribute Dovecot's default config gives a folder of this name.
+fn special_use(name: &str) -> Option<&'static str> {
+    match name {
+        "Sent" | "Sent Messages" | "Sent Items" => Some("\\Sent"),
+        "Drafts" => Some("\\Drafts"),
+        "Trash" | "Deleted Messages" | "Deleted Items" => Some("\\Trash"),
+        "Junk" | "Spam" => Some("\\Junk"),
+        "Archive" | "Archives" => Some("\\Archive"),
+        _ => None,
+    }
+}
+
+/// Progress over a user's messages: a bar on a terminal, else a line every few seconds.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    what: String,
+    total: u64,
+    done: u64,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+}
+
+impl Progress {
+    fn new(what: String, total: u64) -> Progress {
+        let bar = bar(usize::try_from(total).unwrap_or(usize::MAX), "messages");
+        if let Some(b) = &bar {
+            b.set_message(what.clone());
+        }
+        let now = std::time::Instant::now();
+        Progress {
+            bar,
+            what,
+            total,
+            done: 0,
+            started: now,
+            last_line: now,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(b) => b.inc(n),
+            None if self.last_line.elapsed() >= std::time::Duration::from_secs(5) => {
+                self.last_line = std::time::Instant::now();
+                eprintln!("{}", self.line());
+            }
+            None => {}
+        }
+    }
+
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        format!(
+            "{}: {}/{} messages ({:.0}/s)",
+            self.what,
+            self.done,
+            self.total,
+            self.done as f64 / secs
+        )
+    }
+
+    fn finish(self) {
+        match self.bar {
+            Some(b) => b.finish_and_clear(),
+            None if self.total >= 1000 => eprintln!("{}", self.line()),
+            None => {}
+        }
+    }
+}
+
+/// One batch's request body, read from the message files (on a blocking thread).
+fn batch_body(
+    folder: &crate::maildir::Folder,
+    subscribed: bool,
+    batch: &[crate::maildir::Message],
+) -> (Vec<u8>, Vec<(String, String)>) {
+    use base64::Engine as _;
+    let mut skipped = Vec::new();
+    let mut messages = Vec::with_capacity(batch.len());
+    for m in batch {
+        match std::fs::read(&m.path) {
+            Ok(data) => messages.push(json!({
+                "uid": m.uid,
+                "flags": m.flags,
+                "internal_date": m.internal_date,
+                "data": base64::engine::general_purpose::STANDARD.encode(crate::maildir::crlf(data)),
+            })),
+            Err(e) => skipped.push((m.path.display().to_string(), e.to_string())),
+        }
+    }
+    let body = json!({
+        "mailbox": folder.name,
+        "uidvalidity": folder.uidvalidity,
+        "uidnext": folder.uidnext,
+        "subscribed": subscribed,
+        "special_use": special_use(&folder.name),
+        "messages": messages,
+    });
+    (serde_json::to_vec(&body).unwrap_or_default(), skipped)
+}
+
+/// What a folder's import did, summed over its batches.
+#[derive(Default)]
+struct FolderTally {
+    imported: u64,
+    already: u64,
+    renumbered: u64,
+    created: bool,
+    uids_kept: bool,
+}
+
+impl FolderTally {
+    fn add(&mut self, v: &Value) {
+        let d = &v["data"];
+        self.imported += d["imported"].as_u64().unwrap_or(0);
+        self.already += d["already"].as_u64().unwrap_or(0);
+        self.renumbered += d["renumbered"].as_u64().unwrap_or(0);
+        self.created |= d["created"].as_bool().unwrap_or(false);
+        self.uids_kept = d["uids_kept"].as_bool().unwrap_or(false);
+    }
+}
+
+/// One user's Maildir++: every folder, its UIDs, flags, keywords and dates, and the
+/// subscriptions. Batches are committed one at a time, each mailbox in UID order, while the
+/// next is read: an interrupted import resumes where the last committed batch ended.
+async fn maildir(
+    api: &Api,
+    user: &str,
+    id: Option<u64>,
+    root: &Path,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let folders = crate::maildir::folders(root)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", root.display()))?;
+    let subscribed = crate::maildir::subscriptions(root);
+    for s in &subscribed {
+        if !folders.iter().any(|(n, _)| n == s) {
+            report.skip(
+                format!("subscription {user} {s}"),
+                "subscribed in Dovecot, but there is no such folder",
+            );
+        }
+    }
+    let mut scanned = Vec::new();
+    for (name, path) in folders {
+        match crate::maildir::scan(&name, &path) {
+            Ok(f) => scanned.push(f),
+            Err(e) => report.skip(format!("folder {user} {name}"), e.to_string()),
+        }
+    }
+    let total: u64 = scanned.iter().map(|f| f.messages.len() as u64).sum();
+    let mut progress = Progress::new(user.to_string(), total);
+    for mut folder in scanned {
+        for (file, why) in std::mem::take(&mut folder.skipped) {
+            report.skip(file, why);
+        }
+        let too_big: Vec<_> = folder
+            .messages
+            .iter()
+            .filter(|m| m.size > MAX_IMPORT_MESSAGE)
+            .map(|m| m.path.display().to_string())
+            .collect();
+        for f in too_big {
+            report.skip(f, format!("larger than {MAX_IMPORT_MESSAGE} bytes"));
+        }
+        folder.messages.retain(|m| m.size <= MAX_IMPORT_MESSAGE);
+        let sub = subscribed.iter().any(|s| *s == folder.name);
+        if dry_run {
+            report.changed.push(format!(
+                "mailbox {user} {}: {} message(s) in Dovecot (UIDVALIDITY {})",
+                folder.name,
+                folder.messages.len(),
+                folder.uidvalidity
+            ));
+            progress.add(folder.messages.len() as u64);
+            continue;
+        }
+        let Some(id) = id else {
+            continue;
+        };
+        let path = format!("/email/accounts/{id}/mailboxes/import");
+        let folder = std::sync::Arc::new(folder);
+        // cut into batches by bytes and count; at least one (an empty folder is created too)
+        let mut cuts = vec![0usize];
+        let mut bytes = 0u64;
+        for (i, m) in folder.messages.iter().enumerate() {
+            if i > cuts[cuts.len() - 1]
+                && (bytes + m.size > BATCH_BYTES || i - cuts[cuts.len() - 1] >= BATCH_MESSAGES)
+            {
+                cuts.push(i);
+                bytes = 0;
+            }
+            bytes += m.size;
+        }
+        cuts.push(folder.messages.len());
+        let mut tally = FolderTally::default();
+        let mut inflight: Option<(tokio::task::JoinHandle<Result<Value>>, usize)> = None;
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let f = folder.clone();
+            let built = tokio::task::spawn_blocking(move || batch_body(&f, sub, &f.messages[a..b]));
+            if let Some((h, n)) = inflight.take() {
+                tally.add(&h.await??);
+                progress.add(n as u64);
+            }
+            let (body, skipped) = built.await?;
+            for (file, why) in skipped {
+                report.skip(file, why);
+            }
+            let api = api.clone();
+            let p = path.clone();
+            inflight = Some((
+                tokio::spawn(async move { api.post_json_bytes(&p, body).await }),
+                b - a,
+            ));
+        }
+        if let Some((h, n)) = inflight.take() {
+            tally.add(&h.await??);
+            progress.add(n as u64);
+        }
+        report.unchanged += usize::try_from(tally.already).unwrap_or(usize::MAX);
+        if tally.imported == 0 && tally.created {
+            report
+                .changed
+                .push(format!("mailbox {user} {}: created (empty)", folder.name));
+        } else if tally.imported > 0 {
+            let how = if tally.uids_kept && tally.renumbered == 0 {
+                "UIDs kept".to_string()
+            } else if tally.renumbered > 0 {
+                format!(
+                    "{} given new UIDs: the mailbox already had other mail",
+                    tally.renumbered
+                )
+            } else {
+                "new UIDVALIDITY".to_string()
+            };
+            report.changed.push(format!(
+                "mailbox {user} {}: {} message(s) ({how})",
+                folder.name, tally.imported
+            ));
+        } else if folder.messages.is_empty() {
+            report.unchanged += 1;
+        }
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// A user's Sieve scripts (`~/sieve/*.sieve`), the one `~/.dovecot.sieve` links to active (a
+/// plain `~/.dovecot.sieve` comes over as the active script `dovecot`).
+async fn sieve(
+    api: &Api,
+    user: &str,
+    home: &Path,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let link = home.join(".dovecot.sieve");
+    let active: Option<String> = std::fs::read_link(&link).ok().and_then(|t| {
+        t.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sieve"))
+            .map(str::to_string)
+    });
+    let mut scripts: Vec<(String, PathBuf)> = std::fs::read_dir(home.join("sieve"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter_map(|p| {
+                    let stem = p.file_name()?.to_str()?.strip_suffix(".sieve")?.to_string();
+                    p.is_file().then_some((stem, p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    scripts.sort();
+    if active.is_none()
+        && link.is_file()
+        && std::fs::symlink_metadata(&link).is_ok_and(|m| m.is_file())
+    {
+        scripts.push(("dovecot".into(), link.clone()));
+    }
+    if scripts.is_empty() {
+        return Ok(());
+    }
+    let (local, domain) = user.rsplit_once('@').unwrap_or((user, ""));
+    let path = format!("/email/filters/{domain}/{local}");
+    let have = if dry_run {
+        Value::Null
+    } else {
+        api.get(&path).await?
+    };
+    let plain_active = active.is_none();
+    for (name, file) in scripts {
+        let text = match std::fs::read(&file) {
+            Ok(b) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => {
+                    report.skip(file.display().to_string(), "not UTF-8");
+                    continue;
+                }
+            },
+            Err(e) => {
+                report.skip(file.display().to_string(), e.to_string());
+                continue;
+            }
+        };
+        let is_active =
+            active.as_deref() == Some(name.as_str()) || (plain_active && name == "dovecot");
+        let same = have["data"]["scripts"].as_array().is_some_and(|a| {
+            a.iter().any(|s| {
+                s["name"].as_str() == Some(name.as_str())
+                    && s["script"].as_str() == Some(text.as_str())
+                    && s["active"].as_bool() == Some(is_active)
+            })
+        });
+        if same {
+            report.unchanged += 1;
+            continue;
+        }
+        let what = format!(
+            "sieve script {user} {name}{}",
+            if is_active { " (active)" } else { "" }
+        );
+        if dry_run {
+            report.changed.push(what);
+            continue;
+        }
+        match api
+            .put(
+                &path,
+                &json!({"name": name, "script": text, "active": is_active}),
+            )
+            .await
+        {
+            Ok(_) => report.changed.push(what),
+            Err(e) => report.skip(file.display().to_string(), format!("{e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// Every source, for `wispd import all`: each reads the `--from` directories (or its own
+/// defaults); a source with nothing there is noted, not an error.
+pub async fn run(
+    api: &Api,
+    source: crate::cli::ImportSource,
+    from: &[PathBuf],
+    dry_run: bool,
+) -> Result<Report> {
+    use crate::cli::ImportSource;
+    let one = |s: ImportSource| -> &'static [&'static str] {
+        match s {
+            ImportSource::Csf => &["/etc/csf", "/var/lib/csf"],
+            ImportSource::Postfix => &["/etc/postfix"],
+            ImportSource::Dovecot | ImportSource::All => &["/etc/dovecot"],
+        }
+    };
+    let go = |s: ImportSource| async move {
+        let dirs = dirs(from, one(s))?;
+        match s {
+            ImportSource::Csf => csf(api, &dirs, dry_run).await,
+            ImportSource::Postfix => postfix(api, &dirs, dry_run).await,
+            ImportSource::Dovecot | ImportSource::All => dovecot(api, &dirs, dry_run).await,
+        }
+    };
+    if !matches!(source, ImportSource::All) {
+        return go(source).await;
+    }
+    let mut all = Report::default();
+    for (s, name, marker) in [
+        (ImportSource::Csf, "csf", "csf.conf"),
+        (ImportSource::Postfix, "postfix", "main.cf"),
+        (ImportSource::Dovecot, "dovecot", ""),
+    ] {
+        let dirs = if from.is_empty() {
+            one(s).iter().map(PathBuf::from).collect()
+        } else {
+            from.to_vec()
+        };
+        let present = if marker.is_empty() {
+            dirs.iter().any(|d| d.is_dir())
+        } else {
+            find(&dirs, marker).is_some()
+        };
+        if !present {
+            all.skip(name, "nothing of it in the --from directories");
+            continue;
+        }
+        match go(s).await {
+            Ok(r) => {
+                all.changed.extend(r.changed);
+                all.unchanged += r.unchanged;
+                all.skipped.extend(r.skipped);
+            }
+            Err(e) => all.skip(name, format!("{e:#}")),
+        }
+    }
+    Ok(all)
 }
 
 /// The directories to read: `--from`, else the source's own (`defaults`).

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod import;
+mod maildir;
 mod serve;
 mod tls;
 

@@ -90,7 +90,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let mail_tasks = TaskTracker::new();
     let mail = Arc::new(
         Mail::new(
-            mail_config(&cfg, mail_certs, &public_url(&cfg, api_addr.port())),
+            mail_config(&cfg, Some(mail_certs), &public_url(&cfg, api_addr.port())),
             store.clone(),
             Directory::new(store.clone()),
             shutdown.clone(),
@@ -190,6 +190,98 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// The API of a stopped server's data dir, served in this process on a loopback port for
+/// `wispd import`: the same router and engines over the same store, with no mail listener, no
+/// queue run and the firewall kept to the store (the next `wispd serve` applies what changed).
+pub struct Offline {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    mail: Arc<Mail>,
+}
+
+impl Offline {
+    /// Opens the store and starts serving its API; `None` when a running server has the store.
+    pub async fn start(cfg: &Config, data_dir: &Path) -> Result<Option<Offline>> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        match Store::open(data_dir) {
+            Ok(store) => Self::serve(cfg, store, data_dir).await.map(Some),
+            Err(wispd_store::StoreError::InUse { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn serve(cfg: &Config, store: Store, data_dir: &Path) -> Result<Offline> {
+        bootstrap_admin_token(&store, data_dir)?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let fw_cfg = FirewallConfig {
+            table: cfg.firewall.table.clone(),
+            kernel: false,
+            protected_tcp_ports: protected_ports(cfg, cfg.api.listen.port()),
+            api_port: Some(cfg.api.listen.port()).filter(|&p| p != 0),
+        };
+        let fw_store = store.clone();
+        let firewall = Arc::new(
+            tokio::task::spawn_blocking(move || Firewall::start(fw_store, fw_cfg))
+                .await?
+                .context("opening the firewall settings")?,
+        );
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mail = Arc::new(
+            Mail::new(
+                mail_config(cfg, None, &public_url(cfg, cfg.api.listen.port())),
+                store.clone(),
+                Directory::new(store.clone()),
+                shutdown.clone(),
+                TaskTracker::new(),
+            )
+            .context("starting the mail delivery writer")?,
+        );
+        let state = AppState {
+            store: store.clone(),
+            limiter: Arc::new(RateLimit::per_minute(std::num::NonZeroU32::MAX)),
+            firewall: firewall.clone(),
+            directory: mail.directory().clone(),
+            mail: mail.clone(),
+            metrics: Arc::new(wispd_api::metrics::Metrics::new(
+                mail.metrics(),
+                firewall,
+                mail.queue().clone(),
+            )),
+        };
+        tasks.spawn(wispd_api::server::serve(
+            listener,
+            None,
+            wispd_api::router(state),
+            shutdown.clone(),
+            DRAIN,
+        ));
+        Ok(Offline {
+            base: format!("http://{addr}"),
+            shutdown,
+            tasks,
+            mail,
+        })
+    }
+
+    /// Stops serving and commits what the writer holds.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Ok(mail) = Arc::try_unwrap(self.mail) {
+            let _ = tokio::task::spawn_blocking(move || mail.shutdown()).await;
+        }
+    }
+}
+
 /// The mail listeners' TLS configurations.
 struct MailCerts {
     smtp: Arc<rustls::ServerConfig>,
@@ -206,7 +298,7 @@ fn public_url(cfg: &Config, port: u16) -> String {
     format!("{scheme}://{}:{port}", cfg.hostname)
 }
 
-fn mail_config(cfg: &Config, certs: MailCerts, api_url: &str) -> MailConfig {
+fn mail_config(cfg: &Config, certs: Option<MailCerts>, api_url: &str) -> MailConfig {
     let mut smtp = SmtpSettings::new(
         cfg.hostname.clone(),
         usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
@@ -235,9 +327,9 @@ fn mail_config(cfg: &Config, certs: MailCerts, api_url: &str) -> MailConfig {
         nameservers: cfg.dns.nameservers.clone(),
         rate_hour_seconds: cfg.smtp.rate_window,
         verify_senders: cfg.smtp.verify_senders,
-        tls: Some(certs.smtp),
-        imap_tls: Some(certs.imap),
-        pop3_tls: Some(certs.pop3),
+        tls: certs.as_ref().map(|c| c.smtp.clone()),
+        imap_tls: certs.as_ref().map(|c| c.imap.clone()),
+        pop3_tls: certs.map(|c| c.pop3),
         queue: {
             let mut q = QueueSettings::new(cfg.hostname.clone());
             q.relay = cfg.smtp.relay.clone();
@@ -276,6 +368,21 @@ async fn wait_for_signal() -> Result<()> {
 
 /// Starts the firewall engine: a fresh install keeps ssh, the API and wispd's own listeners open.
 async fn start_firewall(cfg: &Config, store: &Store, api_port: u16) -> Result<Firewall> {
+    let protected = protected_ports(cfg, api_port);
+    let fw_cfg = FirewallConfig {
+        table: cfg.firewall.table.clone(),
+        kernel: cfg.firewall.enabled,
+        protected_tcp_ports: protected,
+        api_port: Some(api_port),
+    };
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || Firewall::start(store, fw_cfg))
+        .await?
+        .context("starting the firewall")
+}
+
+/// The ports a fresh install keeps open besides ssh: the API's and every mail listener's.
+fn protected_ports(cfg: &Config, api_port: u16) -> Vec<u16> {
     let mut protected = vec![api_port];
     for a in cfg
         .smtp
@@ -289,20 +396,10 @@ async fn start_firewall(cfg: &Config, store: &Store, api_port: u16) -> Result<Fi
         .chain(&cfg.pop3.pop3s)
         .chain(&cfg.sieve.listen)
     {
-        if a.port() != 0 {
-            protected.push(a.port());
-        }
+        protected.push(a.port());
     }
-    let fw_cfg = FirewallConfig {
-        table: cfg.firewall.table.clone(),
-        kernel: cfg.firewall.enabled,
-        protected_tcp_ports: protected,
-        api_port: Some(api_port),
-    };
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || Firewall::start(store, fw_cfg))
-        .await?
-        .context("starting the firewall")
+    protected.retain(|&p| p != 0);
+    protected
 }
 
 /// Hands the mail engine's refused logins to lfd (the engine and the firewall do not know

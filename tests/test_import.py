@@ -7,6 +7,7 @@ API; a dry run changes nothing; a second run has nothing to do."""
 import json
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import WISPD_BIN
 
@@ -230,3 +231,257 @@ def test_dovecot_users_log_in_with_their_old_passwords(make_wispd, tmp_path):
                   body={"domain": "example.com", "username": "slow",
                         "password_hash": "{SHA512-CRYPT}$6$rounds=999999999$salt$hash"})
     assert r.status == 400 and "rounds" in r.json["message"], r
+
+
+class PrivateDovecot:
+    """Dovecot with IMAP and LMTP on loopback ports, its users in a passwd-file (passdb and
+    userdb, homes under the test's directory), Maildir++ at ~/Maildir: the layout a
+    Postfix + Dovecot server has."""
+
+    def __init__(self, root, users):
+        import socket
+        self.root = root
+        self.users = users  # {address: passwd hash}
+
+        def free():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+        self.imap_port, self.lmtp_port = free(), free()
+
+    def home(self, address):
+        return self.root / "home" / address
+
+    def start(self):
+        import pwd
+        import shutil
+        mail = pwd.getpwnam("mail")
+        for d in ("run", "state", "etc", "home"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        for a in self.users:
+            self.home(a).mkdir(parents=True, exist_ok=True)
+            shutil.chown(self.home(a), "mail", "mail")
+        (self.root / "etc" / "users").write_text("".join(
+            f"{a}:{h}:{mail.pw_uid}:{mail.pw_gid}::{self.home(a)}::userdb_quota_rule=*:storage=100M\n"
+            for a, h in self.users.items()))
+        (self.root / "etc" / "dovecot.conf").write_text(f"""
+base_dir = {self.root}/run
+state_dir = {self.root}/state
+protocols = imap lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+log_path = {self.root}/dovecot.log
+mail_location = maildir:~/Maildir
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = {self.root}/etc/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {self.root}/etc/users
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+  unix_listener lmtp {{
+    mode = 0
+  }}
+}}
+""")
+        subprocess.run(["dovecot", "-c", str(self.root / "etc" / "dovecot.conf")], check=True)
+        from netns import wait_until
+        import socket
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", self.imap_port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.lmtp_port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        assert wait_until(up, timeout=20), (self.root / "dovecot.log").read_text() if (self.root / "dovecot.log").exists() else ""
+        return self
+
+    def stop(self):
+        subprocess.run(["doveadm", "-c", str(self.root / "etc" / "dovecot.conf"), "stop"], capture_output=True, timeout=30)
+
+
+def imap_view(host_port, user, password, sep_to="/"):
+    """Everything an IMAP client sees of an account: {folder: (UIDVALIDITY, UIDNEXT,
+    {uid: (flags, internaldate, body)})} and the subscriptions; folder names with `sep_to` as
+    the hierarchy separator."""
+    import imaplib
+    import re
+    m = imaplib.IMAP4(*host_port, timeout=30)
+    m.login(user, password)
+
+    def names(kind):
+        typ, data = getattr(m, kind)('""', '"*"')
+        assert typ == "OK", data
+        out = []
+        for line in data:
+            if line is None:
+                continue
+            if isinstance(line, tuple):  # a literal name
+                line = line[0] + line[1]
+            line = line.decode()
+            mm = re.match(r'\((?P<attrs>[^)]*)\) (?:"(?P<sep>.)"|NIL) (?P<name>.*)$', line)
+            assert mm, line
+            name = mm.group("name").strip('"')
+            sep = mm.group("sep")
+            if "\\Noselect" in mm.group("attrs") or "\\NonExistent" in mm.group("attrs"):
+                continue
+            out.append((name, name.replace(sep, sep_to) if sep else name))
+        return out
+    folders = {}
+    for raw, name in names("list"):
+        typ, _ = m.select(f'"{raw}"', readonly=True)
+        assert typ == "OK", raw
+        status = m.status(f'"{raw}"', "(UIDVALIDITY UIDNEXT)")[1][0].decode()
+        validity = int(re.search(r"UIDVALIDITY (\d+)", status).group(1))
+        uidnext = int(re.search(r"UIDNEXT (\d+)", status).group(1))
+        messages = {}
+        typ, data = m.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+        for item in data:
+            if not isinstance(item, tuple):
+                continue
+            head = item[0].decode()
+            uid = int(re.search(r"UID (\d+)", head).group(1))
+            flags = set(re.search(r"FLAGS \(([^)]*)\)", head).group(1).split()) - {"\\Recent"}
+            date = re.search(r'INTERNALDATE "([^"]+)"', head).group(1)
+            messages[uid] = (flags, imaplib.Internaldate2tuple(f'INTERNALDATE "{date}"'.encode()), item[1])
+        folders[name] = (validity, uidnext, messages)
+    subscribed = {n for _, n in names("lsub")}
+    m.logout()
+    return folders, subscribed
+
+
+def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
+    """A real Dovecot fills a Maildir++ by LMTP delivery and IMAP actions (folders with
+    non-ASCII names and a hierarchy, flags, keywords, an expunge that leaves a UID gap, an
+    APPEND with its own date, subscriptions) and holds Sieve scripts; `wispd import dovecot`
+    into a stopped wispd brings it over; an IMAP client then sees on wispd the same folders,
+    UIDVALIDITY, UIDNEXT, UIDs, flags, internal dates and bodies byte for byte, and the same
+    subscriptions; the users log in with their old passwords; the active script is the one
+    `.dovecot.sieve` named. A second run, now through the running server, has nothing to do;
+    after one more delivery to Dovecot, a third brings just that message, with its UID."""
+    import imaplib
+    import os
+    import shutil
+    import smtplib
+    from mailutil import mail_config, ports
+    for tool in ("dovecot", "doveadm"):
+        assert shutil.which(tool), f"{tool} (dovecot-core/-imapd/-lmtpd, installed by make deps-test) is missing"
+    pw = {}
+    for a, scheme in (("alice@example.com", "SHA512-CRYPT"), ("bob@example.org", "BLF-CRYPT")):
+        pw[a] = subprocess.run(["doveadm", "pw", "-s", scheme, "-p", f"pass-{a}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    import tempfile
+    # Dovecot's auth and mail processes run as other users: a directory they can reach (pytest's
+    # own is 0700 root)
+    scratch = Path(tempfile.mkdtemp(prefix="wispd-dovecot-"))
+    scratch.chmod(0o755)
+    dove = PrivateDovecot(scratch, pw).start()
+    try:
+        lmtp = smtplib.LMTP("127.0.0.1", dove.lmtp_port, timeout=30)
+        for i in range(12):
+            body = (f"From: sender{i}@remote.example\r\nTo: alice@example.com\r\nSubject: note {i}\r\n"
+                    f"Message-ID: <n{i}@remote.example>\r\n\r\nline one of {i}\r\n\r\n.dot line\r\n" + "x" * (i * 500) + "\r\n")
+            lmtp.sendmail("sender@remote.example", ["alice@example.com"], body)
+        for i in range(3):
+            lmtp.sendmail("sender@remote.example", ["bob@example.org"], f"Subject: bob {i}\r\n\r\nhello {i}\r\n")
+        lmtp.quit()
+        m = imaplib.IMAP4("127.0.0.1", dove.imap_port, timeout=30)
+        m.login("alice@example.com", "pass-alice@example.com")
+        for folder in ("Archive", "Archive.2024", "&AMk-t&AOk-", "&ZeVnLIqe-", "Sent"):
+            assert m.create(f'"{folder}"')[0] == "OK", folder
+        for folder in ("Archive.2024", "&AMk-t&AOk-", "Sent"):
+            assert m.subscribe(f'"{folder}"')[0] == "OK"
+        m.select("INBOX")
+        m.store("1:5", "+FLAGS", "(\\Seen)")
+        m.store("2", "+FLAGS", "(\\Flagged)")
+        m.store("3", "+FLAGS", "(\\Answered)")
+        m.store("4:5", "+FLAGS", "($Label1 Important)")
+        m.store("6", "+FLAGS", "(\\Draft \\Deleted)")
+        m.store("8", "+FLAGS", "(\\Deleted)")
+        m.expunge()
+        m.copy("1:3", '"Archive.2024"')
+        m.append('"&AMk-t&AOk-"', "(\\Seen $Work)", imaplib.Time2Internaldate(1_600_000_000),
+                 b"Subject: appended\r\nFrom: alice@example.com\r\n\r\nappended body\r\n")
+        m.logout()
+        home = dove.home("alice@example.com")
+        (home / "sieve").mkdir()
+        (home / "sieve" / "main.sieve").write_text('require "fileinto";\nif header :contains "Subject" "note 1" { fileinto "Archive"; }\n')
+        (home / "sieve" / "spare.sieve").write_text('keep;\n')
+        os.symlink("sieve/main.sieve", home / ".dovecot.sieve")
+        before = {a: imap_view(("127.0.0.1", dove.imap_port), a, f"pass-{a}") for a in pw}
+        assert "Archive/2024" in before["alice@example.com"][0] and "&AMk-t&AOk-" in before["alice@example.com"][0]
+        assert 8 not in before["alice@example.com"][0]["INBOX"][2], "the expunge leaves a UID gap"
+        dove.stop()
+
+        # into a stopped wispd: its data dir, no server running
+        w = make_wispd(config=mail_config(), start=False)
+        etc = dove.root / "etc"
+        run = lambda *extra: subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(etc), "--config", str(w.config_path),  # noqa: E731
+                                             "--data-dir", str(w.data_dir), "--json", *extra], capture_output=True, text=True, timeout=300)
+        dry = run("--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        out = run()
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert not report["skipped"], report
+        assert any("mailbox alice@example.com INBOX: 10 message(s) (UIDs kept)" in c for c in report["changed"]), report
+        w.start()
+        assert w.request("POST", "/api/v1/email/install").status == 200
+        _, imap, _ = ports(w)
+        for a in pw:
+            folders, subs = imap_view(("127.0.0.1", imap), a, f"pass-{a}")
+            want, want_subs = before[a]
+            for name, (validity, uidnext, messages) in want.items():
+                assert name in folders, (a, name, list(folders))
+                got = folders[name]
+                assert (got[0], got[1]) == (validity, uidnext), (a, name)
+                assert got[2].keys() == messages.keys(), (a, name)
+                for uid, (flags, date, body) in messages.items():
+                    assert got[2][uid][0] == flags, (a, name, uid)
+                    assert got[2][uid][1] == date, (a, name, uid)
+                    assert got[2][uid][2] == body, (a, name, uid)
+            assert want_subs <= subs, (a, want_subs, subs)
+        filters = w.request("GET", "/api/v1/email/filters/example.com/alice").json["data"]
+        assert {s["name"]: s["active"] for s in filters["scripts"]} == {"main": True, "spare": False}, filters
+
+        # again, through the running server: nothing to do
+        again = run()
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["changed"] == [], again.stdout
+
+        # one more delivery to Dovecot, then the import brings just that one, with its UID
+        dove.start()
+        lmtp = smtplib.LMTP("127.0.0.1", dove.lmtp_port, timeout=30)
+        lmtp.sendmail("sender@remote.example", ["alice@example.com"], "Subject: late\r\n\r\nlate\r\n")
+        lmtp.quit()
+        late = imap_view(("127.0.0.1", dove.imap_port), "alice@example.com", "pass-alice@example.com")[0]["INBOX"]
+        dove.stop()
+        third = run()
+        assert third.returncode == 0, third.stderr
+        changed = json.loads(third.stdout)["changed"]
+        assert changed == ["mailbox alice@example.com INBOX: 1 message(s) (UIDs kept)"], changed
+        now = imap_view(("127.0.0.1", imap), "alice@example.com", "pass-alice@example.com")[0]["INBOX"]
+        assert (now[0], now[1]) == (late[0], late[1]) and now[2].keys() == late[2].keys()
+    finally:
+        dove.stop()
+        shutil.rmtree(scratch, ignore_errors=True)

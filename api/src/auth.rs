@@ -125,7 +125,7 @@ pub fn verify(store: &Store, presented: &str) -> Result<Option<Principal>, Store
 /// The bearer token, if the request carries one. More than one `Authorization` header is a
 /// client error, not "use the first": a proxy or client that adds its own header in front of the
 /// caller's would otherwise decide who the caller is.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = all.next() else {
         return Ok(None);

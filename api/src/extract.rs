@@ -8,9 +8,9 @@ use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use crate::BODY_LIMIT;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::{AppState, BODY_LIMIT};
 
 /// A JSON request body of at most [`BODY_LIMIT`] bytes. An empty body (no bytes at all) reads as
 /// `{}` so that a missing field is reported by name ("Domain is required") rather than as
@@ -22,31 +22,58 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-            drain(req.into_body(), 0).await;
-            return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
-        }
-        let bytes = read_limited(req.into_body()).await?;
-        if bytes.is_empty() {
-            return parse_json(b"{}").map(JsonBody);
-        }
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        match first {
-            // blanks are not JSON, and not "no body" either
-            None => Err(ApiError::Validation(
-                "Invalid JSON body: expected a JSON object".into(),
-            )),
-            // serde would map an array onto a struct's fields by position; requests are objects.
-            Some(b'[') => Err(ApiError::Validation(
-                "Invalid JSON body: expected a JSON object".into(),
-            )),
-            Some(_) => parse_json(&bytes).map(JsonBody),
-        }
+        json_object(req, BODY_LIMIT).await.map(JsonBody)
+    }
+}
+
+/// Largest body of `POST /api/v1/email/accounts/{id}/mailboxes/import` (one 50 MiB message,
+/// base64, and its fields), read only for a request carrying an admin token.
+pub const IMPORT_BODY_LIMIT: usize = 72 << 20;
+
+/// The JSON body of a mailbox import: as [`JsonBody`], up to [`IMPORT_BODY_LIMIT`].
+#[derive(Debug)]
+pub struct ImportBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ImportBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        json_object(req, IMPORT_BODY_LIMIT).await.map(ImportBody)
+    }
+}
+
+/// Whether `path` is the mailbox import, whose bodies may be larger.
+fn is_import(path: &str) -> bool {
+    path.strip_prefix("/api/v1/email/accounts/")
+        .and_then(|rest| rest.strip_suffix("/mailboxes/import"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+async fn json_object<T: DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(req.into_body(), 0).await;
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let bytes = read_limited(req.into_body(), limit).await?;
+    if bytes.is_empty() {
+        return parse_json(b"{}");
+    }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        // blanks are not JSON, and not "no body" either
+        None => Err(ApiError::Validation(
+            "Invalid JSON body: expected a JSON object".into(),
+        )),
+        // serde would map an array onto a struct's fields by position; requests are objects.
+        Some(b'[') => Err(ApiError::Validation(
+            "Invalid JSON body: expected a JSON object".into(),
+        )),
+        Some(_) => parse_json(&bytes),
     }
 }
 
@@ -54,19 +81,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// — a 401, a 404, a 405 — leaves unread bytes on the connection: a socket closed with unread
 /// input makes the kernel send RST, which can destroy the answer on its way to the client (found
 /// by schemathesis sending bodies with wrong methods). Oversized bodies get the 413 here.
-pub async fn buffer_body(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+pub async fn buffer_body(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let (parts, body) = req.into_parts();
+    // a mailbox import may be larger, for an admin token only: nobody else gets to make the
+    // server hold more than BODY_LIMIT of an unread request
+    let limit = if is_import(parts.uri.path()) && admin_token(&state, &parts.headers) {
+        IMPORT_BODY_LIMIT
+    } else {
+        BODY_LIMIT
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         drain(body, 0).await;
-        return ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response();
+        return ApiError::PayloadTooLarge { limit }.into_response();
     }
-    match read_limited(body).await {
+    match read_limited(body, limit).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
@@ -80,20 +118,30 @@ pub async fn buffer_body(req: Request, next: axum::middleware::Next) -> axum::re
 const DRAIN_MAX: usize = 16 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn read_limited(mut body: Body) -> Result<Vec<u8>, ApiError> {
+async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| ApiError::Validation(format!("Could not read request body: {e}")))?;
         if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > BODY_LIMIT {
+            if out.len() + data.len() > limit {
                 drain(body, out.len() + data.len()).await;
-                return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+                return Err(ApiError::PayloadTooLarge { limit });
             }
             out.extend_from_slice(data);
         }
     }
     Ok(out)
+}
+
+/// Whether the request carries a valid admin token (checked again, with its rate limit, by
+/// [`crate::auth::authenticate`]).
+fn admin_token(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    crate::auth::bearer(headers)
+        .ok()
+        .flatten()
+        .and_then(|t| crate::auth::verify(&state.store, t).ok().flatten())
+        .is_some_and(|p| p.is_admin())
 }
 
 /// Reads and discards the rest of a body, up to [`DRAIN_MAX`] bytes and [`DRAIN_TIME`].

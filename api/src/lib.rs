@@ -119,6 +119,10 @@ pub fn router(state: AppState) -> Router {
             get(email::account_messages),
         )
         .route(
+            "/api/v1/email/accounts/{id}/mailboxes/import",
+            post(email::mailbox_import),
+        )
+        .route(
             "/api/v1/email/accounts/{id}/toggle",
             post(email::account_toggle),
         )
@@ -269,7 +273,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(from_fn(guard::envelope))
         .layer(from_fn_with_state(state.clone(), metrics::count))
-        .layer(from_fn(extract::buffer_body))
+        .layer(from_fn_with_state(state.clone(), extract::buffer_body))
         .with_state(state)
 }
 
@@ -304,6 +308,7 @@ pub fn fuzz_json_bodies(data: &[u8]) {
     let _ = parse_json::<email::AccountBody>(data);
     let _ = parse_json::<email::AccountUpdate>(data);
     let _ = parse_json::<email::AccountImport>(data);
+    let _ = parse_json::<email::MailboxImport>(data);
     let _ = parse_json::<email::ForwarderBody>(data);
     let _ = parse_json::<email::CatchallBody>(data);
     let _ = parse_json::<email::DkimBody>(data);

@@ -780,6 +780,7 @@ fn target_mailbox(
             recent_uid: 0,
             vanished_count: 0,
             vanished_floor: 0,
+            imported: None,
         };
         w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
         return Ok(Some((name, mb)));

@@ -370,6 +370,7 @@ impl Directory {
                     recent_uid: 0,
                     vanished_count: 0,
                     vanished_floor: 0,
+                    imported: None,
                 };
                 w.put(&MAIL_MAILBOXES, (id, name), &mb)?;
             }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use wispd_store::schema::{
-    MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES, MAIL_META,
-    MAIL_SUBSCRIPTIONS, MAIL_VANISHED, MailAccount, MailEntry, Mailbox, MessageMeta,
+    ImportMark, MAIL_ACCOUNTS, MAIL_ENTRIES, MAIL_MAILBOXES, MAIL_MESSAGE_META, MAIL_MESSAGES,
+    MAIL_META, MAIL_SUBSCRIPTIONS, MAIL_VANISHED, MailAccount, MailEntry, Mailbox, MessageMeta,
 };
 use wispd_store::{Store, StoreError, Write};
 
@@ -209,6 +209,7 @@ pub fn create(
             recent_uid: 0,
             vanished_count: 0,
             vanished_floor: 0,
+            imported: None,
         };
         w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
         Ok(())
@@ -801,6 +802,175 @@ pub fn append(
         acct.used_bytes = acct.used_bytes.saturating_add(size);
         w.put(&MAIL_ACCOUNTS, account, &acct)?;
         Ok((mb.uidvalidity, uid))
+    })
+}
+
+/// A mailbox as another server kept it, for [`import`].
+#[derive(Debug, Clone)]
+pub struct SourceMailbox {
+    pub name: String,
+    /// The source's UIDVALIDITY (0: it had none; the mailbox gets its own).
+    pub uidvalidity: u32,
+    /// The source's next UID: kept as UIDNEXT when the UIDs are kept.
+    pub uidnext: u32,
+    pub subscribed: bool,
+    pub special_use: Option<String>,
+}
+
+/// One message as another server kept it.
+#[derive(Debug, Clone)]
+pub struct SourceMessage {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub internal_date: i64,
+    pub data: Vec<u8>,
+}
+
+/// Imported UIDs stay below this, leaving 16 million for the mail that comes after.
+pub const MAX_IMPORTED_UID: u32 = 0xff00_0000;
+
+/// What [`import`] did with one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// The mailbox did not exist before.
+    pub created: bool,
+    /// The mailbox has the source's UIDVALIDITY, and messages keep their UIDs.
+    pub uids_kept: bool,
+    pub uidvalidity: u32,
+    pub imported: u32,
+    /// Messages at or below the import mark: brought over by an earlier run.
+    pub already: u32,
+    /// Messages that got a UID other than their source's (the mailbox already had mail).
+    pub renumbered: u32,
+}
+
+/// Brings a batch of another server's messages into `source.name` in one durable
+/// transaction, creating the mailbox with the source's UIDVALIDITY when it doesn't exist (or
+/// has never held a message), and keeping each message's UID when the UIDVALIDITY is the
+/// source's and the UID is above every UID the mailbox has handed out. The mailbox remembers
+/// the highest source UID brought over ([`ImportMark`]): a rerun, or a resumed interrupted
+/// import, skips those, even the ones since deleted here. The quota is not enforced: the mail
+/// was the user's already (the account's usage grows by it).
+pub fn import(
+    store: &Store,
+    changes: &Changes,
+    account: u64,
+    source: &SourceMailbox,
+    messages: &[SourceMessage],
+) -> Result<ImportOutcome, MailboxError> {
+    let name = canonical(&source.name);
+    check_name(&name)?;
+    // headroom: mail delivered after the import still gets UIDs of its own
+    if source.uidnext > MAX_IMPORTED_UID || messages.iter().any(|m| m.uid >= MAX_IMPORTED_UID) {
+        return Err(MailboxError::Invalid(format!(
+            "UIDs and UIDNEXT must be below {MAX_IMPORTED_UID}"
+        )));
+    }
+    write(store, changes, |w| {
+        let n = name.as_str();
+        let Some(mut acct) = w.get(&MAIL_ACCOUNTS, account)? else {
+            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+        };
+        let mut out = ImportOutcome::default();
+        let mut mb = match w.get(&MAIL_MAILBOXES, (account, n))? {
+            Some(mb) => mb,
+            None => {
+                out.created = true;
+                Mailbox {
+                    name: name.clone(),
+                    special_use: None,
+                    uidvalidity: 0,
+                    uidnext: 1,
+                    highest_modseq: 1,
+                    subscribed: false,
+                    recent_uid: 0,
+                    vanished_count: 0,
+                    vanished_floor: 0,
+                    imported: None,
+                }
+            }
+        };
+        // a mailbox that never held a message takes the source's UIDVALIDITY
+        if mb.uidnext == 1 && mb.imported.is_none() {
+            mb.uidvalidity = if source.uidvalidity > 0 {
+                let last = w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0);
+                w.put(
+                    &MAIL_META,
+                    "last_uidvalidity",
+                    &last.max(u64::from(source.uidvalidity)),
+                )?;
+                source.uidvalidity
+            } else if mb.uidvalidity == 0 {
+                new_uidvalidity(w)?
+            } else {
+                mb.uidvalidity
+            };
+        }
+        out.uids_kept = source.uidvalidity > 0 && mb.uidvalidity == source.uidvalidity;
+        out.uidvalidity = mb.uidvalidity;
+        let mut mark = match mb.imported {
+            Some(m) if m.uidvalidity == source.uidvalidity => m,
+            _ => ImportMark {
+                uidvalidity: source.uidvalidity,
+                uid: 0,
+            },
+        };
+        let mut next_id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
+        let mut sorted: Vec<&SourceMessage> = messages.iter().collect();
+        sorted.sort_by_key(|m| m.uid);
+        for m in sorted {
+            if m.uid <= mark.uid {
+                out.already += 1;
+                continue;
+            }
+            let uid = if out.uids_kept && m.uid >= mb.uidnext {
+                m.uid
+            } else {
+                out.renumbered += 1;
+                mb.uidnext
+            };
+            if uid >= MAX_IMPORTED_UID {
+                return Err(MailboxError::Invalid("the mailbox has run out of UIDs".into()).into());
+            }
+            let size = m.data.len() as u64;
+            let id = next_id;
+            next_id += 1;
+            w.put_raw(&MAIL_MESSAGES, id, &m.data)?;
+            w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs: 1 })?;
+            mb.highest_modseq += 1;
+            let mut flags = m.flags.clone();
+            flags.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+            let entry = MailEntry {
+                message_id: id,
+                uid,
+                flags,
+                internal_date: m.internal_date,
+                size,
+                modseq: mb.highest_modseq,
+            };
+            w.put(&MAIL_ENTRIES, (account, n, uid), &entry)?;
+            mb.uidnext = uid + 1;
+            mark.uid = m.uid;
+            acct.used_bytes = acct.used_bytes.saturating_add(size);
+            out.imported += 1;
+        }
+        if out.uids_kept {
+            mb.uidnext = mb.uidnext.max(source.uidnext);
+        }
+        if mb.special_use.is_none() {
+            mb.special_use.clone_from(&source.special_use);
+        }
+        if source.subscribed {
+            mb.subscribed = true;
+            w.put(&MAIL_SUBSCRIPTIONS, (account, n), &name)?;
+        }
+        mb.imported = Some(mark);
+        w.put(&MAIL_META, "next_message_id", &next_id)?;
+        w.put(&MAIL_MAILBOXES, (account, n), &mb)?;
+        if out.imported > 0 {
+            w.put(&MAIL_ACCOUNTS, account, &acct)?;
+        }
+        Ok(out)
     })
 }
 

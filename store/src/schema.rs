@@ -215,6 +215,17 @@ pub struct Mailbox {
     /// back to reporting every UID that no longer exists); 0 while the history is complete.
     #[serde(default)]
     pub vanished_floor: u64,
+    /// How far `wispd import` has brought this mailbox over from another server.
+    #[serde(default)]
+    pub imported: Option<ImportMark>,
+}
+
+/// A mailbox's import progress: the highest UID, under the source's UIDVALIDITY, already
+/// brought over (a rerun or a resumed import skips up to here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportMark {
+    pub uidvalidity: u32,
+    pub uid: u32,
 }
 
 /// Expunged messages by (account id, mailbox name, UID): (UID, modification sequence of the

@@ -18,7 +18,7 @@ use wispd_store::schema::{
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{Admin, Caller, JsonBody};
+use crate::extract::{Admin, Caller, ImportBody, JsonBody};
 use crate::view::Data;
 use crate::{AppState, rfc3339};
 
@@ -1129,6 +1129,175 @@ pub async fn queue_delete(
     )))
 }
 
+/// One message of a [`MailboxImport`].
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportMessage {
+    /// Its UID on the source server (kept when the mailbox has the source's UIDVALIDITY).
+    #[schema(minimum = 1, example = 7)]
+    pub uid: u32,
+    /// IMAP flags and keywords (`\Seen`, `$Forwarded`, `Important`).
+    #[serde(default)]
+    #[schema(example = json!(["\\Seen"]))]
+    pub flags: Vec<String>,
+    /// Unix seconds.
+    #[schema(example = 1_767_000_000)]
+    pub internal_date: i64,
+    /// The whole message, base64 (standard alphabet, padded).
+    #[serde(deserialize_with = "base64_bytes")]
+    #[schema(value_type = String, format = Byte, example = "U3ViamVjdDogaGkNCg0KaGkNCg==")]
+    pub data: Vec<u8>,
+}
+
+fn base64_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    let s: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_bytes())
+        .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+}
+
+/// `POST /email/accounts/{id}/mailboxes/import`: a batch of one mailbox's messages from another
+/// server, as `wispd import dovecot` sends them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxImport {
+    /// The mailbox (`INBOX`, `Archive/2024`; hierarchy separator `/`); created if missing.
+    #[schema(example = "Archive/2024")]
+    pub mailbox: String,
+    /// The source's UIDVALIDITY (0: none, the mailbox gets its own).
+    #[serde(default)]
+    #[schema(example = 1_700_000_000)]
+    pub uidvalidity: u32,
+    /// The source's next UID (UIDNEXT), kept when the UIDs are.
+    #[serde(default)]
+    #[schema(example = 42)]
+    pub uidnext: u32,
+    /// Subscribe to the mailbox (never unsubscribes).
+    #[serde(default)]
+    pub subscribed: bool,
+    /// RFC 6154 attribute for a mailbox that has none yet.
+    #[serde(default)]
+    #[schema(example = "\\Sent")]
+    pub special_use: Option<String>,
+    /// At most 10,000 messages.
+    #[serde(default)]
+    pub messages: Vec<ImportMessage>,
+}
+
+/// What one import batch did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MailboxImported {
+    #[schema(example = "Archive/2024")]
+    pub mailbox: String,
+    /// The mailbox did not exist before.
+    pub created: bool,
+    /// The mailbox has the source's UIDVALIDITY and the messages kept their UIDs.
+    pub uids_kept: bool,
+    pub uidvalidity: u32,
+    pub imported: u32,
+    /// Skipped: brought over by an earlier import.
+    pub already: u32,
+    /// Given a new UID (the mailbox already had other mail).
+    pub renumbered: u32,
+}
+
+/// An IMAP system flag (`\\Seen`) or keyword (an atom, RFC 3501 9): what a mailbox can hold.
+fn is_flag(f: &str) -> bool {
+    let atom = f.strip_prefix('\\').unwrap_or(f);
+    !atom.is_empty()
+        && f.len() <= 128
+        && atom
+            .bytes()
+            .all(|c| c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c))
+}
+
+/// Most messages one import batch carries.
+const IMPORT_BATCH_MAX: usize = 10_000;
+
+/// Brings a batch of a mailbox's messages over from another server, keeping UIDVALIDITY, UIDs,
+/// flags and internal dates (one durable commit). Rerunning a batch imports nothing twice. Admin
+/// only; the body may be up to 72 MiB (one 50 MiB message, base64).
+#[utoipa::path(
+    post,
+    path = "/api/v1/email/accounts/{id}/mailboxes/import",
+    operation_id = "email_accounts_mailboxes_import",
+    tag = "email",
+    security(("bearer" = ["admin"])),
+    params(("id" = u64, Path, description = "The account's id")),
+    request_body = MailboxImport,
+    responses((status = 200, description = "Imported", body = Data<MailboxImported>))
+)]
+pub async fn mailbox_import(
+    State(s): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    ImportBody(b): ImportBody<MailboxImport>,
+) -> Result<Json<Data<MailboxImported>>, ApiError> {
+    use wispd_engine::mailbox::{self, MailboxError, SourceMailbox, SourceMessage};
+    let id = parse_id(&id, "account")?;
+    if b.messages.len() > IMPORT_BATCH_MAX {
+        return Err(ApiError::Validation(format!(
+            "messages: at most {IMPORT_BATCH_MAX} in one batch, not {}",
+            b.messages.len()
+        )));
+    }
+    if let Some(m) = b.messages.iter().find(|m| m.uid == 0) {
+        return Err(ApiError::Validation(format!(
+            "messages: UIDs start at 1 (a message dated {} has 0)",
+            m.internal_date
+        )));
+    }
+    if let Some(f) = b
+        .messages
+        .iter()
+        .flat_map(|m| &m.flags)
+        .find(|f| !is_flag(f))
+    {
+        return Err(ApiError::Validation(format!(
+            "messages: {f:?} is not an IMAP flag or keyword"
+        )));
+    }
+    let store = s.store.clone();
+    let changes = s.mail.deliverer().changes().clone();
+    let name = b.mailbox.clone();
+    let source = SourceMailbox {
+        name: b.mailbox,
+        uidvalidity: b.uidvalidity,
+        uidnext: b.uidnext,
+        subscribed: b.subscribed,
+        special_use: b.special_use,
+    };
+    let messages: Vec<SourceMessage> = b
+        .messages
+        .into_iter()
+        .map(|m| SourceMessage {
+            uid: m.uid,
+            flags: m.flags,
+            internal_date: m.internal_date,
+            data: m.data,
+        })
+        .collect();
+    let dir = s.directory.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        dir.account(id)?;
+        mailbox::import(&store, &changes, id, &source, &messages).map_err(|e| match e {
+            MailboxError::Store(e) => DirError::from(e),
+            other => DirError::Invalid(other.to_string()),
+        })
+    })
+    .await??;
+    Ok(Json(Data::new(MailboxImported {
+        mailbox: wispd_engine::mailbox::canonical(&name),
+        created: out.created,
+        uids_kept: out.uids_kept,
+        uidvalidity: out.uidvalidity,
+        imported: out.imported,
+        already: out.already,
+        renumbered: out.renumbered,
+    })))
+}
+
 /// The OpenAPI part of this group (merged into the whole document in `crate::openapi`).
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(
@@ -1142,6 +1311,7 @@ pub async fn queue_delete(
     account_toggle,
     account_delete,
     account_messages,
+    mailbox_import,
     forwarders,
     forwarder_create,
     forwarder_delete,
