@@ -122,6 +122,9 @@ pub enum Command {
         /// Say what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Messages per committed batch of a mailbox import (1 to 10000; a batch also ends at 4 MiB).
+        #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u16).range(1..=10000))]
+        batch_messages: u16,
         #[command(flatten)]
         target: Target,
     },

@@ -1087,8 +1087,9 @@ async fn accounts(api: &Api) -> Result<BTreeMap<String, u64>> {
 
 /// A batch's message bytes (before base64) past which it is sent.
 const BATCH_BYTES: u64 = 4 << 20;
-/// Messages in a batch at most.
-const BATCH_MESSAGES: usize = 2_000;
+/// Messages in a batch at most (`--batch-messages`; the API takes up to 10,000).
+pub static BATCH_MESSAGES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(2_000);
 /// Largest message file brought over: what one import request carries (the API's 72 MiB,
 /// base64).
 const MAX_IMPORT_MESSAGE: u64 = 50 << 20;
@@ -1169,6 +1170,7 @@ fn batch_body(
     folder: &crate::maildir::Folder,
     subscribed: bool,
     batch: &[crate::maildir::Message],
+    last: bool,
 ) -> (Vec<u8>, Vec<(String, String)>) {
     use base64::Engine as _;
     let mut skipped = Vec::new();
@@ -1187,7 +1189,7 @@ fn batch_body(
     let body = json!({
         "mailbox": folder.name,
         "uidvalidity": folder.uidvalidity,
-        "uidnext": folder.uidnext,
+        "uidnext": if last { folder.uidnext } else { 0 },
         "subscribed": subscribed,
         "special_use": special_use(&folder.name),
         "messages": messages,
@@ -1278,11 +1280,14 @@ async fn maildir(
         let path = format!("/email/accounts/{id}/mailboxes/import");
         let folder = std::sync::Arc::new(folder);
         // cut into batches by bytes and count; at least one (an empty folder is created too)
+        let per_batch = BATCH_MESSAGES
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .clamp(1, 10_000);
         let mut cuts = vec![0usize];
         let mut bytes = 0u64;
         for (i, m) in folder.messages.iter().enumerate() {
             if i > cuts[cuts.len() - 1]
-                && (bytes + m.size > BATCH_BYTES || i - cuts[cuts.len() - 1] >= BATCH_MESSAGES)
+                && (bytes + m.size > BATCH_BYTES || i - cuts[cuts.len() - 1] >= per_batch)
             {
                 cuts.push(i);
                 bytes = 0;
@@ -1295,7 +1300,9 @@ async fn maildir(
         for w in cuts.windows(2) {
             let (a, b) = (w[0], w[1]);
             let f = folder.clone();
-            let built = tokio::task::spawn_blocking(move || batch_body(&f, sub, &f.messages[a..b]));
+            let last = b == f.messages.len();
+            let built =
+                tokio::task::spawn_blocking(move || batch_body(&f, sub, &f.messages[a..b], last));
             if let Some((h, n)) = inflight.take() {
                 tally.add(&h.await??);
                 progress.add(n as u64);

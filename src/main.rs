@@ -56,8 +56,15 @@ fn main() -> ExitCode {
             source,
             from,
             dry_run,
+            batch_messages,
             target,
-        } => admin::import(&target, source, &from, dry_run),
+        } => {
+            import::BATCH_MESSAGES.store(
+                usize::from(batch_messages),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            admin::import(&target, source, &from, dry_run)
+        }
         Command::Serve { config, data_dir } => {
             init_tracing();
             let cfg = match &config {

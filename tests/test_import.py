@@ -116,13 +116,31 @@ def test_a_csf_setup_comes_over_once(wispd, tmp_path):
     assert again["changed"] == [] and again["unchanged"] >= 10, again
 
 
-def test_import_needs_a_running_server_and_real_directories(wispd, tmp_path):
+def test_import_needs_real_directories_and_works_on_a_stopped_server(wispd, tmp_path):
+    """A --from that isn't there is an error; a data dir no server runs on is imported into
+    through the same API served by the import itself, and the server started on it later has
+    what came over."""
     out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(tmp_path / "nope"), "--data-dir", str(wispd.data_dir)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "not a directory" in out.stderr
-    out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(tmp_path), "--data-dir", str(tmp_path)],
+    csf = tmp_path / "csf"
+    csf.mkdir()
+    (csf / "csf.deny").write_text("203.0.113.99 # from the old server\n")
+    stopped = tmp_path / "stopped"
+    out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(csf), "--data-dir", str(stopped)],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "no running wispd" in out.stderr
+    assert out.returncode == 0 and "203.0.113.99" in out.stdout, out
+    assert (stopped / "admin.token").exists(), "the first start's token, as `wispd serve` makes it"
+    from conftest import BASE_CONFIG, Wispd
+    (tmp_path / "later").mkdir()
+    w = Wispd(tmp_path / "later", BASE_CONFIG.format(rate=1000, firewall="false"))
+    w.data_dir = stopped
+    w.start()
+    try:
+        deny = w.request("GET", "/api/v1/csf/blacklist").json["data"]
+        assert [e["ip"] for e in deny] == ["203.0.113.99"], deny
+    finally:
+        w.stop()
 
 
 MAIN_CF = """\
@@ -437,7 +455,8 @@ def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
         w = make_wispd(config=mail_config(), start=False)
         etc = dove.root / "etc"
         run = lambda *extra: subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(etc), "--config", str(w.config_path),  # noqa: E731
-                                             "--data-dir", str(w.data_dir), "--json", *extra], capture_output=True, text=True, timeout=300)
+                                             "--data-dir", str(w.data_dir), "--json", "--batch-messages", "3", *extra],
+                                             capture_output=True, text=True, timeout=300)
         dry = run("--dry-run")
         assert dry.returncode == 0, dry.stderr
         out = run()

@@ -811,7 +811,8 @@ pub struct SourceMailbox {
     pub name: String,
     /// The source's UIDVALIDITY (0: it had none; the mailbox gets its own).
     pub uidvalidity: u32,
-    /// The source's next UID: kept as UIDNEXT when the UIDs are kept.
+    /// The source's next UID, kept as UIDNEXT when the UIDs are kept; given with a mailbox's
+    /// last batch only (0 before it: a UIDNEXT set early would renumber the batches after).
     pub uidnext: u32,
     pub subscribed: bool,
     pub special_use: Option<String>,
@@ -1082,5 +1083,89 @@ mod tests {
             mb.vanished_floor, 9,
             "the oldest forgotten first, the floor at the newest forgotten"
         );
+    }
+
+    fn src(name: &str, uidvalidity: u32, uidnext: u32) -> SourceMailbox {
+        SourceMailbox {
+            name: name.into(),
+            uidvalidity,
+            uidnext,
+            subscribed: true,
+            special_use: None,
+        }
+    }
+
+    fn msgs(uids: &[u32]) -> Vec<SourceMessage> {
+        uids.iter()
+            .map(|&uid| SourceMessage {
+                uid,
+                flags: vec!["\\Seen".into(), "$Label1".into()],
+                internal_date: 1_600_000_000 + i64::from(uid),
+                data: format!("Subject: {uid}\r\n\r\nbody {uid}\r\n").into_bytes(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn imports_keep_uids_resume_at_the_mark_and_renumber_into_used_mailboxes() {
+        let (s, ch) = (store("import"), Changes::default());
+        // a new mailbox takes the source's UIDVALIDITY and UIDs; a batch before the last one
+        // sends no UIDNEXT
+        let out = import(&s, &ch, 1, &src("Box", 777, 0), &msgs(&[3, 9, 4])).expect("import");
+        assert!(out.created && out.uids_kept);
+        assert_eq!((out.uidvalidity, out.imported), (777, 3));
+        let mb = mailbox(&s, 1, "Box").expect("read").expect("box");
+        assert_eq!((mb.uidvalidity, mb.uidnext, mb.subscribed), (777, 10, true));
+        let e = all(&s, "Box");
+        assert_eq!(e.iter().map(|e| e.uid).collect::<Vec<_>>(), [3, 4, 9]);
+        assert_eq!(e[0].flags, ["\\Seen", "$Label1"]);
+        assert_eq!(e[0].internal_date, 1_600_000_003);
+        // a rerun, and a resumed batch overlapping the last one, import nothing twice, even a
+        // message deleted here since
+        delete_uids(&s, &ch, "Box", &[4]);
+        let again = import(&s, &ch, 1, &src("Box", 777, 30), &msgs(&[3, 4, 9, 12])).expect("again");
+        assert_eq!((again.imported, again.already), (1, 3));
+        let uids: Vec<u32> = all(&s, "Box").iter().map(|e| e.uid).collect();
+        assert_eq!(uids, [3, 9, 12]);
+        let mb = mailbox(&s, 1, "Box").expect("read").expect("box");
+        assert_eq!(mb.uidnext, 30, "the last batch's UIDNEXT");
+        // a mailbox that has had mail of its own keeps its UIDVALIDITY: new UIDs above its own
+        create(&s, &ch, 1, "Used").expect("create");
+        append(&s, &ch, 1, "Used", vec![], 0, b"Subject: mine\r\n\r\nx\r\n").expect("append");
+        let used = import(&s, &ch, 1, &src("Used", 5, 100), &msgs(&[1, 2])).expect("used");
+        assert!(!used.uids_kept && !used.created);
+        assert_eq!((used.imported, used.renumbered), (2, 2));
+        let uids: Vec<u32> = all(&s, "Used").iter().map(|e| e.uid).collect();
+        assert_eq!(uids, [1, 2, 3]);
+        // an empty mailbox the account was made with takes the source's UIDVALIDITY
+        create(&s, &ch, 1, "Fresh").expect("create");
+        let fresh = import(&s, &ch, 1, &src("Fresh", 4242, 8), &msgs(&[7])).expect("fresh");
+        assert!(fresh.uids_kept && !fresh.created && fresh.uidvalidity == 4242);
+        // UIDs near the top of the range are refused: delivery needs room after them
+        assert!(import(&s, &ch, 1, &src("Top", 1, u32::MAX), &[]).is_err());
+        assert!(import(&s, &ch, 1, &src("Top", 1, 2), &msgs(&[MAX_IMPORTED_UID])).is_err());
+        // the account's usage counts the imported mail
+        let acct = account(&s, 1).expect("read").expect("account");
+        let total: u64 = ["Box", "Used", "Fresh"]
+            .iter()
+            .flat_map(|b| all(&s, b))
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(acct.used_bytes, total);
+    }
+
+    fn all(s: &Store, name: &str) -> Vec<MailEntry> {
+        snapshot(s, 1, name).expect("read").expect("mailbox").1
+    }
+
+    fn delete_uids(s: &Store, ch: &Changes, name: &str, uids: &[u32]) {
+        let deleted = vec!["\\Deleted".to_string()];
+        let change = FlagChange {
+            op: FlagOp::Add,
+            flags: &deleted,
+            unchanged_since: None,
+        };
+        set_flags(s, ch, 1, name, uids, change).expect("flags");
+        expunge(s, ch, 1, name, None).expect("expunge");
     }
 }

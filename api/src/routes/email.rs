@@ -1169,7 +1169,8 @@ pub struct MailboxImport {
     #[serde(default)]
     #[schema(example = 1_700_000_000)]
     pub uidvalidity: u32,
-    /// The source's next UID (UIDNEXT), kept when the UIDs are.
+    /// The source's next UID (UIDNEXT), kept when the UIDs are: send it with a mailbox's last
+    /// batch, 0 with the ones before (a UIDNEXT set early would renumber the batches after).
     #[serde(default)]
     #[schema(example = 42)]
     pub uidnext: u32,
