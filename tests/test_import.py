@@ -504,3 +504,60 @@ def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
     finally:
         dove.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_the_mailbox_import_endpoint_under_bad_input(make_wispd):
+    """`POST /email/accounts/{id}/mailboxes/import` takes large bodies from an admin token only
+    (everyone else is held to the 1 MiB every endpoint has, before anything is read); bad
+    base64, UID 0, overflowing numbers, a non-flag, a bad name and a missing account get the
+    envelope with the field named; a 3 MiB message comes over whole."""
+    import base64
+    import random
+    from conftest import assert_envelope
+    from mailutil import mail_config
+    w = make_wispd(config=mail_config())
+    assert w.request("POST", "/api/v1/email/install").status == 200
+    acct = w.request("POST", "/api/v1/email/accounts",
+                     body={"domain": "example.com", "username": "imp", "password": "a-long-password-1"}).json
+    aid = (acct.get("data") or acct)["id"]
+    user = w.request("POST", "/api/v1/tokens", body={"name": "panel", "role": "user", "domains": ["example.com"]}).json
+    user_token = (user.get("data") or user)["token"]
+    path = f"/api/v1/email/accounts/{aid}/mailboxes/import"
+    big = b"Subject: big\r\n\r\n" + base64.b64encode(random.randbytes(2_300_000)).replace(b"=", b"") + b"\r\n"
+    body = {"mailbox": "Old", "uidvalidity": 99, "uidnext": 5,
+            "messages": [{"uid": 4, "flags": ["\\Seen", "Work"], "internal_date": 1_600_000_000,
+                          "data": base64.b64encode(big).decode()}]}
+    for token in (None, user_token):
+        assert_envelope(w.request("POST", path, body=body, token=token), 413, "PAYLOAD_TOO_LARGE")
+    small = {"mailbox": "Old", "messages": []}
+    assert_envelope(w.request("POST", path, body=small, token=user_token), 403, "FORBIDDEN")
+    assert_envelope(w.request("POST", path, body=small, token=None), 401, "UNAUTHORIZED")
+    r = w.request("POST", path, body=body)
+    assert r.status == 200, r
+    assert r.json["data"] == {"mailbox": "Old", "created": True, "uids_kept": True, "uidvalidity": 99,
+                              "imported": 1, "already": 0, "renumbered": 0}
+    listed = w.request("GET", f"/api/v1/email/accounts/{aid}/messages?raw=true").json["data"]
+    got = [m for m in listed if m["mailbox"] == "Old"]
+    assert [(m["uid"], m["size"], set(m["flags"])) for m in got] == [(4, len(big), {"\\Seen", "Work"})]
+    assert w.request("POST", path, body=body).json["data"]["already"] == 1, "a rerun imports nothing"
+    one = lambda **m: {"mailbox": "Old", "messages": [{"uid": 9, "internal_date": 0, "data": "eA==", **m}]}  # noqa: E731
+    for bad, field in ((one(data="not base64!"), "messages[0].data"),
+                       (one(uid=4294967296), "messages[0].uid"),
+                       (one(uid=-1), "messages[0].uid"),
+                       (one(internal_date=2 ** 63), "messages[0].internal_date"),
+                       ({"mailbox": "Old", "uidvalidity": 2 ** 32}, "uidvalidity")):
+        r = w.request("POST", path, body=bad)
+        assert_envelope(r, 400, "VALIDATION_ERROR")
+        assert field in r.json["message"], (field, r.json)
+    for bad, words in ((one(uid=0), "UIDs start at 1"),
+                       (one(flags=["two words"]), "not an IMAP flag"),
+                       (one(flags=["\\"]), "not an IMAP flag"),
+                       (one(uid=0xff000000), "below"),
+                       ({"mailbox": "a//b"}, "Invalid mailbox name"),
+                       ({"mailbox": "Old", "uidnext": 0xffffffff}, "below")):
+        r = w.request("POST", path, body=bad)
+        assert_envelope(r, 400, "VALIDATION_ERROR")
+        assert words in r.json["message"], (words, r.json)
+    assert_envelope(w.request("POST", "/api/v1/email/accounts/999/mailboxes/import", body=small), 404, "NOT_FOUND")
+    # the larger limit is the import's alone
+    assert_envelope(w.request("POST", "/api/v1/email/accounts", body={"domain": "x" * 2_000_000}), 413, "PAYLOAD_TOO_LARGE")
