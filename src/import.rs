@@ -1176,7 +1176,7 @@ fn batch_body(
     let mut skipped = Vec::new();
     let mut messages = Vec::with_capacity(batch.len());
     for m in batch {
-        match std::fs::read(&m.path) {
+        match crate::maildir::read_file(&m.path, MAX_IMPORT_MESSAGE) {
             Ok(data) => messages.push(json!({
                 "uid": m.uid,
                 "flags": m.flags,
@@ -1229,8 +1229,16 @@ async fn maildir(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<()> {
-    let folders = crate::maildir::folders(root)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", root.display()))?;
+    let folders = match crate::maildir::folders(root) {
+        Ok(f) => f,
+        Err(e) => {
+            report.skip(
+                format!("mail of {user}"),
+                format!("{}: {e}", root.display()),
+            );
+            return Ok(());
+        }
+    };
     let subscribed = crate::maildir::subscriptions(root);
     for s in &subscribed {
         if !folders.iter().any(|(n, _)| n == s) {
@@ -1366,16 +1374,24 @@ async fn sieve(
             .and_then(|n| n.strip_suffix(".sieve"))
             .map(str::to_string)
     });
-    let mut scripts: Vec<(String, PathBuf)> = std::fs::read_dir(home.join("sieve"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter_map(|p| {
-                    let stem = p.file_name()?.to_str()?.strip_suffix(".sieve")?.to_string();
-                    p.is_file().then_some((stem, p))
+    let sieve_dir = home.join("sieve");
+    let mut scripts: Vec<(String, PathBuf)> =
+        if std::fs::symlink_metadata(&sieve_dir).is_ok_and(|m| m.is_dir()) {
+            std::fs::read_dir(&sieve_dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                        .filter_map(|e| {
+                            let p = e.path();
+                            let stem = p.file_name()?.to_str()?.strip_suffix(".sieve")?.to_string();
+                            Some((stem, p))
+                        })
+                        .collect()
                 })
-                .collect()
-        })
-        .unwrap_or_default();
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
     scripts.sort();
     if active.is_none()
         && link.is_file()
@@ -1395,7 +1411,7 @@ async fn sieve(
     };
     let plain_active = active.is_none();
     for (name, file) in scripts {
-        let text = match std::fs::read(&file) {
+        let text = match crate::maildir::read_file(&file, crate::maildir::SMALL_FILE_MAX) {
             Ok(b) => match String::from_utf8(b) {
                 Ok(t) => t,
                 Err(_) => {

@@ -4,9 +4,65 @@
 //! (`:2,FRS` and keyword letters), internal dates from the files' mtimes, and `subscriptions`.
 //!
 //! Only file names and metadata are held; a message's bytes are read when it is sent.
+//!
+//! The tree belongs to the user and the import runs as root: nothing is read through a
+//! symbolic link (a link in `cur/` to `/etc/shadow`, a `.Folder` linked to another user's
+//! Maildir), and every file is read with a bound.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// Most bytes of a `dovecot-uidlist` read (a million messages take about 100 MB).
+const UIDLIST_MAX: u64 = 512 << 20;
+/// Most bytes of `dovecot-keywords`, `subscriptions` or a Sieve script read.
+pub const SMALL_FILE_MAX: u64 = 4 << 20;
+
+/// Reads a regular file that is not a symbolic link (`O_NOFOLLOW`, then the open file itself
+/// checked), at most `limit` bytes (more is an error).
+pub fn read_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A small text file, read as [`read_file`] does; `None` when it isn't there.
+fn read_text(path: &Path, limit: u64) -> std::io::Result<Option<String>> {
+    match read_file(path, limit) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `path` is a directory itself, not a link to one.
+fn real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
 
 /// One Maildir folder.
 #[derive(Debug)]
@@ -37,10 +93,22 @@ pub struct Message {
 /// The folders under a Maildir++ root: the root itself (`INBOX`) and every `.Name` directory
 /// that is a maildir (has `cur` or `new`), sorted by name, parents first.
 pub fn folders(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    if !real_dir(root) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a directory (or is a symbolic link)",
+                root.display()
+            ),
+        ));
+    }
     let mut out = vec![("INBOX".to_string(), root.to_path_buf())];
     let mut subs = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let file = entry.file_name();
         let Some(name) = file.to_str() else { continue };
         let Some(rest) = name.strip_prefix('.') else {
@@ -50,7 +118,7 @@ pub fn folders(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
             continue;
         }
         let path = entry.path();
-        if !(path.join("cur").is_dir() || path.join("new").is_dir()) {
+        if !(real_dir(&path.join("cur")) || real_dir(&path.join("new"))) {
             continue;
         }
         let wispd = match rest.strip_prefix("INBOX.") {
@@ -158,18 +226,21 @@ pub fn flags_of(file: &str, keywords: &HashMap<u8, String>) -> Vec<String> {
 /// since Dovecot last looked) get the next UIDs in the order of their mtimes and names; a
 /// folder without a uidlist is numbered from 1 that way and has no UIDVALIDITY.
 pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
-    let (uidvalidity, mut uidnext, known) =
-        match std::fs::read_to_string(path.join("dovecot-uidlist")) {
-            Ok(text) => parse_uidlist(&text).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.join("dovecot-uidlist").display()),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 1, HashMap::new()),
-            Err(e) => return Err(e),
-        };
-    let keywords = std::fs::read_to_string(path.join("dovecot-keywords"))
+    let uidlist = path.join("dovecot-uidlist");
+    let (uidvalidity, mut uidnext, known) = match read_text(&uidlist, UIDLIST_MAX)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", uidlist.display())))?
+    {
+        Some(text) => parse_uidlist(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", uidlist.display()),
+            )
+        })?,
+        None => (0, 1, HashMap::new()),
+    };
+    let keywords = read_text(&path.join("dovecot-keywords"), SMALL_FILE_MAX)
+        .ok()
+        .flatten()
         .map(|t| parse_keywords(&t))
         .unwrap_or_default();
     let mut folder = Folder {
@@ -183,6 +254,13 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
     let mut taken = std::collections::HashSet::new();
     for sub in ["cur", "new"] {
         let dir = path.join(sub);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+            folder.skipped.push((
+                dir.display().to_string(),
+                "not a directory (or a symbolic link)".into(),
+            ));
+            continue;
+        }
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -201,9 +279,16 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
             if file.starts_with('.') {
                 continue;
             }
+            // DirEntry::metadata does not follow a link: links and devices are left out
             let meta = match entry.metadata() {
                 Ok(m) if m.is_file() => m,
-                Ok(_) => continue,
+                Ok(_) => {
+                    folder.skipped.push((
+                        entry.path().display().to_string(),
+                        "not a regular file (a symbolic link, a device…)".into(),
+                    ));
+                    continue;
+                }
                 Err(e) => {
                     folder
                         .skipped
@@ -249,7 +334,7 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
 /// hierarchy, modified UTF-7). Dovecot writes version 2 (a `V\t2` header, hierarchy levels
 /// separated by tabs, names in UTF-8) or the older one name a line.
 pub fn subscriptions(root: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(root.join("subscriptions")) else {
+    let Ok(Some(text)) = read_text(&root.join("subscriptions"), SMALL_FILE_MAX) else {
         return Vec::new();
     };
     let mut lines = text.lines().peekable();

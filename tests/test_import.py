@@ -561,3 +561,46 @@ def test_the_mailbox_import_endpoint_under_bad_input(make_wispd):
     assert_envelope(w.request("POST", "/api/v1/email/accounts/999/mailboxes/import", body=small), 404, "NOT_FOUND")
     # the larger limit is the import's alone
     assert_envelope(w.request("POST", "/api/v1/email/accounts", body={"domain": "x" * 2_000_000}), 413, "PAYLOAD_TOO_LARGE")
+
+
+def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
+    """The import runs as root over a tree its user controls: a message file that is a link to a
+    secret, a folder that is a link to another user's Maildir, a FIFO, a linked Sieve script
+    are each skipped with the reason, and nothing of what they point at reaches the store;
+    the rest comes over (a folder without a uidlist is numbered from 1)."""
+    users = tmp_path / "etc"
+    users.mkdir()
+    home = tmp_path / "home" / "eve"
+    other = tmp_path / "home" / "victim" / "Maildir"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("Subject: root's secret\n\nTOP-SECRET-CONTENT\n")
+    for d in (home / "Maildir" / "cur", home / "Maildir" / "new", other / "cur", home / "sieve"):
+        d.mkdir(parents=True)
+    (other / "cur" / "1.M1.victim:2,S").write_text("Subject: victim's\n\nVICTIM-CONTENT\n")
+    (home / "Maildir" / "cur" / "100.M1.host:2,S").write_text("Subject: mine\n\nmy own\n")
+    os_ = __import__("os")
+    os_.symlink(secret, home / "Maildir" / "cur" / "101.M2.host:2,S")
+    os_.mkfifo(home / "Maildir" / "new" / "102.M3.host")
+    os_.symlink(other, home / "Maildir" / ".Stolen")
+    os_.symlink(secret, home / "sieve" / "leak.sieve")
+    (home / "sieve" / "ok.sieve").write_text("keep;\n")
+    (users / "users").write_text(f"eve@example.com:{{PLAIN}}eve-password-1:1000:1000::{home}::\n")
+    data = tmp_path / "data"
+    out = subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(users), "--data-dir", str(data), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    text = json.dumps(report)
+    assert "TOP-SECRET" not in text and "VICTIM" not in text
+    reasons = {s["item"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
+    assert "not a regular file" in reasons["101.M2.host:2,S"], reasons
+    assert "not a regular file" in reasons["102.M3.host"], reasons
+    assert "mailbox eve@example.com INBOX: 1 message(s) (new UIDVALIDITY)" in report["changed"], report
+    assert not any("Stolen" in c for c in report["changed"]), report
+    assert "sieve script eve@example.com ok" in report["changed"] and not any("leak" in c for c in report["changed"])
+    listed = subprocess.run([WISPD_BIN, "messages", "eve@example.com", "--raw", "--json", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    msgs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(m["mailbox"], m["uid"]) for m in msgs] == [("INBOX", 1)], msgs
+    assert "my own" in msgs[0]["raw"] and "TOP-SECRET" not in listed.stdout and "VICTIM" not in listed.stdout

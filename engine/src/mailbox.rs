@@ -841,7 +841,8 @@ pub struct ImportOutcome {
     pub imported: u32,
     /// Messages at or below the import mark: brought over by an earlier run.
     pub already: u32,
-    /// Messages that got a UID other than their source's (the mailbox already had mail).
+    /// Messages that got a UID other than the one their source's UIDVALIDITY promised (the
+    /// mailbox already had mail of its own).
     pub renumbered: u32,
 }
 
@@ -927,7 +928,10 @@ pub fn import(
             let uid = if out.uids_kept && m.uid >= mb.uidnext {
                 m.uid
             } else {
-                out.renumbered += 1;
+                // without a source UIDVALIDITY no client knew these UIDs: nothing is renumbered
+                if source.uidvalidity > 0 {
+                    out.renumbered += 1;
+                }
                 mb.uidnext
             };
             if uid >= MAX_IMPORTED_UID {
