@@ -201,6 +201,9 @@ pub struct Offline {
     mail: Arc<Mail>,
 }
 
+/// The store cache of an in-process import: it writes, and reads back only the indexes.
+const IMPORT_CACHE: usize = 32 << 20;
+
 impl Offline {
     /// Opens the store and starts serving its API; `None` when a running server has the store.
     pub async fn start(cfg: &Config, data_dir: &Path) -> Result<Option<Offline>> {
@@ -209,7 +212,7 @@ impl Offline {
             .mode(0o700)
             .create(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-        match Store::open(data_dir) {
+        match Store::open_with_cache(data_dir, IMPORT_CACHE) {
             Ok(store) => Self::serve(cfg, store, data_dir).await.map(Some),
             Err(wispd_store::StoreError::InUse { .. }) => Ok(None),
             Err(e) => Err(e.into()),

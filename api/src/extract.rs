@@ -118,20 +118,34 @@ pub async fn buffer_body(
 const DRAIN_MAX: usize = 16 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
+async fn read_limited(mut body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    // a body already read (one frame) is passed on as it is; one arriving in pieces is
+    // gathered once, into a buffer sized by its declared length when it has one
+    let hint = usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).unwrap_or(0);
+    let mut first: Option<axum::body::Bytes> = None;
+    let mut out: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| ApiError::Validation(format!("Could not read request body: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > limit {
-                drain(body, out.len() + data.len()).await;
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            out.extend_from_slice(data);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let seen = first.as_ref().map_or(0, |f| f.len()) + out.len() + data.len();
+        if seen > limit {
+            drain(body, seen).await;
+            return Err(ApiError::PayloadTooLarge { limit });
         }
+        if first.is_none() && out.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(f) = first.take() {
+            out.reserve(hint.clamp(f.len() + data.len(), limit));
+            out.extend_from_slice(&f);
+        }
+        out.extend_from_slice(&data);
     }
-    Ok(out)
+    Ok(first.unwrap_or_else(|| out.into()))
 }
 
 /// Whether the request carries a valid admin token (checked again, with its rate limit, by

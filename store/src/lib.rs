@@ -65,6 +65,10 @@ into_db_error!(
     redb::CommitError
 );
 
+/// The store's page cache in the process (redb's default is 1 GiB): what is read again soon
+/// (mailbox indexes, recent messages) stays in it; the kernel's page cache holds the rest.
+pub const CACHE_BYTES: usize = 256 << 20;
+
 /// A handle on the open store; cheap to clone and share between tasks.
 ///
 /// redb is synchronous: async callers run store work on a blocking thread.
@@ -84,22 +88,34 @@ impl Store {
     /// Opens (or creates) the store in `data_dir`, refusing a store written by a newer wispd and
     /// migrating one written by an older wispd.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        Self::open_with(data_dir, SCHEMA_VERSION, migrate::MIGRATIONS)
+        Self::open_with(data_dir, SCHEMA_VERSION, migrate::MIGRATIONS, CACHE_BYTES)
+    }
+
+    /// As [`Store::open`], with a cache of `cache_bytes` (a bulk writer such as `wispd import`
+    /// gains nothing from caching what it wrote).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        Self::open_with(data_dir, SCHEMA_VERSION, migrate::MIGRATIONS, cache_bytes)
     }
 
     fn open_with(
         data_dir: &Path,
         target: u32,
         migrations: &[migrate::Migration],
+        cache_bytes: usize,
     ) -> Result<Store, StoreError> {
         let path = data_dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            other => StoreError::Open {
-                path: path.clone(),
-                source: other.into(),
-            },
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::InUse { path: path.clone() }
+                }
+                other => StoreError::Open {
+                    path: path.clone(),
+                    source: other.into(),
+                },
+            })?;
         let store = Store {
             db: Arc::new(db),
             path,

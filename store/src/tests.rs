@@ -73,12 +73,12 @@ fn failing(_: &Write<'_>) -> Result<(), StoreError> {
 fn older_store_is_migrated_forward_in_one_transaction() {
     let dir = temp_dir("migrate");
     {
-        let store = Store::open_with(&dir, 1, &[]).expect("open v1");
+        let store = Store::open_with(&dir, 1, &[], CACHE_BYTES).expect("open v1");
         store
             .write(|w| w.put(&TOKENS, "abc", &token("abc")))
             .expect("put");
     }
-    let store = Store::open_with(&dir, 2, &[rename_tokens]).expect("migrate to v2");
+    let store = Store::open_with(&dir, 2, &[rename_tokens], CACHE_BYTES).expect("migrate to v2");
     assert_eq!(store.schema_version().expect("version"), 2);
     let got = store
         .read(|r| r.get(&TOKENS, "abc"))
@@ -91,17 +91,18 @@ fn older_store_is_migrated_forward_in_one_transaction() {
 fn failed_migration_leaves_old_version_and_data_untouched() {
     let dir = temp_dir("migrate-fail");
     {
-        let store = Store::open_with(&dir, 1, &[]).expect("open v1");
+        let store = Store::open_with(&dir, 1, &[], CACHE_BYTES).expect("open v1");
         store
             .write(|w| w.put(&TOKENS, "abc", &token("abc")))
             .expect("put");
     }
-    let err = Store::open_with(&dir, 3, &[rename_tokens, failing]).expect_err("must fail");
+    let err =
+        Store::open_with(&dir, 3, &[rename_tokens, failing], CACHE_BYTES).expect_err("must fail");
     assert!(
         matches!(err, StoreError::Migration { from: 2, .. }),
         "{err}"
     );
-    let store = Store::open_with(&dir, 1, &[]).expect("still v1");
+    let store = Store::open_with(&dir, 1, &[], CACHE_BYTES).expect("still v1");
     assert_eq!(store.schema_version().expect("version"), 1);
     let got = store
         .read(|r| r.get(&TOKENS, "abc"))
