@@ -84,7 +84,7 @@ clean:
 	rm -rf $(VENV)
 
 # Every bench runs even when one fails; the failed ones are named at the end (exit 1).
-BENCHES := firewall blocklist smtp sieve outbound lists imap pop3 authflood lfd
+BENCHES := firewall blocklist smtp sieve outbound lists import imap pop3 authflood lfd
 
 bench: deps-build deps-test release
 	@# the peers run as private instances on high ports: no system Postfix config, no system Dovecot
