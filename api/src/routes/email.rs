@@ -1134,7 +1134,7 @@ pub async fn queue_delete(
 #[serde(deny_unknown_fields)]
 pub struct ImportMessage {
     /// Its UID on the source server (kept when the mailbox has the source's UIDVALIDITY).
-    #[schema(minimum = 1, example = 7)]
+    #[schema(value_type = i64, minimum = 1, maximum = 4_278_190_079_i64, example = 7)]
     pub uid: u32,
     /// IMAP flags and keywords (`\Seen`, `$Forwarded`, `Important`).
     #[serde(default)]
@@ -1167,12 +1167,12 @@ pub struct MailboxImport {
     pub mailbox: String,
     /// The source's UIDVALIDITY (0: none, the mailbox gets its own).
     #[serde(default)]
-    #[schema(example = 1_700_000_000)]
+    #[schema(value_type = i64, minimum = 0, maximum = 4_294_967_295_i64, example = 1_700_000_000)]
     pub uidvalidity: u32,
     /// The source's next UID (UIDNEXT), kept when the UIDs are: send it with a mailbox's last
     /// batch, 0 with the ones before (a UIDNEXT set early would renumber the batches after).
     #[serde(default)]
-    #[schema(example = 42)]
+    #[schema(value_type = i64, minimum = 0, maximum = 4_278_190_080_i64, example = 42)]
     pub uidnext: u32,
     /// Subscribe to the mailbox (never unsubscribes).
     #[serde(default)]
@@ -1195,6 +1195,7 @@ pub struct MailboxImported {
     pub created: bool,
     /// The mailbox has the source's UIDVALIDITY and the messages kept their UIDs.
     pub uids_kept: bool,
+    #[schema(value_type = i64, minimum = 1, maximum = 4_294_967_295_i64)]
     pub uidvalidity: u32,
     pub imported: u32,
     /// Skipped: brought over by an earlier import.
