@@ -197,15 +197,23 @@ pub fn import(
             .build()
             .context("starting the async runtime")?;
         rt.block_on(async {
-            // a stopped server's store is served here, the same API over the same store
-            let offline = crate::serve::Offline::start(&cfg, &data_dir).await?;
+            // a stopped server's store is served here, the same API over the same store; a
+            // dry run with no store yet looks at an empty one made for it, and removed after
+            let scratch = (dry_run && !data_dir.join(wispd_store::FILE_NAME).exists()).then(|| {
+                std::env::temp_dir().join(format!("wispd-dry-run-{}", std::process::id()))
+            });
+            let dir = scratch.as_ref().unwrap_or(&data_dir);
+            let offline = crate::serve::Offline::start(&cfg, dir).await?;
             let api = match &offline {
-                Some(o) => Api::local(o.base.clone(), &data_dir)?,
+                Some(o) => Api::local(o.base.clone(), dir)?,
                 None => Api::connect(&data_dir, &cert)?,
             };
             let report = crate::import::run(&api, source, from, dry_run).await;
             if let Some(o) = offline {
                 o.stop().await;
+            }
+            if let Some(s) = &scratch {
+                let _ = std::fs::remove_dir_all(s);
             }
             let report = report?;
             if target.json {

@@ -1171,17 +1171,26 @@ fn batch_body(
     subscribed: bool,
     batch: &[crate::maildir::Message],
     last: bool,
+    dry_run: bool,
 ) -> (Vec<u8>, Vec<(String, String)>) {
     use base64::Engine as _;
     let mut skipped = Vec::new();
     let mut messages = Vec::with_capacity(batch.len());
     for m in batch {
-        match crate::maildir::read_file(&m.path, MAX_IMPORT_MESSAGE) {
+        let data = if dry_run {
+            // the server decides by UID alone: a dry run reads no message
+            Ok(String::new())
+        } else {
+            crate::maildir::read_file(&m.path, MAX_IMPORT_MESSAGE).map(|data| {
+                base64::engine::general_purpose::STANDARD.encode(crate::maildir::crlf(data))
+            })
+        };
+        match data {
             Ok(data) => messages.push(json!({
                 "uid": m.uid,
                 "flags": m.flags,
                 "internal_date": m.internal_date,
-                "data": base64::engine::general_purpose::STANDARD.encode(crate::maildir::crlf(data)),
+                "data": data,
             })),
             Err(e) => skipped.push((m.path.display().to_string(), e.to_string())),
         }
@@ -1193,6 +1202,7 @@ fn batch_body(
         "subscribed": subscribed,
         "special_use": special_use(&folder.name),
         "messages": messages,
+        "dry_run": dry_run,
     });
     (serde_json::to_vec(&body).unwrap_or_default(), skipped)
 }
@@ -1271,18 +1281,17 @@ async fn maildir(
             report.skip(f, format!("larger than {MAX_IMPORT_MESSAGE} bytes"));
         }
         folder.messages.retain(|m| m.size <= MAX_IMPORT_MESSAGE);
-        let sub = subscribed.iter().any(|s| *s == folder.name);
-        if dry_run {
-            report.changed.push(format!(
-                "mailbox {user} {}: {} message(s) in Dovecot (UIDVALIDITY {})",
-                folder.name,
-                folder.messages.len(),
-                folder.uidvalidity
-            ));
-            progress.add(folder.messages.len() as u64);
-            continue;
-        }
+        let sub = subscribed.contains(&folder.name);
         let Some(id) = id else {
+            // a dry run for an account still to be made: all of it would come
+            if dry_run {
+                report.changed.push(format!(
+                    "mailbox {user} {}: {} message(s)",
+                    folder.name,
+                    folder.messages.len()
+                ));
+                progress.add(folder.messages.len() as u64);
+            }
             continue;
         };
         let path = format!("/email/accounts/{id}/mailboxes/import");
@@ -1309,8 +1318,9 @@ async fn maildir(
             let (a, b) = (w[0], w[1]);
             let f = folder.clone();
             let last = b == f.messages.len();
-            let built =
-                tokio::task::spawn_blocking(move || batch_body(&f, sub, &f.messages[a..b], last));
+            let built = tokio::task::spawn_blocking(move || {
+                batch_body(&f, sub, &f.messages[a..b], last, dry_run)
+            });
             if let Some((h, n)) = inflight.take() {
                 tally.add(&h.await??);
                 progress.add(n as u64);
@@ -1404,10 +1414,11 @@ async fn sieve(
     }
     let (local, domain) = user.rsplit_once('@').unwrap_or((user, ""));
     let path = format!("/email/filters/{domain}/{local}");
-    let have = if dry_run {
-        Value::Null
-    } else {
-        api.get(&path).await?
+    let have = match api.get(&path).await {
+        Ok(v) => v,
+        // a dry run for an account still to be made: it has no scripts
+        Err(_) if dry_run => Value::Null,
+        Err(e) => return Err(e),
     };
     let plain_active = active.is_none();
     for (name, file) in scripts {
@@ -1488,9 +1499,13 @@ pub async fn run(
     }
     let mut all = Report::default();
     for (s, name, marker) in [
-        (ImportSource::Csf, "csf", "csf.conf"),
-        (ImportSource::Postfix, "postfix", "main.cf"),
-        (ImportSource::Dovecot, "dovecot", ""),
+        (
+            ImportSource::Csf,
+            "csf",
+            &["csf.conf", "csf.allow", "csf.deny"][..],
+        ),
+        (ImportSource::Postfix, "postfix", &["main.cf"][..]),
+        (ImportSource::Dovecot, "dovecot", &[][..]),
     ] {
         let dirs = if from.is_empty() {
             one(s).iter().map(PathBuf::from).collect()
@@ -1498,9 +1513,9 @@ pub async fn run(
             from.to_vec()
         };
         let present = if marker.is_empty() {
-            dirs.iter().any(|d| d.is_dir())
+            dirs.iter().any(|d| d.exists())
         } else {
-            find(&dirs, marker).is_some()
+            marker.iter().any(|m| find(&dirs, m).is_some())
         };
         if !present {
             all.skip(name, "nothing of it in the --from directories");

@@ -127,9 +127,11 @@ def test_import_needs_real_directories_and_works_on_a_stopped_server(wispd, tmp_
     csf.mkdir()
     (csf / "csf.deny").write_text("203.0.113.99 # from the old server\n")
     stopped = tmp_path / "stopped"
-    out = subprocess.run([WISPD_BIN, "import", "csf", "--from", str(csf), "--data-dir", str(stopped)],
+    out = subprocess.run([WISPD_BIN, "import", "all", "--from", str(csf), "--data-dir", str(stopped)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "203.0.113.99" in out.stdout, out
+    assert "skipped: postfix: nothing of it in the --from directories" in out.stdout, out.stdout
+    assert "skipped: dovecot: no passwd-file" in out.stdout, out.stdout
     assert (stopped / "admin.token").exists(), "the first start's token, as `wispd serve` makes it"
     from conftest import BASE_CONFIG, Wispd
     (tmp_path / "later").mkdir()
@@ -459,6 +461,8 @@ def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
                                              capture_output=True, text=True, timeout=300)
         dry = run("--dry-run")
         assert dry.returncode == 0, dry.stderr
+        assert not w.data_dir.exists(), "a dry run makes no data dir"
+        assert "mailbox alice@example.com INBOX: 10 message(s)" in json.loads(dry.stdout)["changed"], dry.stdout
         out = run()
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
@@ -487,6 +491,8 @@ def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
         again = run()
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["changed"] == [], again.stdout
+        dry = run("--dry-run")
+        assert dry.returncode == 0 and json.loads(dry.stdout)["changed"] == [], dry.stdout
 
         # one more delivery to Dovecot, then the import brings just that one, with its UID
         dove.start()
@@ -495,6 +501,8 @@ def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
         lmtp.quit()
         late = imap_view(("127.0.0.1", dove.imap_port), "alice@example.com", "pass-alice@example.com")[0]["INBOX"]
         dove.stop()
+        dry = run("--dry-run")
+        assert json.loads(dry.stdout)["changed"] == ["mailbox alice@example.com INBOX: 1 message(s) (UIDs kept)"], dry.stdout
         third = run()
         assert third.returncode == 0, third.stderr
         changed = json.loads(third.stdout)["changed"]

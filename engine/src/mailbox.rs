@@ -187,6 +187,22 @@ fn write<R>(
     Ok(r)
 }
 
+/// A new, empty, unsubscribed mailbox.
+fn empty(name: &str, uidvalidity: u32) -> Mailbox {
+    Mailbox {
+        name: name.to_string(),
+        special_use: None,
+        uidvalidity,
+        uidnext: 1,
+        highest_modseq: 1,
+        subscribed: false,
+        recent_uid: 0,
+        vanished_count: 0,
+        vanished_floor: 0,
+        imported: None,
+    }
+}
+
 pub fn create(
     store: &Store,
     changes: &Changes,
@@ -199,18 +215,7 @@ pub fn create(
         if w.get(&MAIL_MAILBOXES, (account, name.as_str()))?.is_some() {
             return Err(MailboxError::Exists(name.clone()).into());
         }
-        let mb = Mailbox {
-            name: name.clone(),
-            special_use: None,
-            uidvalidity: new_uidvalidity(w)?,
-            uidnext: 1,
-            highest_modseq: 1,
-            subscribed: false,
-            recent_uid: 0,
-            vanished_count: 0,
-            vanished_floor: 0,
-            imported: None,
-        };
+        let mb = empty(&name, new_uidvalidity(w)?);
         w.put(&MAIL_MAILBOXES, (account, name.as_str()), &mb)?;
         Ok(())
     })
@@ -852,13 +857,15 @@ pub struct ImportOutcome {
 /// source's and the UID is above every UID the mailbox has handed out. The mailbox remembers
 /// the highest source UID brought over ([`ImportMark`]): a rerun, or a resumed interrupted
 /// import, skips those, even the ones since deleted here. The quota is not enforced: the mail
-/// was the user's already (the account's usage grows by it).
+/// was the user's already (the account's usage grows by it). A `dry_run` says what the batch
+/// would do and keeps nothing.
 pub fn import(
     store: &Store,
     changes: &Changes,
     account: u64,
     source: &SourceMailbox,
     messages: &[SourceMessage],
+    dry_run: bool,
 ) -> Result<ImportOutcome, MailboxError> {
     let name = canonical(&source.name);
     check_name(&name)?;
@@ -868,115 +875,136 @@ pub fn import(
             "UIDs and UIDNEXT must be below {MAX_IMPORTED_UID}"
         )));
     }
-    write(store, changes, |w| {
-        let n = name.as_str();
-        let Some(mut acct) = w.get(&MAIL_ACCOUNTS, account)? else {
-            return Err(MailboxError::NoSuchMailbox(name.clone()).into());
+    if !dry_run {
+        return write(store, changes, |w| {
+            import_in(w, account, &name, source, messages)
+        });
+    }
+    // a dry run does all of it and keeps none: the transaction is dropped
+    enum Abort {
+        Dry(ImportOutcome),
+        Failed(StoreErrorOr),
+    }
+    impl From<StoreError> for Abort {
+        fn from(e: StoreError) -> Self {
+            Abort::Failed(StoreErrorOr(MailboxError::Store(e)))
+        }
+    }
+    let r: Result<(), Abort> =
+        store.write(|w| match import_in(w, account, &name, source, messages) {
+            Ok(out) => Err(Abort::Dry(out)),
+            Err(e) => Err(Abort::Failed(e)),
+        });
+    match r {
+        Err(Abort::Dry(out)) => Ok(out),
+        Err(Abort::Failed(e)) => Err(e.0),
+        Ok(()) => unreachable!("a dry run's transaction never commits"),
+    }
+}
+
+fn import_in(
+    w: &Write<'_>,
+    account: u64,
+    name: &str,
+    source: &SourceMailbox,
+    messages: &[SourceMessage],
+) -> Result<ImportOutcome, StoreErrorOr> {
+    let n = name;
+    let Some(mut acct) = w.get(&MAIL_ACCOUNTS, account)? else {
+        return Err(MailboxError::NoSuchMailbox(name.to_string()).into());
+    };
+    let mut out = ImportOutcome::default();
+    let mut mb = match w.get(&MAIL_MAILBOXES, (account, n))? {
+        Some(mb) => mb,
+        None => {
+            out.created = true;
+            empty(name, 0)
+        }
+    };
+    // a mailbox that never held a message takes the source's UIDVALIDITY
+    if mb.uidnext == 1 && mb.imported.is_none() {
+        mb.uidvalidity = if source.uidvalidity > 0 {
+            let last = w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0);
+            w.put(
+                &MAIL_META,
+                "last_uidvalidity",
+                &last.max(u64::from(source.uidvalidity)),
+            )?;
+            source.uidvalidity
+        } else if mb.uidvalidity == 0 {
+            new_uidvalidity(w)?
+        } else {
+            mb.uidvalidity
         };
-        let mut out = ImportOutcome::default();
-        let mut mb = match w.get(&MAIL_MAILBOXES, (account, n))? {
-            Some(mb) => mb,
-            None => {
-                out.created = true;
-                Mailbox {
-                    name: name.clone(),
-                    special_use: None,
-                    uidvalidity: 0,
-                    uidnext: 1,
-                    highest_modseq: 1,
-                    subscribed: false,
-                    recent_uid: 0,
-                    vanished_count: 0,
-                    vanished_floor: 0,
-                    imported: None,
-                }
+    }
+    out.uids_kept = source.uidvalidity > 0 && mb.uidvalidity == source.uidvalidity;
+    out.uidvalidity = mb.uidvalidity;
+    let mut mark = match mb.imported {
+        Some(m) if m.uidvalidity == source.uidvalidity => m,
+        _ => ImportMark {
+            uidvalidity: source.uidvalidity,
+            uid: 0,
+        },
+    };
+    let mut next_id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
+    let mut sorted: Vec<&SourceMessage> = messages.iter().collect();
+    sorted.sort_by_key(|m| m.uid);
+    for m in sorted {
+        if m.uid <= mark.uid {
+            out.already += 1;
+            continue;
+        }
+        let uid = if out.uids_kept && m.uid >= mb.uidnext {
+            m.uid
+        } else {
+            // without a source UIDVALIDITY no client knew these UIDs: nothing is renumbered
+            if source.uidvalidity > 0 {
+                out.renumbered += 1;
             }
+            mb.uidnext
         };
-        // a mailbox that never held a message takes the source's UIDVALIDITY
-        if mb.uidnext == 1 && mb.imported.is_none() {
-            mb.uidvalidity = if source.uidvalidity > 0 {
-                let last = w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0);
-                w.put(
-                    &MAIL_META,
-                    "last_uidvalidity",
-                    &last.max(u64::from(source.uidvalidity)),
-                )?;
-                source.uidvalidity
-            } else if mb.uidvalidity == 0 {
-                new_uidvalidity(w)?
-            } else {
-                mb.uidvalidity
-            };
+        if uid >= MAX_IMPORTED_UID {
+            return Err(MailboxError::Invalid("the mailbox has run out of UIDs".into()).into());
         }
-        out.uids_kept = source.uidvalidity > 0 && mb.uidvalidity == source.uidvalidity;
-        out.uidvalidity = mb.uidvalidity;
-        let mut mark = match mb.imported {
-            Some(m) if m.uidvalidity == source.uidvalidity => m,
-            _ => ImportMark {
-                uidvalidity: source.uidvalidity,
-                uid: 0,
-            },
+        let size = m.data.len() as u64;
+        let id = next_id;
+        next_id += 1;
+        w.put_raw(&MAIL_MESSAGES, id, &m.data)?;
+        w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs: 1 })?;
+        mb.highest_modseq += 1;
+        let mut flags = m.flags.clone();
+        flags.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        let entry = MailEntry {
+            message_id: id,
+            uid,
+            flags,
+            internal_date: m.internal_date,
+            size,
+            modseq: mb.highest_modseq,
         };
-        let mut next_id = w.get(&MAIL_META, "next_message_id")?.unwrap_or(1).max(1);
-        let mut sorted: Vec<&SourceMessage> = messages.iter().collect();
-        sorted.sort_by_key(|m| m.uid);
-        for m in sorted {
-            if m.uid <= mark.uid {
-                out.already += 1;
-                continue;
-            }
-            let uid = if out.uids_kept && m.uid >= mb.uidnext {
-                m.uid
-            } else {
-                // without a source UIDVALIDITY no client knew these UIDs: nothing is renumbered
-                if source.uidvalidity > 0 {
-                    out.renumbered += 1;
-                }
-                mb.uidnext
-            };
-            if uid >= MAX_IMPORTED_UID {
-                return Err(MailboxError::Invalid("the mailbox has run out of UIDs".into()).into());
-            }
-            let size = m.data.len() as u64;
-            let id = next_id;
-            next_id += 1;
-            w.put_raw(&MAIL_MESSAGES, id, &m.data)?;
-            w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs: 1 })?;
-            mb.highest_modseq += 1;
-            let mut flags = m.flags.clone();
-            flags.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-            let entry = MailEntry {
-                message_id: id,
-                uid,
-                flags,
-                internal_date: m.internal_date,
-                size,
-                modseq: mb.highest_modseq,
-            };
-            w.put(&MAIL_ENTRIES, (account, n, uid), &entry)?;
-            mb.uidnext = uid + 1;
-            mark.uid = m.uid;
-            acct.used_bytes = acct.used_bytes.saturating_add(size);
-            out.imported += 1;
-        }
-        if out.uids_kept {
-            mb.uidnext = mb.uidnext.max(source.uidnext);
-        }
-        if mb.special_use.is_none() {
-            mb.special_use.clone_from(&source.special_use);
-        }
-        if source.subscribed {
-            mb.subscribed = true;
-            w.put(&MAIL_SUBSCRIPTIONS, (account, n), &name)?;
-        }
-        mb.imported = Some(mark);
-        w.put(&MAIL_META, "next_message_id", &next_id)?;
-        w.put(&MAIL_MAILBOXES, (account, n), &mb)?;
-        if out.imported > 0 {
-            w.put(&MAIL_ACCOUNTS, account, &acct)?;
-        }
-        Ok(out)
-    })
+        w.put(&MAIL_ENTRIES, (account, n, uid), &entry)?;
+        mb.uidnext = uid + 1;
+        mark.uid = m.uid;
+        acct.used_bytes = acct.used_bytes.saturating_add(size);
+        out.imported += 1;
+    }
+    if out.uids_kept {
+        mb.uidnext = mb.uidnext.max(source.uidnext);
+    }
+    if mb.special_use.is_none() {
+        mb.special_use.clone_from(&source.special_use);
+    }
+    if source.subscribed {
+        mb.subscribed = true;
+        w.put(&MAIL_SUBSCRIPTIONS, (account, n), &name.to_string())?;
+    }
+    mb.imported = Some(mark);
+    w.put(&MAIL_META, "next_message_id", &next_id)?;
+    w.put(&MAIL_MAILBOXES, (account, n), &mb)?;
+    if out.imported > 0 {
+        w.put(&MAIL_ACCOUNTS, account, &acct)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1113,9 +1141,14 @@ mod tests {
     #[test]
     fn imports_keep_uids_resume_at_the_mark_and_renumber_into_used_mailboxes() {
         let (s, ch) = (store("import"), Changes::default());
+        // a dry run says what would happen and keeps nothing
+        let dry = import(&s, &ch, 1, &src("Box", 777, 0), &msgs(&[3, 9, 4]), true).expect("dry");
+        assert!(dry.created && dry.imported == 3);
+        assert!(mailbox(&s, 1, "Box").expect("read").is_none());
         // a new mailbox takes the source's UIDVALIDITY and UIDs; a batch before the last one
         // sends no UIDNEXT
-        let out = import(&s, &ch, 1, &src("Box", 777, 0), &msgs(&[3, 9, 4])).expect("import");
+        let out =
+            import(&s, &ch, 1, &src("Box", 777, 0), &msgs(&[3, 9, 4]), false).expect("import");
         assert!(out.created && out.uids_kept);
         assert_eq!((out.uidvalidity, out.imported), (777, 3));
         let mb = mailbox(&s, 1, "Box").expect("read").expect("box");
@@ -1127,7 +1160,15 @@ mod tests {
         // a rerun, and a resumed batch overlapping the last one, import nothing twice, even a
         // message deleted here since
         delete_uids(&s, &ch, "Box", &[4]);
-        let again = import(&s, &ch, 1, &src("Box", 777, 30), &msgs(&[3, 4, 9, 12])).expect("again");
+        let again = import(
+            &s,
+            &ch,
+            1,
+            &src("Box", 777, 30),
+            &msgs(&[3, 4, 9, 12]),
+            false,
+        )
+        .expect("again");
         assert_eq!((again.imported, again.already), (1, 3));
         let uids: Vec<u32> = all(&s, "Box").iter().map(|e| e.uid).collect();
         assert_eq!(uids, [3, 9, 12]);
@@ -1136,18 +1177,28 @@ mod tests {
         // a mailbox that has had mail of its own keeps its UIDVALIDITY: new UIDs above its own
         create(&s, &ch, 1, "Used").expect("create");
         append(&s, &ch, 1, "Used", vec![], 0, b"Subject: mine\r\n\r\nx\r\n").expect("append");
-        let used = import(&s, &ch, 1, &src("Used", 5, 100), &msgs(&[1, 2])).expect("used");
+        let used = import(&s, &ch, 1, &src("Used", 5, 100), &msgs(&[1, 2]), false).expect("used");
         assert!(!used.uids_kept && !used.created);
         assert_eq!((used.imported, used.renumbered), (2, 2));
         let uids: Vec<u32> = all(&s, "Used").iter().map(|e| e.uid).collect();
         assert_eq!(uids, [1, 2, 3]);
         // an empty mailbox the account was made with takes the source's UIDVALIDITY
         create(&s, &ch, 1, "Fresh").expect("create");
-        let fresh = import(&s, &ch, 1, &src("Fresh", 4242, 8), &msgs(&[7])).expect("fresh");
+        let fresh = import(&s, &ch, 1, &src("Fresh", 4242, 8), &msgs(&[7]), false).expect("fresh");
         assert!(fresh.uids_kept && !fresh.created && fresh.uidvalidity == 4242);
         // UIDs near the top of the range are refused: delivery needs room after them
-        assert!(import(&s, &ch, 1, &src("Top", 1, u32::MAX), &[]).is_err());
-        assert!(import(&s, &ch, 1, &src("Top", 1, 2), &msgs(&[MAX_IMPORTED_UID])).is_err());
+        assert!(import(&s, &ch, 1, &src("Top", 1, u32::MAX), &[], false).is_err());
+        assert!(
+            import(
+                &s,
+                &ch,
+                1,
+                &src("Top", 1, 2),
+                &msgs(&[MAX_IMPORTED_UID]),
+                false
+            )
+            .is_err()
+        );
         // the account's usage counts the imported mail
         let acct = account(&s, 1).expect("read").expect("account");
         let total: u64 = ["Box", "Used", "Fresh"]

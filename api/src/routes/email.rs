@@ -1184,6 +1184,9 @@ pub struct MailboxImport {
     /// At most 10,000 messages.
     #[serde(default)]
     pub messages: Vec<ImportMessage>,
+    /// Say what this batch would do; keep nothing (the messages' `data` may be empty).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// What one import batch did.
@@ -1263,6 +1266,7 @@ pub async fn mailbox_import(
     let store = s.store.clone();
     let changes = s.mail.deliverer().changes().clone();
     let name = b.mailbox.clone();
+    let dry_run = b.dry_run;
     let source = SourceMailbox {
         name: b.mailbox,
         uidvalidity: b.uidvalidity,
@@ -1283,7 +1287,7 @@ pub async fn mailbox_import(
     let dir = s.directory.clone();
     let out = tokio::task::spawn_blocking(move || {
         dir.account(id)?;
-        mailbox::import(&store, &changes, id, &source, &messages).map_err(|e| match e {
+        mailbox::import(&store, &changes, id, &source, &messages, dry_run).map_err(|e| match e {
             MailboxError::Store(e) => DirError::from(e),
             other => DirError::Invalid(other.to_string()),
         })
