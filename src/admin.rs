@@ -199,9 +199,11 @@ pub fn import(
         rt.block_on(async {
             // a stopped server's store is served here, the same API over the same store; a
             // dry run with no store yet looks at an empty one made for it, and removed after
-            let scratch = (dry_run && !data_dir.join(wispd_store::FILE_NAME).exists()).then(|| {
-                std::env::temp_dir().join(format!("wispd-dry-run-{}", std::process::id()))
-            });
+            let scratch = if dry_run && !data_dir.join(wispd_store::FILE_NAME).exists() {
+                Some(scratch_dir()?)
+            } else {
+                None
+            };
             let dir = scratch.as_ref().unwrap_or(&data_dir);
             let offline = crate::serve::Offline::start(&cfg, dir).await?;
             let api = match &offline {
@@ -225,6 +227,30 @@ pub fn import(
         })
     })();
     finish(result)
+}
+
+/// A new directory of this process's own under the temp dir (0700, made exclusively: one that
+/// someone made beforehand is never used).
+fn scratch_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    for i in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p = std::env::temp_dir().join(format!(
+            "wispd-dry-run-{}-{nanos:x}-{i}",
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(anyhow::anyhow!("cannot make {}: {e}", p.display())),
+        }
+    }
+    anyhow::bail!(
+        "cannot make a scratch directory under {}",
+        std::env::temp_dir().display()
+    )
 }
 
 pub fn messages(target: &Target, address: &str, raw: bool) -> ExitCode {

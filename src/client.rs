@@ -170,12 +170,31 @@ impl Api {
         format!("{}/api/v1{path}", self.base.trim_end_matches('/'))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach wispd at {}", self.base))?;
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value> {
+        // over the token's rate limit: wait as long as the server says (a long import into a
+        // running server meets `[api] rate_limit_per_minute`), a few times
+        let mut tries = 0;
+        let resp = loop {
+            let again = req.try_clone();
+            let resp = req
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach wispd at {}", self.base))?;
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match (resp.status().as_u16(), again, wait) {
+                (429, Some(next), Some(secs)) if tries < 30 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(secs.clamp(1, 60))).await;
+                    req = next;
+                }
+                _ => break resp,
+            }
+        };
         let status = resp.status();
         let body: Value = resp
             .json()

@@ -24,11 +24,20 @@ pub struct Report {
     pub unchanged: usize,
     /// (item, why).
     pub skipped: Vec<(String, String)>,
+    /// Skipped items past [`SKIPS_LISTED`], counted only.
+    pub skipped_more: usize,
 }
+
+/// Skipped items listed at most; the rest are counted.
+const SKIPS_LISTED: usize = 10_000;
 
 impl Report {
     fn skip(&mut self, item: impl Into<String>, why: impl Into<String>) {
-        self.skipped.push((item.into(), why.into()));
+        if self.skipped.len() < SKIPS_LISTED {
+            self.skipped.push((item.into(), why.into()));
+        } else {
+            self.skipped_more += 1;
+        }
     }
 
     pub fn json(&self, dry_run: bool) -> Value {
@@ -37,6 +46,7 @@ impl Report {
             "changed": self.changed,
             "unchanged": self.unchanged,
             "skipped": self.skipped.iter().map(|(i, w)| json!({"item": i, "reason": w})).collect::<Vec<_>>(),
+            "skipped_more": self.skipped_more,
         })
     }
 
@@ -48,18 +58,21 @@ impl Report {
         for (item, why) in &self.skipped {
             println!("skipped: {item}: {why}");
         }
+        if self.skipped_more > 0 {
+            println!("skipped: {} more, not listed", self.skipped_more);
+        }
         if self.changed.is_empty() {
             println!(
                 "nothing to do: {} item(s) already so, {} skipped",
                 self.unchanged,
-                self.skipped.len()
+                self.skipped.len() + self.skipped_more
             );
         } else {
             println!(
                 "{} {verb}, {} already so, {} skipped",
                 self.changed.len(),
                 self.unchanged,
-                self.skipped.len()
+                self.skipped.len() + self.skipped_more
             );
         }
     }
@@ -1172,6 +1185,7 @@ fn batch_body(
     batch: &[crate::maildir::Message],
     last: bool,
     dry_run: bool,
+    owner: crate::maildir::Owner,
 ) -> (Vec<u8>, Vec<(String, String)>) {
     use base64::Engine as _;
     let mut skipped = Vec::new();
@@ -1181,8 +1195,26 @@ fn batch_body(
             // the server decides by UID alone: a dry run reads no message
             Ok(String::new())
         } else {
-            crate::maildir::read_file(&m.path, MAX_IMPORT_MESSAGE).map(|data| {
-                base64::engine::general_purpose::STANDARD.encode(crate::maildir::crlf(data))
+            let read = |p: &Path| crate::maildir::read_file(p, MAX_IMPORT_MESSAGE, owner);
+            // Dovecot renames a file when its flags change: found again by its base name
+            let data = match read(&m.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match crate::maildir::moved(&m.path) {
+                        Some(p) => read(&p),
+                        None => Err(e),
+                    }
+                }
+                other => other,
+            };
+            data.and_then(|d| {
+                let d = crate::maildir::crlf(d);
+                if d.len() as u64 > MAX_IMPORT_MESSAGE {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("larger than {MAX_IMPORT_MESSAGE} bytes with CRLF line ends"),
+                    ));
+                }
+                Ok(base64::engine::general_purpose::STANDARD.encode(d))
             })
         };
         match data {
@@ -1239,9 +1271,10 @@ async fn maildir(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<()> {
-    let folders = match crate::maildir::folders(root) {
-        Ok(f) => f,
-        Err(e) => {
+    let owner = crate::maildir::Owner::of(root);
+    let (folders, owner) = match (crate::maildir::folders(root), owner) {
+        (Ok(f), Ok(o)) => (f, o),
+        (Err(e), _) | (_, Err(e)) => {
             report.skip(
                 format!("mail of {user}"),
                 format!("{}: {e}", root.display()),
@@ -1249,7 +1282,7 @@ async fn maildir(
             return Ok(());
         }
     };
-    let subscribed = crate::maildir::subscriptions(root);
+    let subscribed = crate::maildir::subscriptions(root, owner);
     for s in &subscribed {
         if !folders.iter().any(|(n, _)| n == s) {
             report.skip(
@@ -1258,42 +1291,94 @@ async fn maildir(
             );
         }
     }
-    let mut scanned = Vec::new();
-    for (name, path) in folders {
-        match crate::maildir::scan(&name, &path) {
-            Ok(f) => scanned.push(f),
-            Err(e) => report.skip(format!("folder {user} {name}"), e.to_string()),
-        }
+    if id.is_none() && !dry_run {
+        report.skip(
+            format!("mail of {user}"),
+            "the account is not on the server (see the account's line above)",
+        );
+        return Ok(());
     }
-    let total: u64 = scanned.iter().map(|f| f.messages.len() as u64).sum();
-    let mut progress = Progress::new(user.to_string(), total);
-    for mut folder in scanned {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // one folder at a time: only its file list is held
+    for (name, path) in folders {
+        let dir = path.display().to_string();
+        if let Err(why) = folder_name_ok(&name) {
+            report.skip(format!("folder {user} {dir}"), why);
+            continue;
+        }
+        let key = if name.len() >= 5 && name[..5].eq_ignore_ascii_case("INBOX") {
+            format!("INBOX{}", &name[5..])
+        } else {
+            name.clone()
+        };
+        if let Some(first) = seen.get(&key) {
+            report.skip(
+                format!("folder {user} {dir}"),
+                format!("its name is the same mailbox as {first}'s ({name})"),
+            );
+            continue;
+        }
+        seen.insert(key, dir.clone());
+        let mut folder = match crate::maildir::scan(&name, &path, owner) {
+            Ok(f) => f,
+            Err(e) => {
+                report.skip(format!("folder {user} {name}"), e.to_string());
+                continue;
+            }
+        };
         for (file, why) in std::mem::take(&mut folder.skipped) {
             report.skip(file, why);
         }
-        let too_big: Vec<_> = folder
-            .messages
-            .iter()
-            .filter(|m| m.size > MAX_IMPORT_MESSAGE)
-            .map(|m| m.path.display().to_string())
-            .collect();
-        for f in too_big {
-            report.skip(f, format!("larger than {MAX_IMPORT_MESSAGE} bytes"));
+        let mut bad_flags = BTreeSet::new();
+        folder.messages.retain_mut(|m| {
+            m.flags.retain(|f| {
+                let ok = flag_ok(f);
+                if !ok {
+                    bad_flags.insert(f.clone());
+                }
+                ok
+            });
+            if m.size > MAX_IMPORT_MESSAGE {
+                report.skip(
+                    m.path.display().to_string(),
+                    format!("larger than {MAX_IMPORT_MESSAGE} bytes"),
+                );
+                return false;
+            }
+            if m.uid >= wispd_engine::mailbox::MAX_IMPORTED_UID {
+                report.skip(
+                    m.path.display().to_string(),
+                    format!(
+                        "UID {} is above what wispd takes over ({})",
+                        m.uid,
+                        wispd_engine::mailbox::MAX_IMPORTED_UID - 1
+                    ),
+                );
+                return false;
+            }
+            true
+        });
+        folder.uidnext = folder.uidnext.min(wispd_engine::mailbox::MAX_IMPORTED_UID);
+        for f in bad_flags {
+            report.skip(
+                format!("keyword {f:?} in {user} {name}"),
+                "not an IMAP keyword: left off the messages",
+            );
         }
-        folder.messages.retain(|m| m.size <= MAX_IMPORT_MESSAGE);
         let sub = subscribed.contains(&folder.name);
         let Some(id) = id else {
             // a dry run for an account still to be made: all of it would come
-            if dry_run {
-                report.changed.push(format!(
-                    "mailbox {user} {}: {} message(s)",
-                    folder.name,
-                    folder.messages.len()
-                ));
-                progress.add(folder.messages.len() as u64);
-            }
+            report.changed.push(format!(
+                "mailbox {user} {}: {} message(s)",
+                folder.name,
+                folder.messages.len()
+            ));
             continue;
         };
+        let mut progress = Progress::new(
+            format!("{user} {}", folder.name),
+            folder.messages.len() as u64,
+        );
         let path = format!("/email/accounts/{id}/mailboxes/import");
         let folder = std::sync::Arc::new(folder);
         // cut into batches by bytes and count; at least one (an empty folder is created too)
@@ -1313,17 +1398,33 @@ async fn maildir(
         }
         cuts.push(folder.messages.len());
         let mut tally = FolderTally::default();
-        let mut inflight: Option<(tokio::task::JoinHandle<Result<Value>>, usize)> = None;
+        // one batch in flight while the next is read; a batch refused stops the folder there
+        // (nothing after it is sent, so a rerun resumes at it)
+        let mut inflight: Option<(tokio::task::JoinHandle<Result<Value>>, usize, u32)> = None;
+        let mut failed = None;
+        let settle = |h: Result<Result<Value>, tokio::task::JoinError>, first: u32| match h {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("stopped at UID {first}: {e:#}")),
+            Err(e) => Err(format!("stopped at UID {first}: {e}")),
+        };
         for w in cuts.windows(2) {
             let (a, b) = (w[0], w[1]);
             let f = folder.clone();
             let last = b == f.messages.len();
             let built = tokio::task::spawn_blocking(move || {
-                batch_body(&f, sub, &f.messages[a..b], last, dry_run)
+                batch_body(&f, sub, &f.messages[a..b], last, dry_run, owner)
             });
-            if let Some((h, n)) = inflight.take() {
-                tally.add(&h.await??);
-                progress.add(n as u64);
+            if let Some((h, n, first)) = inflight.take() {
+                match settle(h.await, first) {
+                    Ok(v) => {
+                        tally.add(&v);
+                        progress.add(n as u64);
+                    }
+                    Err(why) => {
+                        failed = Some(why);
+                        break;
+                    }
+                }
             }
             let (body, skipped) = built.await?;
             for (file, why) in skipped {
@@ -1331,14 +1432,25 @@ async fn maildir(
             }
             let api = api.clone();
             let p = path.clone();
+            let first = folder.messages.get(a).map_or(0, |m| m.uid);
             inflight = Some((
                 tokio::spawn(async move { api.post_json_bytes(&p, body).await }),
                 b - a,
+                first,
             ));
         }
-        if let Some((h, n)) = inflight.take() {
-            tally.add(&h.await??);
-            progress.add(n as u64);
+        if let Some((h, n, first)) = inflight.take() {
+            match settle(h.await, first) {
+                Ok(v) => {
+                    tally.add(&v);
+                    progress.add(n as u64);
+                }
+                Err(why) => failed = Some(why),
+            }
+        }
+        progress.finish();
+        if let Some(why) = failed {
+            report.skip(format!("mailbox {user} {}", folder.name), why);
         }
         report.unchanged += usize::try_from(tally.already).unwrap_or(usize::MAX);
         if tally.imported == 0 && tally.created {
@@ -1364,8 +1476,33 @@ async fn maildir(
             report.unchanged += 1;
         }
     }
-    progress.finish();
     Ok(())
+}
+
+/// A folder name wispd can hold (what `check_name` of the mailbox engine accepts).
+fn folder_name_ok(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 512
+        || name.starts_with('/')
+        || name.ends_with('/')
+        || name.contains("//")
+        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+    {
+        return Err(format!(
+            "{name:?} is not a mailbox name (empty hierarchy level, `*`, `%` or a control character)"
+        ));
+    }
+    Ok(())
+}
+
+/// An IMAP keyword or system flag (as the import endpoint checks it).
+fn flag_ok(f: &str) -> bool {
+    let atom = f.strip_prefix('\\').unwrap_or(f);
+    !atom.is_empty()
+        && f.len() <= 128
+        && atom
+            .bytes()
+            .all(|c| c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c))
 }
 
 /// A user's Sieve scripts (`~/sieve/*.sieve`), the one `~/.dovecot.sieve` links to active (a
@@ -1422,7 +1559,9 @@ async fn sieve(
     };
     let plain_active = active.is_none();
     for (name, file) in scripts {
-        let text = match crate::maildir::read_file(&file, crate::maildir::SMALL_FILE_MAX) {
+        let text = match crate::maildir::Owner::of(home)
+            .and_then(|o| crate::maildir::read_file(&file, crate::maildir::SMALL_FILE_MAX, o))
+        {
             Ok(b) => match String::from_utf8(b) {
                 Ok(t) => t,
                 Err(_) => {
@@ -1526,6 +1665,7 @@ pub async fn run(
                 all.changed.extend(r.changed);
                 all.unchanged += r.unchanged;
                 all.skipped.extend(r.skipped);
+                all.skipped_more += r.skipped_more;
             }
             Err(e) => all.skip(name, format!("{e:#}")),
         }

@@ -13,13 +13,43 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Most bytes of a `dovecot-uidlist` read (a million messages take about 100 MB).
-const UIDLIST_MAX: u64 = 512 << 20;
+/// Messages one folder may have: its file list is held while it is imported (about 200 bytes
+/// each).
+pub const FOLDER_MAX: usize = 2_000_000;
+const UIDLIST_MAX: u64 = 128 << 20;
 /// Most bytes of `dovecot-keywords`, `subscriptions` or a Sieve script read.
 pub const SMALL_FILE_MAX: u64 = 4 << 20;
 
-/// Reads a regular file that is not a symbolic link (`O_NOFOLLOW`, then the open file itself
-/// checked), at most `limit` bytes (more is an error).
-pub fn read_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+/// Whose files a tree holds: the owner of its top (a user's Maildir or home). Files of anyone
+/// else there are not read: a directory of the path swapped for a link after it was checked,
+/// or a hard link to another's file, cannot make the import (root) read what the user can't.
+/// A tree root owns is trusted as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner(Option<u32>);
+
+impl Owner {
+    /// The owner of `top` (not followed if it is a link).
+    pub fn of(top: &Path) -> std::io::Result<Owner> {
+        use std::os::unix::fs::MetadataExt as _;
+        let uid = std::fs::symlink_metadata(top)?.uid();
+        Ok(Owner((uid != 0).then_some(uid)))
+    }
+
+    fn check(self, meta: &std::fs::Metadata) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        match self.0 {
+            Some(uid) if meta.uid() != uid => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("owned by uid {}, not the mail's owner {uid}", meta.uid()),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads a regular file of `owner` that is not a symbolic link (`O_NOFOLLOW`, then the open
+/// file itself checked), at most `limit` bytes (more is an error).
+pub fn read_file(path: &Path, limit: u64, owner: Owner) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
@@ -33,6 +63,7 @@ pub fn read_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
             "not a regular file",
         ));
     }
+    owner.check(&meta)?;
     if meta.len() > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -51,8 +82,8 @@ pub fn read_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// A small text file, read as [`read_file`] does; `None` when it isn't there.
-fn read_text(path: &Path, limit: u64) -> std::io::Result<Option<String>> {
-    match read_file(path, limit) {
+fn read_text(path: &Path, limit: u64, owner: Owner) -> std::io::Result<Option<String>> {
+    match read_file(path, limit, owner) {
         Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -178,7 +209,7 @@ pub fn parse_uidlist(text: &str) -> Result<(u32, u32, HashMap<String, u32>), Str
         let base = file.split(':').next().unwrap_or(file);
         if uid > 0 && !base.is_empty() {
             uids.insert(base.to_string(), uid);
-            next = next.max(uid + 1);
+            next = next.max(uid.saturating_add(1));
         }
     }
     Ok((validity, next, uids))
@@ -225,9 +256,9 @@ pub fn flags_of(file: &str, keywords: &HashMap<u8, String>) -> Vec<String> {
 /// Reads one folder's file list, UIDs and flags. Files the uidlist doesn't know (delivered
 /// since Dovecot last looked) get the next UIDs in the order of their mtimes and names; a
 /// folder without a uidlist is numbered from 1 that way and has no UIDVALIDITY.
-pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
+pub fn scan(name: &str, path: &Path, owner: Owner) -> std::io::Result<Folder> {
     let uidlist = path.join("dovecot-uidlist");
-    let (uidvalidity, mut uidnext, known) = match read_text(&uidlist, UIDLIST_MAX)
+    let (uidvalidity, mut uidnext, known) = match read_text(&uidlist, UIDLIST_MAX, owner)
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", uidlist.display())))?
     {
         Some(text) => parse_uidlist(&text).map_err(|e| {
@@ -238,7 +269,7 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
         })?,
         None => (0, 1, HashMap::new()),
     };
-    let keywords = read_text(&path.join("dovecot-keywords"), SMALL_FILE_MAX)
+    let keywords = read_text(&path.join("dovecot-keywords"), SMALL_FILE_MAX, owner)
         .ok()
         .flatten()
         .map(|t| parse_keywords(&t))
@@ -252,7 +283,8 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
     };
     let mut unknown = Vec::new();
     let mut taken = std::collections::HashSet::new();
-    for sub in ["cur", "new"] {
+    // new/ first: a file Dovecot moves to cur/ between the two listings is still seen
+    for sub in ["new", "cur"] {
         let dir = path.join(sub);
         if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
             folder.skipped.push((
@@ -301,6 +333,12 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            if folder.messages.len() + unknown.len() >= FOLDER_MAX {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("more than {FOLDER_MAX} messages in one folder"),
+                ));
+            }
             let base = file.split(':').next().unwrap_or(file);
             let m = Message {
                 uid: 0,
@@ -319,6 +357,8 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
         // no uidlist: nothing was promised to clients; number from 1
         uidnext = 1;
     }
+    // a uidlist without its next UID (or a broken one) still numbers from 1
+    uidnext = uidnext.max(1);
     unknown.sort_by(|a, b| (a.internal_date, &a.path).cmp(&(b.internal_date, &b.path)));
     for m in unknown {
         folder.messages.push(Message { uid: uidnext, ..m });
@@ -326,15 +366,37 @@ pub fn scan(name: &str, path: &Path) -> std::io::Result<Folder> {
     }
     folder.messages.sort_by_key(|m| m.uid);
     folder.uidvalidity = uidvalidity;
-    folder.uidnext = uidnext.max(folder.messages.last().map_or(1, |m| m.uid + 1));
+    folder.uidnext = uidnext.max(
+        folder
+            .messages
+            .last()
+            .map_or(1, |m| m.uid.saturating_add(1)),
+    );
     Ok(folder)
+}
+
+/// Where a message file is now, when Dovecot renamed it since the scan (a flag change
+/// rewrites the `:2,` part, a first look moves it from new/ to cur/): the file of the same base
+/// name in cur/ or new/.
+pub fn moved(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let base = name.split(':').next()?;
+    let folder = path.parent()?.parent()?;
+    ["cur", "new"].iter().find_map(|sub| {
+        std::fs::read_dir(folder.join(sub)).ok()?.find_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name();
+            let n = n.to_str()?;
+            (n.split(':').next() == Some(base) && e.file_type().ok()?.is_file()).then(|| e.path())
+        })
+    })
 }
 
 /// The folder names in the root's `subscriptions` file, as wispd names them (`/` for the
 /// hierarchy, modified UTF-7). Dovecot writes version 2 (a `V\t2` header, hierarchy levels
 /// separated by tabs, names in UTF-8) or the older one name a line.
-pub fn subscriptions(root: &Path) -> Vec<String> {
-    let Ok(Some(text)) = read_text(&root.join("subscriptions"), SMALL_FILE_MAX) else {
+pub fn subscriptions(root: &Path, owner: Owner) -> Vec<String> {
+    let Ok(Some(text)) = read_text(&root.join("subscriptions"), SMALL_FILE_MAX, owner) else {
         return Vec::new();
     };
     let mut lines = text.lines().peekable();
@@ -465,7 +527,11 @@ mod tests {
             "V\t2\n\nArchive\t2024\nÉté\nINBOX\n",
         )
         .expect("write");
-        assert_eq!(subscriptions(&d), ["Archive/2024", "&AMk-t&AOk-", "INBOX"]);
+        let owner = Owner::of(&d).expect("owner");
+        assert_eq!(
+            subscriptions(&d, owner),
+            ["Archive/2024", "&AMk-t&AOk-", "INBOX"]
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

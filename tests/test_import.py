@@ -448,6 +448,7 @@ def test_dovecot_maildir_comes_over_as_the_client_saw_it(make_wispd, tmp_path):
         (home / "sieve" / "main.sieve").write_text('require "fileinto";\nif header :contains "Subject" "note 1" { fileinto "Archive"; }\n')
         (home / "sieve" / "spare.sieve").write_text('keep;\n')
         os.symlink("sieve/main.sieve", home / ".dovecot.sieve")
+        subprocess.run(["chown", "-R", "--no-dereference", "mail:mail", str(home / "sieve"), str(home / ".dovecot.sieve")], check=True)
         before = {a: imap_view(("127.0.0.1", dove.imap_port), a, f"pass-{a}") for a in pw}
         assert "Archive/2024" in before["alice@example.com"][0] and "&AMk-t&AOk-" in before["alice@example.com"][0]
         assert 8 not in before["alice@example.com"][0]["INBOX"][2], "the expunge leaves a UID gap"
@@ -562,7 +563,9 @@ def test_the_mailbox_import_endpoint_under_bad_input(make_wispd):
                        (one(flags=["\\"]), "not an IMAP flag"),
                        (one(uid=0xff000000), "below"),
                        ({"mailbox": "a//b"}, "Invalid mailbox name"),
-                       ({"mailbox": "Old", "uidnext": 0xffffffff}, "below")):
+                       ({"mailbox": "Old", "uidnext": 0xffffffff}, "below"),
+                       ({"mailbox": "Old", "special_use": "\\Sent\r\n* BYE"}, "special_use"),
+                       ({"mailbox": "Old", "messages": [{"uid": 9, "internal_date": 0, "data": "eA=="}] * 2}, "given twice")):
         r = w.request("POST", path, body=bad)
         assert_envelope(r, 400, "VALIDATION_ERROR")
         assert words in r.json["message"], (words, r.json)
@@ -582,6 +585,7 @@ def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
     other = tmp_path / "home" / "victim" / "Maildir"
     secret = tmp_path / "secret.txt"
     secret.write_text("Subject: root's secret\n\nTOP-SECRET-CONTENT\n")
+    secret.chmod(0o600)
     for d in (home / "Maildir" / "cur", home / "Maildir" / "new", other / "cur", home / "sieve"):
         d.mkdir(parents=True)
     (other / "cur" / "1.M1.victim:2,S").write_text("Subject: victim's\n\nVICTIM-CONTENT\n")
@@ -592,6 +596,10 @@ def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
     os_.symlink(other, home / "Maildir" / ".Stolen")
     os_.symlink(secret, home / "sieve" / "leak.sieve")
     (home / "sieve" / "ok.sieve").write_text("keep;\n")
+    # a hard link to root's file (what a directory swapped for a link after the scan also
+    # reaches): in a tree the mail user owns, a file of anyone else is not read
+    subprocess.run(["chown", "-R", "--no-dereference", "mail:mail", str(tmp_path / "home")], check=True)
+    os_.link(secret, home / "Maildir" / "cur" / "103.M4.host:2,S")
     (users / "users").write_text(f"eve@example.com:{{PLAIN}}eve-password-1:1000:1000::{home}::\n")
     data = tmp_path / "data"
     out = subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(users), "--data-dir", str(data), "--json"],
@@ -603,6 +611,7 @@ def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
     reasons = {s["item"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
     assert "not a regular file" in reasons["101.M2.host:2,S"], reasons
     assert "not a regular file" in reasons["102.M3.host"], reasons
+    assert "owned by uid 0, not the mail's owner" in reasons["103.M4.host:2,S"], reasons
     assert "mailbox eve@example.com INBOX: 1 message(s) (new UIDVALIDITY)" in report["changed"], report
     assert not any("Stolen" in c for c in report["changed"]), report
     assert "sieve script eve@example.com ok" in report["changed"] and not any("leak" in c for c in report["changed"])
@@ -612,3 +621,25 @@ def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
     msgs = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(m["mailbox"], m["uid"]) for m in msgs] == [("INBOX", 1)], msgs
     assert "my own" in msgs[0]["raw"] and "TOP-SECRET" not in listed.stdout and "VICTIM" not in listed.stdout
+
+
+def test_an_import_into_a_running_server_waits_out_the_rate_limit(make_wispd, tmp_path):
+    """Each batch is a request on the admin token: at `[api] rate_limit_per_minute = 60`, 70
+    one-message batches meet the limit, and the import waits for as long as the 429's
+    Retry-After says instead of giving up; every message arrives once."""
+    users = tmp_path / "etc"
+    users.mkdir()
+    home = tmp_path / "home" / "rl"
+    (home / "Maildir" / "cur").mkdir(parents=True)
+    (home / "Maildir" / "dovecot-uidlist").write_text(
+        "3 V1700000000 N71\n" + "".join(f"{i} :{i}.M{i}.host\n" for i in range(1, 71)))
+    for i in range(1, 71):
+        (home / "Maildir" / "cur" / f"{i}.M{i}.host:2,S").write_text(f"Subject: {i}\n\nbody {i}\n")
+    (users / "users").write_text(f"rl@example.com:{{PLAIN}}rl-password-1:1000:1000::{home}::\n")
+    w = make_wispd(rate=60)
+    out = subprocess.run([WISPD_BIN, "import", "dovecot", "--from", str(users), "--data-dir", str(w.data_dir),
+                          "--json", "--batch-messages", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert "mailbox rl@example.com INBOX: 70 message(s) (UIDs kept)" in report["changed"], report
+    assert not report["skipped"], report

@@ -832,6 +832,9 @@ pub struct SourceMessage {
     pub data: Vec<u8>,
 }
 
+/// Where an imported mailbox's modification sequences start: above any Dovecot gives.
+pub const IMPORT_MODSEQ: u64 = 1 << 40;
+
 /// Imported UIDs stay below this, leaving 16 million for the mail that comes after.
 pub const MAX_IMPORTED_UID: u32 = 0xff00_0000;
 
@@ -924,12 +927,16 @@ fn import_in(
     // a mailbox that never held a message takes the source's UIDVALIDITY
     if mb.uidnext == 1 && mb.imported.is_none() {
         mb.uidvalidity = if source.uidvalidity > 0 {
-            let last = w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0);
-            w.put(
-                &MAIL_META,
-                "last_uidvalidity",
-                &last.max(u64::from(source.uidvalidity)),
-            )?;
+            // the store's own UIDVALIDITYs (seconds since the epoch) stay above one taken
+            // over; one out of that range is not fed in (new ones would run out of numbers)
+            if source.uidvalidity <= 0x7fff_ffff {
+                let last = w.get(&MAIL_META, "last_uidvalidity")?.unwrap_or(0);
+                w.put(
+                    &MAIL_META,
+                    "last_uidvalidity",
+                    &last.max(u64::from(source.uidvalidity)),
+                )?;
+            }
             source.uidvalidity
         } else if mb.uidvalidity == 0 {
             new_uidvalidity(w)?
@@ -939,6 +946,14 @@ fn import_in(
     }
     out.uids_kept = source.uidvalidity > 0 && mb.uidvalidity == source.uidvalidity;
     out.uidvalidity = mb.uidvalidity;
+    if mb.imported.is_none() {
+        // Dovecot's modification sequences are not brought over: a client's HIGHESTMODSEQ from
+        // there must not read as "nothing changed since", so this mailbox's count jumps past
+        // any the source could have given, and the expunge history starts here (QRESYNC falls
+        // back to reporting every UID that is gone)
+        mb.highest_modseq = mb.highest_modseq.max(IMPORT_MODSEQ);
+        mb.vanished_floor = mb.highest_modseq;
+    }
     let mut mark = match mb.imported {
         Some(m) if m.uidvalidity == source.uidvalidity => m,
         _ => ImportMark {
@@ -954,7 +969,15 @@ fn import_in(
             out.already += 1;
             continue;
         }
-        let uid = if out.uids_kept && m.uid >= mb.uidnext {
+        if out.uids_kept && m.uid < mb.uidnext {
+            // the mailbox has had mail of its own since the UIDs were taken over: under the
+            // source's UIDVALIDITY this UID would name another message than the source's, so
+            // the mailbox gets a UIDVALIDITY of its own (clients resynchronise it once)
+            mb.uidvalidity = new_uidvalidity(w)?;
+            out.uids_kept = false;
+            out.uidvalidity = mb.uidvalidity;
+        }
+        let uid = if out.uids_kept {
             m.uid
         } else {
             // without a source UIDVALIDITY no client knew these UIDs: nothing is renumbered
@@ -972,8 +995,12 @@ fn import_in(
         w.put_raw(&MAIL_MESSAGES, id, &m.data)?;
         w.put(&MAIL_MESSAGE_META, id, &MessageMeta { size, refs: 1 })?;
         mb.highest_modseq += 1;
-        let mut flags = m.flags.clone();
-        flags.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        let mut flags: Vec<String> = Vec::with_capacity(m.flags.len());
+        for f in &m.flags {
+            if !flags.iter().any(|x| x.eq_ignore_ascii_case(f)) {
+                flags.push(f.clone());
+            }
+        }
         let entry = MailEntry {
             message_id: id,
             uid,
@@ -1182,6 +1209,14 @@ mod tests {
         assert_eq!((used.imported, used.renumbered), (2, 2));
         let uids: Vec<u32> = all(&s, "Used").iter().map(|e| e.uid).collect();
         assert_eq!(uids, [1, 2, 3]);
+        // mail of its own after UIDs were taken over: the next source UID can't be kept under
+        // the source's UIDVALIDITY, so the mailbox gets its own (no UID names two messages)
+        append(&s, &ch, 1, "Box", vec![], 0, b"Subject: own\r\n\r\nx\r\n").expect("append");
+        let after = import(&s, &ch, 1, &src("Box", 777, 40), &msgs(&[30]), false).expect("after");
+        assert!(!after.uids_kept && after.uidvalidity != 777 && after.imported == 1);
+        let mb = mailbox(&s, 1, "Box").expect("read").expect("box");
+        assert_eq!(mb.uidvalidity, after.uidvalidity);
+        assert!(mb.highest_modseq > IMPORT_MODSEQ && mb.vanished_floor >= IMPORT_MODSEQ);
         // an empty mailbox the account was made with takes the source's UIDVALIDITY
         create(&s, &ch, 1, "Fresh").expect("create");
         let fresh = import(&s, &ch, 1, &src("Fresh", 4242, 8), &msgs(&[7]), false).expect("fresh");

@@ -1177,7 +1177,8 @@ pub struct MailboxImport {
     /// Subscribe to the mailbox (never unsubscribes).
     #[serde(default)]
     pub subscribed: bool,
-    /// RFC 6154 attribute for a mailbox that has none yet.
+    /// RFC 6154 attribute for a mailbox that has none yet: `\All`, `\Archive`, `\Drafts`,
+    /// `\Flagged`, `\Junk`, `\Sent` or `\Trash`.
     #[serde(default)]
     #[schema(example = "\\Sent")]
     pub special_use: Option<String>,
@@ -1217,6 +1218,17 @@ fn is_flag(f: &str) -> bool {
             .all(|c| c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c))
 }
 
+/// The RFC 6154 attributes a mailbox can have.
+const SPECIAL_USES: [&str; 7] = [
+    "\\All",
+    "\\Archive",
+    "\\Drafts",
+    "\\Flagged",
+    "\\Junk",
+    "\\Sent",
+    "\\Trash",
+];
+
 /// Most messages one import batch carries.
 const IMPORT_BATCH_MAX: usize = 10_000;
 
@@ -1251,6 +1263,24 @@ pub async fn mailbox_import(
         return Err(ApiError::Validation(format!(
             "messages: UIDs start at 1 (a message dated {} has 0)",
             m.internal_date
+        )));
+    }
+    let mut uids: Vec<u32> = b.messages.iter().map(|m| m.uid).collect();
+    uids.sort_unstable();
+    if let Some(w) = uids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ApiError::Validation(format!(
+            "messages: UID {} is given twice",
+            w[0]
+        )));
+    }
+    if let Some(u) = b
+        .special_use
+        .as_deref()
+        .filter(|u| !SPECIAL_USES.contains(u))
+    {
+        return Err(ApiError::Validation(format!(
+            "special_use: {u:?} is not one of {}",
+            SPECIAL_USES.join(", ")
         )));
     }
     if let Some(f) = b

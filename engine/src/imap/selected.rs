@@ -448,6 +448,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
+        if sel.uidvalidity != mb.uidvalidity {
+            // replaced under the session (deleted and made again, or an import gave a mailbox
+            // that never held mail the source's UIDVALIDITY): nothing of it maps onto the
+            // UIDs this session knows; the next SELECT sees the new mailbox
+            return Ok(());
+        }
         let present: HashSet<u32> = entries.iter().map(|e| e.uid).collect();
         let mut lines = Vec::new();
         let mut pending_expunge = false;
@@ -499,12 +505,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if arrived {
             let top = sel.uids.last().copied().unwrap_or(0);
-            let (uidvalidity, read_only) = (sel.uidvalidity, sel.read_only);
+            let read_only = sel.read_only;
             let mark = self.recent_mark(&mb, read_only, top);
             let Some(sel) = self.selected.as_mut() else {
                 return Ok(());
             };
-            debug_assert_eq!(uidvalidity, mb.uidvalidity);
             for &u in &sel.uids[before..] {
                 if u > mark {
                     sel.recent.insert(u);
