@@ -1302,15 +1302,12 @@ async fn maildir(
     // one folder at a time: only its file list is held
     for (name, path) in folders {
         let dir = path.display().to_string();
-        if let Err(why) = folder_name_ok(&name) {
-            report.skip(format!("folder {user} {dir}"), why);
+        // the mailbox it would be: `inbox/x` is `INBOX/x`, `Foo/` is `Foo`
+        let key = wispd_engine::mailbox::canonical(&name);
+        if let Err(why) = wispd_engine::mailbox::check_name(&key) {
+            report.skip(format!("folder {user} {dir}"), why.to_string());
             continue;
         }
-        let key = if name.len() >= 5 && name[..5].eq_ignore_ascii_case("INBOX") {
-            format!("INBOX{}", &name[5..])
-        } else {
-            name.clone()
-        };
         if let Some(first) = seen.get(&key) {
             report.skip(
                 format!("folder {user} {dir}"),
@@ -1332,7 +1329,7 @@ async fn maildir(
         let mut bad_flags = BTreeSet::new();
         folder.messages.retain_mut(|m| {
             m.flags.retain(|f| {
-                let ok = flag_ok(f);
+                let ok = wispd_engine::mailbox::is_flag(f);
                 if !ok {
                     bad_flags.insert(f.clone());
                 }
@@ -1477,32 +1474,6 @@ async fn maildir(
         }
     }
     Ok(())
-}
-
-/// A folder name wispd can hold (what `check_name` of the mailbox engine accepts).
-fn folder_name_ok(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.len() > 512
-        || name.starts_with('/')
-        || name.ends_with('/')
-        || name.contains("//")
-        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
-    {
-        return Err(format!(
-            "{name:?} is not a mailbox name (empty hierarchy level, `*`, `%` or a control character)"
-        ));
-    }
-    Ok(())
-}
-
-/// An IMAP keyword or system flag (as the import endpoint checks it).
-fn flag_ok(f: &str) -> bool {
-    let atom = f.strip_prefix('\\').unwrap_or(f);
-    !atom.is_empty()
-        && f.len() <= 128
-        && atom
-            .bytes()
-            .all(|c| c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c))
 }
 
 /// A user's Sieve scripts (`~/sieve/*.sieve`), the one `~/.dovecot.sieve` links to active (a

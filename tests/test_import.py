@@ -596,6 +596,10 @@ def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
     os_.symlink(other, home / "Maildir" / ".Stolen")
     os_.symlink(secret, home / "sieve" / "leak.sieve")
     (home / "sieve" / "ok.sieve").write_text("keep;\n")
+    # names: UTF-8 (a byte slice at 5 would cut é), a control character, a level left empty, and
+    # two spellings of one mailbox
+    for name in (".abcdé", ".bad\nname", ".a..b", ".Team", ".Team."):
+        (home / "Maildir" / name / "cur").mkdir(parents=True)
     # a hard link to root's file (what a directory swapped for a link after the scan also
     # reaches): in a tree the mail user owns, a file of anyone else is not read
     subprocess.run(["chown", "-R", "--no-dereference", "mail:mail", str(tmp_path / "home")], check=True)
@@ -612,6 +616,9 @@ def test_a_users_maildir_cannot_make_the_import_read_other_files(tmp_path):
     assert "not a regular file" in reasons["101.M2.host:2,S"], reasons
     assert "not a regular file" in reasons["102.M3.host"], reasons
     assert "owned by uid 0, not the mail's owner" in reasons["103.M4.host:2,S"], reasons
+    assert "Invalid mailbox name" in reasons[".bad\nname"] and "Invalid mailbox name" in reasons[".a..b"], reasons
+    assert "the same mailbox as" in reasons[".Team."], reasons
+    assert "mailbox eve@example.com abcdé: created (empty)" in report["changed"], report
     assert "mailbox eve@example.com INBOX: 1 message(s) (new UIDVALIDITY)" in report["changed"], report
     assert not any("Stolen" in c for c in report["changed"]), report
     assert "sieve script eve@example.com ok" in report["changed"] and not any("leak" in c for c in report["changed"])

@@ -42,13 +42,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ImportBody<T> {
     }
 }
 
-/// Whether `path` is the mailbox import, whose bodies may be larger.
-fn is_import(path: &str) -> bool {
-    path.strip_prefix("/api/v1/email/accounts/")
-        .and_then(|rest| rest.strip_suffix("/mailboxes/import"))
-        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
-}
-
 async fn json_object<T: DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
     let declared = req
         .headers()
@@ -90,11 +83,12 @@ pub async fn buffer_body(
     let (parts, body) = req.into_parts();
     // a mailbox import may be larger, for an admin token only: nobody else gets to make the
     // server hold more than BODY_LIMIT of an unread request
-    let limit = if is_import(parts.uri.path()) && admin_token(&state, &parts.headers) {
-        IMPORT_BODY_LIMIT
-    } else {
-        BODY_LIMIT
-    };
+    let limit =
+        if crate::openapi::is_import(parts.uri.path()) && admin_token(&state, &parts.headers) {
+            IMPORT_BODY_LIMIT
+        } else {
+            BODY_LIMIT
+        };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -118,10 +118,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/email/accounts/{id}/messages",
             get(email::account_messages),
         )
-        .route(
-            "/api/v1/email/accounts/{id}/mailboxes/import",
-            post(email::mailbox_import),
-        )
+        .route(openapi::IMPORT_PATH, post(email::mailbox_import))
         .route(
             "/api/v1/email/accounts/{id}/toggle",
             post(email::account_toggle),

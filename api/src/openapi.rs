@@ -32,6 +32,17 @@ pub fn is_open(path: &str) -> bool {
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
+/// The mailbox import (`routes::email::mailbox_import`), whose bodies may be larger.
+pub const IMPORT_PATH: &str = "/api/v1/email/accounts/{id}/mailboxes/import";
+
+/// Whether `path` is [`IMPORT_PATH`] for some account id.
+pub fn is_import(path: &str) -> bool {
+    let (head, tail) = IMPORT_PATH.split_once("{id}").unwrap_or((IMPORT_PATH, ""));
+    path.strip_prefix(head)
+        .and_then(|rest| rest.strip_suffix(tail))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -223,6 +234,27 @@ mod tests {
                     assert!(op.responses.responses.contains_key("401"), "{path}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_import_path_is_the_documented_one_and_matches_one_id() {
+        assert!(
+            super::document()
+                .paths
+                .paths
+                .contains_key(super::IMPORT_PATH)
+        );
+        assert!(super::is_import(
+            "/api/v1/email/accounts/7/mailboxes/import"
+        ));
+        for other in [
+            "/api/v1/email/accounts//mailboxes/import",
+            "/api/v1/email/accounts/7/8/mailboxes/import",
+            "/api/v1/email/accounts/7/mailboxes/import/x",
+            "/api/v1/email/accounts/import",
+        ] {
+            assert!(!super::is_import(other), "{other}");
         }
     }
 

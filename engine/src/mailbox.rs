@@ -86,7 +86,8 @@ pub fn canonical(name: &str) -> String {
     }
 }
 
-pub(crate) fn check_name(name: &str) -> Result<(), MailboxError> {
+/// Whether a canonical name (see [`canonical`]) can be a mailbox.
+pub fn check_name(name: &str) -> Result<(), MailboxError> {
     if name.is_empty()
         || name.len() > MAX_NAME
         || name.starts_with('/')
@@ -835,6 +836,17 @@ pub struct SourceMessage {
 /// Where an imported mailbox's modification sequences start: above any Dovecot gives.
 pub const IMPORT_MODSEQ: u64 = 1 << 40;
 
+/// An IMAP system flag (`\\Seen`) or keyword (an atom, RFC 3501 9) at most 128 bytes: what
+/// an imported message's flags may be.
+pub fn is_flag(f: &str) -> bool {
+    let atom = f.strip_prefix('\\').unwrap_or(f);
+    !atom.is_empty()
+        && f.len() <= 128
+        && atom
+            .bytes()
+            .all(|c| c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c))
+}
+
 /// Imported UIDs stay below this, leaving 16 million for the mail that comes after.
 pub const MAX_IMPORTED_UID: u32 = 0xff00_0000;
 
@@ -901,7 +913,8 @@ pub fn import(
     match r {
         Err(Abort::Dry(out)) => Ok(out),
         Err(Abort::Failed(e)) => Err(e.0),
-        Ok(()) => unreachable!("a dry run's transaction never commits"),
+        // the closure above never returns Ok: nothing was committed
+        Ok(()) => Err(MailboxError::Invalid("the dry run did not run".into())),
     }
 }
 

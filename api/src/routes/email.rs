@@ -1208,16 +1208,6 @@ pub struct MailboxImported {
     pub renumbered: u32,
 }
 
-/// An IMAP system flag (`\\Seen`) or keyword (an atom, RFC 3501 9): what a mailbox can hold.
-fn is_flag(f: &str) -> bool {
-    let atom = f.strip_prefix('\\').unwrap_or(f);
-    !atom.is_empty()
-        && f.len() <= 128
-        && atom
-            .bytes()
-            .all(|c| c > b' ' && c < 0x7f && !b"(){%*\"\\]".contains(&c))
-}
-
 /// The RFC 6154 attributes a mailbox can have.
 const SPECIAL_USES: [&str; 7] = [
     "\\All",
@@ -1287,7 +1277,7 @@ pub async fn mailbox_import(
         .messages
         .iter()
         .flat_map(|m| &m.flags)
-        .find(|f| !is_flag(f))
+        .find(|f| !wispd_engine::mailbox::is_flag(f))
     {
         return Err(ApiError::Validation(format!(
             "messages: {f:?} is not an IMAP flag or keyword"
